@@ -1,0 +1,158 @@
+-- pdns-ha schema: PowerDNS's own gsqlite3 tables (4.7, unchanged apart from
+-- IF NOT EXISTS, so `pdns-ha init` can run on an existing database) followed by
+-- the pdns-ha tables. A database made from this file serves unchanged through
+-- pdns's gsqlite3 backend, and a gsqlite3 database gains the ha_ tables by
+-- running `pdns-ha init` on it.
+
+CREATE TABLE IF NOT EXISTS domains (
+  id                    INTEGER PRIMARY KEY,
+  name                  VARCHAR(255) NOT NULL COLLATE NOCASE,
+  master                VARCHAR(128) DEFAULT NULL,
+  last_check            INTEGER DEFAULT NULL,
+  type                  VARCHAR(8) NOT NULL,
+  notified_serial       INTEGER DEFAULT NULL,
+  account               VARCHAR(40) DEFAULT NULL,
+  options               VARCHAR(65535) DEFAULT NULL,
+  catalog               VARCHAR(255) DEFAULT NULL
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS name_index ON domains(name);
+CREATE INDEX IF NOT EXISTS catalog_idx ON domains(catalog);
+
+
+CREATE TABLE IF NOT EXISTS records (
+  id                    INTEGER PRIMARY KEY,
+  domain_id             INTEGER DEFAULT NULL,
+  name                  VARCHAR(255) DEFAULT NULL,
+  type                  VARCHAR(10) DEFAULT NULL,
+  content               VARCHAR(65535) DEFAULT NULL,
+  ttl                   INTEGER DEFAULT NULL,
+  prio                  INTEGER DEFAULT NULL,
+  disabled              BOOLEAN DEFAULT 0,
+  ordername             VARCHAR(255),
+  auth                  BOOL DEFAULT 1,
+  FOREIGN KEY(domain_id) REFERENCES domains(id) ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS records_lookup_idx ON records(name, type);
+CREATE INDEX IF NOT EXISTS records_lookup_id_idx ON records(domain_id, name, type);
+CREATE INDEX IF NOT EXISTS records_order_idx ON records(domain_id, ordername);
+
+
+CREATE TABLE IF NOT EXISTS supermasters (
+  ip                    VARCHAR(64) NOT NULL,
+  nameserver            VARCHAR(255) NOT NULL COLLATE NOCASE,
+  account               VARCHAR(40) NOT NULL
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS ip_nameserver_pk ON supermasters(ip, nameserver);
+
+
+CREATE TABLE IF NOT EXISTS comments (
+  id                    INTEGER PRIMARY KEY,
+  domain_id             INTEGER NOT NULL,
+  name                  VARCHAR(255) NOT NULL,
+  type                  VARCHAR(10) NOT NULL,
+  modified_at           INT NOT NULL,
+  account               VARCHAR(40) DEFAULT NULL,
+  comment               VARCHAR(65535) NOT NULL,
+  FOREIGN KEY(domain_id) REFERENCES domains(id) ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS comments_idx ON comments(domain_id, name, type);
+CREATE INDEX IF NOT EXISTS comments_order_idx ON comments (domain_id, modified_at);
+
+
+CREATE TABLE IF NOT EXISTS domainmetadata (
+ id                     INTEGER PRIMARY KEY,
+ domain_id              INT NOT NULL,
+ kind                   VARCHAR(32) COLLATE NOCASE,
+ content                TEXT,
+ FOREIGN KEY(domain_id) REFERENCES domains(id) ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS domainmetaidindex ON domainmetadata(domain_id);
+
+
+CREATE TABLE IF NOT EXISTS cryptokeys (
+ id                     INTEGER PRIMARY KEY,
+ domain_id              INT NOT NULL,
+ flags                  INT NOT NULL,
+ active                 BOOL,
+ published              BOOL DEFAULT 1,
+ content                TEXT,
+ FOREIGN KEY(domain_id) REFERENCES domains(id) ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS domainidindex ON cryptokeys(domain_id);
+
+
+CREATE TABLE IF NOT EXISTS tsigkeys (
+ id                     INTEGER PRIMARY KEY,
+ name                   VARCHAR(255) COLLATE NOCASE,
+ algorithm              VARCHAR(50) COLLATE NOCASE,
+ secret                 VARCHAR(255)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS namealgoindex ON tsigkeys(name, algorithm);
+
+
+-- One row per measured thing: an SRV target host (name as in the SRV content,
+-- lowercase, without the trailing dot) or an address of an A/AAAA RRset.
+CREATE TABLE IF NOT EXISTS ha_targets (
+  name                  TEXT PRIMARY KEY COLLATE NOCASE,
+  -- How the monitor checks health and latency. 'sip-udp' and 'sip-tcp' send
+  -- SIP OPTIONS (any final response means up), 'tcp' only connects.
+  probe                 TEXT NOT NULL DEFAULT 'sip-udp'
+                        CHECK (probe IN ('none', 'sip-udp', 'sip-tcp', 'tcp')),
+  -- host:port to probe; NULL means the target name on port 5060.
+  probe_address         TEXT DEFAULT NULL,
+  -- Capacity in sessions. NULL: take it from the load source when it
+  -- reports one (FreeSWITCH does), else the target has no known capacity.
+  max_sessions          INTEGER DEFAULT NULL CHECK (max_sessions IS NULL OR max_sessions > 0),
+  load_source           TEXT NOT NULL DEFAULT 'none'
+                        CHECK (load_source IN ('none', 'freeswitch', 'kamailio')),
+  -- FreeSWITCH Event Socket host:port, or Kamailio JSON-RPC http:// URL.
+  load_address          TEXT DEFAULT NULL,
+  -- Event Socket password. Never logged, never shown by status or CMD.
+  load_secret           TEXT DEFAULT NULL
+);
+
+-- Known client networks for least-latency, matched by longest prefix.
+CREATE TABLE IF NOT EXISTS ha_networks (
+  cidr                  TEXT PRIMARY KEY,
+  name                  TEXT NOT NULL
+);
+
+-- Soft state below: written by `pdns-ha monitor` and `pdns-ha metric`, read by
+-- the pipe. `updated` is Unix time in seconds; older than --stale-after means
+-- unknown.
+CREATE TABLE IF NOT EXISTS ha_health (
+  target                TEXT PRIMARY KEY COLLATE NOCASE,
+  up                    INTEGER NOT NULL CHECK (up IN (0, 1)),
+  -- Consecutive raw probe results against the current state, so anti-flap
+  -- thresholds hold across `monitor --once` runs.
+  ok_streak             INTEGER NOT NULL DEFAULT 0,
+  fail_streak           INTEGER NOT NULL DEFAULT 0,
+  updated               REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS ha_load (
+  target                TEXT PRIMARY KEY COLLATE NOCASE,
+  sessions              INTEGER NOT NULL CHECK (sessions >= 0),
+  max_sessions          INTEGER DEFAULT NULL CHECK (max_sessions IS NULL OR max_sessions > 0),
+  updated               REAL NOT NULL
+);
+
+-- Latency from a client network ('*' = measured from the monitor's host,
+-- the fallback for networks without samples of their own).
+CREATE TABLE IF NOT EXISTS ha_latency (
+  network               TEXT NOT NULL,
+  target                TEXT NOT NULL COLLATE NOCASE,
+  mean_ms               REAL NOT NULL,
+  ewma_ms               REAL NOT NULL,
+  samples               INTEGER NOT NULL CHECK (samples > 0),
+  timeouts              INTEGER NOT NULL DEFAULT 0,
+  updated               REAL NOT NULL,
+  PRIMARY KEY (network, target)
+);

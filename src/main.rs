@@ -1,0 +1,2 @@
+//! pdns-ha: PowerDNS pipe backend.
+fn main() {}

@@ -1,0 +1,1 @@
+//! End-to-end tests: pdns_server + dig, pdns-ha against gsqlite3.

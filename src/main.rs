@@ -1,2 +1,72 @@
-//! pdns-ha: PowerDNS pipe backend.
-fn main() {}
+//! pdns-ha: a PowerDNS pipe backend for VoIP high availability. `main` only
+//! wires: parse the command line, set up logging, run the subcommand.
+
+mod abi;
+mod backend;
+mod cli;
+mod init;
+mod select;
+mod store;
+mod zone;
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use cli::Command;
+
+fn main() -> ExitCode {
+    init_logging();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match cli::parse(&args) {
+        Err(e) => Err(format!("{e}\n\n{}", cli::USAGE)),
+        Ok(Command::Help) => {
+            let _ = io::stdout().write_all(cli::USAGE.as_bytes());
+            Ok(())
+        }
+        Ok(Command::Version) => {
+            let _ = writeln!(io::stdout(), "pdns-ha {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Ok(Command::Init { db, scripts }) => init::run(&db, &scripts),
+        Ok(Command::Pipe(opts)) => pipe(&opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pdns-ha: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// stdout belongs to the pipe protocol, so the log goes to stderr, which
+/// pdns passes through to its own log. pdns stamps the time itself.
+fn init_logging() {
+    let pid = std::process::id();
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .parse_default_env()
+        .target(env_logger::Target::Stderr)
+        .format(move |f, r| writeln!(f, "pdns-ha[{pid}] {}: {}", r.level(), r.args()))
+        .init();
+}
+
+fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
+    if opts.algorithm != select::Algorithm::Static {
+        return Err(format!(
+            "--algorithm {} is not implemented yet",
+            opts.algorithm
+        ));
+    }
+    let store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
+    let mut backend = backend::Backend::new(store, opts.algorithm);
+    let mut input = io::stdin().lock();
+    let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
+    match backend.run(&mut input, &mut out) {
+        Ok(()) => Ok(()),
+        // pdns closed our stdout (it killed or replaced this coprocess):
+        // nobody is left to answer.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("pipe i/o: {e}")),
+    }
+}

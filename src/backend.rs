@@ -1,0 +1,284 @@
+//! The pipe loop: read a line from pdns, answer it, end the answer with
+//! exactly one terminator line, flush. Bad input is answered with `FAIL` and
+//! never stops the loop; only end of input or a closed stdout does.
+
+use std::io::{self, BufRead, Write};
+use std::time::Instant;
+
+use log::{debug, warn};
+
+use crate::abi::{self, AbiVersion, Data, ParseError, Question, Request, MAX_LINE};
+use crate::select::Algorithm;
+use crate::store::Store;
+
+/// How an answer ends. Written by `run` alone, so that no path can send a
+/// second terminator (pdns would read it as the answer to its next question).
+enum Ending {
+    End,
+    Fail,
+    Banner(AbiVersion),
+}
+
+/// Counters for CMD `status`.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Stats {
+    pub questions: u64,
+    pub answered: u64,
+    pub empty: u64,
+    pub axfrs: u64,
+    pub failed_lines: u64,
+}
+
+pub struct Backend {
+    store: Store,
+    algorithm: Algorithm,
+    abi: Option<AbiVersion>,
+    stats: Stats,
+    started: Instant,
+}
+
+impl Backend {
+    pub fn new(store: Store, algorithm: Algorithm) -> Self {
+        Self {
+            store,
+            algorithm,
+            abi: None,
+            stats: Stats::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Serves pdns until end of input. Returns the I/O error that ended it,
+    /// if any; a closed stdout is left to the caller to treat as a clean end.
+    pub fn run(&mut self, input: &mut dyn BufRead, out: &mut dyn Write) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(MAX_LINE + 1);
+        loop {
+            let ending = match read_line(input, &mut buf)? {
+                LineRead::Eof => return Ok(()),
+                LineRead::TooLong => self.reject(&ParseError::TooLong, b""),
+                LineRead::Line => match std::str::from_utf8(&buf) {
+                    Err(_) => self.reject(&ParseError::NotUtf8, &buf),
+                    Ok(line) => {
+                        let line = line.strip_suffix('\r').unwrap_or(line);
+                        match abi::parse(line, self.abi) {
+                            Ok(req) => self.answer(req, out)?,
+                            Err(e) => self.reject(&e, line.as_bytes()),
+                        }
+                    }
+                },
+            };
+            match ending {
+                Ending::End => out.write_all(b"END\n")?,
+                Ending::Fail => out.write_all(b"FAIL\n")?,
+                Ending::Banner(abi) => writeln!(
+                    out,
+                    "OK\tpdns-ha {} ({} algorithm), pipe ABI {abi}",
+                    env!("CARGO_PKG_VERSION"),
+                    self.algorithm
+                )?,
+            }
+            out.flush()?;
+        }
+    }
+
+    fn reject(&mut self, e: &ParseError, line: &[u8]) -> Ending {
+        self.stats.failed_lines += 1;
+        let shown = String::from_utf8_lossy(&line[..line.len().min(80)]);
+        warn!("answered FAIL: {e} (line {shown:?})");
+        Ending::Fail
+    }
+
+    fn answer(&mut self, req: Request<'_>, out: &mut dyn Write) -> io::Result<Ending> {
+        self.store.refresh(Instant::now());
+        Ok(match req {
+            Request::Helo(abi) => {
+                self.abi = Some(abi);
+                Ending::Banner(abi)
+            }
+            Request::Query(q) => self.query(&q, out)?,
+            Request::Axfr { id, zone } => {
+                let abi = self.abi_or_v1();
+                let Some(records) = self.store.zones().zone_records(id, zone) else {
+                    warn!("AXFR of unknown zone id {id} ({zone:?}): answered FAIL");
+                    self.stats.failed_lines += 1;
+                    return Ok(Ending::Fail);
+                };
+                for r in records {
+                    abi::write_data(out, abi, &static_data(&r))?;
+                }
+                self.stats.axfrs += 1;
+                Ending::End
+            }
+            Request::Cmd(cmd) => {
+                self.command(cmd, out)?;
+                Ending::End
+            }
+        })
+    }
+
+    fn abi_or_v1(&self) -> AbiVersion {
+        self.abi.unwrap_or(AbiVersion::V1)
+    }
+
+    fn query(&mut self, q: &Question<'_>, out: &mut dyn Write) -> io::Result<Ending> {
+        self.stats.questions += 1;
+        let abi = self.abi_or_v1();
+        let mut n = 0;
+        // pdns asks class IN only; anything else has no data here.
+        if q.qclass.eq_ignore_ascii_case("IN") {
+            for r in self.store.zones().lookup(q.qname, q.qtype) {
+                abi::write_data(out, abi, &static_data(&r))?;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            self.stats.empty += 1;
+            debug!("no data for {} {}", q.qname, q.qtype);
+        } else {
+            self.stats.answered += 1;
+        }
+        Ok(Ending::End)
+    }
+
+    /// `pdnsutil backend-cmd pipe CMD` (ABI 5). Every reply is lines of text
+    /// then END; an unknown command says so in its text rather than FAIL,
+    /// because pdnsutil shows the text to the operator who typed it.
+    fn command(&mut self, cmd: &str, out: &mut dyn Write) -> io::Result<()> {
+        let mut words = cmd.split_whitespace();
+        match words.next().unwrap_or("") {
+            "help" | "" => {
+                out.write_all(
+                    b"commands:\n\
+                      help      this list\n\
+                      status    database, algorithm, zones, records, lookups served\n\
+                      reload    re-read the database now\n",
+                )?;
+            }
+            "status" => {
+                let z = self.store.zones();
+                let s = self.stats;
+                writeln!(
+                    out,
+                    "pdns-ha {}, pipe ABI {}",
+                    env!("CARGO_PKG_VERSION"),
+                    self.abi_or_v1()
+                )?;
+                writeln!(out, "database: {}", self.store.path().display())?;
+                writeln!(out, "loaded: {:.1?} ago", self.store.loaded_at().elapsed())?;
+                writeln!(out, "algorithm: {}", self.algorithm)?;
+                writeln!(out, "zones: {}", z.zone_count())?;
+                writeln!(out, "records: {}", z.record_count())?;
+                writeln!(
+                    out,
+                    "lookups: {} ({} with data, {} empty), axfr: {}, bad lines: {}",
+                    s.questions, s.answered, s.empty, s.axfrs, s.failed_lines
+                )?;
+                writeln!(out, "uptime: {:.0?}", self.started.elapsed())?;
+            }
+            "reload" => {
+                self.store.expire();
+                self.store.refresh(Instant::now());
+                let z = self.store.zones();
+                writeln!(
+                    out,
+                    "reloaded: {} zones, {} records",
+                    z.zone_count(),
+                    z.record_count()
+                )?;
+            }
+            other => writeln!(out, "unknown command {other:?}; try help")?,
+        }
+        Ok(())
+    }
+}
+
+fn static_data<'a>(r: &crate::zone::Record<'a>) -> Data<'a> {
+    Data {
+        scopebits: 0,
+        auth: r.auth,
+        qname: r.name,
+        qtype: r.rtype,
+        ttl: r.ttl,
+        id: r.domain_id,
+        prio: r.prio,
+        content: r.content,
+    }
+}
+
+enum LineRead {
+    Eof,
+    Line,
+    TooLong,
+}
+
+/// Reads one line into `buf` without its `\n`, holding at most `MAX_LINE`
+/// bytes: the rest of an over-long line is consumed and dropped, so one
+/// huge line costs one `FAIL` and no memory. A last line without `\n`
+/// still counts as a line.
+fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<LineRead> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let avail = match input.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(match (too_long, buf.is_empty()) {
+                (true, _) => LineRead::TooLong,
+                (false, true) => LineRead::Eof,
+                (false, false) => LineRead::Line,
+            });
+        }
+        let newline = avail.iter().position(|&b| b == b'\n');
+        let chunk = &avail[..newline.unwrap_or(avail.len())];
+        if !too_long {
+            if buf.len() + chunk.len() > MAX_LINE {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let used = newline.map_or(avail.len(), |i| i + 1);
+        input.consume(used);
+        if newline.is_some() {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<String> {
+        let mut r = input;
+        let mut buf = Vec::new();
+        let mut v = Vec::new();
+        loop {
+            match read_line(&mut r, &mut buf).unwrap() {
+                LineRead::Eof => return v,
+                LineRead::TooLong => v.push("<too long>".into()),
+                LineRead::Line => v.push(String::from_utf8_lossy(&buf).into_owned()),
+            }
+        }
+    }
+
+    #[test]
+    fn line_reader() {
+        assert_eq!(lines(b"a\nb\n\nc"), ["a", "b", "", "c"]);
+        let mut long = vec![b'x'; MAX_LINE + 1];
+        long.extend_from_slice(b"\nok\n");
+        assert_eq!(lines(&long), ["<too long>", "ok"]);
+        let mut exact = vec![b'x'; MAX_LINE];
+        exact.push(b'\n');
+        assert_eq!(lines(&exact)[0].len(), MAX_LINE);
+        assert_eq!(lines(b""), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,260 @@
+//! SQLite access for the pipe: a read-only connection, the snapshot of the
+//! zones it loads, and the watch that reloads it when an operator changes
+//! the database, while a missing, locked or corrupt file keeps the last good
+//! snapshot answering.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::zone::{Builder, Row, Skip, Zones};
+
+/// How often the pipe looks for a changed database. The contract is that an
+/// operator's change is served within a second; a check costs one `stat`
+/// and one `PRAGMA data_version`, a few microseconds.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// While the database stays broken, repeat the error at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the first load may wait for a writer's lock. Later loads never
+/// wait: the last snapshot answers and the next check tries again.
+const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+const DOMAINS_SQL: &str = include_str!("../sql/pipe_domains.sql");
+const RECORDS_SQL: &str = include_str!("../sql/pipe_records.sql");
+
+/// An error that names the database file.
+#[derive(Debug)]
+pub struct StoreError {
+    path: PathBuf,
+    what: String,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "database {}: {}", self.path.display(), self.what)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Identity of the file behind the path: a new inode means the operator
+/// replaced the file, and the open connection still reads the old one.
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Connection,
+    file: (u64, u64),
+    data_version: i64,
+    zones: Zones,
+    /// Rows left out of the current snapshot; their reasons are logged
+    /// again only when this changes, not on every reload.
+    skipped: usize,
+    loaded_at: Instant,
+    next_check: Instant,
+    /// Set while the database cannot be read: when the error was last
+    /// logged and how many checks failed since.
+    failing: Option<(Instant, u64)>,
+}
+
+impl Store {
+    /// Opens the database and loads it; any failure here is fatal to the
+    /// caller, because there is no earlier snapshot to fall back on.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |what: String| StoreError {
+            path: path.to_owned(),
+            what,
+        };
+        let file = file_id(path).map_err(|e| err(e.to_string()))?;
+        let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
+        let loaded = load(&conn).map_err(err)?;
+        conn.busy_timeout(Duration::ZERO)
+            .map_err(|e| err(e.to_string()))?;
+        let now = Instant::now();
+        let mut store = Self {
+            path: path.to_owned(),
+            conn,
+            file,
+            data_version: loaded.data_version,
+            zones: Zones::default(),
+            skipped: usize::MAX,
+            loaded_at: now,
+            next_check: now + CHECK_EVERY,
+            failing: None,
+        };
+        store.install(loaded, now);
+        Ok(store)
+    }
+
+    pub fn zones(&self) -> &Zones {
+        &self.zones
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn loaded_at(&self) -> Instant {
+        self.loaded_at
+    }
+
+    /// Reloads the snapshot if the database changed, at most every
+    /// `CHECK_EVERY`. Never fails: on error the old snapshot stays.
+    pub fn refresh(&mut self, now: Instant) {
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + CHECK_EVERY;
+        match self.check(now) {
+            Ok(()) => {
+                if let Some((_, n)) = self.failing.take() {
+                    info!(
+                        "database {} readable again after {n} failed checks",
+                        self.path.display()
+                    );
+                }
+            }
+            Err(what) => self.report(now, &what),
+        }
+    }
+
+    /// Forces a reload at the next `refresh` (CMD `reload`).
+    pub fn expire(&mut self) {
+        self.data_version = i64::MIN;
+        self.next_check = Instant::now();
+    }
+
+    fn check(&mut self, now: Instant) -> Result<(), String> {
+        let file = file_id(&self.path).map_err(|e| e.to_string())?;
+        if file != self.file {
+            let conn = open_read_only(&self.path, Duration::ZERO)?;
+            let loaded = load(&conn)?;
+            info!("database {} was replaced; reopened it", self.path.display());
+            (self.conn, self.file) = (conn, file);
+            self.install(loaded, now);
+            return Ok(());
+        }
+        if data_version(&self.conn)? != self.data_version {
+            let loaded = load(&self.conn)?;
+            self.install(loaded, now);
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, loaded: Loaded, now: Instant) {
+        let z = &loaded.zones;
+        info!(
+            "loaded {}: {} zones, {} records",
+            self.path.display(),
+            z.zone_count(),
+            z.record_count()
+        );
+        if loaded.skipped.len() != self.skipped {
+            for why in &loaded.skipped {
+                warn!("not served: {why}");
+            }
+        }
+        self.skipped = loaded.skipped.len();
+        self.data_version = loaded.data_version;
+        self.zones = loaded.zones;
+        self.loaded_at = now;
+    }
+
+    fn report(&mut self, now: Instant, what: &str) {
+        let (last, n) = self.failing.get_or_insert((now, 0));
+        *n += 1;
+        if *n == 1 || now.duration_since(*last) >= ERROR_LOG_EVERY {
+            error!(
+                "database {}: {what}; answering from the copy loaded {:.0?} ago ({n} failed checks)",
+                self.path.display(),
+                now.duration_since(self.loaded_at),
+            );
+            *last = now;
+        }
+    }
+}
+
+fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+    conn.busy_timeout(busy).map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+fn data_version(conn: &Connection) -> Result<i64, String> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+/// Reads every servable record in one read transaction, so a snapshot never
+/// mixes two versions of the database. A row that cannot be served is left
+/// out with a reason; it never stops the rest from loading.
+fn load(conn: &Connection) -> Result<Loaded, String> {
+    let run = || -> rusqlite::Result<Loaded> {
+        let tx = conn.unchecked_transaction()?;
+        let data_version = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let mut b = Builder::default();
+        let mut skipped = Vec::new();
+        let mut stmt = tx.prepare(DOMAINS_SQL)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            match (r.get(0), r.get_ref(1)?.as_str()) {
+                (Ok(id), Ok(name)) => b.domain(id, name),
+                _ => skipped.push("a domains row whose id or name is not readable".to_owned()),
+            }
+        }
+        drop(rows);
+        let mut stmt = tx.prepare(RECORDS_SQL)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let row = || -> rusqlite::Result<Row<'_>> {
+                Ok(Row {
+                    name: r.get_ref(0)?.as_str()?,
+                    rtype: r.get_ref(1)?.as_str()?,
+                    content: r.get_ref(2)?.as_str_or_null()?.unwrap_or(""),
+                    ttl: r.get(3)?,
+                    prio: r.get(4)?,
+                    domain_id: r.get(5)?,
+                    auth: r.get(6)?,
+                })
+            };
+            let why = match row() {
+                Err(e) => format!("a records row is not readable ({e})"),
+                Ok(row) => match b.record(&row) {
+                    Ok(()) => continue,
+                    Err(Skip::Unservable) => format!(
+                        "record {} {} {:?}: a TAB or line break cannot be sent to pdns",
+                        row.name, row.rtype, row.content
+                    ),
+                    Err(Skip::NoPriority) => format!(
+                        "record {} {} {:?}: MX/SRV without a priority",
+                        row.name, row.rtype, row.content
+                    ),
+                },
+            };
+            skipped.push(why);
+        }
+        Ok(Loaded {
+            zones: b.finish(),
+            data_version,
+            skipped,
+        })
+    };
+    run().map_err(|e| e.to_string())
+}
+
+struct Loaded {
+    zones: Zones,
+    data_version: i64,
+    /// Why rows were left out, one line each.
+    skipped: Vec<String>,
+}

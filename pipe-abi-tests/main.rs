@@ -2,4 +2,7 @@
 //! injection, and end-to-end runs under a real pdns_server.
 
 mod e2e;
+mod faults;
+mod golden;
 mod pdns;
+mod util;

@@ -76,7 +76,12 @@ impl Store {
         };
         let file = file_id(path).map_err(|e| err(e.to_string()))?;
         let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
-        let loaded = load(&conn).map_err(err)?;
+        let loaded = load(&conn).map_err(|e| match e.contains("no such table") {
+            true => err(format!(
+                "{e} (not a PowerDNS database; create one with pdns-ha init)"
+            )),
+            false => err(e),
+        })?;
         conn.busy_timeout(Duration::ZERO)
             .map_err(|e| err(e.to_string()))?;
         let now = Instant::now();

@@ -5,6 +5,7 @@ mod abi;
 mod backend;
 mod cli;
 mod init;
+mod metrics;
 mod select;
 mod store;
 mod zone;

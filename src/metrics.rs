@@ -1,0 +1,244 @@
+//! Soft state as the pipe sees it: known client networks, target capacity,
+//! and the latest health, load and latency readings with their timestamps.
+//! Loaded with the zones, looked up by binary search without allocating.
+
+use std::net::IpAddr;
+
+use crate::abi::Subnet;
+
+/// A known client network from `ha_networks`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    pub subnet: Subnet,
+    /// The CIDR as stored: the key of its latency samples.
+    pub cidr: Box<str>,
+    pub name: Box<str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Health {
+    pub up: bool,
+    pub updated: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    pub sessions: u32,
+    /// Capacity reported with the reading (FreeSWITCH's max-sessions).
+    pub max_sessions: Option<u32>,
+    pub updated: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Short-term EWMA: what ranking uses, so a target that slows down
+    /// drops within a few samples.
+    pub ewma_ms: f64,
+    /// Long-run mean, shown by `status`.
+    pub mean_ms: f64,
+    pub samples: u64,
+    pub updated: f64,
+}
+
+/// Network key for samples measured from the monitor's own host, which
+/// stand in for networks that have none of their own.
+pub const ANY_NETWORK: &str = "*";
+
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// Longest prefix first, so the first match is the best.
+    networks: Vec<Network>,
+    capacity: Vec<(Box<str>, u32)>,
+    health: Vec<(Box<str>, Health)>,
+    load: Vec<(Box<str>, Load)>,
+    /// Keyed by (network, target).
+    latency: Vec<((Box<str>, Box<str>), Latency)>,
+}
+
+fn find<'a, T>(v: &'a [(Box<str>, T)], key: &str) -> Option<&'a T> {
+    v.binary_search_by(|(k, _)| (**k).cmp(key))
+        .ok()
+        .map(|i| &v[i].1)
+}
+
+/// Target names are kept as SRV targets are compared: lowercase, no
+/// trailing dot.
+pub fn target_key(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+impl Metrics {
+    pub fn add_network(&mut self, cidr: &str, name: &str) -> Result<(), String> {
+        let subnet = Subnet::parse(cidr.trim())
+            .filter(|s| s.is_network())
+            .ok_or_else(|| format!("ha_networks: {cidr:?} is not a network address/prefix"))?;
+        self.networks.push(Network {
+            subnet,
+            cidr: cidr.into(),
+            name: name.into(),
+        });
+        Ok(())
+    }
+
+    pub fn add_capacity(&mut self, target: &str, max: u32) {
+        self.capacity.push((target_key(target).into(), max));
+    }
+
+    pub fn add_health(&mut self, target: &str, h: Health) {
+        self.health.push((target_key(target).into(), h));
+    }
+
+    pub fn add_load(&mut self, target: &str, l: Load) {
+        self.load.push((target_key(target).into(), l));
+    }
+
+    pub fn add_latency(&mut self, network: &str, target: &str, l: Latency) {
+        self.latency
+            .push(((network.into(), target_key(target).into()), l));
+    }
+
+    pub fn finish(mut self) -> Self {
+        self.networks
+            .sort_by(|a, b| b.subnet.prefix.cmp(&a.subnet.prefix));
+        self.capacity.sort_by(|a, b| a.0.cmp(&b.0));
+        self.health.sort_by(|a, b| a.0.cmp(&b.0));
+        self.load.sort_by(|a, b| a.0.cmp(&b.0));
+        self.latency.sort_by(|a, b| a.0.cmp(&b.0));
+        self
+    }
+
+    pub fn networks(&self) -> &[Network] {
+        &self.networks
+    }
+
+    /// The most specific known network holding the whole client subnet.
+    pub fn network_for(&self, client: Subnet) -> Option<&Network> {
+        self.networks
+            .iter()
+            .find(|n| n.subnet.prefix <= client.prefix && n.subnet.contains(client.addr))
+    }
+
+    pub fn capacity(&self, target: &str) -> Option<u32> {
+        find(&self.capacity, target).copied()
+    }
+
+    pub fn health(&self, target: &str) -> Option<Health> {
+        find(&self.health, target).copied()
+    }
+
+    pub fn load(&self, target: &str) -> Option<Load> {
+        find(&self.load, target).copied()
+    }
+
+    pub fn latency(&self, network: &str, target: &str) -> Option<Latency> {
+        let v = &self.latency;
+        v.binary_search_by(|((n, t), _)| (**n).cmp(network).then_with(|| (**t).cmp(target)))
+            .ok()
+            .map(|i| v[i].1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.health.is_empty() && self.load.is_empty() && self.latency.is_empty()
+    }
+}
+
+impl Subnet {
+    /// No host bits set beyond the prefix: `192.0.2.0/24`, not `192.0.2.1/24`.
+    pub fn is_network(&self) -> bool {
+        let host = host_bits(self.addr, self.prefix);
+        let host_mask = 1u128.checked_shl(host).map_or(u128::MAX, |b| b - 1);
+        bits(self.addr) & host_mask == 0
+    }
+
+    /// Whether `addr` lies in this subnet. IPv4-mapped IPv6 addresses count
+    /// as IPv4, the way pdns may pass them.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        addr.is_ipv4() == self.addr.is_ipv4()
+            && mask(addr, self.prefix) == mask(self.addr, self.prefix)
+    }
+}
+
+fn bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn host_bits(a: IpAddr, prefix: u8) -> u32 {
+    let width = if a.is_ipv4() { 32 } else { 128 };
+    u32::from(width - prefix.min(width))
+}
+
+/// The network part of `a`, shifted down.
+fn mask(a: IpAddr, prefix: u8) -> u128 {
+    bits(a).checked_shr(host_bits(a, prefix)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sn(s: &str) -> Subnet {
+        Subnet::parse(s).unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let mut m = Metrics::default();
+        m.add_network("192.0.2.0/24", "a").unwrap();
+        m.add_network("192.0.2.128/25", "a-high").unwrap();
+        m.add_network("0.0.0.0/0", "world").unwrap();
+        m.add_network("2001:db8::/32", "v6").unwrap();
+        let m = m.finish();
+        let name = |c: &str| m.network_for(sn(c)).map(|n| &*n.name).unwrap_or("-");
+        assert_eq!(name("192.0.2.200"), "a-high");
+        assert_eq!(name("192.0.2.7"), "a");
+        assert_eq!(name("192.0.2.0/24"), "a");
+        // An ECS /16 is wider than either /24 or /25: only the /0 holds it.
+        assert_eq!(name("192.0.0.0/16"), "world");
+        assert_eq!(name("198.51.100.1"), "world");
+        assert_eq!(name("::ffff:192.0.2.7"), "a");
+        assert_eq!(name("2001:db8:1::1"), "v6");
+        assert_eq!(name("2001:db9::1"), "-");
+    }
+
+    #[test]
+    fn networks_must_be_networks() {
+        let mut m = Metrics::default();
+        assert!(m.add_network("192.0.2.1/24", "x").is_err());
+        assert!(m.add_network("192.0.2.0/33", "x").is_err());
+        assert!(m.add_network("nonsense", "x").is_err());
+        assert!(m.add_network("192.0.2.1", "host").is_ok());
+    }
+
+    #[test]
+    fn lookups_by_target() {
+        let mut m = Metrics::default();
+        m.add_health(
+            "Sip1.Example.com.",
+            Health {
+                up: false,
+                updated: 1.0,
+            },
+        );
+        m.add_latency(
+            "*",
+            "sip2.example.com",
+            Latency {
+                ewma_ms: 5.0,
+                mean_ms: 6.0,
+                samples: 3,
+                updated: 2.0,
+            },
+        );
+        let m = m.finish();
+        assert!(!m.health("sip1.example.com").unwrap().up);
+        assert_eq!(m.latency("*", "sip2.example.com").unwrap().samples, 3);
+        assert!(m.latency("192.0.2.0/24", "sip2.example.com").is_none());
+    }
+}

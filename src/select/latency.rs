@@ -1,0 +1,134 @@
+//! least-latency: targets ranked by measured latency from the client's
+//! network, near-equal ones sharing a rank.
+
+use super::{rank_prio, stored, Candidate, Context, Outcome, Placed, Why};
+use crate::metrics::{Metrics, ANY_NETWORK};
+
+/// Two targets share a rank while the slower is within this fraction of
+/// the faster, plus `TOLERANCE_MS`: answers must not flap on jitter.
+const TOLERANCE_REL: f64 = 0.2;
+const TOLERANCE_MS: f64 = 2.0;
+
+pub fn select(
+    cands: &[Candidate<'_>],
+    m: &Metrics,
+    cx: &Context,
+    out: &mut Vec<Placed>,
+) -> Outcome {
+    let Some(net) = m.network_for(cx.client) else {
+        // Unknown network: the stored answer for this client, but scoped
+        // to its own prefix so that pdns never hands it to a known network.
+        stored(cands, out, |i| {
+            if cx.down(m, cands[i].target) {
+                Why::Down
+            } else {
+                Why::Static
+            }
+        });
+        return Outcome {
+            scopebits: cx.client.prefix,
+            ..Outcome::default()
+        };
+    };
+    let scoped = Outcome {
+        scopebits: net.subnet.prefix,
+        ..Outcome::default()
+    };
+    let latency = |t: &str| {
+        let fresh = |l: &crate::metrics::Latency| cx.fresh(l.updated);
+        if let Some(l) = m.latency(&net.cidr, t).filter(fresh) {
+            return Some(Why::Latency {
+                ms: l.ewma_ms,
+                from_any: false,
+            });
+        }
+        m.latency(ANY_NETWORK, t)
+            .filter(fresh)
+            .map(|l| Why::Latency {
+                ms: l.ewma_ms,
+                from_any: true,
+            })
+    };
+    for (idx, c) in cands.iter().enumerate() {
+        let why = match cx.down(m, c.target) {
+            true => Why::Down,
+            false => latency(c.target).unwrap_or(Why::Unmeasured),
+        };
+        out.push(Placed {
+            idx,
+            place: None,
+            why,
+        });
+    }
+    if !out.iter().any(|p| matches!(p.why, Why::Latency { .. })) {
+        out.clear();
+        stored(cands, out, |i| {
+            if cx.down(m, cands[i].target) {
+                Why::Down
+            } else {
+                Why::Unmeasured
+            }
+        });
+        return scoped;
+    }
+    // Measured first by latency, then unmeasured by stored priority, then
+    // the left-out; stable, so ties keep the stored order.
+    let ms = |p: &Placed| match p.why {
+        Why::Latency { ms, .. } => ms,
+        _ => f64::INFINITY,
+    };
+    let class = |p: &Placed| match p.why {
+        Why::Latency { .. } => 0,
+        Why::Down => 2,
+        _ => 1,
+    };
+    out.sort_by(|a, b| {
+        class(a)
+            .cmp(&class(b))
+            .then(ms(a).total_cmp(&ms(b)))
+            .then(cands[a.idx].prio.cmp(&cands[b.idx].prio))
+    });
+    // A rank starts at its fastest member and takes everyone within the
+    // tolerance of it; unmeasured targets form one rank per stored priority.
+    let mut rank = 0;
+    let mut leader: Option<Group> = None;
+    for p in out.iter_mut() {
+        let c = &cands[p.idx];
+        let group = match p.why {
+            Why::Down => continue,
+            Why::Latency { ms, .. } => Group::Measured(ms),
+            _ => Group::Unmeasured(c.prio),
+        };
+        match leader {
+            Some(l) if l.holds(group) => {}
+            Some(_) => {
+                rank += 1;
+                leader = Some(group);
+            }
+            None => leader = Some(group),
+        }
+        p.place = Some((rank_prio(rank), c.weight));
+    }
+    Outcome {
+        dynamic: true,
+        ..scoped
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Group {
+    Measured(f64),
+    Unmeasured(i64),
+}
+
+impl Group {
+    fn holds(self, other: Group) -> bool {
+        match (self, other) {
+            (Group::Measured(lead), Group::Measured(ms)) => {
+                ms <= lead * (1.0 + TOLERANCE_REL) + TOLERANCE_MS
+            }
+            (Group::Unmeasured(a), Group::Unmeasured(b)) => a == b,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Unit tests of the algorithms on the enterprise SRV example.
+
+use super::*;
+use crate::metrics::{Health, Latency, Load};
+
+const NOW: f64 = 1_000_000.0;
+
+/// sip1..sip8 as in sql/example.sql.
+fn example() -> Vec<Candidate<'static>> {
+    [
+        ("sip1.example.com", 10, 50),
+        ("sip2.example.com", 10, 25),
+        ("sip3.example.com", 10, 25),
+        ("sip4.example.com", 20, 20),
+        ("sip5.example.com", 20, 20),
+        ("sip6.example.com", 20, 10),
+        ("sip7.example.com", 30, 10),
+        ("sip8.example.com", 30, 10),
+    ]
+    .into_iter()
+    .map(|(target, prio, weight)| Candidate {
+        target,
+        prio,
+        weight,
+    })
+    .collect()
+}
+
+fn networks() -> Metrics {
+    let mut m = Metrics::default();
+    m.add_network("192.0.2.0/24", "site-a").unwrap();
+    m.add_network("198.51.100.0/24", "site-b").unwrap();
+    m
+}
+
+fn lat(m: &mut Metrics, net: &str, target: u8, ms: f64, age: f64) {
+    let l = Latency {
+        ewma_ms: ms,
+        mean_ms: ms,
+        samples: 5,
+        updated: NOW - age,
+    };
+    m.add_latency(net, &format!("sip{target}.example.com"), l);
+}
+
+fn cx(client: &str) -> Context {
+    Context {
+        client: Subnet::parse(client).unwrap(),
+        now: NOW,
+        stale_after: 30.0,
+    }
+}
+
+/// The answer as `target prio weight` lines, left-out ones as `target -`.
+fn run(alg: Algorithm, m: &Metrics, client: &str) -> (Vec<String>, Outcome) {
+    let cands = example();
+    let mut out = Vec::new();
+    let outcome = select(alg, &cands, m, &cx(client), &mut out);
+    assert_eq!(out.len(), cands.len());
+    let lines = out
+        .iter()
+        .map(|p| {
+            let t = &cands[p.idx].target[..4];
+            match p.place {
+                Some((prio, w)) => format!("{t} {prio} {w}"),
+                None => format!("{t} -"),
+            }
+        })
+        .collect();
+    (lines, outcome)
+}
+
+#[test]
+fn static_is_as_stored() {
+    let mut m = networks();
+    m.add_health(
+        "sip1.example.com",
+        Health {
+            up: false,
+            updated: NOW,
+        },
+    );
+    let (lines, o) = run(Algorithm::Static, &m.finish(), "198.51.100.7");
+    assert_eq!(lines[0], "sip1 10 50", "static ignores health");
+    assert_eq!(lines[7], "sip8 30 10");
+    assert_eq!(o, Outcome::default());
+}
+
+#[test]
+fn least_latency_ranks_by_the_clients_network() {
+    let mut m = networks();
+    for (t, ms) in [(4, 5.0), (5, 6.0), (6, 30.0), (1, 40.0), (2, 41.0)] {
+        lat(&mut m, "198.51.100.0/24", t, ms, 1.0);
+    }
+    // The other site sees it the other way round.
+    for (t, ms) in [(1, 3.0), (2, 3.5), (4, 50.0)] {
+        lat(&mut m, "192.0.2.0/24", t, ms, 1.0);
+    }
+    m.add_health(
+        "sip3.example.com",
+        Health {
+            up: false,
+            updated: NOW - 2.0,
+        },
+    );
+    let m = m.finish();
+
+    let (lines, o) = run(Algorithm::LeastLatency, &m, "198.51.100.7");
+    assert_eq!(
+        lines,
+        [
+            "sip4 10 20", // 5 ms and 6 ms share a rank and keep their weights
+            "sip5 10 20",
+            "sip6 20 10",
+            "sip1 30 50", // 40 ms is past 30 ms + 20 % + 2 ms
+            "sip2 30 25",
+            "sip7 40 10", // unmeasured, in stored order
+            "sip8 40 10",
+            "sip3 -", // down
+        ]
+    );
+    assert_eq!(
+        o,
+        Outcome {
+            scopebits: 24,
+            dynamic: true,
+            fail_open: false
+        }
+    );
+
+    let (lines, _) = run(Algorithm::LeastLatency, &m, "192.0.2.0/24");
+    assert_eq!(&lines[..3], ["sip1 10 50", "sip2 10 25", "sip4 20 20"]);
+}
+
+#[test]
+fn least_latency_falls_back_to_star_samples() {
+    let mut m = networks();
+    lat(&mut m, "*", 7, 2.0, 1.0);
+    lat(&mut m, "198.51.100.0/24", 5, 9.0, 1.0);
+    let (lines, o) = run(Algorithm::LeastLatency, &m.finish(), "192.0.2.9");
+    assert_eq!(lines[0], "sip7 10 10");
+    assert_eq!(
+        lines[1], "sip1 20 50",
+        "then the unmeasured in stored order"
+    );
+    assert!(o.dynamic);
+}
+
+#[test]
+fn least_latency_without_fresh_samples_or_network_is_static() {
+    let mut m = networks();
+    lat(&mut m, "198.51.100.0/24", 8, 1.0, 31.0);
+    m.add_health(
+        "sip1.example.com",
+        Health {
+            up: false,
+            updated: NOW - 60.0,
+        },
+    );
+    let m = m.finish();
+    let (lines, o) = run(Algorithm::LeastLatency, &m, "198.51.100.7");
+    assert_eq!(lines[0], "sip1 10 50", "stale health is not down");
+    assert_eq!(lines[7], "sip8 30 10", "stale latency is unknown");
+    assert_eq!(
+        o,
+        Outcome {
+            scopebits: 24,
+            dynamic: false,
+            fail_open: false
+        }
+    );
+
+    // A client in no known network: stored order, scoped to itself.
+    let (lines, o) = run(Algorithm::LeastLatency, &m, "203.0.113.5");
+    assert_eq!(lines[0], "sip1 10 50");
+    assert_eq!(o.scopebits, 32);
+}
+
+#[test]
+fn everything_down_fails_open() {
+    let mut m = networks();
+    for t in 1..=8 {
+        m.add_health(
+            &format!("sip{t}.example.com"),
+            Health {
+                up: false,
+                updated: NOW,
+            },
+        );
+    }
+    let m = m.finish();
+    for alg in [Algorithm::LeastLatency, Algorithm::LeastLoad] {
+        let (lines, o) = run(alg, &m, "198.51.100.7");
+        assert!(lines.iter().all(|l| !l.ends_with('-')), "{alg}: {lines:?}");
+        assert_eq!(lines[0], "sip1 10 50");
+        assert!(o.fail_open);
+    }
+}
+
+#[test]
+fn least_load_weights_free_capacity_within_tiers() {
+    let mut m = networks();
+    let load = |m: &mut Metrics, t: u8, sessions: u32, max: Option<u32>| {
+        let l = Load {
+            sessions,
+            max_sessions: max,
+            updated: NOW - 1.0,
+        };
+        m.add_load(&format!("sip{t}.example.com"), l);
+    };
+    load(&mut m, 1, 900, Some(1000));
+    load(&mut m, 2, 100, Some(1000));
+    load(&mut m, 3, 1000, Some(1000));
+    load(&mut m, 5, 500, None);
+    m.add_capacity("sip5.example.com", 1000);
+    load(&mut m, 6, 200, None);
+    m.add_capacity("sip6.example.com", 500);
+    m.add_health(
+        "sip8.example.com",
+        Health {
+            up: false,
+            updated: NOW,
+        },
+    );
+    let (lines, o) = run(Algorithm::LeastLoad, &m.finish(), "198.51.100.7");
+    assert_eq!(
+        lines,
+        [
+            "sip2 10 900", // most free first
+            "sip1 10 100",
+            "sip3 20 25", // full: behind its tier, stored weight
+            "sip5 30 500",
+            "sip6 30 300",
+            "sip4 30 400", // unknown load: the tier's average
+            "sip7 40 10",  // a tier with no readings keeps its weights
+            "sip8 -",
+        ]
+    );
+    assert_eq!(
+        o,
+        Outcome {
+            scopebits: 0,
+            dynamic: true,
+            fail_open: false
+        }
+    );
+}
+
+#[test]
+fn least_load_scales_big_capacities_and_falls_back_when_unknown() {
+    let mut m = networks();
+    m.add_load(
+        "sip1.example.com",
+        Load {
+            sessions: 0,
+            max_sessions: Some(200_000),
+            updated: NOW,
+        },
+    );
+    m.add_load(
+        "sip2.example.com",
+        Load {
+            sessions: 100_000,
+            max_sessions: Some(200_000),
+            updated: NOW,
+        },
+    );
+    let (lines, _) = run(Algorithm::LeastLoad, &m.finish(), "192.0.2.1");
+    assert_eq!(&lines[..2], ["sip1 10 65535", "sip2 10 32768"]);
+
+    let (lines, o) = run(Algorithm::LeastLoad, &networks().finish(), "192.0.2.1");
+    assert_eq!(lines[0], "sip1 10 50");
+    assert!(!o.dynamic);
+}

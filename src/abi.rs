@@ -135,13 +135,19 @@ impl Subnet {
     pub fn parse(s: &str) -> Option<Self> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (parse_ip(a)?, p.parse::<u8>().ok()?),
-            None => {
-                let a = parse_ip(s)?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
+            None => return parse_ip(s).map(Self::host),
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         (prefix <= max).then_some(Self { addr, prefix })
+    }
+}
+
+impl Subnet {
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            prefix: if addr.is_ipv4() { 32 } else { 128 },
+        }
     }
 }
 
@@ -171,6 +177,18 @@ pub struct Question<'a> {
     /// ABI 3+: pdns's "real remote", the ECS subnet when
     /// `edns-subnet-processing=yes` and the query had one, else `remote/32`.
     pub edns_subnet: Option<Subnet>,
+}
+
+impl Question<'_> {
+    /// Who the answer is for: the ECS subnet when pdns passes a real one
+    /// (ABI 3+ with `edns-subnet-processing=yes`), else the remote address.
+    /// A `/0` (the client opted out, or a packet-less question) says nothing.
+    pub fn client(&self) -> Subnet {
+        match self.edns_subnet {
+            Some(s) if s.prefix > 0 => s,
+            _ => Subnet::host(self.remote_ip),
+        }
+    }
 }
 
 /// One request line from pdns.
@@ -368,6 +386,9 @@ pub struct Data<'a> {
     pub id: i64,
     /// MX/SRV priority, sent as its own field.
     pub prio: Option<i64>,
+    /// A rewritten SRV weight, sent in front of `content` (then `port
+    /// target`).
+    pub weight: Option<u32>,
     pub content: &'a str,
 }
 
@@ -380,6 +401,9 @@ pub fn write_data(out: &mut dyn Write, abi: AbiVersion, d: &Data<'_>) -> io::Res
     write!(out, "{}\tIN\t{}\t{}\t{}\t", d.qname, d.qtype, d.ttl, d.id)?;
     if let Some(prio) = d.prio {
         write!(out, "{prio}\t")?;
+    }
+    if let Some(weight) = d.weight {
+        write!(out, "{weight} ")?;
     }
     out.write_all(d.content.as_bytes())?;
     out.write_all(b"\n")
@@ -548,6 +572,7 @@ mod tests {
             ttl: 300,
             id: 1,
             prio: Some(10),
+            weight: None,
             content: "50 5060 sip1.example.com.",
         };
         let mut v1 = Vec::new();

@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use log::{debug, warn};
 
-use crate::abi::{self, AbiVersion, Data, ParseError, Question, Request, MAX_LINE};
-use crate::select::Algorithm;
+use crate::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE};
+use crate::answer::{as_stored, recycle, Ranker};
+use crate::cli::PipeOptions;
 use crate::store::Store;
+use crate::zone::Record;
 
 /// How an answer ends. Written by `run` alone, so that no path can send a
 /// second terminator (pdns would read it as the answer to its next question).
@@ -31,20 +33,24 @@ pub struct Stats {
 
 pub struct Backend {
     store: Store,
-    algorithm: Algorithm,
+    ranker: Ranker,
     abi: Option<AbiVersion>,
     stats: Stats,
+    /// Scratch for one RRset, kept so that lookups do not allocate.
+    rrset: Vec<Record<'static>>,
     started: Instant,
 }
 
 impl Backend {
-    pub fn new(store: Store, algorithm: Algorithm) -> Self {
+    pub fn new(store: Store, opts: &PipeOptions) -> Self {
+        let ranker = Ranker::new(opts.algorithm, opts.dynamic_ttl.0, opts.stale_after.0);
         Self {
             store,
-            algorithm,
+            ranker,
             abi: None,
             stats: Stats::default(),
             started: Instant::now(),
+            rrset: Vec::new(),
         }
     }
 
@@ -74,7 +80,7 @@ impl Backend {
                     out,
                     "OK\tpdns-ha {} ({} algorithm), pipe ABI {abi}",
                     env!("CARGO_PKG_VERSION"),
-                    self.algorithm
+                    self.ranker.algorithm
                 )?,
             }
             out.flush()?;
@@ -104,7 +110,7 @@ impl Backend {
                     return Ok(Ending::Fail);
                 };
                 for r in records {
-                    abi::write_data(out, abi, &static_data(&r))?;
+                    abi::write_data(out, abi, &as_stored(&r))?;
                 }
                 self.stats.axfrs += 1;
                 Ending::End
@@ -123,13 +129,24 @@ impl Backend {
     fn query(&mut self, q: &Question<'_>, out: &mut dyn Write) -> io::Result<Ending> {
         self.stats.questions += 1;
         let abi = self.abi_or_v1();
+        let (client, now) = (q.client(), unix_now());
+        let (zones, metrics) = (self.store.zones(), self.store.metrics());
         let mut n = 0;
         // pdns asks class IN only; anything else has no data here.
         if q.qclass.eq_ignore_ascii_case("IN") {
-            for r in self.store.zones().lookup(q.qname, q.qtype) {
-                abi::write_data(out, abi, &static_data(&r))?;
-                n += 1;
+            // Records come sorted by type, so each RRset is one run.
+            let mut records = zones.lookup(q.qname, q.qtype).peekable();
+            let mut run = recycle(std::mem::take(&mut self.rrset));
+            while let Some(first) = records.next() {
+                run.clear();
+                run.push(first);
+                while let Some(r) = records.next_if(|r| r.rtype == first.rtype) {
+                    run.push(r);
+                }
+                n += run.len();
+                self.ranker.write(out, abi, &run, metrics, client, now)?;
             }
+            self.rrset = recycle(run);
         }
         if n == 0 {
             self.stats.empty += 1;
@@ -165,7 +182,7 @@ impl Backend {
                 )?;
                 writeln!(out, "database: {}", self.store.path().display())?;
                 writeln!(out, "loaded: {:.1?} ago", self.store.loaded_at().elapsed())?;
-                writeln!(out, "algorithm: {}", self.algorithm)?;
+                writeln!(out, "algorithm: {}", self.ranker.algorithm)?;
                 writeln!(out, "zones: {}", z.zone_count())?;
                 writeln!(out, "records: {}", z.record_count())?;
                 writeln!(
@@ -192,17 +209,11 @@ impl Backend {
     }
 }
 
-fn static_data<'a>(r: &crate::zone::Record<'a>) -> Data<'a> {
-    Data {
-        scopebits: 0,
-        auth: r.auth,
-        qname: r.name,
-        qtype: r.rtype,
-        ttl: r.ttl,
-        id: r.domain_id,
-        prio: r.prio,
-        content: r.content,
-    }
+/// Unix time in seconds, the clock metrics are stamped with.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 enum LineRead {

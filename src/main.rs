@@ -2,6 +2,7 @@
 //! wires: parse the command line, set up logging, run the subcommand.
 
 mod abi;
+mod answer;
 mod backend;
 mod cli;
 mod init;
@@ -60,7 +61,7 @@ fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
         ));
     }
     let store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
-    let mut backend = backend::Backend::new(store, opts.algorithm);
+    let mut backend = backend::Backend::new(store, opts);
     let mut input = io::stdin().lock();
     let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
     match backend.run(&mut input, &mut out) {

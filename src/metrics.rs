@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::abi::Subnet;
+use crate::zone::cmp_name;
 
 /// A known client network from `ha_networks`.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,16 +56,23 @@ pub struct Metrics {
     latency: Vec<((Box<str>, Box<str>), Latency)>,
 }
 
-fn find<'a, T>(v: &'a [(Box<str>, T)], key: &str) -> Option<&'a T> {
-    v.binary_search_by(|(k, _)| (**k).cmp(key))
+/// Looks up a target; SRV targets may come in any case.
+fn find<'a, T>(v: &'a [(Box<str>, T)], target: &str) -> Option<&'a T> {
+    v.binary_search_by(|(k, _)| cmp_name(k, target))
         .ok()
         .map(|i| &v[i].1)
 }
 
-/// Target names are kept as SRV targets are compared: lowercase, no
-/// trailing dot.
+/// Targets are keyed as records name them: host names lowercase without
+/// the trailing dot, addresses in canonical form (as `zone` stores A/AAAA
+/// content), so `2001:DB8:0::1` in `ha_targets` matches `2001:db8::1`.
 pub fn target_key(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+    let name = name.trim();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.to_ascii_lowercase(),
+    }
 }
 
 impl Metrics {
@@ -107,10 +115,6 @@ impl Metrics {
         self
     }
 
-    pub fn networks(&self) -> &[Network] {
-        &self.networks
-    }
-
     /// The most specific known network holding the whole client subnet.
     pub fn network_for(&self, client: Subnet) -> Option<&Network> {
         self.networks
@@ -132,13 +136,9 @@ impl Metrics {
 
     pub fn latency(&self, network: &str, target: &str) -> Option<Latency> {
         let v = &self.latency;
-        v.binary_search_by(|((n, t), _)| (**n).cmp(network).then_with(|| (**t).cmp(target)))
+        v.binary_search_by(|((n, t), _)| (**n).cmp(network).then_with(|| cmp_name(t, target)))
             .ok()
             .map(|i| v[i].1)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.health.is_empty() && self.load.is_empty() && self.latency.is_empty()
     }
 }
 
@@ -236,8 +236,15 @@ mod tests {
                 updated: 2.0,
             },
         );
+        let up = Health {
+            up: true,
+            updated: 1.0,
+        };
+        m.add_health("2001:DB8:0::1", up);
         let m = m.finish();
         assert!(!m.health("sip1.example.com").unwrap().up);
+        assert!(!m.health("SIP1.example.COM").unwrap().up);
+        assert!(m.health("2001:db8::1").unwrap().up);
         assert_eq!(m.latency("*", "sip2.example.com").unwrap().samples, 3);
         assert!(m.latency("192.0.2.0/24", "sip2.example.com").is_none());
     }

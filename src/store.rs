@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::metrics::{Health, Latency, Load, Metrics};
 use crate::zone::{Builder, Row, Skip, Zones};
 
 /// How often the pipe looks for a changed database. The contract is that an
@@ -27,6 +28,7 @@ const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 const DOMAINS_SQL: &str = include_str!("../sql/pipe_domains.sql");
 const RECORDS_SQL: &str = include_str!("../sql/pipe_records.sql");
+const METRICS_SQL: &str = include_str!("../sql/pipe_metrics.sql");
 
 /// An error that names the database file.
 #[derive(Debug)]
@@ -56,6 +58,7 @@ pub struct Store {
     file: (u64, u64),
     data_version: i64,
     zones: Zones,
+    metrics: Metrics,
     /// Rows left out of the current snapshot; their reasons are logged
     /// again only when this changes, not on every reload.
     skipped: usize,
@@ -91,6 +94,7 @@ impl Store {
             file,
             data_version: loaded.data_version,
             zones: Zones::default(),
+            metrics: Metrics::default(),
             skipped: usize::MAX,
             loaded_at: now,
             next_check: now + CHECK_EVERY,
@@ -102,6 +106,10 @@ impl Store {
 
     pub fn zones(&self) -> &Zones {
         &self.zones
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn path(&self) -> &Path {
@@ -171,6 +179,7 @@ impl Store {
         self.skipped = loaded.skipped.len();
         self.data_version = loaded.data_version;
         self.zones = loaded.zones;
+        self.metrics = loaded.metrics;
         self.loaded_at = now;
     }
 
@@ -249,6 +258,7 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
             skipped.push(why);
         }
         Ok(Loaded {
+            metrics: load_metrics(&tx, &mut skipped)?,
             zones: b.finish(),
             data_version,
             skipped,
@@ -259,7 +269,97 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
 
 struct Loaded {
     zones: Zones,
+    metrics: Metrics,
     data_version: i64,
     /// Why rows were left out, one line each.
     skipped: Vec<String>,
+}
+
+/// Reads the `ha_` tables. A row with a value of the wrong type or out of
+/// range is left out with a reason, like a bad record.
+fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Metrics> {
+    let mut m = Metrics::default();
+    let mut sql = METRICS_SQL
+        .split(';')
+        .map(str::trim)
+        .filter(|s| s.starts_with("SELECT"));
+    let mut next = || sql.next().unwrap_or("");
+    each_row(tx, next(), skipped, |r| {
+        m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)
+    })?;
+    each_row(tx, next(), skipped, |r| {
+        m.add_capacity(&col::<String>(r, 0)?, count(r, 1)?);
+        Ok(())
+    })?;
+    each_row(tx, next(), skipped, |r| {
+        m.add_health(
+            &col::<String>(r, 0)?,
+            Health {
+                up: col(r, 1)?,
+                updated: col(r, 2)?,
+            },
+        );
+        Ok(())
+    })?;
+    each_row(tx, next(), skipped, |r| {
+        let max_sessions = match col::<Option<i64>>(r, 2)? {
+            Some(_) => Some(count(r, 2)?),
+            None => None,
+        };
+        let l = Load {
+            sessions: count(r, 1)?,
+            max_sessions,
+            updated: col(r, 3)?,
+        };
+        m.add_load(&col::<String>(r, 0)?, l);
+        Ok(())
+    })?;
+    each_row(tx, next(), skipped, |r| {
+        let l = Latency {
+            ewma_ms: col(r, 2)?,
+            mean_ms: col(r, 3)?,
+            samples: u64::from(count(r, 4)?),
+            updated: col(r, 5)?,
+        };
+        m.add_latency(&col::<String>(r, 0)?, &col::<String>(r, 1)?, l);
+        Ok(())
+    })?;
+    Ok(m.finish())
+}
+
+/// Runs one `SELECT … FROM table` if the table exists, handing each row to
+/// `f`; rows `f` rejects are listed in `skipped`.
+fn each_row(
+    tx: &Connection,
+    sql: &str,
+    skipped: &mut Vec<String>,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
+) -> rusqlite::Result<()> {
+    let table = sql.rsplit(' ').next().unwrap_or("");
+    let exists: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        if let Err(why) = f(r) {
+            skipped.push(format!("a row of {table}: {why}"));
+        }
+    }
+    Ok(())
+}
+
+fn col<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, i: usize) -> Result<T, String> {
+    r.get(i).map_err(|e| e.to_string())
+}
+
+/// A column holding a count: sessions, capacity, samples.
+fn count(r: &rusqlite::Row<'_>, i: usize) -> Result<u32, String> {
+    let n: i64 = col(r, i)?;
+    u32::try_from(n).map_err(|_| format!("column {i} is {n}, out of range"))
 }

@@ -110,9 +110,18 @@ impl Builder {
                 )
             }
         };
+        // Addresses in canonical form, the form `ha_targets` keys take.
+        let addr = match row.rtype.to_ascii_uppercase().as_str() {
+            "A" | "AAAA" => content
+                .trim()
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|a| a.to_string()),
+            _ => None,
+        };
         let name = self.push_name(row.name);
         let rtype = self.push(row.rtype, Case::Upper);
-        let content = self.push(content, Case::Keep);
+        let content = self.push(addr.as_deref().unwrap_or(content), Case::Keep);
         let ttl = row
             .ttl
             .map_or(DEFAULT_TTL, |t| t.clamp(0, i64::from(i32::MAX)) as u32);
@@ -187,7 +196,7 @@ enum Case {
 }
 
 /// Compares a stored (lowercase) name with an asked one, ignoring ASCII case.
-fn cmp_name(stored: &str, asked: &str) -> Ordering {
+pub fn cmp_name(stored: &str, asked: &str) -> Ordering {
     let a = stored.bytes();
     let b = asked.bytes().map(|c| c.to_ascii_lowercase());
     a.cmp(b)

@@ -1,0 +1,8 @@
+-- Soft state for the pipe (read-only), one statement per table; `load` in
+-- src/store.rs runs them in this order. Skipped when the table is missing
+-- (a plain gsqlite3 database): every algorithm then answers as stored.
+SELECT cidr, name FROM ha_networks;
+SELECT name, max_sessions FROM ha_targets WHERE max_sessions IS NOT NULL;
+SELECT target, up, updated FROM ha_health;
+SELECT target, sessions, max_sessions, updated FROM ha_load;
+SELECT network, target, ewma_ms, mean_ms, samples, updated FROM ha_latency;

@@ -45,6 +45,9 @@ pub struct Latency {
 /// stand in for networks that have none of their own.
 pub const ANY_NETWORK: &str = "*";
 
+/// (network, target), the key of a latency reading.
+type NetworkTarget = (Box<str>, Box<str>);
+
 #[derive(Default, Debug)]
 pub struct Metrics {
     /// Longest prefix first, so the first match is the best.
@@ -53,7 +56,7 @@ pub struct Metrics {
     health: Vec<(Box<str>, Health)>,
     load: Vec<(Box<str>, Load)>,
     /// Keyed by (network, target).
-    latency: Vec<((Box<str>, Box<str>), Latency)>,
+    latency: Vec<(NetworkTarget, Latency)>,
 }
 
 /// Looks up a target; SRV targets may come in any case.
@@ -106,8 +109,7 @@ impl Metrics {
     }
 
     pub fn finish(mut self) -> Self {
-        self.networks
-            .sort_by(|a, b| b.subnet.prefix.cmp(&a.subnet.prefix));
+        self.networks.sort_by_key(|n| std::cmp::Reverse(n.subnet.prefix));
         self.capacity.sort_by(|a, b| a.0.cmp(&b.0));
         self.health.sort_by(|a, b| a.0.cmp(&b.0));
         self.load.sort_by(|a, b| a.0.cmp(&b.0));

@@ -151,7 +151,7 @@ fn srv_rest(content: &str) -> Option<&str> {
 }
 
 /// The `ha_targets` key and stored priority/weight of a record.
-fn candidate<'a>(r: &Record<'a>) -> Option<Candidate<'a>> {
+pub fn candidate<'a>(r: &Record<'a>) -> Option<Candidate<'a>> {
     if r.rtype != "SRV" {
         return Some(Candidate {
             target: r.content,

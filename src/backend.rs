@@ -129,7 +129,7 @@ impl Backend {
     fn query(&mut self, q: &Question<'_>, out: &mut dyn Write) -> io::Result<Ending> {
         self.stats.questions += 1;
         let abi = self.abi_or_v1();
-        let (client, now) = (q.client(), unix_now());
+        let (client, now) = (q.client(), crate::metric::unix_now());
         let (zones, metrics) = (self.store.zones(), self.store.metrics());
         let mut n = 0;
         // pdns asks class IN only; anything else has no data here.
@@ -207,13 +207,6 @@ impl Backend {
         }
         Ok(())
     }
-}
-
-/// Unix time in seconds, the clock metrics are stamped with.
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 enum LineRead {

@@ -2,7 +2,10 @@
 //! keep the binary small: the grammar is `SUBCOMMAND [--flag VALUE]... [ARG]...`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use crate::abi::Subnet;
+use crate::metric::AntiFlap;
 use crate::select::Algorithm;
 
 pub const USAGE: &str = "\
@@ -11,26 +14,31 @@ pdns-ha: PowerDNS pipe backend that orders SIP SRV/A/AAAA answers by live measur
 usage:
   pdns-ha [pipe] --db PATH [--algorithm static|least-latency|least-load]
                  [--dynamic-ttl SECS] [--stale-after SECS]
-  pdns-ha init   --db PATH [SQL_FILE...]   create the schema, then run the seed scripts
+  pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
+  pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N] [--once]
+  pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
+  pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
+  pdns-ha metric health  --db PATH --target NAME up|down
+  pdns-ha status  --db PATH [--stale-after SECS]
+  pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] QNAME [QTYPE]
   pdns-ha --help | --version
 
 pipe is what pdns.conf runs:
-  pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm static
+  pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
+Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
+--timeout 1000, --down-after 3, --up-after 2.
 Logs go to stderr; RUST_LOG=info (or debug) for more.
 ";
 
-/// Seconds, as given to `--dynamic-ttl` and `--stale-after`.
+/// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Secs(pub u32);
 
-impl Secs {
-    fn parse(flag: &str, v: &str) -> Result<Self, String> {
-        match v.parse::<u32>() {
-            Ok(n) if n > 0 => Ok(Self(n)),
-            _ => Err(format!(
-                "{flag} needs a whole number of seconds above 0, got {v:?}"
-            )),
-        }
+/// A whole number above zero, with the flag's name in the error.
+fn positive(flag: &str, v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag} needs a whole number above 0, got {v:?}")),
     }
 }
 
@@ -45,24 +53,74 @@ pub struct PipeOptions {
 }
 
 #[derive(Debug, PartialEq, Eq)]
+pub struct MonitorOptions {
+    pub db: PathBuf,
+    pub interval: Secs,
+    /// Per probe: one slow target costs the others at most this.
+    pub timeout: Duration,
+    pub anti_flap: AntiFlap,
+    pub once: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Metric {
+    Latency {
+        network: String,
+        target: String,
+        ms: f64,
+    },
+    Load {
+        target: String,
+        sessions: u32,
+        max: Option<u32>,
+    },
+    Health {
+        target: String,
+        up: bool,
+    },
+}
+
+#[derive(Debug, PartialEq)]
 pub enum Command {
     Pipe(PipeOptions),
-    Init { db: PathBuf, scripts: Vec<PathBuf> },
+    Init {
+        db: PathBuf,
+        scripts: Vec<PathBuf>,
+    },
+    Monitor(MonitorOptions),
+    Metric {
+        db: PathBuf,
+        metric: Metric,
+    },
+    Status {
+        db: PathBuf,
+        stale_after: Secs,
+    },
+    Explain {
+        opts: PipeOptions,
+        all: bool,
+        client: Option<Subnet>,
+        qname: String,
+        qtype: String,
+    },
     Help,
     Version,
 }
 
-/// Flags a subcommand accepts; all of them take a value.
+/// Flags a subcommand accepts. Those in `switches` take no value.
 struct Flags {
-    known: &'static [&'static str],
     values: Vec<(&'static str, String)>,
     positional: Vec<String>,
 }
 
 impl Flags {
-    fn parse(cmd: &str, known: &'static [&'static str], args: &[String]) -> Result<Self, String> {
+    fn parse(
+        cmd: &str,
+        known: &[&'static str],
+        switches: &[&'static str],
+        args: &[String],
+    ) -> Result<Self, String> {
         let mut f = Self {
-            known,
             values: Vec::new(),
             positional: Vec::new(),
         };
@@ -76,22 +134,29 @@ impl Flags {
                 Some((n, v)) => (n, Some(v.to_owned())),
                 None => (body, None),
             };
-            let Some(&flag) = f.known.iter().find(|k| **k == name) else {
+            let value = if let Some(&flag) = switches.iter().find(|k| **k == name) {
+                if inline.is_some() {
+                    return Err(format!("--{flag} takes no value"));
+                }
+                (flag, String::new())
+            } else if let Some(&flag) = known.iter().find(|k| **k == name) {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("--{flag} needs a value"))?,
+                };
+                (flag, v)
+            } else {
                 return Err(format!(
                     "unknown option --{name} for {cmd} (see pdns-ha --help)"
                 ));
             };
-            let value = match inline {
-                Some(v) => v,
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("--{flag} needs a value"))?,
-            };
-            if f.values.iter().any(|(k, _)| *k == flag) {
-                return Err(format!("--{flag} given twice"));
+            if f.values.iter().any(|(k, _)| *k == value.0) {
+                return Err(format!("--{} given twice", value.0));
             }
-            f.values.push((flag, value));
+            f.values.push(value);
         }
         Ok(f)
     }
@@ -103,18 +168,57 @@ impl Flags {
             .map(|(_, v)| v.as_str())
     }
 
-    fn db(&self) -> Result<PathBuf, String> {
-        match self.get("db") {
-            Some("") => Err("--db needs a path".into()),
-            Some(p) => Ok(PathBuf::from(p)),
-            None => Err("missing --db PATH (the SQLite database)".into()),
+    fn has(&self, flag: &str) -> bool {
+        self.get(flag).is_some()
+    }
+
+    fn need(&self, flag: &str, what: &str) -> Result<&str, String> {
+        match self.get(flag) {
+            Some("") | None => Err(format!("missing --{flag} {what}")),
+            Some(v) => Ok(v),
         }
     }
 
-    fn no_positional(&self, cmd: &str) -> Result<(), String> {
-        match self.positional.first() {
-            Some(p) => Err(format!("unexpected argument {p:?} for {cmd}")),
-            None => Ok(()),
+    fn db(&self) -> Result<PathBuf, String> {
+        self.need("db", "PATH (the SQLite database)")
+            .map(PathBuf::from)
+    }
+
+    fn secs(&self, flag: &str, default: u32) -> Result<Secs, String> {
+        self.get(flag)
+            .map_or(Ok(default), |v| positive(&format!("--{flag}"), v))
+            .map(Secs)
+    }
+
+    fn algorithm(&self) -> Result<Algorithm, String> {
+        self.get("algorithm")
+            .map_or(Ok(Algorithm::Static), str::parse)
+    }
+
+    fn pipe_options(&self) -> Result<PipeOptions, String> {
+        Ok(PipeOptions {
+            db: self.db()?,
+            algorithm: self.algorithm()?,
+            dynamic_ttl: self.secs("dynamic-ttl", 30)?,
+            stale_after: self.secs("stale-after", 30)?,
+        })
+    }
+
+    /// The positional arguments, checked against how many are allowed.
+    fn positional(
+        &self,
+        cmd: &str,
+        min: usize,
+        max: usize,
+        what: &str,
+    ) -> Result<&[String], String> {
+        let n = self.positional.len();
+        if n < min {
+            return Err(format!("{cmd} needs {what}"));
+        }
+        match self.positional.get(max) {
+            Some(extra) => Err(format!("unexpected argument {extra:?} for {cmd}")),
+            None => Ok(&self.positional),
         }
     }
 }
@@ -127,36 +231,150 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some(c) if !c.starts_with('-') => (c, &args[1..]),
         _ => ("pipe", args),
     };
+    let pipe_flags = ["db", "algorithm", "dynamic-ttl", "stale-after"];
     match cmd {
         "pipe" => {
-            let f = Flags::parse(
-                cmd,
-                &["db", "algorithm", "dynamic-ttl", "stale-after"],
-                rest,
-            )?;
-            f.no_positional(cmd)?;
-            Ok(Command::Pipe(PipeOptions {
-                db: f.db()?,
-                algorithm: f
-                    .get("algorithm")
-                    .map_or(Ok(Algorithm::Static), str::parse)?,
-                dynamic_ttl: f
-                    .get("dynamic-ttl")
-                    .map_or(Ok(Secs(30)), |v| Secs::parse("--dynamic-ttl", v))?,
-                stale_after: f
-                    .get("stale-after")
-                    .map_or(Ok(Secs(30)), |v| Secs::parse("--stale-after", v))?,
-            }))
+            let f = Flags::parse(cmd, &pipe_flags, &[], rest)?;
+            f.positional(cmd, 0, 0, "")?;
+            Ok(Command::Pipe(f.pipe_options()?))
         }
         "init" => {
-            let f = Flags::parse(cmd, &["db"], rest)?;
+            let f = Flags::parse(cmd, &["db"], &[], rest)?;
             Ok(Command::Init {
                 db: f.db()?,
                 scripts: f.positional.iter().map(PathBuf::from).collect(),
             })
         }
+        "monitor" => {
+            let known = ["db", "interval", "timeout", "down-after", "up-after"];
+            let f = Flags::parse(cmd, &known, &["once"], rest)?;
+            f.positional(cmd, 0, 0, "")?;
+            let count = |flag: &str, default: u32| {
+                f.get(flag)
+                    .map_or(Ok(default), |v| positive(&format!("--{flag}"), v))
+            };
+            Ok(Command::Monitor(MonitorOptions {
+                db: f.db()?,
+                interval: f.secs("interval", 5)?,
+                timeout: Duration::from_millis(u64::from(count("timeout", 1000)?)),
+                anti_flap: AntiFlap {
+                    down_after: count("down-after", 3)?,
+                    up_after: count("up-after", 2)?,
+                },
+                once: f.has("once"),
+            }))
+        }
+        "metric" => parse_metric(rest),
+        "status" => {
+            let f = Flags::parse(cmd, &["db", "stale-after"], &[], rest)?;
+            f.positional(cmd, 0, 0, "")?;
+            Ok(Command::Status {
+                db: f.db()?,
+                stale_after: f.secs("stale-after", 30)?,
+            })
+        }
+        "explain" => {
+            let f = Flags::parse(
+                cmd,
+                &["db", "algorithm", "dynamic-ttl", "stale-after", "client"],
+                &[],
+                rest,
+            )?;
+            let pos = f.positional(cmd, 1, 2, "a name to explain (QNAME [QTYPE])")?;
+            let client = match f.get("client") {
+                None => None,
+                Some(c) => Some(Subnet::parse(c).ok_or_else(|| {
+                    format!("--client {c:?} is not an address or address/prefix")
+                })?),
+            };
+            Ok(Command::Explain {
+                opts: f.pipe_options()?,
+                all: !f.has("algorithm"),
+                client,
+                qname: pos[0].clone(),
+                qtype: pos
+                    .get(1)
+                    .cloned()
+                    .unwrap_or_else(|| "ANY".into())
+                    .to_ascii_uppercase(),
+            })
+        }
         _ => Err(format!("unknown command {cmd:?} (see pdns-ha --help)")),
     }
+}
+
+fn parse_metric(args: &[String]) -> Result<Command, String> {
+    let kind = args.first().map(String::as_str).unwrap_or("");
+    let rest = args.get(1..).unwrap_or(&[]);
+    let cmd = format!("metric {kind}");
+    let (f, metric) = match kind {
+        "latency" => {
+            let f = Flags::parse(&cmd, &["db", "network", "target", "ms"], &[], rest)?;
+            f.positional(&cmd, 0, 0, "")?;
+            let ms = f.need("ms", "FLOAT (milliseconds)")?;
+            let ms = ms
+                .parse::<f64>()
+                .ok()
+                .filter(|m| m.is_finite() && (0.0..=crate::metric::MAX_MS).contains(m))
+                .ok_or_else(|| {
+                    format!(
+                        "--ms needs milliseconds from 0 to {}, got {ms:?}",
+                        crate::metric::MAX_MS
+                    )
+                })?;
+            let m = Metric::Latency {
+                network: f.need("network", "CIDR or '*'")?.to_owned(),
+                target: f.need("target", "NAME")?.to_owned(),
+                ms,
+            };
+            (f, m)
+        }
+        "load" => {
+            let f = Flags::parse(&cmd, &["db", "target", "sessions", "max"], &[], rest)?;
+            f.positional(&cmd, 0, 0, "")?;
+            let sessions = f.need("sessions", "N")?;
+            let sessions = sessions
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= crate::metric::MAX_SESSIONS)
+                .ok_or_else(|| {
+                    format!(
+                        "--sessions needs a whole number from 0 to {}, got {sessions:?}",
+                        crate::metric::MAX_SESSIONS
+                    )
+                })?;
+            let max = f.get("max").map(|v| positive("--max", v)).transpose()?;
+            let m = Metric::Load {
+                target: f.need("target", "NAME")?.to_owned(),
+                sessions,
+                max,
+            };
+            (f, m)
+        }
+        "health" => {
+            let f = Flags::parse(&cmd, &["db", "target"], &[], rest)?;
+            let pos = f.positional(&cmd, 1, 1, "up or down")?;
+            let up = match pos[0].as_str() {
+                "up" => true,
+                "down" => false,
+                other => return Err(format!("metric health needs up or down, got {other:?}")),
+            };
+            let m = Metric::Health {
+                target: f.need("target", "NAME")?.to_owned(),
+                up,
+            };
+            (f, m)
+        }
+        _ => {
+            return Err(format!(
+                "unknown metric {kind:?} (expected latency, load or health)"
+            ))
+        }
+    };
+    Ok(Command::Metric {
+        db: f.db()?,
+        metric,
+    })
 }
 
 #[cfg(test)]
@@ -207,6 +425,9 @@ mod tests {
             .contains("--stale-after"));
         assert!(p("--db x stray").unwrap_err().contains("stray"));
         assert!(p("frobnicate").unwrap_err().contains("frobnicate"));
+        assert!(p("monitor --db x --once=yes")
+            .unwrap_err()
+            .contains("takes no value"));
     }
 
     #[test]
@@ -217,6 +438,75 @@ mod tests {
                 db: "d.db".into(),
                 scripts: vec!["a.sql".into(), "b.sql".into()]
             })
+        );
+    }
+
+    #[test]
+    fn metrics_are_validated() {
+        assert_eq!(
+            p("metric latency --db d --network * --target sip1 --ms 12.5"),
+            Ok(Command::Metric {
+                db: "d".into(),
+                metric: Metric::Latency {
+                    network: "*".into(),
+                    target: "sip1".into(),
+                    ms: 12.5
+                }
+            })
+        );
+        for bad in ["-1", "nan", "inf", "1e9", "fast", ""] {
+            let e = p(&format!(
+                "metric latency --db d --network * --target t --ms={bad}"
+            ))
+            .unwrap_err();
+            assert!(e.contains("--ms"), "{bad}: {e}");
+        }
+        assert!(p("metric load --db d --target t --sessions -3")
+            .unwrap_err()
+            .contains("--sessions"));
+        assert!(p("metric load --db d --target t --sessions 3 --max 0")
+            .unwrap_err()
+            .contains("--max"));
+        assert!(p("metric health --db d --target t sideways")
+            .unwrap_err()
+            .contains("up or down"));
+        assert!(p("metric health --db d --target t")
+            .unwrap_err()
+            .contains("up or down"));
+        assert!(p("metric speed --db d")
+            .unwrap_err()
+            .contains("unknown metric"));
+        assert!(p("metric load --db d --sessions 1")
+            .unwrap_err()
+            .contains("--target"));
+    }
+
+    #[test]
+    fn explain_and_monitor() {
+        let Ok(Command::Explain {
+            all, client, qtype, ..
+        }) = p("explain --db d --client 198.51.100.7 _sip._udp.example.com srv")
+        else {
+            panic!()
+        };
+        assert!(all);
+        assert_eq!(client.unwrap().to_string(), "198.51.100.7/32");
+        assert_eq!(qtype, "SRV");
+        assert!(p("explain --db d").unwrap_err().contains("needs a name"));
+        assert!(p("explain --db d --client nowhere x")
+            .unwrap_err()
+            .contains("--client"));
+        let Ok(Command::Monitor(m)) = p("monitor --db d --once --timeout 200") else {
+            panic!()
+        };
+        assert!(m.once);
+        assert_eq!(m.timeout, Duration::from_millis(200));
+        assert_eq!(
+            m.anti_flap,
+            AntiFlap {
+                down_after: 3,
+                up_after: 2
+            }
         );
     }
 }

@@ -6,7 +6,9 @@ mod answer;
 mod backend;
 mod cli;
 mod init;
+mod metric;
 mod metrics;
+mod report;
 mod select;
 mod store;
 mod zone;
@@ -31,6 +33,16 @@ fn main() -> ExitCode {
         }
         Ok(Command::Init { db, scripts }) => init::run(&db, &scripts),
         Ok(Command::Pipe(opts)) => pipe(&opts),
+        Ok(Command::Metric { db, metric }) => push_metric(&db, &metric),
+        Ok(Command::Status { db, stale_after }) => report::status(&db, stale_after.0),
+        Ok(Command::Explain {
+            opts,
+            all,
+            client,
+            qname,
+            qtype,
+        }) => report::explain(&opts, all, client, &qname, &qtype),
+        Ok(Command::Monitor(_)) => Err("monitor: not built yet".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,5 +82,22 @@ fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
         // nobody is left to answer.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(format!("pipe i/o: {e}")),
+    }
+}
+
+fn push_metric(db: &std::path::Path, m: &cli::Metric) -> Result<(), String> {
+    let w = metric::Writer::open(db)?;
+    match m {
+        cli::Metric::Latency {
+            network,
+            target,
+            ms,
+        } => w.latency(&w.network(network)?, &w.target(target)?, *ms),
+        cli::Metric::Load {
+            target,
+            sessions,
+            max,
+        } => w.load(&w.target(target)?, *sessions, *max),
+        cli::Metric::Health { target, up } => w.health(&w.target(target)?, *up),
     }
 }

@@ -109,7 +109,8 @@ impl Metrics {
     }
 
     pub fn finish(mut self) -> Self {
-        self.networks.sort_by_key(|n| std::cmp::Reverse(n.subnet.prefix));
+        self.networks
+            .sort_by_key(|n| std::cmp::Reverse(n.subnet.prefix));
         self.capacity.sort_by(|a, b| a.0.cmp(&b.0));
         self.health.sort_by(|a, b| a.0.cmp(&b.0));
         self.load.sort_by(|a, b| a.0.cmp(&b.0));

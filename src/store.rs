@@ -281,8 +281,7 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
     let mut m = Metrics::default();
     let mut sql = METRICS_SQL
         .split(';')
-        .map(str::trim)
-        .filter(|s| s.starts_with("SELECT"));
+        .filter_map(|s| s.find("SELECT").map(|i| &s[i..]));
     let mut next = || sql.next().unwrap_or("");
     each_row(tx, next(), skipped, |r| {
         m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)

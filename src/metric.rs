@@ -1,0 +1,329 @@
+//! Writing soft state: the validated readings that `pdns-ha metric` pushes
+//! and `pdns-ha monitor` measures, into the `ha_` tables. Readings are
+//! stamped with the time they were written; the pipe treats old ones as
+//! unknown.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::abi::Subnet;
+use crate::metrics::{target_key, ANY_NETWORK};
+
+/// Kamailio's dispatcher estimator: the EWMA takes a tenth of each new
+/// sample, and equals the mean until there are this many samples.
+const EWMA_ALPHA: f64 = 0.1;
+const EWMA_WARMUP: i64 = 10;
+
+/// Longest a latency reading can be: a SIP answer later than this is a
+/// timeout, not a measurement.
+pub const MAX_MS: f64 = 60_000.0;
+
+/// Upper bounds that catch a unit mix-up rather than limit real servers.
+pub const MAX_SESSIONS: u32 = 10_000_000;
+
+/// Writers wait this long for each other (the monitor and an operator's
+/// `metric` may write at once). Readers never wait: WAL.
+const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Thresholds for probe results: a target goes down after `down_after`
+/// consecutive failures and comes back after `up_after` successes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AntiFlap {
+    pub down_after: u32,
+    pub up_after: u32,
+}
+
+pub struct Writer {
+    conn: Connection,
+}
+
+impl Writer {
+    pub fn open(db: &Path) -> Result<Self, String> {
+        let at = |e: rusqlite::Error| format!("database {}: {e}", db.display());
+        if !db.exists() {
+            return Err(format!(
+                "database {}: no such file (create it with pdns-ha init)",
+                db.display()
+            ));
+        }
+        let conn = Connection::open(db).map_err(at)?;
+        conn.busy_timeout(WRITE_BUSY_TIMEOUT).map_err(at)?;
+        let has_ha: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'ha_targets'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(at)?;
+        if !has_ha {
+            return Err(format!(
+                "database {}: no ha_targets table (run pdns-ha init on it first)",
+                db.display()
+            ));
+        }
+        Ok(Self { conn })
+    }
+
+    /// The target's key as `ha_targets` has it; metrics for targets that
+    /// are not there would be read by nobody.
+    pub fn target(&self, name: &str) -> Result<String, String> {
+        let key = target_key(name);
+        let found: Option<String> = self
+            .conn
+            .query_row("SELECT name FROM ha_targets WHERE name = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| e.to_string())?;
+        found.ok_or_else(|| format!("target {name:?} is not in ha_targets"))
+    }
+
+    /// `*`, or a network listed in `ha_networks` (as written there).
+    pub fn network(&self, cidr: &str) -> Result<String, String> {
+        if cidr == ANY_NETWORK {
+            return Ok(cidr.to_owned());
+        }
+        let want = Subnet::parse(cidr)
+            .filter(Subnet::is_network)
+            .ok_or_else(|| {
+                format!("network {cidr:?} is not '*' or an address/prefix like 192.0.2.0/24")
+            })?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cidr FROM ha_networks")
+            .map_err(|e| e.to_string())?;
+        let known = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .find(|c| Subnet::parse(c.trim()) == Some(want));
+        known.ok_or_else(|| format!("network {cidr:?} is not in ha_networks"))
+    }
+
+    /// One latency sample: Welford mean plus an EWMA, as Kamailio's
+    /// dispatcher keeps them.
+    pub fn latency(&self, network: &str, target: &str, ms: f64) -> Result<(), String> {
+        if !(0.0..=MAX_MS).contains(&ms) {
+            return Err(format!("latency {ms} ms is out of range (0 to {MAX_MS})"));
+        }
+        let old: Option<(f64, f64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT mean_ms, ewma_ms, samples FROM ha_latency WHERE network = ?1 AND target = ?2",
+                [network, target],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        let (mean, ewma, n) = match old {
+            None => (ms, ms, 1),
+            Some((mean, ewma, n)) => {
+                let n = n.max(0) + 1;
+                let mean = mean + (ms - mean) / n as f64;
+                let ewma = if n < EWMA_WARMUP {
+                    mean
+                } else {
+                    ewma * (1.0 - EWMA_ALPHA) + ms * EWMA_ALPHA
+                };
+                (mean, ewma, n)
+            }
+        };
+        self.conn
+            .execute(
+                "INSERT INTO ha_latency (network, target, mean_ms, ewma_ms, samples, timeouts, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+                 ON CONFLICT (network, target) DO UPDATE SET
+                   mean_ms = ?3, ewma_ms = ?4, samples = ?5, updated = ?6",
+                params![network, target, mean, ewma, n, unix_now()],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A probe that got no answer: counted, never averaged in.
+    pub fn latency_timeout(&self, network: &str, target: &str) -> Result<(), String> {
+        self.conn
+            .execute(
+                "UPDATE ha_latency SET timeouts = timeouts + 1 WHERE network = ?1 AND target = ?2",
+                [network, target],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn load(&self, target: &str, sessions: u32, max: Option<u32>) -> Result<(), String> {
+        if sessions > MAX_SESSIONS || max.is_some_and(|m| m == 0 || m > MAX_SESSIONS) {
+            return Err(format!(
+                "sessions {sessions} / max {max:?} out of range (0 to {MAX_SESSIONS}, max above 0)"
+            ));
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_load (target, sessions, max_sessions, updated)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![target, sessions, max, unix_now()],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The operator's word: set at once, no anti-flap.
+    pub fn health(&self, target: &str, up: bool) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_health (target, up, ok_streak, fail_streak, updated)
+                 VALUES (?1, ?2, 0, 0, ?3)",
+                params![target, up, unix_now()],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// One probe result, through the anti-flap thresholds. Returns the
+    /// state after it. A target with no state yet takes the first result.
+    pub fn probe(&self, target: &str, ok: bool, t: AntiFlap) -> Result<bool, String> {
+        let old: Option<(bool, u32, u32)> = self
+            .conn
+            .query_row(
+                "SELECT up, ok_streak, fail_streak FROM ha_health WHERE target = ?1",
+                [target],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        let (up, oks, fails) = match (old, ok) {
+            (None, _) => (ok, u32::from(ok), u32::from(!ok)),
+            (Some((up, oks, _)), true) => {
+                let oks = oks.saturating_add(1);
+                (up || oks >= t.up_after, oks, 0)
+            }
+            (Some((up, _, fails)), false) => {
+                let fails = fails.saturating_add(1);
+                (up && fails < t.down_after, 0, fails)
+            }
+        };
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_health (target, up, ok_streak, fail_streak, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![target, up, oks, fails, unix_now()],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(up)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> Writer {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../sql/schema.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO ha_targets (name) VALUES ('sip1.example.com'), ('2001:db8::1');
+             INSERT INTO ha_networks (cidr, name) VALUES ('198.51.100.0/24', 'b');",
+        )
+        .unwrap();
+        Writer { conn }
+    }
+
+    #[test]
+    fn targets_and_networks_must_be_known() {
+        let w = writer();
+        assert_eq!(w.target("SIP1.example.com.").unwrap(), "sip1.example.com");
+        assert_eq!(w.target("2001:DB8:0:0::1").unwrap(), "2001:db8::1");
+        assert!(w
+            .target("sip9.example.com")
+            .unwrap_err()
+            .contains("not in ha_targets"));
+        assert_eq!(w.network("198.51.100.0/24").unwrap(), "198.51.100.0/24");
+        assert_eq!(w.network("*").unwrap(), "*");
+        assert!(w
+            .network("203.0.113.0/24")
+            .unwrap_err()
+            .contains("not in ha_networks"));
+        assert!(w
+            .network("198.51.100.7/24")
+            .unwrap_err()
+            .contains("not '*'"));
+    }
+
+    #[test]
+    fn latency_mean_and_ewma() {
+        let w = writer();
+        for ms in [10.0, 20.0, 30.0] {
+            w.latency("*", "sip1.example.com", ms).unwrap();
+        }
+        let row = |w: &Writer| -> (f64, f64, i64) {
+            w.conn
+                .query_row(
+                    "SELECT mean_ms, ewma_ms, samples FROM ha_latency",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap()
+        };
+        assert_eq!(
+            row(&w),
+            (20.0, 20.0, 3),
+            "the EWMA is the mean while warming up"
+        );
+        for _ in 0..7 {
+            w.latency("*", "sip1.example.com", 20.0).unwrap();
+        }
+        w.latency("*", "sip1.example.com", 120.0).unwrap();
+        let (mean, ewma, n) = row(&w);
+        assert_eq!(n, 11);
+        assert!((ewma - 30.0).abs() < 1e-9, "{ewma}");
+        assert!((mean - 29.0909).abs() < 1e-3, "{mean}");
+        assert!(w.latency("*", "sip1.example.com", -1.0).is_err());
+        assert!(w.latency("*", "sip1.example.com", f64::NAN).is_err());
+        assert!(w.latency("*", "sip1.example.com", 1e9).is_err());
+    }
+
+    #[test]
+    fn anti_flap() {
+        let w = writer();
+        let t = AntiFlap {
+            down_after: 3,
+            up_after: 2,
+        };
+        let seq = |w: &Writer, results: &[bool]| -> Vec<bool> {
+            results
+                .iter()
+                .map(|&ok| w.probe("sip1.example.com", ok, t).unwrap())
+                .collect()
+        };
+        assert_eq!(seq(&w, &[true]), [true], "the first result decides");
+        assert_eq!(
+            seq(&w, &[false, false, true, false, false]),
+            [true; 5],
+            "a blip is not an outage"
+        );
+        assert_eq!(seq(&w, &[false]), [false], "three in a row is");
+        assert_eq!(seq(&w, &[true, false, true]), [false; 3]);
+        assert_eq!(
+            seq(&w, &[true]),
+            [true],
+            "two successes in a row bring it back"
+        );
+    }
+
+    #[test]
+    fn load_ranges() {
+        let w = writer();
+        w.load("sip1.example.com", 10, Some(100)).unwrap();
+        assert!(w.load("sip1.example.com", 10, Some(0)).is_err());
+        assert!(w.load("sip1.example.com", MAX_SESSIONS + 1, None).is_err());
+    }
+}

@@ -4,5 +4,6 @@
 mod e2e;
 mod faults;
 mod golden;
+mod live;
 mod pdns;
 mod util;

@@ -529,6 +529,12 @@ impl DigResult {
         self.status.as_deref()
     }
 
+    /// The `CLIENT-SUBNET` option of the response, as dig prints it:
+    /// `address/source/scope`.
+    pub fn client_subnet(&self) -> Option<&str> {
+        self.client_subnet.as_deref()
+    }
+
     pub fn has_flag(&self, flag: &str) -> bool {
         self.flags.iter().any(|f| f == flag)
     }

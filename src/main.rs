@@ -66,12 +66,6 @@ fn init_logging() {
 }
 
 fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
-    if opts.algorithm != select::Algorithm::Static {
-        return Err(format!(
-            "--algorithm {} is not implemented yet",
-            opts.algorithm
-        ));
-    }
     let store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
     let mut backend = backend::Backend::new(store, opts);
     let mut input = io::stdin().lock();

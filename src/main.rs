@@ -8,6 +8,7 @@ mod cli;
 mod init;
 mod metric;
 mod metrics;
+mod monitor;
 mod report;
 mod select;
 mod store;
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
             qname,
             qtype,
         }) => report::explain(&opts, all, client, &qname, &qtype),
-        Ok(Command::Monitor(_)) => Err("monitor: not built yet".into()),
+        Ok(Command::Monitor(opts)) => monitor::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

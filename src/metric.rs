@@ -45,6 +45,16 @@ pub struct Writer {
     conn: Connection,
 }
 
+/// An `ha_targets` row as the monitor reads it.
+pub struct TargetRow {
+    pub name: String,
+    pub probe: String,
+    pub probe_address: Option<String>,
+    pub load_source: String,
+    pub load_address: Option<String>,
+    pub load_secret: Option<String>,
+}
+
 impl Writer {
     pub fn open(db: &Path) -> Result<Self, String> {
         let at = |e: rusqlite::Error| format!("database {}: {e}", db.display());
@@ -70,6 +80,48 @@ impl Writer {
             ));
         }
         Ok(Self { conn })
+    }
+
+    pub fn targets(&self) -> Result<Vec<TargetRow>, String> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, probe, probe_address, load_source, load_address, load_secret
+                 FROM ha_targets ORDER BY name",
+            )
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TargetRow {
+                    name: r.get(0)?,
+                    probe: r.get(1)?,
+                    probe_address: r.get(2)?,
+                    load_source: r.get(3)?,
+                    load_address: r.get(4)?,
+                    load_secret: r.get(5)?,
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    /// Runs `f` in one write transaction: readers see all of it or none.
+    pub fn transaction<T>(&self, f: impl FnOnce(&Self) -> Result<T, String>) -> Result<T, String> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string())?;
+        match f(self) {
+            Ok(v) => {
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(|e| e.to_string())?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// The target's key as `ha_targets` has it; metrics for targets that
@@ -171,6 +223,15 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4)",
                 params![target, sessions, max, unix_now()],
             )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A load source that could not be read: the reading is dropped, so
+    /// the target's load is unknown rather than stale or zero.
+    pub fn clear_load(&self, target: &str) -> Result<(), String> {
+        self.conn
+            .execute("DELETE FROM ha_load WHERE target = ?1", [target])
             .map(drop)
             .map_err(|e| e.to_string())
     }

@@ -2,8 +2,12 @@
 //! injection, and end-to-end runs under a real pdns_server.
 
 mod e2e;
+// Shared with the unit tests of src/monitor/esl.rs, which use more of it.
+#[allow(dead_code)]
+mod esl_standin;
 mod faults;
 mod golden;
 mod live;
+mod monitor;
 mod pdns;
 mod util;

@@ -10,7 +10,10 @@ pub mod kamailio;
 pub mod probe;
 pub mod sip_options;
 
+/// The FreeSWITCH stand-in lives with the integration tests, which run it
+/// under a real `pdns-ha monitor`; the unit tests share the file.
 #[cfg(test)]
+#[path = "../../pipe-abi-tests/esl_standin.rs"]
 mod esl_standin;
 #[cfg(test)]
 mod kamailio_live;
@@ -110,7 +113,10 @@ fn resolve(addr: &str) -> Result<SocketAddr, probe::ProbeError> {
         peer: addr.to_owned(),
         kind: probe::ProbeErrorKind::BadTarget("not an address:port that resolves"),
     };
-    addr.to_socket_addrs().map_err(|_| unusable())?.next().ok_or_else(unusable)
+    addr.to_socket_addrs()
+        .map_err(|_| unusable())?
+        .next()
+        .ok_or_else(unusable)
 }
 
 fn check_health(t: &Target, timeout: Duration) -> Option<Result<Duration, probe::ProbeError>> {

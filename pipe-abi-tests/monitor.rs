@@ -1,0 +1,339 @@
+//! `pdns-ha monitor` end to end: SIP OPTIONS responders with different
+//! delays and a closed port, FreeSWITCH Event Socket stand-ins with faults,
+//! and pdns_server answering from what the monitor wrote.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::esl_standin::{self, Config, Fault};
+use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
+use crate::util::{init_db, BIN};
+
+/// A UDP SIP endpoint that answers every OPTIONS with 200 OK after
+/// `delay`. Stops when dropped.
+struct Responder {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Responder {
+    fn start(addr: &str, delay: Duration) -> Self {
+        let sock = UdpSocket::bind(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let req = String::from_utf8_lossy(&buf[..n]);
+                // A response echoes the request's dialog headers (RFC 3261 §8.2.6).
+                let echoed: String = req
+                    .lines()
+                    .filter(|l| {
+                        ["via:", "from:", "to:", "call-id:", "cseq:"]
+                            .iter()
+                            .any(|h| l.to_ascii_lowercase().starts_with(h))
+                    })
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                thread::sleep(delay);
+                let reply = format!("SIP/2.0 200 OK\r\n{echoed}Content-Length: 0\r\n\r\n");
+                let _ = sock.send_to(reply.as_bytes(), from);
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A loopback UDP port with nothing behind it: probes see ICMP port
+/// unreachable at once.
+fn closed_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The example with every target unprobed, plus the loopback network, so
+/// each test configures just the targets it drives.
+fn db(dir: &TempDir) -> PathBuf {
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    sql(
+        &db,
+        "UPDATE ha_targets SET probe = 'none', load_source = 'none';
+         INSERT INTO ha_networks (cidr, name) VALUES ('127.0.0.0/8', 'loopback');",
+    );
+    db
+}
+
+fn sql(db: &Path, batch: &str) {
+    Connection::open(db).unwrap().execute_batch(batch).unwrap();
+}
+
+fn monitor_once(db: &Path, timeout_ms: u32) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "monitor",
+            "--once",
+            "--timeout",
+            &timeout_ms.to_string(),
+            "--db",
+        ])
+        .arg(db)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "monitor --once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, took)
+}
+
+fn status(db: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["status", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
+    let bin = Path::new(BIN).canonicalize().unwrap();
+    let command = format!(
+        "{} --db {} --algorithm {algorithm}",
+        bin.display(),
+        db.display()
+    );
+    Pdns::options(Backend::Pipe { command, abi: 3 }).start()
+}
+
+/// `prio weight target` for each SRV record, lowest priority first.
+fn srv(r: &DigResult) -> Vec<(u16, u16, String)> {
+    let mut v: Vec<_> = r
+        .answer()
+        .iter()
+        .filter_map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
+            [_, _, _, "SRV", p, w, _, t] => Some((
+                p.parse().unwrap(),
+                w.parse().unwrap(),
+                t.trim_end_matches(".example.com.").to_owned(),
+            )),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn find<'a>(answer: &'a [(u16, u16, String)], target: &str) -> Option<&'a (u16, u16, String)> {
+    answer.iter().find(|(_, _, t)| t == target)
+}
+
+#[test]
+fn monitor_health_and_latency_drive_the_answer() {
+    if !(require("pdns_server") & require("dig")) {
+        return;
+    }
+    let dir = TempDir::new("monitor-sip");
+    let db = db(&dir);
+    let fast = Responder::start("127.0.0.1:0", Duration::ZERO);
+    let slow = Responder::start("127.0.0.1:0", Duration::from_millis(60));
+    let dead = closed_port();
+    sql(
+        &db,
+        &format!(
+            "UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{}' WHERE name = 'sip4.example.com';
+             UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{}' WHERE name = 'sip1.example.com';
+             UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{dead}' WHERE name = 'sip2.example.com';",
+            fast.addr, slow.addr
+        ),
+    );
+    monitor_once(&db, 500);
+    let table = status(&db);
+    let line = |t: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(t))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(line("sip4.example.com").contains(" up "), "{table}");
+    assert!(line("sip1.example.com").contains(" up "), "{table}");
+    assert!(line("sip2.example.com").contains("DOWN"), "{table}");
+    assert!(line("sip3.example.com").contains("unknown"), "{table}");
+
+    // From 127.0.0.1 (network `loopback`, no samples of its own, so the
+    // monitor host's `*` samples): the fast server first, the slow one
+    // after it, the dead one gone, the unmeasured after the measured.
+    let pdns = start_pdns(&db, "least-latency");
+    let a = srv(&pdns.dig(&["_sip._udp.example.com", "SRV"]));
+    assert_eq!(a[0].2, "sip4", "{a:?}");
+    assert!(find(&a, "sip1").unwrap().0 > a[0].0, "{a:?}");
+    assert!(find(&a, "sip2").is_none(), "{a:?}");
+    assert_eq!(a.len(), 7, "{a:?}");
+
+    // The dead one recovers: back after --up-after (2) good probes.
+    let _revived = Responder::start(&dead.to_string(), Duration::ZERO);
+    monitor_once(&db, 500);
+    assert!(
+        find(&srv(&pdns.dig(&["_sip._udp.example.com", "SRV"])), "sip2").is_none(),
+        "one good probe is not enough"
+    );
+    monitor_once(&db, 500);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while find(&srv(&pdns.dig(&["_sip._udp.example.com", "SRV"])), "sip2").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "sip2 did not come back:\n{}",
+            status(&db)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn monitor_reads_freeswitch_load_and_survives_broken_servers() {
+    if !(require("pdns_server") & require("dig")) {
+        return;
+    }
+    let dir = TempDir::new("monitor-esl");
+    let db = db(&dir);
+    let standin = |sessions, password: &str, fault| {
+        esl_standin::start(Config {
+            sessions,
+            max_sessions: 1000,
+            password: password.into(),
+            fault,
+            ..Config::default()
+        })
+    };
+    let busy = standin(900, "ClueCon", Fault::None);
+    let idle = standin(100, "ClueCon", Fault::None);
+    let wrong_password = standin(5, "s3cret-other", Fault::None);
+    let broken = [
+        Fault::Silent,
+        Fault::MidBodyClose,
+        Fault::Silent,
+        Fault::Silent,
+    ]
+    .map(|f| standin(5, "ClueCon", f));
+    let mut set = vec![
+        ("sip1.example.com", busy.addr()),
+        ("sip2.example.com", idle.addr()),
+        ("sip3.example.com", wrong_password.addr()),
+    ];
+    for (i, b) in broken.iter().enumerate() {
+        set.push((
+            [
+                "sip4.example.com",
+                "sip5.example.com",
+                "sip6.example.com",
+                "sip7.example.com",
+            ][i],
+            b.addr(),
+        ));
+    }
+    for (name, addr) in &set {
+        sql(
+            &db,
+            &format!(
+                "UPDATE ha_targets SET load_source = 'freeswitch', load_address = '{addr}', load_secret = 'ClueCon' WHERE name = '{name}'"
+            ),
+        );
+    }
+    // Three silent servers: one round must still take about one timeout,
+    // not three.
+    let (out, took) = monitor_once(&db, 500);
+    assert!(
+        took < Duration::from_millis(1400),
+        "a round took {took:?} with 500 ms probes"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("authentication rejected"), "{log}");
+    assert!(
+        !log.contains("ClueCon") && !log.contains("s3cret"),
+        "a password in the log:\n{log}"
+    );
+
+    let loads: Vec<(String, i64, Option<i64>)> = Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT target, sessions, max_sessions FROM ha_load ORDER BY target")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        loads,
+        [
+            ("sip1.example.com".into(), 900, Some(1000)),
+            ("sip2.example.com".into(), 100, Some(1000))
+        ],
+        "broken servers have unknown load, never zero"
+    );
+    assert!(!status(&db).contains("ClueCon"), "status shows no secret");
+
+    let pdns = start_pdns(&db, "least-load");
+    let a = srv(&pdns.dig(&["_sip._udp.example.com", "SRV"]));
+    assert_eq!(
+        find(&a, "sip2").map(|x| (x.0, x.1)),
+        Some((10, 900)),
+        "{a:?}"
+    );
+    assert_eq!(
+        find(&a, "sip1").map(|x| (x.0, x.1)),
+        Some((10, 100)),
+        "{a:?}"
+    );
+
+    // Load moves; the next round moves the weights.
+    busy.set_sessions(200);
+    idle.set_sessions(700);
+    monitor_once(&db, 500);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = srv(&pdns.dig(&["_sip._udp.example.com", "SRV"]));
+        if find(&a, "sip1").map(|x| x.1) == Some(800) && find(&a, "sip2").map(|x| x.1) == Some(300)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weights did not follow the load: {a:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -68,6 +68,16 @@ fn latency(db: &Path, network: &str, sip: u8, ms: f64) {
     );
 }
 
+fn load(db: &Path, sip: u8, sessions: u32, max: Option<u32>) {
+    let (target, sessions) = (format!("sip{sip}.example.com"), sessions.to_string());
+    let mut args = vec!["load", "--target", &target, "--sessions", &sessions];
+    let max = max.map(|m| m.to_string());
+    if let Some(m) = &max {
+        args.extend(["--max", m]);
+    }
+    metric(db, &args);
+}
+
 fn start(db: &Path, algorithm: &str) -> Pdns {
     let bin = Path::new(BIN).canonicalize().unwrap();
     let command = format!(
@@ -194,30 +204,10 @@ fn e2e_least_load_and_health() {
     }
     let dir = TempDir::new("live-load");
     let db = live_db(&dir);
-    metric(
-        &db,
-        &[
-            "load",
-            "--target",
-            "sip1.example.com",
-            "--sessions",
-            "900",
-            "--max",
-            "1000",
-        ],
-    );
-    metric(
-        &db,
-        &[
-            "load",
-            "--target",
-            "sip2.example.com",
-            "--sessions",
-            "100",
-            "--max",
-            "1000",
-        ],
-    );
+    load(&db, 1, 900, Some(1000));
+    load(&db, 2, 100, Some(1000));
+    // No --max: the capacity comes from ha_targets (1000 for sip5).
+    load(&db, 5, 600, None);
     let pdns = start(&db, "least-load");
     let args = [SRV, "SRV"];
 
@@ -227,25 +217,16 @@ fn e2e_least_load_and_health() {
     });
     let answer = srv(&r);
     assert!(answer.contains(&"10 100 sip1".to_owned()), "{answer:?}");
-    assert!(answer.contains(&"20 20 sip4".to_owned()), "{answer:?}");
+    assert!(answer.contains(&"20 400 sip5".to_owned()), "{answer:?}");
+    // Unknown load: the tier's average.
+    assert!(answer.contains(&"20 400 sip4".to_owned()), "{answer:?}");
     assert!(answer.contains(&"30 10 sip7".to_owned()), "{answer:?}");
 
     // At capacity: behind the rest of its tier, before the next tier.
-    metric(
-        &db,
-        &[
-            "load",
-            "--target",
-            "sip3.example.com",
-            "--sessions",
-            "500",
-            "--max",
-            "500",
-        ],
-    );
+    load(&db, 3, 500, Some(500));
     until(&pdns, &args, "full target behind its tier", |r| {
         let a = srv(r);
-        a.contains(&"20 25 sip3".to_owned()) && a.iter().any(|l| l.starts_with("30 20 sip4"))
+        a.contains(&"20 25 sip3".to_owned()) && a.iter().any(|l| l.starts_with("30 400 sip5"))
     });
 
     // A dead target leaves the answer and comes back when it recovers.

@@ -7,6 +7,7 @@ mod e2e;
 mod esl_standin;
 mod faults;
 mod golden;
+mod kamailio;
 mod live;
 mod monitor;
 mod pdns;

@@ -1,5 +1,5 @@
--- Soft state for the pipe (read-only), one statement per table; `load` in
--- src/store.rs runs them in this order. Skipped when the table is missing
+-- Soft state for the pipe (read-only), one statement per table, run in this
+-- order by `load_metrics` in src/store.rs. Skipped when the table is missing
 -- (a plain gsqlite3 database): every algorithm then answers as stored.
 SELECT cidr, name FROM ha_networks;
 SELECT name, max_sessions FROM ha_targets WHERE max_sessions IS NOT NULL;

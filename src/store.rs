@@ -334,7 +334,11 @@ fn each_row(
     skipped: &mut Vec<String>,
     mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
 ) -> rusqlite::Result<()> {
-    let table = sql.rsplit(' ').next().unwrap_or("");
+    let table = sql
+        .split(" FROM ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("");
     let exists: bool = tx.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
         [table],

@@ -15,8 +15,6 @@ pub mod sip_options;
 #[cfg(test)]
 #[path = "../../pipe-abi-tests/esl_standin.rs"]
 mod esl_standin;
-#[cfg(test)]
-mod kamailio_live;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -1,23 +1,21 @@
-//! Live test against Debian's Kamailio and sipp: real dialogs seen by `read_active_dialogs`,
-//! and the SIP probes answered by a real SIP stack. Everything listens on 127.0.0.1 only.
-//!
-//! Skipped, with a note on stderr, where `kamailio` or `sipp` is not installed
-//! (`apt-get install kamailio kamailio-json-modules sip-tester`).
+//! A real Kamailio (Debian's, dialog-tracking proxy in front of a sipp UAS) loaded with real
+//! calls from sipp: `pdns-ha monitor` reads its dialogs over JSON-RPC and probes it with SIP
+//! OPTIONS, and pdns_server's least-load answer follows. Everything listens on 127.0.0.1.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::kamailio::read_active_dialogs;
-use super::sip_options::{probe_tcp_connect, probe_tcp_sip, probe_udp};
+use rusqlite::Connection;
 
-const KAMAILIO: &str = "/usr/sbin/kamailio";
-const SIPP: &str = "/usr/bin/sipp";
-const CONFIG: &str = include_str!("testdata/kamailio-test.cfg");
+use crate::pdns::{require, Backend, Pdns};
+use crate::util::{init_db, BIN};
+
+const CONFIG: &str = include_str!("fixtures/kamailio-test.cfg");
 const CALLS: u32 = 30;
 
 /// A server started by this test, in its own process group so that stopping it also stops
@@ -143,10 +141,54 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// `pdns-ha monitor --once`; its log (stderr) is returned for the messages.
+fn monitor_once(db: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["monitor", "--once", "--timeout", "1000", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "monitor: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What the monitor last wrote for sip4: (sessions, health).
+fn sip4(db: &Path) -> (Option<i64>, Option<bool>) {
+    let c = Connection::open(db).unwrap();
+    let sessions = "SELECT sessions FROM ha_load WHERE target = 'sip4.example.com'";
+    let up = "SELECT up FROM ha_health WHERE target = 'sip4.example.com'";
+    (
+        c.query_row(sessions, [], |r| r.get(0)).ok(),
+        c.query_row(up, [], |r| r.get(0)).ok(),
+    )
+}
+
+/// sip4's (priority, weight) in pdns's least-load answer.
+fn sip4_place(pdns: &Pdns) -> Option<(u16, u16)> {
+    let r = pdns.dig(&["_sip._udp.example.com", "SRV"]);
+    r.answer()
+        .iter()
+        .find_map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
+            [_, _, _, "SRV", p, w, _, "sip4.example.com."] => {
+                Some((p.parse().ok()?, w.parse().ok()?))
+            }
+            _ => None,
+        })
+}
+
 #[test]
-fn kamailio_counts_real_dialogs_from_sipp() {
-    if !Path::new(KAMAILIO).exists() || !Path::new(SIPP).exists() {
-        eprintln!("skipping: {KAMAILIO} or {SIPP} is not installed");
+fn kamailio_load_from_real_calls_reaches_the_answer() {
+    let tools = [
+        require("kamailio"),
+        require("sipp"),
+        require("pdns_server"),
+        require("dig"),
+    ];
+    if tools.contains(&false) {
         return;
     }
     // Declared before the servers, so dropped after them, also when an assertion fails.
@@ -160,94 +202,121 @@ fn kamailio_counts_real_dialogs_from_sipp() {
         .replace("@UAS_PORT@", &uas_port.to_string());
     fs::write(&cfg, text).unwrap();
 
+    // sip4 is this Kamailio (capacity 100, health by OPTIONS); sip5, in the
+    // same tier, has a fixed reading to be weighed against.
+    let db = dir.join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "UPDATE ha_targets SET probe = 'none', load_source = 'none';
+             UPDATE ha_targets SET probe = 'sip-udp', probe_address = '127.0.0.1:{sip_port}',
+               max_sessions = 100, load_source = 'kamailio',
+               load_address = 'http://127.0.0.1:{rpc_port}/RPC'
+             WHERE name = 'sip4.example.com';"
+        ))
+        .unwrap();
+    let load5 = |db: &Path| {
+        let out = Command::new(BIN)
+            .args([
+                "metric",
+                "load",
+                "--target",
+                "sip5.example.com",
+                "--sessions",
+                "50",
+                "--max",
+                "100",
+                "--db",
+            ])
+            .arg(db)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+
     let (cfg_path, dir_path) = (cfg.display().to_string(), dir.display().to_string());
     let kamailio = Server::start(
         "kamailio",
         dir,
-        KAMAILIO,
+        &crate::pdns::find_tool("kamailio")
+            .unwrap()
+            .display()
+            .to_string(),
         &[
             "-f", &cfg_path, "-DD", "-E", "-m", "64", "-M", "8", "-Y", &dir_path,
         ],
     );
-    let url = format!("http://127.0.0.1:{rpc_port}/RPC");
     // Generous: all tests run in parallel on two cores next to kamailio and sipp.
-    let t = Duration::from_secs(1);
     let idle = poll(Duration::from_secs(10), || {
-        read_active_dialogs(&url, t).ok()
+        monitor_once(&db);
+        Some(sip4(&db)).filter(|s| *s == (Some(0), Some(true)))
     });
-    assert_eq!(
-        idle,
-        Some(0),
-        "kamailio did not answer JSON-RPC\n{}",
+    assert!(
+        idle.is_some(),
+        "monitor never read kamailio: {:?}\n{}",
+        sip4(&db),
         kamailio.log_tail()
     );
+    load5(&db);
 
-    // The probes against a real SIP stack.
-    let sip: SocketAddr = format!("127.0.0.1:{sip_port}").parse().unwrap();
-    let tcp: SocketAddr = format!("127.0.0.1:{rpc_port}").parse().unwrap();
-    let udp_rtt = probe_udp(sip, t).unwrap();
-    let tcp_rtt = probe_tcp_sip(tcp, t).unwrap();
-    let connect_rtt = probe_tcp_connect(tcp, t).unwrap();
-    eprintln!(
-        "kamailio: options/udp {udp_rtt:?}, options/tcp {tcp_rtt:?}, connect {connect_rtt:?}"
+    let bin = Path::new(BIN).canonicalize().unwrap();
+    let command = format!(
+        "{} --db {} --algorithm least-load",
+        bin.display(),
+        db.display()
     );
-    let e = read_active_dialogs(&format!("http://127.0.0.1:{rpc_port}/other"), t).unwrap_err();
+    let pdns = Pdns::options(Backend::Pipe { command, abi: 3 }).start();
     assert_eq!(
-        e.to_string(),
-        format!("http://127.0.0.1:{rpc_port}/other: http status 404 Not Found")
+        sip4_place(&pdns),
+        Some((20, 100)),
+        "idle: all 100 sessions free"
     );
 
+    let sipp = crate::pdns::find_tool("sipp")
+        .unwrap()
+        .display()
+        .to_string();
     let (uas_port, uac_port, calls) = (
         uas_port.to_string(),
         uac_port.to_string(),
         CALLS.to_string(),
     );
-    let mut uas = Server::start(
-        "sipp-uas",
-        dir,
-        SIPP,
-        &[
-            "-sn",
-            "uas",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &uas_port,
-            "-nostdin",
-            "-timeout",
-            "60s",
-        ],
-    );
-    thread::sleep(Duration::from_millis(300));
-    assert!(
-        uas.child.try_wait().unwrap().is_none(),
-        "sipp uas exited\n{}",
-        uas.log_tail()
-    );
-    let kamailio_sip = sip.to_string();
     #[rustfmt::skip]
-    let mut uac = Server::start("sipp-uac", dir, SIPP, &[
+    let uas = Server::start("sipp-uas", dir, &sipp, &[
+        "-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port, "-nostdin", "-timeout", "60s",
+    ]);
+    thread::sleep(Duration::from_millis(300));
+    let kamailio_sip = format!("127.0.0.1:{sip_port}");
+    #[rustfmt::skip]
+    let mut uac = Server::start("sipp-uac", dir, &sipp, &[
         "-sn", "uac", &kamailio_sip, "-i", "127.0.0.1", "-p", &uac_port,
-        "-m", &calls, "-l", &calls, "-r", &calls, "-d", "3000",
+        "-m", &calls, "-l", &calls, "-r", &calls, "-d", "4000",
         "-nostdin", "-timeout", "30s",
     ]);
 
-    // While the calls are up (3 s each), the count must rise to all of them.
+    // While the calls are up, the monitor sees all of them and the weight
+    // is what is left.
     let mut seen = Vec::new();
-    let peak = poll(Duration::from_secs(5), || {
-        // A reading may fail under load (every test runs in parallel); it must not stick.
-        let reading = read_active_dialogs(&url, t);
-        let peak = reading.as_ref().ok().filter(|&&n| n == CALLS).copied();
-        seen.push(reading.map_err(|e| e.to_string()));
-        peak
+    let busy = poll(Duration::from_secs(6), || {
+        monitor_once(&db);
+        seen.push(sip4(&db).0);
+        Some(()).filter(|_| sip4(&db).0 == Some(i64::from(CALLS)))
     });
-    assert_eq!(
-        peak,
-        Some(CALLS),
+    assert!(
+        busy.is_some(),
         "readings {seen:?}\n{}",
         tails(&[&kamailio, &uas, &uac])
     );
-    eprintln!("kamailio: dialog readings while sipp ran: {seen:?}");
+    let free = 100 - CALLS as u16;
+    let placed = poll(Duration::from_secs(3), || {
+        Some(()).filter(|_| sip4_place(&pdns) == Some((20, free)))
+    });
+    assert!(
+        placed.is_some(),
+        "sip4 in the answer: {:?}",
+        sip4_place(&pdns)
+    );
 
     let status = uac.wait(Duration::from_secs(20));
     assert!(
@@ -256,26 +325,26 @@ fn kamailio_counts_real_dialogs_from_sipp() {
         tails(&[&kamailio, &uas, &uac])
     );
     let after = poll(Duration::from_secs(5), || {
-        read_active_dialogs(&url, t).ok().filter(|&n| n == 0)
+        monitor_once(&db);
+        Some(()).filter(|_| sip4(&db).0 == Some(0))
     });
-    assert_eq!(
-        after,
-        Some(0),
-        "dialogs left after the calls ended\n{}",
-        tails(&[&kamailio, &uas, &uac])
-    );
+    assert!(after.is_some(), "dialogs did not drain: {:?}", sip4(&db));
 
-    // How long one reading takes against the real server.
-    let mut took: Vec<Duration> = (0..50)
-        .map(|_| {
-            let started = Instant::now();
-            read_active_dialogs(&url, t).unwrap();
-            started.elapsed()
-        })
-        .collect();
-    took.sort();
-    eprintln!(
-        "kamailio: read_active_dialogs median {:?}, max {:?}",
-        took[25], took[49]
+    // Kamailio stops: its load becomes unknown (never zero) at once, and it
+    // leaves the answer after --down-after (3) failed probes.
+    drop(kamailio);
+    let log = monitor_once(&db);
+    assert_eq!(sip4(&db).0, None, "{log}");
+    assert!(log.contains("sip4.example.com: load"), "{log}");
+    monitor_once(&db);
+    monitor_once(&db);
+    assert_eq!(sip4(&db).1, Some(false));
+    let gone = poll(Duration::from_secs(3), || {
+        Some(()).filter(|_| sip4_place(&pdns).is_none())
+    });
+    assert!(
+        gone.is_some(),
+        "sip4 still answered: {:?}",
+        sip4_place(&pdns)
     );
 }

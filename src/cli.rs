@@ -13,15 +13,18 @@ pdns-ha: PowerDNS pipe backend that orders SIP SRV/A/AAAA answers by live measur
 
 usage:
   pdns-ha [pipe] --db PATH [--algorithm static|least-latency|least-load]
-                 [--dynamic-ttl SECS] [--stale-after SECS]
+                 [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
-  pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N] [--once]
+  pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
+                  [--once] [--stale-after SECS] [MEMCACHED]
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
+                 (metric also takes --stale-after SECS and MEMCACHED)
   pdns-ha status  --db PATH [--stale-after SECS]
   pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] QNAME [QTYPE]
   pdns-ha --help | --version
+MEMCACHED (pipe, monitor, metric): --memcached HOST:PORT[,HOST:PORT...] [--memcached-prefix P]
 
 pipe is what pdns.conf runs:
   pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
@@ -42,6 +45,15 @@ fn positive(flag: &str, v: &str) -> Result<u32, String> {
     }
 }
 
+/// `--memcached HOST:PORT[,...]` with its prefix and the expiry of what
+/// is published (the `--stale-after` of the command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheOptions {
+    pub servers: String,
+    pub prefix: String,
+    pub ttl: Secs,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct PipeOptions {
     pub db: PathBuf,
@@ -50,6 +62,7 @@ pub struct PipeOptions {
     pub dynamic_ttl: Secs,
     /// Metrics older than this count as unknown.
     pub stale_after: Secs,
+    pub cache: Option<CacheOptions>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +73,7 @@ pub struct MonitorOptions {
     pub timeout: Duration,
     pub anti_flap: AntiFlap,
     pub once: bool,
+    pub cache: Option<CacheOptions>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -91,6 +105,7 @@ pub enum Command {
     Metric {
         db: PathBuf,
         metric: Metric,
+        cache: Option<CacheOptions>,
     },
     Status {
         db: PathBuf,
@@ -201,7 +216,25 @@ impl Flags {
             algorithm: self.algorithm()?,
             dynamic_ttl: self.secs("dynamic-ttl", 30)?,
             stale_after: self.secs("stale-after", 30)?,
+            cache: self.cache()?,
         })
+    }
+
+    fn cache(&self) -> Result<Option<CacheOptions>, String> {
+        let prefix = self
+            .get("memcached-prefix")
+            .unwrap_or(crate::cache::DEFAULT_PREFIX);
+        match self.get("memcached") {
+            None if self.has("memcached-prefix") => {
+                Err("--memcached-prefix needs --memcached".into())
+            }
+            None => Ok(None),
+            Some(servers) => Ok(Some(CacheOptions {
+                servers: servers.to_owned(),
+                prefix: prefix.to_owned(),
+                ttl: self.secs("stale-after", 30)?,
+            })),
+        }
     }
 
     /// The positional arguments, checked against how many are allowed.
@@ -231,7 +264,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some(c) if !c.starts_with('-') => (c, &args[1..]),
         _ => ("pipe", args),
     };
-    let pipe_flags = ["db", "algorithm", "dynamic-ttl", "stale-after"];
+    let pipe_flags = [
+        "db",
+        "algorithm",
+        "dynamic-ttl",
+        "stale-after",
+        "memcached",
+        "memcached-prefix",
+    ];
     match cmd {
         "pipe" => {
             let f = Flags::parse(cmd, &pipe_flags, &[], rest)?;
@@ -246,7 +286,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             })
         }
         "monitor" => {
-            let known = ["db", "interval", "timeout", "down-after", "up-after"];
+            let known = [
+                "db",
+                "interval",
+                "timeout",
+                "down-after",
+                "up-after",
+                "stale-after",
+                "memcached",
+                "memcached-prefix",
+            ];
             let f = Flags::parse(cmd, &known, &["once"], rest)?;
             f.positional(cmd, 0, 0, "")?;
             let count = |flag: &str, default: u32| {
@@ -262,6 +311,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     up_after: count("up-after", 2)?,
                 },
                 once: f.has("once"),
+                cache: f.cache()?,
             }))
         }
         "metric" => parse_metric(rest),
@@ -309,7 +359,20 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
     let cmd = format!("metric {kind}");
     let (f, metric) = match kind {
         "latency" => {
-            let f = Flags::parse(&cmd, &["db", "network", "target", "ms"], &[], rest)?;
+            let f = Flags::parse(
+                &cmd,
+                &[
+                    "db",
+                    "network",
+                    "target",
+                    "ms",
+                    "stale-after",
+                    "memcached",
+                    "memcached-prefix",
+                ],
+                &[],
+                rest,
+            )?;
             f.positional(&cmd, 0, 0, "")?;
             let ms = f.need("ms", "FLOAT (milliseconds)")?;
             let ms = ms
@@ -330,7 +393,20 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
             (f, m)
         }
         "load" => {
-            let f = Flags::parse(&cmd, &["db", "target", "sessions", "max"], &[], rest)?;
+            let f = Flags::parse(
+                &cmd,
+                &[
+                    "db",
+                    "target",
+                    "sessions",
+                    "max",
+                    "stale-after",
+                    "memcached",
+                    "memcached-prefix",
+                ],
+                &[],
+                rest,
+            )?;
             f.positional(&cmd, 0, 0, "")?;
             let sessions = f.need("sessions", "N")?;
             let sessions = sessions
@@ -352,7 +428,18 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
             (f, m)
         }
         "health" => {
-            let f = Flags::parse(&cmd, &["db", "target"], &[], rest)?;
+            let f = Flags::parse(
+                &cmd,
+                &[
+                    "db",
+                    "target",
+                    "stale-after",
+                    "memcached",
+                    "memcached-prefix",
+                ],
+                &[],
+                rest,
+            )?;
             let pos = f.positional(&cmd, 1, 1, "up or down")?;
             let up = match pos[0].as_str() {
                 "up" => true,
@@ -374,6 +461,7 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
     Ok(Command::Metric {
         db: f.db()?,
         metric,
+        cache: f.cache()?,
     })
 }
 
@@ -397,11 +485,25 @@ mod tests {
             algorithm: Algorithm::LeastLoad,
             dynamic_ttl: Secs(10),
             stale_after: Secs(30),
+            cache: None,
         });
         assert_eq!(
             p("--db /x.db --algorithm least-load --dynamic-ttl 10"),
             Ok(want)
         );
+        let args = "--db x --memcached 127.0.0.1:11211,[::1]:11211 --stale-after 9";
+        let Ok(Command::Pipe(o)) = p(args) else {
+            panic!()
+        };
+        let want = CacheOptions {
+            servers: "127.0.0.1:11211,[::1]:11211".into(),
+            prefix: "pdns-ha".into(),
+            ttl: Secs(9),
+        };
+        assert_eq!(o.cache, Some(want));
+        assert!(p("--db x --memcached-prefix y")
+            .unwrap_err()
+            .contains("needs --memcached"));
         let Ok(Command::Pipe(o)) = p("pipe --db=/x.db") else {
             panic!()
         };
@@ -451,7 +553,8 @@ mod tests {
                     network: "*".into(),
                     target: "sip1".into(),
                     ms: 12.5
-                }
+                },
+                cache: None,
             })
         );
         for bad in ["-1", "nan", "inf", "1e9", "fast", ""] {

@@ -4,6 +4,7 @@
 mod abi;
 mod answer;
 mod backend;
+mod cache;
 mod cli;
 mod init;
 mod metric;
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
         }
         Ok(Command::Init { db, scripts }) => init::run(&db, &scripts),
         Ok(Command::Pipe(opts)) => pipe(&opts),
-        Ok(Command::Metric { db, metric }) => push_metric(&db, &metric),
+        Ok(Command::Metric { db, metric, cache }) => push_metric(&db, &metric, cache.as_ref()),
         Ok(Command::Status { db, stale_after }) => report::status(&db, stale_after.0),
         Ok(Command::Explain {
             opts,
@@ -67,7 +68,10 @@ fn init_logging() {
 }
 
 fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
-    let store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
+    let mut store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
+    if let Some(c) = cache(opts.cache.as_ref())? {
+        store = store.with_cache(c);
+    }
     let mut backend = backend::Backend::new(store, opts);
     let mut input = io::stdin().lock();
     let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
@@ -80,8 +84,18 @@ fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
     }
 }
 
-fn push_metric(db: &std::path::Path, m: &cli::Metric) -> Result<(), String> {
-    let w = metric::Writer::open(db)?;
+/// The memcached client for `--memcached`, if given.
+fn cache(opts: Option<&cli::CacheOptions>) -> Result<Option<cache::Cache>, String> {
+    opts.map(|c| cache::Cache::new(&c.servers, &c.prefix, c.ttl.0))
+        .transpose()
+}
+
+fn push_metric(
+    db: &std::path::Path,
+    m: &cli::Metric,
+    cache_opts: Option<&cli::CacheOptions>,
+) -> Result<(), String> {
+    let w = metric::Writer::open(db, cache(cache_opts)?)?;
     match m {
         cli::Metric::Latency {
             network,

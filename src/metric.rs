@@ -6,7 +6,12 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::cell::RefCell;
+
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::cache::{Cache, Reading};
+use crate::metrics::{Health, Latency, Load};
 
 use crate::abi::Subnet;
 use crate::metrics::{target_key, ANY_NETWORK};
@@ -43,6 +48,8 @@ pub struct AntiFlap {
 
 pub struct Writer {
     conn: Connection,
+    /// Where readings are also published for the other DNS nodes.
+    cache: RefCell<Option<Cache>>,
 }
 
 /// An `ha_targets` row as the monitor reads it.
@@ -56,7 +63,7 @@ pub struct TargetRow {
 }
 
 impl Writer {
-    pub fn open(db: &Path) -> Result<Self, String> {
+    pub fn open(db: &Path, cache: Option<Cache>) -> Result<Self, String> {
         let at = |e: rusqlite::Error| format!("database {}: {e}", db.display());
         if !db.exists() {
             return Err(format!(
@@ -79,7 +86,16 @@ impl Writer {
                 db.display()
             ));
         }
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            cache: RefCell::new(cache),
+        })
+    }
+
+    fn publish(&self, r: Reading) {
+        if let Some(c) = self.cache.borrow_mut().as_mut() {
+            c.publish(&r);
+        }
     }
 
     pub fn targets(&self) -> Result<Vec<TargetRow>, String> {
@@ -166,41 +182,56 @@ impl Writer {
         if !(0.0..=MAX_MS).contains(&ms) {
             return Err(format!("latency {ms} ms is out of range (0 to {MAX_MS})"));
         }
-        let old: Option<(f64, f64, i64)> = self
+        let old: Option<(f64, f64, i64, i64)> = self
             .conn
             .query_row(
-                "SELECT mean_ms, ewma_ms, samples FROM ha_latency WHERE network = ?1 AND target = ?2",
+                "SELECT mean_ms, ewma_ms, samples, timeouts FROM ha_latency
+                 WHERE network = ?1 AND target = ?2",
                 [network, target],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(|e| e.to_string())?;
-        let (mean, ewma, n) = match old {
-            None => (ms, ms, 1),
-            Some((mean, ewma, n)) => {
+        let (mean, ewma, n, timeouts) = match old {
+            None => (ms, ms, 1, 0),
+            Some((mean, ewma, n, timeouts)) => {
                 let n = n.max(0) + 1;
                 let mean = mean + (ms - mean) / n as f64;
-                let ewma = if n < EWMA_WARMUP {
-                    mean
-                } else {
-                    ewma * (1.0 - EWMA_ALPHA) + ms * EWMA_ALPHA
+                let ewma = match n < EWMA_WARMUP {
+                    true => mean,
+                    false => ewma * (1.0 - EWMA_ALPHA) + ms * EWMA_ALPHA,
                 };
-                (mean, ewma, n)
+                (mean, ewma, n, timeouts)
             }
         };
+        let updated = unix_now();
         self.conn
             .execute(
                 "INSERT INTO ha_latency (network, target, mean_ms, ewma_ms, samples, timeouts, updated)
                  VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
                  ON CONFLICT (network, target) DO UPDATE SET
                    mean_ms = ?3, ewma_ms = ?4, samples = ?5, updated = ?6",
-                params![network, target, mean, ewma, n, unix_now()],
+                params![network, target, mean, ewma, n, updated],
             )
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let l = Latency {
+            ewma_ms: ewma,
+            mean_ms: mean,
+            samples: n as u64,
+            updated,
+        };
+        let (network, target) = (network.to_owned(), target.to_owned());
+        self.publish(Reading::Latency {
+            network,
+            target,
+            l,
+            timeouts: timeouts.max(0) as u64,
+        });
+        Ok(())
     }
 
-    /// A probe that got no answer: counted, never averaged in.
+    /// A probe that got no answer: counted, never averaged in. Only
+    /// `status` shows the count, so it is not published.
     pub fn latency_timeout(&self, network: &str, target: &str) -> Result<(), String> {
         self.conn
             .execute(
@@ -217,35 +248,61 @@ impl Writer {
                 "sessions {sessions} / max {max:?} out of range (0 to {MAX_SESSIONS}, max above 0)"
             ));
         }
+        let updated = unix_now();
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO ha_load (target, sessions, max_sessions, updated)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![target, sessions, max, unix_now()],
+                params![target, sessions, max, updated],
             )
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let load = Some(Load {
+            sessions,
+            max_sessions: max,
+            updated,
+        });
+        self.publish(Reading::Load {
+            target: target.to_owned(),
+            load,
+            updated,
+        });
+        Ok(())
     }
 
     /// A load source that could not be read: the reading is dropped, so
-    /// the target's load is unknown rather than stale or zero.
+    /// the target's load is unknown rather than stale or zero, on every
+    /// node (memcached gets the "unknown since now").
     pub fn clear_load(&self, target: &str) -> Result<(), String> {
         self.conn
             .execute("DELETE FROM ha_load WHERE target = ?1", [target])
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.publish(Reading::Load {
+            target: target.to_owned(),
+            load: None,
+            updated: unix_now(),
+        });
+        Ok(())
     }
 
     /// The operator's word: set at once, no anti-flap.
     pub fn health(&self, target: &str, up: bool) -> Result<(), String> {
+        self.set_health(target, up, 0, 0)
+    }
+
+    fn set_health(&self, target: &str, up: bool, oks: u32, fails: u32) -> Result<(), String> {
+        let updated = unix_now();
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO ha_health (target, up, ok_streak, fail_streak, updated)
-                 VALUES (?1, ?2, 0, 0, ?3)",
-                params![target, up, unix_now()],
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![target, up, oks, fails, updated],
             )
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.publish(Reading::Health {
+            target: target.to_owned(),
+            h: Health { up, updated },
+        });
+        Ok(())
     }
 
     /// One probe result, through the anti-flap thresholds. Returns the
@@ -271,13 +328,7 @@ impl Writer {
                 (up && fails < t.down_after, 0, fails)
             }
         };
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO ha_health (target, up, ok_streak, fail_streak, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![target, up, oks, fails, unix_now()],
-            )
-            .map_err(|e| e.to_string())?;
+        self.set_health(target, up, oks, fails)?;
         Ok(up)
     }
 }
@@ -295,7 +346,10 @@ mod tests {
              INSERT INTO ha_networks (cidr, name) VALUES ('198.51.100.0/24', 'b');",
         )
         .unwrap();
-        Writer { conn }
+        Writer {
+            conn,
+            cache: RefCell::new(None),
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::abi::Subnet;
+use crate::cache::Reading;
 use crate::zone::cmp_name;
 
 /// A known client network from `ha_networks`.
@@ -48,8 +49,10 @@ pub const ANY_NETWORK: &str = "*";
 /// (network, target), the key of a latency reading.
 type NetworkTarget = (Box<str>, Box<str>);
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct Metrics {
+    /// Every `ha_targets` name: what there is to fetch from memcached.
+    targets: Vec<Box<str>>,
     /// Longest prefix first, so the first match is the best.
     networks: Vec<Network>,
     capacity: Vec<(Box<str>, u32)>,
@@ -91,6 +94,10 @@ impl Metrics {
         Ok(())
     }
 
+    pub fn add_target(&mut self, target: &str) {
+        self.targets.push(target_key(target).into());
+    }
+
     pub fn add_capacity(&mut self, target: &str, max: u32) {
         self.capacity.push((target_key(target).into(), max));
     }
@@ -108,7 +115,67 @@ impl Metrics {
             .push(((network.into(), target_key(target).into()), l));
     }
 
+    pub fn targets(&self) -> &[Box<str>] {
+        &self.targets
+    }
+
+    pub fn networks(&self) -> &[Network] {
+        &self.networks
+    }
+
+    /// Lays a reading from memcached over this one where it is newer: the
+    /// freshest word on a target wins, wherever it was written.
+    pub fn overlay(&mut self, r: &Reading) {
+        fn put<K: Ord, T>(
+            v: &mut Vec<(K, T)>,
+            key: K,
+            new: Option<T>,
+            updated: f64,
+            at: impl Fn(&T) -> f64,
+        ) {
+            match v.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(i) if at(&v[i].1) >= updated => {}
+                Ok(i) => match new {
+                    Some(t) => v[i].1 = t,
+                    None => drop(v.remove(i)),
+                },
+                Err(i) => {
+                    if let Some(t) = new {
+                        v.insert(i, (key, t));
+                    }
+                }
+            }
+        }
+        match r {
+            Reading::Health { target, h } => put(
+                &mut self.health,
+                target_key(target).into(),
+                Some(*h),
+                h.updated,
+                |h| h.updated,
+            ),
+            Reading::Load {
+                target,
+                load,
+                updated,
+            } => put(
+                &mut self.load,
+                target_key(target).into(),
+                *load,
+                *updated,
+                |l| l.updated,
+            ),
+            Reading::Latency {
+                network, target, l, ..
+            } => {
+                let key = (network.as_str().into(), target_key(target).into());
+                put(&mut self.latency, key, Some(*l), l.updated, |l| l.updated)
+            }
+        }
+    }
+
     pub fn finish(mut self) -> Self {
+        self.targets.sort();
         self.networks
             .sort_by_key(|n| std::cmp::Reverse(n.subnet.prefix));
         self.capacity.sort_by(|a, b| a.0.cmp(&b.0));
@@ -217,6 +284,76 @@ mod tests {
         assert!(m.add_network("192.0.2.0/33", "x").is_err());
         assert!(m.add_network("nonsense", "x").is_err());
         assert!(m.add_network("192.0.2.1", "host").is_ok());
+    }
+
+    #[test]
+    fn overlay_keeps_the_newest() {
+        let mut m = Metrics::default();
+        m.add_health(
+            "sip1.example.com",
+            Health {
+                up: true,
+                updated: 10.0,
+            },
+        );
+        m.add_load(
+            "sip1.example.com",
+            Load {
+                sessions: 5,
+                max_sessions: None,
+                updated: 10.0,
+            },
+        );
+        let mut m = m.finish();
+        let older = Health {
+            up: false,
+            updated: 9.0,
+        };
+        m.overlay(&Reading::Health {
+            target: "sip1.example.com".into(),
+            h: older,
+        });
+        assert!(m.health("sip1.example.com").unwrap().up, "older loses");
+        let newer = Health {
+            up: false,
+            updated: 11.0,
+        };
+        m.overlay(&Reading::Health {
+            target: "SIP1.example.com.".into(),
+            h: newer,
+        });
+        assert!(!m.health("sip1.example.com").unwrap().up, "newer wins");
+        m.overlay(&Reading::Health {
+            target: "sip2.example.com".into(),
+            h: newer,
+        });
+        m.overlay(&Reading::Health {
+            target: "a.example.com".into(),
+            h: newer,
+        });
+        assert!(m.health("sip2.example.com").is_some() && m.health("a.example.com").is_some());
+        m.overlay(&Reading::Load {
+            target: "sip1.example.com".into(),
+            load: None,
+            updated: 12.0,
+        });
+        assert!(
+            m.load("sip1.example.com").is_none(),
+            "a newer 'unknown' clears the load"
+        );
+        let l = Latency {
+            ewma_ms: 1.0,
+            mean_ms: 1.0,
+            samples: 1,
+            updated: 1.0,
+        };
+        m.overlay(&Reading::Latency {
+            network: "*".into(),
+            target: "sip1.example.com".into(),
+            l,
+            timeouts: 0,
+        });
+        assert_eq!(m.latency("*", "sip1.example.com"), Some(l));
     }
 
     #[test]

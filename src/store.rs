@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::metrics::{Health, Latency, Load, Metrics};
+use crate::cache::{health_key, latency_key, load_key, Cache, Reading};
+use crate::metrics::{Health, Latency, Load, Metrics, ANY_NETWORK};
 use crate::zone::{Builder, Row, Skip, Zones};
 
 /// How often the pipe looks for a changed database. The contract is that an
@@ -25,6 +26,10 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 /// How long the first load may wait for a writer's lock. Later loads never
 /// wait: the last snapshot answers and the next check tries again.
 const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often the pipe reads the shared readings from memcached: about as
+/// fresh as SQLite's, one round trip per server per second.
+const FETCH_EVERY: Duration = Duration::from_secs(1);
 
 const DOMAINS_SQL: &str = include_str!("../sql/pipe_domains.sql");
 const RECORDS_SQL: &str = include_str!("../sql/pipe_records.sql");
@@ -58,7 +63,14 @@ pub struct Store {
     file: (u64, u64),
     data_version: i64,
     zones: Zones,
+    /// The readings in SQLite.
+    base: Metrics,
+    /// `base` with memcached's newer readings laid over it: what answers.
     metrics: Metrics,
+    cache: Option<Cache>,
+    /// The readings last fetched from memcached.
+    overlay: Vec<Reading>,
+    next_fetch: Instant,
     /// Rows left out of the current snapshot; their reasons are logged
     /// again only when this changes, not on every reload.
     skipped: usize,
@@ -94,7 +106,11 @@ impl Store {
             file,
             data_version: loaded.data_version,
             zones: Zones::default(),
+            base: Metrics::default(),
             metrics: Metrics::default(),
+            cache: None,
+            overlay: Vec::new(),
+            next_fetch: now,
             skipped: usize::MAX,
             loaded_at: now,
             next_check: now + CHECK_EVERY,
@@ -123,6 +139,9 @@ impl Store {
     /// Reloads the snapshot if the database changed, at most every
     /// `CHECK_EVERY`. Never fails: on error the old snapshot stays.
     pub fn refresh(&mut self, now: Instant) {
+        if self.cache.is_some() && now >= self.next_fetch {
+            self.fetch(now);
+        }
         if now < self.next_check {
             return;
         }
@@ -137,6 +156,45 @@ impl Store {
                 }
             }
             Err(what) => self.report(now, &what),
+        }
+    }
+
+    /// Reads shared readings from memcached from now on, the first batch
+    /// at once.
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
+        self.fetch(Instant::now());
+        self
+    }
+
+    /// Fetches every reading the answers could use: health and load per
+    /// target, latency per target from each known network and from `*`.
+    fn fetch(&mut self, now: Instant) {
+        self.next_fetch = now + FETCH_EVERY;
+        let Some(cache) = &mut self.cache else { return };
+        let p = &cache.prefix;
+        let mut keys = Vec::new();
+        let networks = self
+            .base
+            .networks()
+            .iter()
+            .map(|n| &*n.cidr)
+            .chain([ANY_NETWORK]);
+        for t in self.base.targets() {
+            keys.push(health_key(p, t));
+            keys.push(load_key(p, t));
+        }
+        for n in networks {
+            keys.extend(self.base.targets().iter().map(|t| latency_key(p, n, t)));
+        }
+        self.overlay = cache.fetch(&keys);
+        self.rebuild();
+    }
+
+    fn rebuild(&mut self) {
+        self.metrics = self.base.clone();
+        for r in &self.overlay {
+            self.metrics.overlay(r);
         }
     }
 
@@ -179,7 +237,8 @@ impl Store {
         self.skipped = loaded.skipped.len();
         self.data_version = loaded.data_version;
         self.zones = loaded.zones;
-        self.metrics = loaded.metrics;
+        self.base = loaded.metrics;
+        self.rebuild();
         self.loaded_at = now;
     }
 
@@ -285,6 +344,10 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
     let mut next = || sql.next().unwrap_or("");
     each_row(tx, next(), skipped, |r| {
         m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)
+    })?;
+    each_row(tx, next(), skipped, |r| {
+        m.add_target(&col::<String>(r, 0)?);
+        Ok(())
     })?;
     each_row(tx, next(), skipped, |r| {
         m.add_capacity(&col::<String>(r, 0)?, count(r, 1)?);

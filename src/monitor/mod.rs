@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+use crate::cache::Cache;
 use crate::cli::MonitorOptions;
 use crate::metric::Writer;
 use crate::metrics::ANY_NETWORK;
@@ -234,7 +235,12 @@ fn write_round(
 }
 
 pub fn run(opts: &MonitorOptions) -> Result<(), String> {
-    let w = Writer::open(&opts.db)?;
+    let cache = opts
+        .cache
+        .as_ref()
+        .map(|c| Cache::new(&c.servers, &c.prefix, c.ttl.0))
+        .transpose()?;
+    let w = Writer::open(&opts.db, cache)?;
     let mut reported = Reported::default();
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     loop {

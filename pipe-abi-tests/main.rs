@@ -9,6 +9,7 @@ mod faults;
 mod golden;
 mod kamailio;
 mod live;
+mod memcached;
 mod monitor;
 mod pdns;
 mod util;

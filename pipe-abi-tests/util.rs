@@ -124,13 +124,18 @@ pub struct Pipe {
 
 impl Pipe {
     pub fn start(db: &Path, args: &[&str]) -> Self {
+        Self::start_with_log(db, args, Stdio::inherit())
+    }
+
+    /// As `start`, with the process's stderr (its log) going to `log`.
+    pub fn start_with_log(db: &Path, args: &[&str], log: Stdio) -> Self {
         let mut child = Command::new(BIN)
             .arg("--db")
             .arg(db)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();

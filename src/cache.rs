@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::warn;
 use memcache::exp::{Get, MetaClient, Ttl};
 
 use crate::metrics::{Health, Latency, Load};
@@ -189,8 +189,9 @@ impl Server {
     }
 
     fn worked(&mut self) {
+        // At the outage's level, so whoever saw it go sees it come back.
         if self.retry_at.take().is_some() {
-            info!("memcached {} is back", self.addr);
+            warn!("memcached {} is back", self.addr);
         }
         self.backoff = BACKOFF_START;
     }

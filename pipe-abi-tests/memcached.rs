@@ -1,0 +1,313 @@
+//! The memcached layer with real memcached servers: two DNS nodes with
+//! their own SQLite files answer from readings published by a third party,
+//! and a killed, restarted or hanging memcached costs milliseconds, never
+//! pdns's pipe-timeout.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant};
+
+use crate::pdns::{find_tool, require, TempDir};
+use crate::util::{init_db, Pipe, BIN};
+
+/// Worst single lookup tolerated while memcached misbehaves: far under
+/// pdns's 2000 ms pipe-timeout, far over the 10 ms memcached timeout.
+const LOOKUP_BOUND: Duration = Duration::from_millis(250);
+
+/// How long shared readings may take to show: one fetch interval (1 s),
+/// or the longest back-off (5 s) after an outage, plus CI noise.
+const SHARED_WITHIN: Duration = Duration::from_secs(8);
+
+struct Memcached {
+    child: Child,
+    port: u16,
+}
+
+impl Memcached {
+    fn start(port: u16) -> Self {
+        let bin = find_tool("memcached").expect("memcached");
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-m",
+            "8",
+            "-t",
+            "1",
+        ]);
+        // memcached refuses to run as root unless told which user to be.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "memcached did not listen on {port}"
+            );
+            sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node_db(dir: &TempDir, name: &str) -> PathBuf {
+    let db = dir.path().join(name);
+    init_db(&db, &["sql/example.sql"]);
+    db
+}
+
+/// `pdns-ha metric ...` against `db`, published to `servers`.
+fn metric(db: &Path, servers: &str, args: &[&str]) {
+    let out = Command::new(BIN)
+        .arg("metric")
+        .arg(args[0])
+        .args(["--db", db.to_str().unwrap(), "--memcached", servers])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const SRV_FROM_SITE_B: &str =
+    "Q\t_sip._udp.example.com\tIN\tANY\t1\t127.0.0.1\t127.0.0.1\t198.51.100.0/24";
+
+/// SRV targets in the answer, as `prio target`, best first, and how long
+/// the lookup took.
+fn ask(p: &mut Pipe) -> (Vec<String>, Duration) {
+    let t = Instant::now();
+    let answer = p.ask(SRV_FROM_SITE_B);
+    let took = t.elapsed();
+    let mut srv: Vec<String> = answer
+        .iter()
+        .filter_map(|l| match l.split('\t').collect::<Vec<_>>()[..] {
+            [_, _, _, _, _, "SRV", _, _, prio, rest] => Some(format!(
+                "{prio:0>3} {}",
+                rest.rsplit(' ').next()?.trim_end_matches(".example.com.")
+            )),
+            _ => None,
+        })
+        .collect();
+    srv.sort();
+    assert_eq!(answer.last().map(String::as_str), Some("END"));
+    (srv, took)
+}
+
+fn pipe(db: &Path, servers: &str, log: &Path) -> Pipe {
+    let args = ["--algorithm", "least-latency", "--memcached", servers];
+    let mut p = Pipe::start_with_log(db, &args, Stdio::from(File::create(log).unwrap()));
+    p.ask("HELO\t3");
+    p
+}
+
+/// Asks until `ok` holds, bounded; every lookup must stay under the bound.
+fn until(p: &mut Pipe, what: &str, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let (srv, took) = ask(p);
+        assert!(took < LOOKUP_BOUND, "{what}: a lookup took {took:?}");
+        if ok(&srv) {
+            return srv;
+        }
+        assert!(
+            start.elapsed() < SHARED_WITHIN,
+            "{what}: not seen within {SHARED_WITHIN:?}: {srv:?}"
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+fn tools() -> bool {
+    require("memcached")
+}
+
+#[test]
+fn two_nodes_share_readings_and_ride_out_an_outage() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("memcached-share");
+    let (a, b) = (
+        Memcached::start(Memcached::free_port()),
+        Memcached::start(Memcached::free_port()),
+    );
+    let servers = format!("127.0.0.1:{},127.0.0.1:{}", a.port, b.port);
+    // Three SQLite files: the monitoring site and two DNS nodes. Only
+    // memcached connects them.
+    let (site, node1, node2) = (
+        node_db(&dir, "site.db"),
+        node_db(&dir, "node1.db"),
+        node_db(&dir, "node2.db"),
+    );
+    let (log1, log2) = (dir.path().join("node1.log"), dir.path().join("node2.log"));
+    let mut p1 = pipe(&node1, &servers, &log1);
+    let mut p2 = pipe(&node2, &servers, &log2);
+    assert_eq!(
+        ask(&mut p1).0[0],
+        "010 sip1",
+        "static answer without readings"
+    );
+
+    // The site measures: sip7 is closest to site B, sip1 is down.
+    for (sip, ms) in [(7, "2"), (4, "9"), (1, "1")] {
+        let target = format!("sip{sip}.example.com");
+        metric(
+            &site,
+            &servers,
+            &[
+                "latency",
+                "--network",
+                "198.51.100.0/24",
+                "--target",
+                &target,
+                "--ms",
+                ms,
+            ],
+        );
+    }
+    metric(
+        &site,
+        &servers,
+        &["health", "--target", "sip1.example.com", "down"],
+    );
+    let shared = |srv: &[String]| {
+        srv.first().map(String::as_str) == Some("010 sip7")
+            && !srv.iter().any(|s| s.ends_with("sip1"))
+    };
+    for p in [&mut p1, &mut p2] {
+        until(p, "readings from memcached", shared);
+    }
+
+    // One memcached dies: lookups stay fast and correct for the share on
+    // the other server; sip1's and sip7's keys may have been on either.
+    let mut a = a;
+    a.kill();
+    let mut worst = Duration::ZERO;
+    let mut slow = 0;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(2) {
+        let (srv, took) = ask(&mut p1);
+        assert!(!srv.is_empty(), "never an empty answer");
+        worst = worst.max(took);
+        slow += usize::from(took > Duration::from_millis(20));
+    }
+    assert!(
+        worst < LOOKUP_BOUND,
+        "worst lookup during the outage: {worst:?}"
+    );
+    assert!(slow <= 3, "{slow} lookups over 20 ms during a 2 s outage");
+
+    // It comes back (empty, as a restarted memcached is): sharing resumes
+    // for what is published from now on.
+    let _a = Memcached::start(a.port);
+    metric(
+        &site,
+        &servers,
+        &["health", "--target", "sip1.example.com", "up"],
+    );
+    metric(
+        &site,
+        &servers,
+        &[
+            "latency",
+            "--network",
+            "198.51.100.0/24",
+            "--target",
+            "sip1.example.com",
+            "--ms",
+            "1",
+        ],
+    );
+    for p in [&mut p1, &mut p2] {
+        until(p, "sharing after the restart", |srv| {
+            srv.first().map(String::as_str) == Some("010 sip1")
+        });
+    }
+    drop((p1, p2));
+    let log = std::fs::read_to_string(&log1).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("memcached") && l.contains("WARN"))
+        .count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "one warning per outage, not a flood:\n{log}"
+    );
+    assert!(log.contains("is back"), "{log}");
+}
+
+#[test]
+fn a_memcached_that_never_answers_costs_one_timeout() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("memcached-hang");
+    let db = node_db(&dir, "node.db");
+    // Accepts connections and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut held = Vec::new();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let log = dir.path().join("node.log");
+    let mut p = pipe(&db, &format!("127.0.0.1:{port}"), &log);
+    let start = Instant::now();
+    let (mut worst, mut slow, mut n) = (Duration::ZERO, 0, 0);
+    while start.elapsed() < Duration::from_secs(3) {
+        let (srv, took) = ask(&mut p);
+        assert_eq!(srv.len(), 8, "answers from SQLite meanwhile");
+        worst = worst.max(took);
+        slow += usize::from(took > Duration::from_millis(5));
+        n += 1;
+    }
+    // Back-off 0.5, 1, 2 s: at most a handful of attempts in 3 s, each
+    // bounded by the 10 ms timeout.
+    assert!(worst < LOOKUP_BOUND, "worst lookup: {worst:?}");
+    assert!(slow <= 5, "{slow} of {n} lookups over 5 ms");
+    drop(p);
+    drop(holder);
+}

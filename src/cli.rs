@@ -353,38 +353,24 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
 }
 
+/// Flags every `metric` takes besides its own.
+fn metric_flags(own: &[&'static str]) -> Vec<&'static str> {
+    [own, &["db", "stale-after", "memcached", "memcached-prefix"]].concat()
+}
+
 fn parse_metric(args: &[String]) -> Result<Command, String> {
     let kind = args.first().map(String::as_str).unwrap_or("");
     let rest = args.get(1..).unwrap_or(&[]);
     let cmd = format!("metric {kind}");
     let (f, metric) = match kind {
         "latency" => {
-            let f = Flags::parse(
-                &cmd,
-                &[
-                    "db",
-                    "network",
-                    "target",
-                    "ms",
-                    "stale-after",
-                    "memcached",
-                    "memcached-prefix",
-                ],
-                &[],
-                rest,
-            )?;
+            let f = Flags::parse(&cmd, &metric_flags(&["network", "target", "ms"]), &[], rest)?;
             f.positional(&cmd, 0, 0, "")?;
+            // The range is checked where every reading is stored (`Writer`).
             let ms = f.need("ms", "FLOAT (milliseconds)")?;
             let ms = ms
                 .parse::<f64>()
-                .ok()
-                .filter(|m| m.is_finite() && (0.0..=crate::metric::MAX_MS).contains(m))
-                .ok_or_else(|| {
-                    format!(
-                        "--ms needs milliseconds from 0 to {}, got {ms:?}",
-                        crate::metric::MAX_MS
-                    )
-                })?;
+                .map_err(|_| format!("--ms needs a number, got {ms:?}"))?;
             let m = Metric::Latency {
                 network: f.need("network", "CIDR or '*'")?.to_owned(),
                 target: f.need("target", "NAME")?.to_owned(),
@@ -395,15 +381,7 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
         "load" => {
             let f = Flags::parse(
                 &cmd,
-                &[
-                    "db",
-                    "target",
-                    "sessions",
-                    "max",
-                    "stale-after",
-                    "memcached",
-                    "memcached-prefix",
-                ],
+                &metric_flags(&["target", "sessions", "max"]),
                 &[],
                 rest,
             )?;
@@ -411,14 +389,7 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
             let sessions = f.need("sessions", "N")?;
             let sessions = sessions
                 .parse::<u32>()
-                .ok()
-                .filter(|n| *n <= crate::metric::MAX_SESSIONS)
-                .ok_or_else(|| {
-                    format!(
-                        "--sessions needs a whole number from 0 to {}, got {sessions:?}",
-                        crate::metric::MAX_SESSIONS
-                    )
-                })?;
+                .map_err(|_| format!("--sessions needs a whole number, got {sessions:?}"))?;
             let max = f.get("max").map(|v| positive("--max", v)).transpose()?;
             let m = Metric::Load {
                 target: f.need("target", "NAME")?.to_owned(),
@@ -428,18 +399,7 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
             (f, m)
         }
         "health" => {
-            let f = Flags::parse(
-                &cmd,
-                &[
-                    "db",
-                    "target",
-                    "stale-after",
-                    "memcached",
-                    "memcached-prefix",
-                ],
-                &[],
-                rest,
-            )?;
+            let f = Flags::parse(&cmd, &metric_flags(&["target"]), &[], rest)?;
             let pos = f.positional(&cmd, 1, 1, "up or down")?;
             let up = match pos[0].as_str() {
                 "up" => true,
@@ -557,7 +517,8 @@ mod tests {
                 cache: None,
             })
         );
-        for bad in ["-1", "nan", "inf", "1e9", "fast", ""] {
+        // Ranges are the Writer's (metric.rs tests); here, only numbers.
+        for bad in ["fast", "", "1,5"] {
             let e = p(&format!(
                 "metric latency --db d --network * --target t --ms={bad}"
             ))

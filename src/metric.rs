@@ -23,10 +23,10 @@ const EWMA_WARMUP: i64 = 10;
 
 /// Longest a latency reading can be: a SIP answer later than this is a
 /// timeout, not a measurement.
-pub const MAX_MS: f64 = 60_000.0;
+const MAX_MS: f64 = 60_000.0;
 
 /// Upper bounds that catch a unit mix-up rather than limit real servers.
-pub const MAX_SESSIONS: u32 = 10_000_000;
+const MAX_SESSIONS: u32 = 10_000_000;
 
 /// Writers wait this long for each other (the monitor and an operator's
 /// `metric` may write at once). Readers never wait: WAL.

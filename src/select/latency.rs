@@ -18,13 +18,7 @@ pub fn select(
     let Some(net) = m.network_for(cx.client) else {
         // Unknown network: the stored answer for this client, but scoped
         // to its own prefix so that pdns never hands it to a known network.
-        stored(cands, out, |i| {
-            if cx.down(m, cands[i].target) {
-                Why::Down
-            } else {
-                Why::Static
-            }
-        });
+        stored(cands, out, Why::Static, Some((m, cx)));
         return Outcome {
             scopebits: cx.client.prefix,
             ..Outcome::default()
@@ -61,14 +55,7 @@ pub fn select(
         });
     }
     if !out.iter().any(|p| matches!(p.why, Why::Latency { .. })) {
-        out.clear();
-        stored(cands, out, |i| {
-            if cx.down(m, cands[i].target) {
-                Why::Down
-            } else {
-                Why::Unmeasured
-            }
-        });
+        stored(cands, out, Why::Unmeasured, Some((m, cx)));
         return scoped;
     }
     // Measured first by latency, then unmeasured by stored priority, then

@@ -42,14 +42,7 @@ pub fn select(
         .iter()
         .any(|p| matches!(p.why, Why::Load { .. } | Why::Full { .. }))
     {
-        out.clear();
-        stored(cands, out, |i| {
-            if cx.down(m, cands[i].target) {
-                Why::Down
-            } else {
-                Why::UnknownLoad
-            }
-        });
+        stored(cands, out, Why::UnknownLoad, Some((m, cx)));
         return Outcome::default();
     }
     // Tier by tier: those with room (most free first), then the full ones;

@@ -133,11 +133,11 @@ pub fn select(
 ) -> Outcome {
     out.clear();
     if alg == Algorithm::Static || cands.is_empty() {
-        stored(cands, out, |_| Why::Static);
+        stored(cands, out, Why::Static, None);
         return Outcome::default();
     }
     if cands.iter().all(|c| cx.down(m, c.target)) {
-        stored(cands, out, |_| Why::Static);
+        stored(cands, out, Why::Static, None);
         return Outcome {
             fail_open: true,
             ..Outcome::default()
@@ -149,12 +149,23 @@ pub fn select(
     }
 }
 
-/// The stored order, minus down targets when `why` says so.
-fn stored(cands: &[Candidate<'_>], out: &mut Vec<Placed>, why: impl Fn(usize) -> Why) {
+/// The stored order and priorities, each marked `why`; with `health`,
+/// targets that fresh readings say are down are left out.
+fn stored(
+    cands: &[Candidate<'_>],
+    out: &mut Vec<Placed>,
+    why: Why,
+    health: Option<(&Metrics, &Context)>,
+) {
+    out.clear();
     out.extend(cands.iter().enumerate().map(|(idx, c)| {
-        let why = why(idx);
-        let place = (why != Why::Down).then_some((c.prio, c.weight));
-        Placed { idx, place, why }
+        let down = health.is_some_and(|(m, cx)| cx.down(m, c.target));
+        let why = if down { Why::Down } else { why };
+        Placed {
+            idx,
+            place: (!down).then_some((c.prio, c.weight)),
+            why,
+        }
     }));
     out.sort_by_key(|p| p.place.is_none());
 }

@@ -12,4 +12,5 @@ mod live;
 mod memcached;
 mod monitor;
 mod pdns;
+mod reliability;
 mod util;

@@ -21,13 +21,13 @@ const LOOKUP_BOUND: Duration = Duration::from_millis(250);
 /// or the longest back-off (5 s) after an outage, plus CI noise.
 const SHARED_WITHIN: Duration = Duration::from_secs(8);
 
-struct Memcached {
+pub struct Memcached {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Memcached {
-    fn start(port: u16) -> Self {
+    pub fn start(port: u16) -> Self {
         let bin = find_tool("memcached").expect("memcached");
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -63,7 +63,7 @@ impl Memcached {
         Self { child, port }
     }
 
-    fn free_port() -> u16 {
+    pub fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -71,7 +71,7 @@ impl Memcached {
             .port()
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

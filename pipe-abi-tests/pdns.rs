@@ -196,6 +196,22 @@ const POLL_STEP: Duration = Duration::from_millis(100);
 const DIG_LIMIT: Duration = Duration::from_secs(60);
 
 impl Pdns {
+    /// The pipe coprocesses pdns_server runs right now (its children).
+    pub fn coprocesses(&self) -> Vec<u32> {
+        let parent = self.child.id();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // The fields after the command name, which may hold spaces.
+                let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+                rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+            })
+            .collect()
+    }
+
     pub fn options(backend: Backend) -> Options {
         Options {
             backend,

@@ -194,6 +194,10 @@ impl Pipe {
         panic!("pdns-ha did not exit within 5 s of end of input");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }

@@ -149,7 +149,8 @@ impl Store {
         match self.check(now) {
             Ok(()) => {
                 if let Some((_, n)) = self.failing.take() {
-                    info!(
+                    // At the outage's level, so whoever saw it start sees it end.
+                    warn!(
                         "database {} readable again after {n} failed checks",
                         self.path.display()
                     );

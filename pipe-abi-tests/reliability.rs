@@ -1,0 +1,344 @@
+//! Faults under a real pdns_server: whatever happens to the database, the
+//! coprocesses or memcached, dig keeps getting correct answers, no SERVFAIL
+//! that gsqlite3 would not give, and no lookup near pdns's pipe-timeout.
+//! Also the security promises: no secret in any output, owner-only writes,
+//! parameterised SQL under hostile names, a read-only pipe.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::memcached::Memcached;
+use crate::pdns::{require, Backend, Pdns, TempDir};
+use crate::util::{init_db, kill, Pipe, BIN};
+
+/// pdns's pipe-timeout in these tests; no answer may come near it.
+const PIPE_TIMEOUT_MS: u64 = 2000;
+
+fn tools() -> bool {
+    let pdns = require("pdns_server");
+    let dig = require("dig");
+    pdns && dig
+}
+
+fn start(db: &Path, extra: &str) -> Pdns {
+    let bin = Path::new(BIN).canonicalize().unwrap();
+    let command = format!(
+        "{} --db {} --algorithm least-latency{extra}",
+        bin.display(),
+        db.display()
+    );
+    Pdns::options(Backend::Pipe { command, abi: 3 })
+        .setting("pipe-timeout", &PIPE_TIMEOUT_MS.to_string())
+        .distributor_threads(2)
+        .start()
+}
+
+/// One dig outcome: status, SRV records in the answer, how long it took.
+type Outcome = (String, usize, Duration);
+
+/// Digs the SIP SRV record over and over in the background until stopped,
+/// recording every outcome.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Outcome>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(pdns: &Arc<Pdns>) -> Self {
+        let (stop, seen) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let (s, out, pdns) = (Arc::clone(&stop), Arc::clone(&seen), Arc::clone(pdns));
+        let thread = thread::spawn(move || {
+            // Bounded in count as well as by the stop flag.
+            for _ in 0..5000 {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                let r = pdns.dig(&["+subnet=198.51.100.0/24", "_sip._udp.example.com", "SRV"]);
+                let srv = r.answer().iter().filter(|l| l.contains(" SRV ")).count();
+                out.lock().unwrap().push((
+                    r.status().unwrap_or("no answer").to_owned(),
+                    srv,
+                    t.elapsed(),
+                ));
+                sleep(Duration::from_millis(10));
+            }
+        });
+        Self {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and checks every answer: NOERROR with all eight records (the
+    /// database never loses them), well under pipe-timeout.
+    fn check(mut self, what: &str) -> (usize, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        let seen = self.seen.lock().unwrap();
+        let worst = seen.iter().map(|o| o.2).max().unwrap_or_default();
+        let bad: Vec<_> = seen
+            .iter()
+            .filter(|(status, srv, _)| status != "NOERROR" || *srv < 7)
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{what}: {} of {} answers wrong: {:?}",
+            bad.len(),
+            seen.len(),
+            &bad[..bad.len().min(5)]
+        );
+        assert!(seen.len() > 20, "{what}: only {} queries", seen.len());
+        assert!(
+            worst < Duration::from_millis(PIPE_TIMEOUT_MS / 2),
+            "{what}: a query took {worst:?}"
+        );
+        eprintln!("{what}: {} queries, worst {worst:?}", seen.len());
+        (seen.len(), worst)
+    }
+}
+
+#[test]
+fn database_faults_under_pdns_keep_answers_correct() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("rel-db");
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    // Rollback journal: a writer's exclusive lock then blocks readers too,
+    // the worst case for the lock step below.
+    Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "journal_mode", "DELETE")
+        .unwrap();
+    let pdns = Arc::new(start(&db, ""));
+    let load = Load::start(&pdns);
+    let side = dir.path().join("side.db");
+    let pause = || sleep(Duration::from_millis(700));
+
+    pause();
+    std::fs::rename(&db, &side).unwrap(); // deleted
+    pause();
+    std::fs::rename(&side, &db).unwrap(); // back (replaced)
+    pause();
+    {
+        let writer = Connection::open(&db).unwrap();
+        writer
+            .execute_batch("BEGIN EXCLUSIVE; DELETE FROM records WHERE type = 'A';")
+            .unwrap();
+        sleep(Duration::from_millis(1500)); // a long transaction holding the lock
+        writer.execute_batch("ROLLBACK").unwrap();
+    }
+    pause();
+    let len = std::fs::metadata(&db).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0xa5; len as usize / 2], 0).unwrap(); // corrupted
+    pause();
+    f.set_len(100).unwrap(); // truncated
+    pause();
+    drop(f);
+    let fresh = dir.path().join("fresh.db");
+    init_db(&fresh, &["sql/example.sql"]);
+    std::fs::rename(&fresh, &db).unwrap(); // a good file again
+    pause();
+    load.check("database deleted, replaced, locked, corrupted, truncated");
+    let log = pdns.log();
+    assert!(
+        log.contains("answering from the copy loaded"),
+        "the outage is logged"
+    );
+    assert!(log.contains("readable again"), "recovery is logged:\n{log}");
+}
+
+#[test]
+fn killed_coprocesses_are_replaced_and_answer_correctly() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("rel-kill");
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    let pdns = start(&db, "");
+    let srv = |p: &Pdns| p.dig(&["_sip._udp.example.com", "SRV"]);
+    assert_eq!(srv(&pdns).answer().len(), 8);
+    for round in 0..3 {
+        let before = pdns.coprocesses();
+        assert!(!before.is_empty(), "no coprocesses found");
+        for pid in &before {
+            kill(*pid);
+        }
+        // pdns notices a dead coprocess only when it next uses it, and may
+        // answer that one question with SERVFAIL (as it does for any
+        // backend that dies); every later answer must be right.
+        let mut tries = 0;
+        while srv(&pdns).answer().len() != 8 {
+            tries += 1;
+            assert!(
+                tries < 10,
+                "round {round}: no correct answer after killing {before:?}"
+            );
+        }
+        for _ in 0..10 {
+            let r = srv(&pdns);
+            assert_eq!(
+                (r.status(), r.answer().len()),
+                (Some("NOERROR"), 8),
+                "round {round}"
+            );
+        }
+        assert!(
+            pdns.coprocesses().iter().all(|p| !before.contains(p)),
+            "replaced"
+        );
+    }
+}
+
+#[test]
+fn memcached_dying_under_pdns_costs_nothing_visible() {
+    if !(tools() && require("memcached")) {
+        return;
+    }
+    let dir = TempDir::new("rel-mc");
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    let mut mc = Memcached::start(Memcached::free_port());
+    let servers = format!("127.0.0.1:{}", mc.port);
+    let pdns = Arc::new(start(&db, &format!(" --memcached {servers}")));
+    let load = Load::start(&pdns);
+    sleep(Duration::from_millis(800));
+    mc.kill();
+    sleep(Duration::from_millis(2500));
+    let _back = Memcached::start(mc.port);
+    sleep(Duration::from_millis(1500));
+    load.check("memcached killed and restarted");
+}
+
+#[test]
+fn secrets_stay_secret_and_sql_stays_data() {
+    let dir = TempDir::new("rel-sec");
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    // init: owner may write, nobody else.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&db).unwrap().permissions());
+    assert_eq!(mode & 0o022, 0, "group/other write bits in {mode:o}");
+
+    // Hostile names: quotes, LIKE wildcards, a 63-byte label, non-ASCII,
+    // SQL in content. All are data, matched exactly.
+    let label = "a".repeat(63);
+    let hostile = [
+        "o'brien.example.com".to_owned(),
+        "we%rd_name.example.com".to_owned(),
+        format!("{label}.example.com"),
+        "xn--caf-dma.example.com".to_owned(),
+    ];
+    let c = Connection::open(&db).unwrap();
+    for name in &hostile {
+        c.execute(
+            "INSERT INTO records (domain_id, name, type, content, ttl) VALUES (1, ?1, 'TXT', ?2, 60)",
+            [name.as_str(), "\"'; DROP TABLE records; -- é\""],
+        )
+        .unwrap();
+        c.execute("INSERT INTO ha_targets (name, load_source, load_secret) VALUES (?1, 'freeswitch', 'TopSecret-42')", [name])
+            .unwrap();
+    }
+    drop(c);
+    let mut p = Pipe::start(&db, &[]);
+    p.ask("HELO\t5");
+    for name in &hostile {
+        let a = p.ask(&format!(
+            "Q\t{name}\tIN\tTXT\t1\t127.0.0.1\t127.0.0.1\t127.0.0.1/32"
+        ));
+        assert_eq!(a.len(), 2, "{name}: {a:?}");
+        assert!(a[0].ends_with("\"'; DROP TABLE records; -- é\""), "{a:?}");
+        let out = Command::new(BIN)
+            .args([
+                "metric",
+                "health",
+                "--db",
+                db.to_str().unwrap(),
+                "--target",
+                name,
+                "down",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // `%` and `_` matched nothing else: exactly the hostile targets are down.
+    let down: i64 = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM ha_health WHERE up = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(down, hostile.len() as i64);
+    let wild = p.ask("Q\twe_rd%name.example.com\tIN\tTXT\t1\t127.0.0.1\t127.0.0.1\t127.0.0.1/32");
+    assert_eq!(wild, ["END"], "no pattern matching in lookups");
+
+    // No output shows the secret.
+    let status = p.ask("CMD\tstatus").join("\n");
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN).args(args).output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let db_s = db.to_str().unwrap();
+    for (what, text) in [
+        ("CMD status", status),
+        ("status", run(&["status", "--db", db_s])),
+        ("explain", run(&["explain", "--db", db_s, &hostile[0]])),
+        (
+            "monitor",
+            run(&["monitor", "--db", db_s, "--once", "--timeout", "200"]),
+        ),
+    ] {
+        assert!(
+            !text.contains("TopSecret"),
+            "{what} shows the secret:\n{text}"
+        );
+    }
+
+    // The pipe's database file is open read-only.
+    let pid = p.pid();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let db_fd = fds
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == db))
+        .expect("the pipe has the database open");
+    let info = std::fs::read_to_string(format!(
+        "/proc/{pid}/fdinfo/{}",
+        db_fd.file_name().to_str().unwrap()
+    ))
+    .unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .unwrap()
+        .trim();
+    assert_eq!(
+        u32::from_str_radix(flags, 8).unwrap() & 0o3,
+        0,
+        "O_RDONLY expected, flags {flags}"
+    );
+    assert!(p.finish().success());
+}

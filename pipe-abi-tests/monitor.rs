@@ -337,3 +337,121 @@ fn monitor_reads_freeswitch_load_and_survives_broken_servers() {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// sip4's place in the pipe's least-latency answer from 127.0.0.1, or None.
+fn sip4_in_answer(p: &mut crate::util::Pipe) -> bool {
+    let a = p.ask("Q\t_sip._udp.example.com\tIN\tANY\t1\t127.0.0.1\t127.0.0.1\t127.0.0.1/32");
+    a.iter().any(|l| l.ends_with(" sip4.example.com."))
+}
+
+#[test]
+fn a_flapping_target_does_not_flap_the_answer() {
+    let dir = TempDir::new("monitor-flap");
+    let db = db(&dir);
+    let port = closed_port();
+    sql(
+        &db,
+        &format!("UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{port}' WHERE name = 'sip4.example.com'"),
+    );
+    let mut p = crate::util::Pipe::start(&db, &["--algorithm", "least-latency"]);
+    p.ask("HELO\t3");
+    // (responder up?, sip4 served after this round?) with --down-after 3
+    // and --up-after 2: blips shorter than the thresholds change nothing.
+    let rounds = [
+        (true, true),
+        (false, true),
+        (true, true),
+        (false, true),
+        (false, true),
+        (true, true),
+        (false, true),
+        (false, true),
+        (false, false),
+        (true, false),
+        (false, false),
+        (true, false),
+        (true, true),
+    ];
+    for (i, (up, served)) in rounds.into_iter().enumerate() {
+        let responder = up.then(|| Responder::start(&port.to_string(), Duration::ZERO));
+        monitor_once(&db, 300);
+        drop(responder);
+        // The pipe re-reads within 250 ms; allow a little more.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while sip4_in_answer(&mut p) != served {
+            assert!(
+                Instant::now() < deadline,
+                "round {i}: sip4 served should be {served}\n{}",
+                status(&db)
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_monitor_killed_mid_write_leaves_no_torn_round() {
+    let dir = TempDir::new("monitor-kill");
+    let db = db(&dir);
+    // Ten TCP-probed targets that all answer: every round writes ten rows.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    sql(
+        &db,
+        &format!(
+            "UPDATE ha_targets SET probe = 'tcp', probe_address = '{addr}'; DELETE FROM ha_health;"
+        ),
+    );
+    let targets: i64 = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM ha_targets", [], |r| r.get(0))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, reader_db) = (Arc::clone(&stop), db.clone());
+    // A reader sees either no round or a whole one, never part of one.
+    let reader = thread::spawn(move || {
+        let c = Connection::open(&reader_db).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10_000 {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Ok(n) = c.query_row("SELECT count(*) FROM ha_health", [], |r| r.get::<_, i64>(0))
+            {
+                seen.insert(n);
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        seen
+    });
+    let mut rng = 0x2545_f491_u64;
+    for _ in 0..6 {
+        let mut child = Command::new(BIN)
+            .args(["monitor", "--interval", "1", "--timeout", "200", "--db"])
+            .arg(&db)
+            .spawn()
+            .unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        thread::sleep(Duration::from_millis(100 + rng % 1200));
+        crate::util::kill(child.id());
+        let _ = child.wait();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    assert!(
+        seen.iter().all(|&n| n == 0 || n == targets),
+        "row counts seen: {seen:?}"
+    );
+    assert!(
+        seen.contains(&targets),
+        "no round was ever written: {seen:?}"
+    );
+    let check: String = Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(listener);
+}

@@ -6,6 +6,8 @@ mod answer;
 mod backend;
 mod cache;
 mod cli;
+#[cfg(test)]
+mod fuzz;
 mod init;
 mod metric;
 mod metrics;

@@ -182,7 +182,7 @@ fn killed_coprocesses_are_replaced_and_answer_correctly() {
         // pdns notices a dead coprocess only when it next uses it, and may
         // answer that one question with SERVFAIL (as it does for any
         // backend that dies); every later answer must be right.
-        let mut tries = 0;
+        let (mut tries, t) = (0, Instant::now());
         while srv(&pdns).answer().len() != 8 {
             tries += 1;
             assert!(
@@ -190,6 +190,8 @@ fn killed_coprocesses_are_replaced_and_answer_correctly() {
                 "round {round}: no correct answer after killing {before:?}"
             );
         }
+        let took = t.elapsed();
+        eprintln!("round {round}: {tries} wrong answers, {took:?} to the first right one");
         for _ in 0..10 {
             let r = srv(&pdns);
             assert_eq!(

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::util::{fixture_db, init_db, run_pipe, Pipe, TempDir, BIN};
+use crate::pdns::TempDir;
+use crate::util::{fixture_db, init_db, run_pipe, Pipe, BIN};
 
 /// pdns's default `pipe-timeout`: an answer slower than this gets the
 /// coprocess killed and the client a SERVFAIL.
@@ -192,14 +193,14 @@ fn stderr_of(args: &[&str]) -> (bool, String) {
 #[test]
 fn start_up_errors_name_the_problem() {
     let dir = TempDir::new("startup");
-    let missing = dir.path("missing.db");
+    let missing = dir.path().join("missing.db");
     let (ok, err) = stderr_of(&["--db", missing.to_str().unwrap()]);
     assert!(
         !ok && err.contains(missing.to_str().unwrap()) && err.contains("No such file"),
         "{err}"
     );
 
-    let not_db = dir.path("not.db");
+    let not_db = dir.path().join("not.db");
     std::fs::write(
         &not_db,
         "this is not sqlite at all, just text that is long enough",
@@ -211,7 +212,7 @@ fn start_up_errors_name_the_problem() {
         "{err}"
     );
 
-    let empty = dir.path("empty.db");
+    let empty = dir.path().join("empty.db");
     Connection::open(&empty)
         .unwrap()
         .execute_batch("CREATE TABLE t (x)")
@@ -290,7 +291,7 @@ fn started(tag: &str) -> (TempDir, std::path::PathBuf, Pipe) {
 
 fn started_with(tag: &str, journal_mode: &str) -> (TempDir, std::path::PathBuf, Pipe) {
     let dir = TempDir::new(tag);
-    let db = dir.path("ha.db");
+    let db = dir.path().join("ha.db");
     init_db(&db, &["sql/example.sql"]);
     Connection::open(&db)
         .unwrap()
@@ -327,7 +328,7 @@ fn deleted_database_keeps_answering_and_comes_back() {
         sleep(Duration::from_millis(60));
     }
     // A new file at the same path is picked up by itself.
-    let fresh = dir.path("fresh.db");
+    let fresh = dir.path().join("fresh.db");
     init_db(&fresh, &["sql/example.sql"]);
     add_a(&fresh, "fresh.example.com", "192.0.2.201");
     std::fs::rename(&fresh, &db).unwrap();
@@ -362,7 +363,7 @@ fn corrupt_or_truncated_database_keeps_answering() {
             assert!(t.elapsed() < PIPE_TIMEOUT);
             sleep(Duration::from_millis(60));
         }
-        let fresh = dir.path("fresh.db");
+        let fresh = dir.path().join("fresh.db");
         init_db(&fresh, &["sql/example.sql"]);
         add_a(&fresh, "fresh.example.com", "192.0.2.201");
         std::fs::rename(&fresh, &db).unwrap();

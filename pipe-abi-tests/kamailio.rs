@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::pdns::{require, Backend, Pdns};
+use crate::pdns::{require, Backend, Pdns, TempDir};
 use crate::util::{init_db, BIN};
 
 const CONFIG: &str = include_str!("fixtures/kamailio-test.cfg");
@@ -78,23 +78,6 @@ impl Drop for Server {
             unsafe { libc::kill(group, libc::SIGKILL) };
             let _ = self.child.wait();
         }
-    }
-}
-
-/// A scratch directory for config and logs, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!("pdns-ha-kamailio-{}", std::process::id()));
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -192,8 +175,8 @@ fn kamailio_load_from_real_calls_reaches_the_answer() {
         return;
     }
     // Declared before the servers, so dropped after them, also when an assertion fails.
-    let scratch = TempDir::new();
-    let dir = scratch.0.as_path();
+    let scratch = TempDir::new("kamailio");
+    let dir = scratch.path();
     let [sip_port, rpc_port, uas_port, uac_port] = free_ports();
     let cfg = dir.join("kamailio.cfg");
     let text = CONFIG

@@ -196,6 +196,10 @@ const POLL_STEP: Duration = Duration::from_millis(100);
 const DIG_LIMIT: Duration = Duration::from_secs(60);
 
 impl Pdns {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The pipe coprocesses pdns_server runs right now (its children).
     pub fn coprocesses(&self) -> Vec<u32> {
         let parent = self.child.id();

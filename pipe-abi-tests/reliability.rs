@@ -26,10 +26,10 @@ fn tools() -> bool {
     pdns && dig
 }
 
-fn start(db: &Path, extra: &str) -> Pdns {
+fn start(db: &Path, algorithm: &str, extra: &str) -> Pdns {
     let bin = Path::new(BIN).canonicalize().unwrap();
     let command = format!(
-        "{} --db {} --algorithm least-latency{extra}",
+        "{} --db {} --algorithm {algorithm}{extra}",
         bin.display(),
         db.display()
     );
@@ -123,7 +123,7 @@ fn database_faults_under_pdns_keep_answers_correct() {
         .unwrap()
         .pragma_update(None, "journal_mode", "DELETE")
         .unwrap();
-    let pdns = Arc::new(start(&db, ""));
+    let pdns = Arc::new(start(&db, "least-latency", ""));
     let load = Load::start(&pdns);
     let side = dir.path().join("side.db");
     let pause = || sleep(Duration::from_millis(700));
@@ -170,7 +170,7 @@ fn killed_coprocesses_are_replaced_and_answer_correctly() {
     let dir = TempDir::new("rel-kill");
     let db = dir.path().join("ha.db");
     init_db(&db, &["sql/example.sql"]);
-    let pdns = start(&db, "");
+    let pdns = start(&db, "least-latency", "");
     let srv = |p: &Pdns| p.dig(&["_sip._udp.example.com", "SRV"]);
     assert_eq!(srv(&pdns).answer().len(), 8);
     for round in 0..3 {
@@ -217,7 +217,11 @@ fn memcached_dying_under_pdns_costs_nothing_visible() {
     init_db(&db, &["sql/example.sql"]);
     let mut mc = Memcached::start(Memcached::free_port());
     let servers = format!("127.0.0.1:{}", mc.port);
-    let pdns = Arc::new(start(&db, &format!(" --memcached {servers}")));
+    let pdns = Arc::new(start(
+        &db,
+        "least-latency",
+        &format!(" --memcached {servers}"),
+    ));
     let load = Load::start(&pdns);
     sleep(Duration::from_millis(800));
     mc.kill();
@@ -225,6 +229,132 @@ fn memcached_dying_under_pdns_costs_nothing_visible() {
     let _back = Memcached::start(mc.port);
     sleep(Duration::from_millis(1500));
     load.check("memcached killed and restarted");
+}
+
+#[test]
+fn a_hanging_memcached_under_pdns_costs_nothing_visible() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("rel-mc-hang");
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    // Accepts connections and never says a word; bounded in time.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let holder = thread::spawn(move || {
+        let mut held = Vec::new();
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let pdns = Arc::new(start(&db, "least-latency", &format!(" --memcached {addr}")));
+    let load = Load::start(&pdns);
+    sleep(Duration::from_secs(4));
+    load.check("memcached accepting and never answering");
+    drop(pdns);
+    drop(holder);
+}
+
+/// A short soak for CI (`bench/soak.sh` is the full one): dnsperf through
+/// pdns with every algorithm while readings are written all along; no
+/// SERVFAIL, nothing lost.
+#[test]
+fn short_soak_while_readings_are_written() {
+    if !(tools() && require("dnsperf")) {
+        return;
+    }
+    let dir = TempDir::new("rel-soak");
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    let queries = dir.path().join("queries.txt");
+    let mut q = String::from("_sip._udp.example.com SRV\n");
+    q.extend((1..=8).map(|i| format!("sip{i}.example.com A\n")));
+    std::fs::write(&queries, q).unwrap();
+    for algorithm in ["static", "least-latency", "least-load"] {
+        let pdns = start(&db, algorithm, "");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, wdb) = (Arc::clone(&stop), db.clone());
+        let writer = thread::spawn(move || {
+            let mut n = 0u32;
+            while !flag.load(Ordering::Relaxed) && n < 2000 {
+                let sip = format!("sip{}.example.com", n % 8 + 1);
+                let ms = format!("{}", 1 + n % 50);
+                let out = Command::new(BIN)
+                    .args(["metric", "latency", "--db", wdb.to_str().unwrap()])
+                    .args([
+                        "--network",
+                        "198.51.100.0/24",
+                        "--target",
+                        &sip,
+                        "--ms",
+                        &ms,
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                n += 1;
+                sleep(Duration::from_millis(20));
+            }
+            n
+        });
+        let out = Command::new(crate::pdns::find_tool("dnsperf").unwrap())
+            .args([
+                "-s",
+                "127.0.0.1",
+                "-p",
+                &pdns.port().to_string(),
+                "-d",
+                queries.to_str().unwrap(),
+            ])
+            .args([
+                "-n",
+                "2000",
+                "-c",
+                "4",
+                "-q",
+                "10",
+                "-t",
+                "2",
+                "-e",
+                "-E",
+                "8:00011800c63364",
+            ])
+            .output()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let writes = writer.join().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            report
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .unwrap_or("?")
+                .trim()
+                .to_owned()
+        };
+        eprintln!(
+            "{algorithm}: sent {}, lost {}, codes {} ({writes} readings written)",
+            field("Queries sent:"),
+            field("Queries lost:"),
+            field("Response codes:")
+        );
+        assert!(
+            field("Queries lost:").starts_with("0 "),
+            "{algorithm}: {report}"
+        );
+        let codes = field("Response codes:");
+        assert!(
+            codes.starts_with("NOERROR") && !codes.contains(','),
+            "{algorithm}: {codes}"
+        );
+        assert!(writes > 0);
+    }
 }
 
 #[test]

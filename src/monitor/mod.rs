@@ -64,7 +64,7 @@ struct Reading {
     load: Option<Result<(u32, Option<u32>), String>>,
 }
 
-fn read_targets(w: &Writer) -> Result<Vec<Target>, String> {
+fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, String> {
     let rows = w.targets()?;
     let mut targets = Vec::with_capacity(rows.len());
     for r in rows {
@@ -89,9 +89,10 @@ fn read_targets(w: &Writer) -> Result<Vec<Target>, String> {
             ("kamailio", Some(url)) => LoadSource::Kamailio { url },
             ("none", _) => LoadSource::None,
             (kind, None) => {
-                warn!(
-                    "target {}: load source {kind} has no load_address; not read",
-                    r.name
+                reported.problem(
+                    &r.name,
+                    "load",
+                    &format!("source {kind} has no load_address"),
                 );
                 LoadSource::None
             }
@@ -245,7 +246,7 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     loop {
         let start = Instant::now();
-        let targets = read_targets(&w)?;
+        let targets = read_targets(&w, &mut reported)?;
         let readings = poll(&targets, opts.timeout);
         if let Err(e) = write_round(&w, &targets, &readings, opts, &mut reported) {
             // The next round tries again; a monitor that stops is worse

@@ -51,7 +51,10 @@ def soak(algorithm, db, queries, qfile):
     w = threading.Thread(target=writer, args=(db, stop, counts))
     w.start()
     try:
-        per = queries // len(bench.NETWORKS)
+        # dnsperf -n counts passes through the query file, not queries.
+        with open(qfile) as f:
+            lines = sum(1 for _ in f)
+        per = max(1, queries // len(bench.NETWORKS) // lines)
         procs = [subprocess.Popen(["dnsperf", "-s", "127.0.0.1", "-p", str(pdns.port), "-d", qfile, "-n", str(per),
                                    "-c", "10", "-q", "20", "-t", "2", "-e", "-E", f"8:{h}"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

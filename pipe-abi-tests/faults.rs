@@ -285,6 +285,16 @@ fn add_a(db: &std::path::Path, name: &str, addr: &str) {
         .unwrap();
 }
 
+/// Puts a good database (the example plus fresh.example.com) at `db`'s
+/// path, as an operator would with `mv`, and waits for the pipe to serve it.
+fn replace_and_wait(dir: &TempDir, db: &std::path::Path, p: &mut Pipe) {
+    let fresh = dir.path().join("fresh.db");
+    init_db(&fresh, &["sql/example.sql"]);
+    add_a(&fresh, "fresh.example.com", "192.0.2.201");
+    std::fs::rename(&fresh, db).unwrap();
+    wait_for(p, "fresh.example.com", 1);
+}
+
 fn started(tag: &str) -> (TempDir, std::path::PathBuf, Pipe) {
     started_with(tag, "WAL")
 }
@@ -328,11 +338,7 @@ fn deleted_database_keeps_answering_and_comes_back() {
         sleep(Duration::from_millis(60));
     }
     // A new file at the same path is picked up by itself.
-    let fresh = dir.path().join("fresh.db");
-    init_db(&fresh, &["sql/example.sql"]);
-    add_a(&fresh, "fresh.example.com", "192.0.2.201");
-    std::fs::rename(&fresh, &db).unwrap();
-    wait_for(&mut p, "fresh.example.com", 1);
+    replace_and_wait(&dir, &db, &mut p);
     assert!(p.finish().success());
 }
 
@@ -363,11 +369,7 @@ fn corrupt_or_truncated_database_keeps_answering() {
             assert!(t.elapsed() < PIPE_TIMEOUT);
             sleep(Duration::from_millis(60));
         }
-        let fresh = dir.path().join("fresh.db");
-        init_db(&fresh, &["sql/example.sql"]);
-        add_a(&fresh, "fresh.example.com", "192.0.2.201");
-        std::fs::rename(&fresh, &db).unwrap();
-        wait_for(&mut p, "fresh.example.com", 1);
+        replace_and_wait(&dir, &db, &mut p);
         assert!(p.finish().success());
     }
 }

@@ -83,6 +83,25 @@ impl Drop for Memcached {
     }
 }
 
+/// A "memcached" that accepts connections and never says a word, for
+/// `lifetime` at most.
+pub fn silent_server(lifetime: Duration) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let holder = thread::spawn(move || {
+        let mut held = Vec::new();
+        let end = Instant::now() + lifetime;
+        while Instant::now() < end {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    (addr, holder)
+}
+
 fn node_db(dir: &TempDir, name: &str) -> PathBuf {
     let db = dir.path().join(name);
     init_db(&db, &["sql/example.sql"]);
@@ -279,22 +298,9 @@ fn a_memcached_that_never_answers_costs_one_timeout() {
     }
     let dir = TempDir::new("memcached-hang");
     let db = node_db(&dir, "node.db");
-    // Accepts connections and never says a word.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let holder = thread::spawn(move || {
-        listener.set_nonblocking(true).unwrap();
-        let mut held = Vec::new();
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            match listener.accept() {
-                Ok((s, _)) => held.push(s),
-                Err(_) => sleep(Duration::from_millis(5)),
-            }
-        }
-    });
+    let (addr, holder) = silent_server(Duration::from_secs(20));
     let log = dir.path().join("node.log");
-    let mut p = pipe(&db, &format!("127.0.0.1:{port}"), &log);
+    let mut p = pipe(&db, &addr.to_string(), &log);
     let start = Instant::now();
     let (mut worst, mut slow, mut n) = (Duration::ZERO, 0, 0);
     while start.elapsed() < Duration::from_secs(3) {

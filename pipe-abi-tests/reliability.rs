@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::memcached::Memcached;
+use crate::memcached::{silent_server, Memcached};
 use crate::pdns::{require, Backend, Pdns, TempDir};
 use crate::util::{init_db, kill, Pipe, BIN};
 
@@ -239,20 +239,7 @@ fn a_hanging_memcached_under_pdns_costs_nothing_visible() {
     let dir = TempDir::new("rel-mc-hang");
     let db = dir.path().join("ha.db");
     init_db(&db, &["sql/example.sql"]);
-    // Accepts connections and never says a word; bounded in time.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let holder = thread::spawn(move || {
-        let mut held = Vec::new();
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            match listener.accept() {
-                Ok((s, _)) => held.push(s),
-                Err(_) => sleep(Duration::from_millis(5)),
-            }
-        }
-    });
+    let (addr, holder) = silent_server(Duration::from_secs(15));
     let pdns = Arc::new(start(&db, "least-latency", &format!(" --memcached {addr}")));
     let load = Load::start(&pdns);
     sleep(Duration::from_secs(4));

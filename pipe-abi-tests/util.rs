@@ -50,15 +50,21 @@ pub fn fixture_db() -> &'static Path {
     })
 }
 
-/// Runs the pipe over a whole input and returns what it printed, or panics
-/// if it does not finish in time.
-pub fn run_pipe(db: &Path, args: &[&str], input: Vec<u8>) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--db")
+/// `pdns-ha --db DB ARGS...` with stdin and stdout piped, as pdns runs it.
+fn pipe_command(db: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--db")
         .arg(db)
         .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+    c
+}
+
+/// Runs the pipe over a whole input and returns what it printed, or panics
+/// if it does not finish in time.
+pub fn run_pipe(db: &Path, args: &[&str], input: Vec<u8>) -> Output {
+    let mut child = pipe_command(db, args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -103,15 +109,7 @@ impl Pipe {
 
     /// As `start`, with the process's stderr (its log) going to `log`.
     pub fn start_with_log(db: &Path, args: &[&str], log: Stdio) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("--db")
-            .arg(db)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = pipe_command(db, args).stderr(log).spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = mpsc::channel();

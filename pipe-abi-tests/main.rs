@@ -2,8 +2,7 @@
 //! injection, and end-to-end runs under a real pdns_server.
 
 mod e2e;
-// Shared with the unit tests of src/monitor/esl.rs, which use more of it.
-#[allow(dead_code)]
+mod esl;
 mod esl_standin;
 mod faults;
 mod golden;

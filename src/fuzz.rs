@@ -13,12 +13,13 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::abi::Subnet;
-use crate::backend::Backend;
-use crate::cache::Reading;
-use crate::cli::{self, PipeOptions, Secs};
+use crate::cli;
+use crate::config::{PipeOptions, Secs};
+use crate::dns::Subnet;
+use crate::pipe::backend::Backend;
+use crate::pipe::store::Store;
 use crate::select::Algorithm;
-use crate::store::Store;
+use crate::state::reading::Reading;
 
 fn budget() -> Duration {
     let secs = std::env::var("PDNS_HA_FUZZ_SECS")
@@ -105,7 +106,7 @@ fn fixture_db() -> PathBuf {
     let db = dir.join("fuzz.db");
     let _ = std::fs::remove_file(&db);
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/example.sql");
-    crate::init::run(&db, &[example]).unwrap();
+    crate::ops::init::run(&db, &[example]).unwrap();
     db
 }
 
@@ -136,7 +137,7 @@ fn fuzz_pipe_lines() {
             stale_after: Secs(30),
             cache: None,
         };
-        let mut backend = Backend::new(Store::open(&db).unwrap(), &opts);
+        let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
         let mut out = Vec::new();
         fuzz(
             &format!("pipe ({alg})"),

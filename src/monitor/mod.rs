@@ -10,12 +10,6 @@ pub mod kamailio;
 pub mod probe;
 pub mod sip_options;
 
-/// The FreeSWITCH stand-in lives with the integration tests, which run it
-/// under a real `pdns-ha monitor`; the unit tests share the file.
-#[cfg(test)]
-#[path = "../../pipe-abi-tests/esl_standin.rs"]
-mod esl_standin;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::thread;
@@ -23,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::cache::Cache;
-use crate::cli::MonitorOptions;
-use crate::metric::Writer;
-use crate::metrics::ANY_NETWORK;
+use crate::config::MonitorOptions;
+use crate::state::memcached::Cache;
+use crate::state::reading::ANY_NETWORK;
+use crate::state::writer::Writer;
 
 /// SIP's default port, for targets without a `probe_address`.
 const SIP_PORT: u16 = 5060;

@@ -43,8 +43,8 @@ impl fmt::Display for Algorithm {
 mod latency;
 mod load;
 
-use crate::abi::Subnet;
-use crate::metrics::Metrics;
+use crate::dns::Subnet;
+use crate::state::index::Metrics;
 
 /// One record of the RRset being ordered: an SRV target, or an address of
 /// an A/AAAA RRset (whose priority and weight are 0).

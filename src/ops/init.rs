@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-const SCHEMA: &str = include_str!("../sql/schema.sql");
+const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
 pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
     let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use crate::abi::{self, AbiVersion, Data, Subnet};
-use crate::metrics::Metrics;
+use crate::dns::Subnet;
+use crate::pipe::abi::{self, AbiVersion, Data};
+use crate::pipe::zone::Record;
 use crate::select::{self, Algorithm, Candidate, Context, Placed};
-use crate::zone::Record;
+use crate::state::index::Metrics;
 
 /// While every target of some RRset is down, say so at most this often.
 const FAIL_OPEN_LOG_EVERY: Duration = Duration::from_secs(30);

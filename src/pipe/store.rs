@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::cache::{health_key, latency_key, load_key, Cache, Reading};
-use crate::metrics::{Health, Latency, Load, Metrics, ANY_NETWORK};
-use crate::zone::{Builder, Row, Skip, Zones};
+use crate::pipe::zone::{Builder, Row, Skip, Zones};
+use crate::state::index::Metrics;
+use crate::state::memcached::Cache;
+use crate::state::reading::{health_key, latency_key, load_key, Reading};
+use crate::state::reading::{Health, Latency, Load, ANY_NETWORK};
 
 /// How often the pipe looks for a changed database. The contract is that an
 /// operator's change is served within a second; a check costs one `stat`
@@ -31,9 +33,9 @@ const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 /// fresh as SQLite's, one round trip per server per second.
 const FETCH_EVERY: Duration = Duration::from_secs(1);
 
-const DOMAINS_SQL: &str = include_str!("../sql/pipe_domains.sql");
-const RECORDS_SQL: &str = include_str!("../sql/pipe_records.sql");
-const METRICS_SQL: &str = include_str!("../sql/pipe_metrics.sql");
+const DOMAINS_SQL: &str = include_str!("../../sql/pipe_domains.sql");
+const RECORDS_SQL: &str = include_str!("../../sql/pipe_records.sql");
+const METRICS_SQL: &str = include_str!("../../sql/pipe_metrics.sql");
 
 /// An error that names the database file.
 #[derive(Debug)]

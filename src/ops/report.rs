@@ -9,13 +9,14 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::abi::{AbiVersion, QType, Subnet};
-use crate::answer::{candidate, Ranker};
-use crate::cli::PipeOptions;
-use crate::metric::unix_now;
+use crate::config::PipeOptions;
+use crate::dns::Subnet;
+use crate::pipe::abi::{AbiVersion, QType};
+use crate::pipe::answer::{candidate, Ranker};
+use crate::pipe::store::Store;
+use crate::pipe::zone::Record;
 use crate::select::{self, Algorithm, Context, Why};
-use crate::store::Store;
-use crate::zone::Record;
+use crate::state::writer::unix_now;
 
 /// `3s`, `4m`, `2h`, `5d`.
 fn age(secs: f64) -> String {

@@ -2,7 +2,7 @@
 //! index, so a lookup is a binary search with no allocation and no I/O, and
 //! the last good copy keeps answering whatever happens to the database file.
 
-use std::cmp::Ordering;
+use crate::dns::cmp_name;
 
 /// A record as read from the `records` table (disabled rows already left out).
 pub struct Row<'a> {
@@ -195,13 +195,6 @@ enum Case {
     Keep,
 }
 
-/// Compares a stored (lowercase) name with an asked one, ignoring ASCII case.
-pub fn cmp_name(stored: &str, asked: &str) -> Ordering {
-    let a = stored.bytes();
-    let b = asked.bytes().map(|c| c.to_ascii_lowercase());
-    a.cmp(b)
-}
-
 impl Zones {
     fn str(&self, sp: Span) -> &str {
         &self.text[sp.start as usize..(sp.start + sp.len) as usize]
@@ -232,12 +225,12 @@ impl Zones {
     pub fn lookup<'a>(
         &'a self,
         qname: &'a str,
-        qtype: crate::abi::QType<'a>,
+        qtype: crate::pipe::abi::QType<'a>,
     ) -> impl Iterator<Item = Record<'a>> + 'a {
         let lo = self
             .records
             .partition_point(|r| cmp_name(self.str(r.name), qname).is_lt());
-        let soa = qtype == crate::abi::QType::Soa;
+        let soa = qtype == crate::pipe::abi::QType::Soa;
         self.records[lo..]
             .iter()
             .take_while(move |r| cmp_name(self.str(r.name), qname).is_eq())
@@ -276,7 +269,7 @@ impl Zones {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::QType;
+    use crate::pipe::abi::QType;
 
     fn row<'a>(name: &'a str, rtype: &'a str, content: &'a str, prio: Option<i64>) -> Row<'a> {
         Row {

@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use log::{debug, warn};
 
-use crate::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE};
-use crate::answer::{as_stored, recycle, Ranker};
-use crate::cli::PipeOptions;
-use crate::store::Store;
-use crate::zone::Record;
+use crate::pipe::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE};
+use crate::pipe::answer::{as_stored, recycle, Ranker};
+use crate::pipe::store::Store;
+use crate::pipe::zone::Record;
 
 /// How an answer ends. Written by `run` alone, so that no path can send a
 /// second terminator (pdns would read it as the answer to its next question).
@@ -42,8 +41,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(store: Store, opts: &PipeOptions) -> Self {
-        let ranker = Ranker::new(opts.algorithm, opts.dynamic_ttl.0, opts.stale_after.0);
+    pub fn new(store: Store, ranker: Ranker) -> Self {
         Self {
             store,
             ranker,
@@ -129,7 +127,7 @@ impl Backend {
     fn query(&mut self, q: &Question<'_>, out: &mut dyn Write) -> io::Result<Ending> {
         self.stats.questions += 1;
         let abi = self.abi_or_v1();
-        let (client, now) = (q.client(), crate::metric::unix_now());
+        let (client, now) = (q.client(), crate::state::writer::unix_now());
         let (zones, metrics) = (self.store.zones(), self.store.metrics());
         let mut n = 0;
         // pdns asks class IN only; anything else has no data here.

@@ -10,11 +10,12 @@ use std::cell::RefCell;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::cache::{Cache, Reading};
-use crate::metrics::{Health, Latency, Load};
+use crate::state::memcached::Cache;
+use crate::state::reading::Reading;
+use crate::state::reading::{Health, Latency, Load};
 
-use crate::abi::Subnet;
-use crate::metrics::{target_key, ANY_NETWORK};
+use crate::dns::Subnet;
+use crate::state::reading::{target_key, ANY_NETWORK};
 
 /// Kamailio's dispatcher estimator: the EWMA takes a tenth of each new
 /// sample, and equals the mean until there are this many samples.
@@ -339,7 +340,7 @@ mod tests {
 
     fn writer() -> Writer {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../sql/schema.sql"))
+        conn.execute_batch(include_str!("../../sql/schema.sql"))
             .unwrap();
         conn.execute_batch(
             "INSERT INTO ha_targets (name) VALUES ('sip1.example.com'), ('2001:db8::1');

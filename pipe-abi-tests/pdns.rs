@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::util::in_ci;
+
 const INSTALL_HINT: &str = "install pdns-server pdns-backend-pipe pdns-backend-sqlite3 dnsutils";
 
 /// pdns_server lives in /usr/sbin, which is not on an ordinary user's PATH.
@@ -31,13 +33,13 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Whether `tool` is installed. Locally a missing tool skips the test (returns false); under
-/// CI=true it is a failure, so that a broken CI image cannot turn the suite green by skipping.
+/// CI (see [`in_ci`]) it is a failure, so that a broken CI image cannot turn the suite green by skipping.
 pub fn require(tool: &str) -> bool {
     if find_tool(tool).is_some() {
         return true;
     }
     let message = format!("{tool} not found: {INSTALL_HINT}");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if in_ci() {
         panic!("{message}");
     }
     eprintln!("{message} (test skipped)");

@@ -16,7 +16,7 @@ use crate::pipe::answer::{candidate, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
 use crate::select::{self, Algorithm, Context, Why};
-use crate::state::writer::unix_now;
+use crate::state::reading::unix_now;
 
 /// `3s`, `4m`, `2h`, `5d`.
 fn age(secs: f64) -> String {

@@ -11,6 +11,7 @@ use crate::pipe::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE
 use crate::pipe::answer::{as_stored, recycle, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
+use crate::state::reading::unix_now;
 
 /// How an answer ends. Written by `run` alone, so that no path can send a
 /// second terminator (pdns would read it as the answer to its next question).
@@ -38,6 +39,8 @@ pub struct Backend {
     /// Scratch for one RRset, kept so that lookups do not allocate.
     rrset: Vec<Record<'static>>,
     started: Instant,
+    /// Unix time for judging readings' age; fixed in golden tests.
+    clock: fn() -> f64,
 }
 
 impl Backend {
@@ -49,7 +52,15 @@ impl Backend {
             stats: Stats::default(),
             started: Instant::now(),
             rrset: Vec::new(),
+            clock: unix_now,
         }
+    }
+
+    /// Judges readings' age by `clock` instead of the system's: golden
+    /// transcripts pin ranked answers with readings of a known age.
+    pub fn with_clock(mut self, clock: fn() -> f64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Serves pdns until end of input. Returns the I/O error that ended it,
@@ -127,7 +138,7 @@ impl Backend {
     fn query(&mut self, q: &Question<'_>, out: &mut dyn Write) -> io::Result<Ending> {
         self.stats.questions += 1;
         let abi = self.abi_or_v1();
-        let (client, now) = (q.client(), crate::state::writer::unix_now());
+        let (client, now) = (q.client(), (self.clock)());
         let (zones, metrics) = (self.store.zones(), self.store.metrics());
         let mut n = 0;
         // pdns asks class IN only; anything else has no data here.

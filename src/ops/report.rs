@@ -201,7 +201,8 @@ pub fn explain(
     qname: &str,
     qtype: &str,
 ) -> Result<(), String> {
-    let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+    store.prepare(qname)?;
     let (zones, metrics) = (store.zones(), store.metrics());
     let client = client.unwrap_or(Subnet::host([127, 0, 0, 1].into()));
     let mut out = String::new();
@@ -248,7 +249,7 @@ pub fn explain(
             let (Some(cands), true) = (cands, alg != Algorithm::Static && rrset.len() > 1) else {
                 continue;
             };
-            if !matches!(rrset[0].rtype, "SRV" | "A" | "AAAA") {
+            if !rrset[0].rtype.is_rankable() {
                 continue;
             }
             let cx = Context {

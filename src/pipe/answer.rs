@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use crate::dns::Subnet;
+use crate::dns::{RType, Subnet};
 use crate::pipe::abi::{self, AbiVersion, Data};
 use crate::pipe::zone::Record;
 use crate::select::{self, Algorithm, Candidate, Context, Placed};
@@ -58,7 +58,7 @@ impl Ranker {
         let Some(first) = rrset.first() else {
             return Ok(());
         };
-        let rankable = matches!(first.rtype, "SRV" | "A" | "AAAA");
+        let rankable = first.rtype.is_rankable();
         if self.algorithm == Algorithm::Static || !rankable || rrset.len() < 2 {
             return rrset
                 .iter()
@@ -88,7 +88,7 @@ impl Ranker {
         if outcome.fail_open {
             self.log_fail_open(first.name);
         }
-        let is_srv = first.rtype == "SRV";
+        let is_srv = first.rtype == RType::Srv;
         let best = self
             .placed
             .first()
@@ -134,7 +134,7 @@ pub fn as_stored<'a>(r: &Record<'a>) -> Data<'a> {
         scopebits: 0,
         auth: r.auth,
         qname: r.name,
-        qtype: r.rtype,
+        qtype: r.rtype.as_str(),
         ttl: r.ttl,
         id: r.domain_id,
         prio: r.prio,
@@ -153,7 +153,7 @@ fn srv_rest(content: &str) -> Option<&str> {
 
 /// The `ha_targets` key and stored priority/weight of a record.
 pub fn candidate<'a>(r: &Record<'a>) -> Option<Candidate<'a>> {
-    if r.rtype != "SRV" {
+    if r.rtype != RType::Srv {
         return Some(Candidate {
             target: r.content,
             prio: 0,

@@ -295,7 +295,17 @@ def pdns_run(Pdns, dnsperf_cmd, cmd, ha, n, duration, clients, workdir, networks
     settings = {"launch": "pipe", "pipe-command": " ".join(cmd), "pipe-abi-version": "3",
                 "cache-ttl": "0", "query-cache-ttl": "0", "negquery-cache-ttl": "0"}
     t = time.perf_counter()
-    pdns = Pdns(settings)
+    try:
+        pdns = Pdns(settings)
+    except SystemExit as e:
+        # An older build may not even start under pdns: its coprocesses
+        # load every record before answering HELO, past pipe-timeout.
+        logdir = str(e).split("see ")[-1].strip()
+        why = ""
+        if os.path.exists(logdir):
+            with open(logdir) as f:
+                why = next((l.strip() for l in f if "fatal" in l.lower() or "exception" in l.lower()), "")
+        return dict(failed=f"pdns_server did not start: {why or e}", seconds=duration)
     up = time.perf_counter() - t
     w = Writer(ha, 1.0, monitor_round=True)
     try:
@@ -375,9 +385,12 @@ def run(args, bins, c_responder, example_sql, workdir, Pdns, dnsperf_cmd, networ
                           args.large_pdns_duration if label == bins[0][0] else min(args.large_pdns_duration, 30),
                           args.clients, workdir, networks)
             r["pdns"] = pr
-            print(f"large {label} pdns: {pr['qps']:.0f} qps p50 {pr['p50']:.2f} p99 {pr['p99']:.2f} max {pr['max']:.0f} ms, "
-                  f"rcodes {pr['rcodes']}, lost {pr['lost']}, {pr['written']} monitor rounds; coprocesses private "
-                  f"{[m['Private'] for m in pr['mems']]} KiB, HWM {[m['VmHWM'] for m in pr['mems']]} KiB", flush=True)
+            if "failed" in pr:
+                print(f"large {label} pdns: {pr['failed']}", flush=True)
+            else:
+                print(f"large {label} pdns: {pr['qps']:.0f} qps p50 {pr['p50']:.2f} p99 {pr['p99']:.2f} max {pr['max']:.0f} ms, "
+                      f"rcodes {pr['rcodes']}, lost {pr['lost']}, {pr['written']} monitor rounds; coprocesses private "
+                      f"{[m['Private'] for m in pr['mems']]} KiB, HWM {[m['VmHWM'] for m in pr['mems']]} KiB", flush=True)
         rows["runs"].append(r)
     log.close()
     return rows

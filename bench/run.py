@@ -516,7 +516,9 @@ def report(args, pdns_rows, pipe_rows, foot_rows=(), large_rows=None):
                       "max ms | response codes | SERVFAIL | lost | coprocess private KiB | coprocess peak RSS KiB |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in lr["runs"]:
-                if "pdns" in r:
+                if "pdns" in r and "failed" in r["pdns"]:
+                    lines.append(f"| {r['label']} | {r['pdns']['seconds']} | {r['pdns']['failed']} |||||||||")
+                elif "pdns" in r:
                     p = r["pdns"]
                     lines.append(f"| {r['label']} | {p['seconds']} | {p['qps']:.0f} | {p['p50']:.2f} | {p['p99']:.2f} | "
                                  f"{p['max']:.0f} | {', '.join(f'{k} {v}' for k, v in p['rcodes'].items())} | "

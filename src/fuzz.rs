@@ -136,6 +136,7 @@ fn fuzz_pipe_lines() {
             dynamic_ttl: Secs(30),
             stale_after: Secs(30),
             cache: None,
+            max_clock_skew: 5,
         };
         let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
         let mut out = Vec::new();

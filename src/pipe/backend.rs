@@ -188,6 +188,14 @@ impl Backend {
                     "lookups: {} ({} with data, {} empty), axfr: {}, bad lines: {}",
                     s.questions, s.answered, s.empty, s.axfrs, s.failed_lines
                 )?;
+                writeln!(out, "rows skipped: {}", self.store.skipped().0)?;
+                if let Some(c) = self.store.cache() {
+                    let auth = match c.authenticated() {
+                        true => "sealed values only",
+                        false => "unauthenticated",
+                    };
+                    writeln!(out, "memcached: {auth}; values ignored: {}", c.rejects())?;
+                }
                 writeln!(out, "uptime: {:.0?}", self.started.elapsed())?;
             }
             "reload" => {

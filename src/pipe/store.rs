@@ -16,6 +16,8 @@ use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
 use crate::state::reading::{health_key, latency_key, load_key, Reading};
 use crate::state::reading::{Health, Latency, Load, ANY_NETWORK};
+use crate::state::validate::Clock;
+use crate::text::shown;
 
 /// How often the pipe looks for a changed database. The contract is that an
 /// operator's change is served within a second; a check costs one `stat`
@@ -36,6 +38,11 @@ const FETCH_EVERY: Duration = Duration::from_secs(1);
 const DOMAINS_SQL: &str = include_str!("../../sql/pipe_domains.sql");
 const RECORDS_SQL: &str = include_str!("../../sql/pipe_records.sql");
 const METRICS_SQL: &str = include_str!("../../sql/pipe_metrics.sql");
+
+/// Skipped rows whose reasons are kept (for `status` and `explain`) and
+/// logged; the rest are only counted, so that a table full of bad rows
+/// cannot fill the log or the memory of every pipe process.
+const SKIPPED_KEPT: usize = 20;
 
 /// An error that names the database file.
 #[derive(Debug)]
@@ -76,6 +83,8 @@ pub struct Store {
     /// Rows left out of the current snapshot; their reasons are logged
     /// again only when this changes, not on every reload.
     skipped: usize,
+    /// The first [`SKIPPED_KEPT`] reasons.
+    skipped_why: Vec<String>,
     loaded_at: Instant,
     next_check: Instant,
     /// Set while the database cannot be read: when the error was last
@@ -114,6 +123,7 @@ impl Store {
             overlay: Vec::new(),
             next_fetch: now,
             skipped: usize::MAX,
+            skipped_why: Vec::new(),
             loaded_at: now,
             next_check: now + CHECK_EVERY,
             failing: None,
@@ -136,6 +146,20 @@ impl Store {
 
     pub fn loaded_at(&self) -> Instant {
         self.loaded_at
+    }
+
+    /// How many rows the snapshot left out, and the first reasons.
+    pub fn skipped(&self) -> (usize, &[String]) {
+        (self.skipped, &self.skipped_why)
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
+    }
+
+    /// The readings taken from memcached (the rest came from SQLite).
+    pub fn from_memcached(&self) -> &[Reading] {
+        &self.overlay
     }
 
     /// Reloads the snapshot if the database changed, at most every
@@ -232,12 +256,18 @@ impl Store {
             z.zone_count(),
             z.record_count()
         );
-        if loaded.skipped.len() != self.skipped {
-            for why in &loaded.skipped {
+        if loaded.skipped != self.skipped {
+            for why in &loaded.skipped_why {
                 warn!("not served: {why}");
             }
+            if let Some(more) = loaded.skipped.checked_sub(loaded.skipped_why.len()) {
+                if more > 0 {
+                    warn!("not served: {more} more rows");
+                }
+            }
         }
-        self.skipped = loaded.skipped.len();
+        self.skipped = loaded.skipped;
+        self.skipped_why = loaded.skipped_why;
         self.data_version = loaded.data_version;
         self.zones = loaded.zones;
         self.base = loaded.metrics;
@@ -260,6 +290,9 @@ impl Store {
 }
 
 fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
+    // A FIFO, device or directory at the path is an outage like a missing
+    // file, found without blocking; SQLite's own open would hang on a FIFO.
+    crate::files::check_database(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
     conn.busy_timeout(busy).map_err(|e| e.to_string())?;
@@ -279,13 +312,13 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
         let tx = conn.unchecked_transaction()?;
         let data_version = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let mut b = Builder::default();
-        let mut skipped = Vec::new();
+        let mut skipped = Skipped::default();
         let mut stmt = tx.prepare(DOMAINS_SQL)?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             match (r.get(0), r.get_ref(1)?.as_str()) {
                 (Ok(id), Ok(name)) => b.domain(id, name),
-                _ => skipped.push("a domains row whose id or name is not readable".to_owned()),
+                _ => skipped.push(|| "a domains row whose id or name is not readable".to_owned()),
             }
         }
         drop(rows);
@@ -307,23 +340,35 @@ fn load(conn: &Connection) -> Result<Loaded, String> {
                 Err(e) => format!("a records row is not readable ({e})"),
                 Ok(row) => match b.record(&row) {
                     Ok(()) => continue,
-                    Err(Skip::Unservable) => format!(
-                        "record {} {} {:?}: a TAB or line break cannot be sent to pdns",
-                        row.name, row.rtype, row.content
-                    ),
-                    Err(Skip::NoPriority) => format!(
-                        "record {} {} {:?}: MX/SRV without a priority",
-                        row.name, row.rtype, row.content
-                    ),
+                    Err(skip) => {
+                        let what = match skip {
+                            Skip::Unservable => "a TAB or line break cannot be sent to pdns",
+                            Skip::NoPriority => "MX/SRV without a priority",
+                            Skip::BadPriority => "priority out of range (0 to 65535)",
+                        };
+                        // Names and contents escaped and cut: a 10 MB TXT
+                        // must not become a 10 MB log line.
+                        skipped.push(|| {
+                            format!(
+                                "record {} {} \"{}\": {what}",
+                                shown(row.name),
+                                shown(row.rtype),
+                                shown(row.content)
+                            )
+                        });
+                        continue;
+                    }
                 },
             };
-            skipped.push(why);
+            skipped.push(|| why);
         }
+        let metrics = load_metrics(&tx, &Clock::now(), &mut skipped)?;
         Ok(Loaded {
-            metrics: load_metrics(&tx, &mut skipped)?,
+            metrics,
             zones: b.finish(),
             data_version,
-            skipped,
+            skipped: skipped.count,
+            skipped_why: skipped.kept,
         })
     };
     run().map_err(|e| e.to_string())
@@ -333,13 +378,35 @@ struct Loaded {
     zones: Zones,
     metrics: Metrics,
     data_version: i64,
-    /// Why rows were left out, one line each.
-    skipped: Vec<String>,
+    skipped: usize,
+    /// Why rows were left out, one line each, the first few.
+    skipped_why: Vec<String>,
+}
+
+/// Rows left out of a load: all counted, the first few with a reason.
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    kept: Vec<String>,
+}
+
+impl Skipped {
+    fn push(&mut self, why: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.kept.len() < SKIPPED_KEPT {
+            self.kept.push(why());
+        }
+    }
 }
 
 /// Reads the `ha_` tables. A row with a value of the wrong type or out of
-/// range is left out with a reason, like a bad record.
-fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Metrics> {
+/// range (the one validation every path shares, against `clock`) is left
+/// out with a reason, like a bad record.
+fn load_metrics(
+    tx: &Connection,
+    clock: &Clock,
+    skipped: &mut Skipped,
+) -> rusqlite::Result<Metrics> {
     let mut m = Metrics::default();
     let mut sql = METRICS_SQL
         .split(';')
@@ -356,14 +423,14 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
         m.add_capacity(&col::<String>(r, 0)?, count(r, 1)?);
         Ok(())
     })?;
+    let valid = |v: Result<(), crate::state::validate::Invalid>| v.map_err(|e| e.to_string());
     each_row(tx, next(), skipped, |r| {
-        m.add_health(
-            &col::<String>(r, 0)?,
-            Health {
-                up: col(r, 1)?,
-                updated: col(r, 2)?,
-            },
-        );
+        let h = Health {
+            up: col(r, 1)?,
+            updated: col(r, 2)?,
+        };
+        valid(clock.health(&h))?;
+        m.add_health(&col::<String>(r, 0)?, h);
         Ok(())
     })?;
     each_row(tx, next(), skipped, |r| {
@@ -376,6 +443,7 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
             max_sessions,
             updated: col(r, 3)?,
         };
+        valid(clock.load(&l))?;
         m.add_load(&col::<String>(r, 0)?, l);
         Ok(())
     })?;
@@ -386,6 +454,7 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
             samples: u64::from(count(r, 4)?),
             updated: col(r, 5)?,
         };
+        valid(clock.latency(&l))?;
         m.add_latency(&col::<String>(r, 0)?, &col::<String>(r, 1)?, l);
         Ok(())
     })?;
@@ -397,7 +466,7 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
 fn each_row(
     tx: &Connection,
     sql: &str,
-    skipped: &mut Vec<String>,
+    skipped: &mut Skipped,
     mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
 ) -> rusqlite::Result<()> {
     let table = sql
@@ -417,7 +486,12 @@ fn each_row(
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         if let Err(why) = f(r) {
-            skipped.push(format!("a row of {table}: {why}"));
+            // The row's key (target or network) says which row it is.
+            let key = r.get_ref(0).ok().and_then(|v| v.as_str().ok()).map(shown);
+            skipped.push(|| match key {
+                Some(k) => format!("a row of {table} ({k}): {why}"),
+                None => format!("a row of {table}: {why}"),
+            });
         }
     }
     Ok(())

@@ -12,4 +12,5 @@ mod memcached;
 mod monitor;
 mod pdns;
 mod reliability;
+mod trust;
 mod util;

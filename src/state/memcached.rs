@@ -387,7 +387,8 @@ impl Cache {
             let mut broke = None;
             for (&i, result) in mine.iter().zip(results) {
                 let key = &keys[i];
-                let old = self.seen.remove(key);
+                // Judged before the key's last reading is taken out: a
+                // replay is measured against it.
                 let verdict = match result {
                     Ok(g) => g.value.map(|v| self.judge(key, &v, &clock)),
                     Err(e) if is_outage(&e) => {
@@ -396,6 +397,7 @@ impl Cache {
                     }
                     Err(_) => Some(Err(Reject::Malformed)),
                 };
+                let old = self.seen.remove(key);
                 match (verdict, old) {
                     (Some(Ok(r)), _) => {
                         found.push(r.clone());

@@ -470,7 +470,7 @@ mod tests {
         );
         assert_eq!(
             judge(&cache, &key.seal(k, "1 2000")),
-            Err(Reject::Invalid(Invalid::Future(1000.0)))
+            Err(Reject::Invalid(Invalid::Future(2000.0)))
         );
         assert_eq!(judge(&cache, &key.seal(k, "7 990")), Err(Reject::Malformed));
         let big = "1 ".repeat(1 << 19);
@@ -490,7 +490,7 @@ mod tests {
         assert!(judge(&open, &other.seal(k, "1 990")).is_ok());
         assert_eq!(
             judge(&open, "1 2000"),
-            Err(Reject::Invalid(Invalid::Future(1000.0)))
+            Err(Reject::Invalid(Invalid::Future(2000.0)))
         );
 
         let mut r = Rejects::default();

@@ -48,7 +48,9 @@ pub fn set_max_skew(secs: u32) {
 pub enum Invalid {
     /// `updated` is NaN, infinite or negative.
     Time(f64),
-    /// `updated` is this many seconds ahead of our clock, past the skew.
+    /// `updated` (the stamp itself) is ahead of our clock by more than the
+    /// skew. The stamp, not the distance: the reason must read the same on
+    /// every path whenever it is judged.
     Future(f64),
     Latency(f64),
     Sessions(u64),
@@ -70,10 +72,10 @@ impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Time(t) => write!(f, "updated {} is not a time", num(t)),
-            Self::Future(ahead) => write!(
+            Self::Future(t) => write!(
                 f,
-                "updated {} s in the future (more than --max-clock-skew)",
-                num(ahead.ceil())
+                "updated {} is in the future (beyond --max-clock-skew)",
+                num(t)
             ),
             Self::Latency(ms) => write!(f, "latency {} ms out of range (0 to {MAX_MS})", num(ms)),
             Self::Sessions(n) => write!(f, "sessions {n} out of range (0 to {MAX_SESSIONS})"),
@@ -106,7 +108,7 @@ impl Clock {
             return Err(Invalid::Time(t));
         }
         if t - self.now > self.max_skew {
-            return Err(Invalid::Future(t - self.now));
+            return Err(Invalid::Future(t));
         }
         Ok(())
     }
@@ -180,13 +182,13 @@ mod tests {
     fn times() {
         assert!(C.updated(999_000.0).is_ok(), "old is stale, not invalid");
         assert!(C.updated(1_000_004.0).is_ok(), "within the skew");
-        assert_eq!(C.updated(1_000_010.0), Err(Invalid::Future(10.0)));
+        assert_eq!(C.updated(1_000_010.0), Err(Invalid::Future(1_000_010.0)));
         for bad in [f64::NAN, f64::INFINITY, -1.0] {
             assert!(matches!(C.updated(bad), Err(Invalid::Time(_))), "{bad}");
         }
         assert_eq!(
-            Invalid::Future(1e12).to_string(),
-            "updated 1e12 s in the future (more than --max-clock-skew)"
+            Invalid::Future(1e300).to_string(),
+            "updated 1e300 is in the future (beyond --max-clock-skew)"
         );
         assert_eq!(
             Invalid::Time(f64::INFINITY).to_string(),

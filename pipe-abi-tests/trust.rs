@@ -518,6 +518,9 @@ fn init_refuses_links_and_odd_files() {
     assert!(!ok && err.contains("FIFO"), "pipe start: {err}");
     let (ok, _, err) = run(&["status", "--db", fifo.to_str().unwrap()]);
     assert!(!ok && err.contains("FIFO"), "status: {err}");
+    let fifo_s = fifo.to_str().unwrap();
+    let (ok, _, err) = run(&["metric", "health", "--db", fifo_s, "--target", "a", "up"]);
+    assert!(!ok && err.contains("FIFO"), "metric: {err}");
     assert!(t.elapsed() < Duration::from_secs(5), "nothing blocked");
     // A key file others may read is refused, and says why.
     let key = dir.path().join("key");

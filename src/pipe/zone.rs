@@ -6,7 +6,7 @@
 //!   ([`Builder`]). A name that is not here is not in the database, and the
 //!   last good copy answers through any outage of the file.
 //! - **per name**: a larger database is read one asked name at a time
-//!   ([`Zones::add_name`]), with an indexed query as gsqlite3 makes, and the
+//!   ([`Zones::start_name`]), with an indexed query as gsqlite3 makes, and the
 //!   names asked are kept (with their absence, for the misses pdns asks so
 //!   often) until [`NAME_LIMIT`] names or [`TEXT_LIMIT`] bytes, when the
 //!   cache starts over. Records then cost memory only for the hot names.

@@ -12,5 +12,6 @@ mod memcached;
 mod monitor;
 mod pdns;
 mod reliability;
+mod scale;
 mod trust;
 mod util;

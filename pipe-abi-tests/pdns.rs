@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::util::in_ci;
+
 const INSTALL_HINT: &str = "install pdns-server pdns-backend-pipe pdns-backend-sqlite3 dnsutils";
 
 /// pdns_server lives in /usr/sbin, which is not on an ordinary user's PATH.
@@ -30,15 +32,14 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Whether `tool` is installed. Locally a missing tool skips the test (returns false); with CI
-/// set (to anything but empty, `false` or `0`) it is a failure, so that a broken CI image cannot
-/// turn the suite green by skipping.
+/// Whether `tool` is installed. Locally a missing tool skips the test (returns false); under
+/// CI (see [`in_ci`]) it is a failure, so that a broken CI image cannot turn the suite green by skipping.
 pub fn require(tool: &str) -> bool {
     if find_tool(tool).is_some() {
         return true;
     }
     let message = format!("{tool} not found: {INSTALL_HINT}");
-    if std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0")) {
+    if in_ci() {
         panic!("{message}");
     }
     eprintln!("{message} (test skipped)");

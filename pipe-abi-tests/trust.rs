@@ -368,7 +368,7 @@ fn fifo_device_and_directory_at_the_database_path_under_pdns() {
     load.check("FIFO, device node, directory at the database path");
     let log = pdns.log();
     // One error per outage (the FIFO came first), one line when it heals.
-    for want in ["is a FIFO, not a regular file", "readable again"] {
+    for want in ["a FIFO, not a database file", "readable again"] {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
 }

@@ -90,3 +90,62 @@ pub fn cmp_name(stored: &str, asked: &str) -> Ordering {
     let b = asked.bytes().map(|c| c.to_ascii_lowercase());
     a.cmp(b)
 }
+
+/// A record type, parsed once when a record is read from the database. The
+/// types the pipe treats specially are named; every other type is carried by
+/// its mnemonic, upper case, and served as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RType<'a> {
+    A,
+    Aaaa,
+    Srv,
+    Mx,
+    Soa,
+    Other(&'a str),
+}
+
+impl<'a> RType<'a> {
+    /// `s` as a type; an unnamed type borrows `s`, which the caller keeps
+    /// in upper case (the form pdns prints).
+    pub fn parse(s: &'a str) -> Self {
+        const NAMED: [(&str, RType<'static>); 5] = [
+            ("A", RType::A),
+            ("AAAA", RType::Aaaa),
+            ("SRV", RType::Srv),
+            ("MX", RType::Mx),
+            ("SOA", RType::Soa),
+        ];
+        NAMED
+            .iter()
+            .find(|(name, _)| s.eq_ignore_ascii_case(name))
+            .map_or(Self::Other(s), |(_, t)| *t)
+    }
+
+    pub fn as_str(self) -> &'a str {
+        match self {
+            Self::A => "A",
+            Self::Aaaa => "AAAA",
+            Self::Srv => "SRV",
+            Self::Mx => "MX",
+            Self::Soa => "SOA",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// MX and SRV carry a priority in its own DATA field.
+    pub fn has_priority(self) -> bool {
+        matches!(self, Self::Mx | Self::Srv)
+    }
+
+    /// The RRsets the algorithms can order: SRV by priority and weight,
+    /// A and AAAA by choosing the best addresses.
+    pub fn is_rankable(self) -> bool {
+        matches!(self, Self::Srv | Self::A | Self::Aaaa)
+    }
+}
+
+impl fmt::Display for RType<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

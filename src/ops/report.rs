@@ -11,14 +11,13 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::config::PipeOptions;
 use crate::dns::Subnet;
-use crate::pipe::abi::{AbiVersion, QType};
-use crate::pipe::answer::{candidate, Ranker};
+use crate::pipe::abi::QType;
+use crate::pipe::answer::{candidate, Decision, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
-use crate::select::{self, Algorithm, Context, Why};
+use crate::select::{Algorithm, Why};
 use crate::state::memcached::Cache;
-use crate::state::reading::{target_key, Health, Latency, Load, Reading, ANY_NETWORK};
-use crate::state::writer::unix_now;
+use crate::state::reading::{target_key, unix_now, Health, Latency, Load, Reading, ANY_NETWORK};
 use crate::text::shown;
 
 /// `3s`, `4m`, `2h`, `5d`.
@@ -281,7 +280,8 @@ pub fn explain(
     qname: &str,
     qtype: &str,
 ) -> Result<(), String> {
-    let store = view(opts)?;
+    let mut store = view(opts)?;
+    store.prepare(qname)?;
     let (zones, metrics) = (store.zones(), store.metrics());
     let client = client.unwrap_or(Subnet::host([127, 0, 0, 1].into()));
     let mut out = String::new();
@@ -317,41 +317,29 @@ pub fn explain(
         let _ = writeln!(out, "\n== {alg}");
         let mut ranker = Ranker::new(alg, opts.dynamic_ttl.0, opts.stale_after.0);
         for rrset in records.chunk_by(|a, b| a.rtype == b.rtype) {
-            // The very bytes the pipe would send (ABI 3 shows scopebits).
-            let mut data = Vec::new();
-            ranker
-                .write(&mut data, AbiVersion::V3, rrset, metrics, client, now)
-                .map_err(|e| e.to_string())?;
-            for line in String::from_utf8_lossy(&data).lines() {
-                let f: Vec<&str> = line.split('\t').collect();
-                if let [_, scope, _, name, class, rtype, ttl, _, content @ ..] = f.as_slice() {
+            // The very records the pipe would send, with the scope it
+            // would give them (ABI 3+).
+            let decision = ranker
+                .answer(rrset, metrics, client, now, &mut |d| {
+                    let prio = d.prio.map(|p| format!("{p} ")).unwrap_or_default();
+                    let weight = d.weight.map(|w| format!("{w} ")).unwrap_or_default();
                     let _ = writeln!(
                         out,
-                        "{name}. {ttl} {class} {rtype} {}   ; scope /{scope}",
-                        content.join(" ")
+                        "{}. {} IN {} {prio}{weight}{}   ; scope /{}",
+                        d.qname, d.ttl, d.qtype, d.content, d.scopebits
                     );
-                }
-            }
-            let cands: Option<Vec<_>> = rrset.iter().map(candidate).collect();
-            let (Some(cands), true) = (cands, alg != Algorithm::Static && rrset.len() > 1) else {
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
+            let Decision::Ranked(outcome) = decision else {
                 continue;
             };
-            if !matches!(rrset[0].rtype, "SRV" | "A" | "AAAA") {
-                continue;
-            }
-            let cx = Context {
-                client,
-                now,
-                stale_after: f64::from(opts.stale_after.0),
-            };
-            let mut placed = Vec::new();
-            let outcome = select::select(alg, &cands, metrics, &cx, &mut placed);
             let mut rows = Vec::new();
-            for p in &placed {
+            for p in ranker.placed() {
+                let target = candidate(&rrset[p.idx]).map_or("?", |c| c.target);
                 let place = p
                     .place
                     .map_or("-".into(), |(prio, w)| format!("prio {prio} weight {w}"));
-                let target = cands[p.idx].target;
                 rows.push(vec![
                     format!("  {}", shown(target)),
                     place,

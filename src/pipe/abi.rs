@@ -37,7 +37,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
-use crate::dns::Subnet;
+use crate::dns::{RType, Subnet};
 
 /// Longest request line accepted. A Q line is at most a 255-byte name plus
 /// four short fields and two addresses; anything near this size is garbage.
@@ -107,11 +107,11 @@ impl<'a> QType<'a> {
     }
 
     /// Whether a record of type `rtype` answers this question.
-    pub fn matches(self, rtype: &str) -> bool {
+    pub fn matches(self, rtype: RType<'_>) -> bool {
         match self {
             Self::Any => true,
-            Self::Soa => rtype.eq_ignore_ascii_case("SOA"),
-            Self::Other(t) => rtype.eq_ignore_ascii_case(t),
+            Self::Soa => rtype == RType::Soa,
+            Self::Other(t) => rtype.as_str().eq_ignore_ascii_case(t),
         }
     }
 }

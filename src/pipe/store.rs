@@ -1,21 +1,30 @@
-//! SQLite access for the pipe: a read-only connection, the snapshot of the
-//! zones it loads, and the watch that reloads it when an operator changes
-//! the database, while a missing, locked or corrupt file keeps the last good
-//! snapshot answering.
+//! SQLite access for the pipe: a read-only connection, the records index it
+//! fills ([`Zones`]: whole for a small database, per name for a large one),
+//! the soft-state readings, and the watch that notices an operator's change.
+//!
+//! Every commit to the database changes SQLite's `data_version`, and monitors
+//! commit readings several times a second. So a change is sorted by kind: the
+//! readings (a few rows per target) are always re-read, while the zones are
+//! dropped or re-read only when the `ha_changes` counter that triggers keep on
+//! `domains` and `records` moved (`sql/schema.sql`). A database without that
+//! table (plain gsqlite3) is treated as if every commit touched the zones.
+//!
+//! A missing, replaced-by-garbage, locked or corrupt file keeps the last good
+//! data answering: all of it when held whole, the cached names otherwise.
 
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::pipe::zone::{Builder, Row, Skip, Zones};
+use crate::pipe::zone::{is_apex, Builder, Row, Skip, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
 use crate::state::reading::{health_key, latency_key, load_key, Reading};
-use crate::state::reading::{Health, Latency, Load, ANY_NETWORK};
+use crate::state::reading::{unix_now, Health, Latency, Load, ANY_NETWORK};
 use crate::state::validate::Clock;
 use crate::text::shown;
 
@@ -27,22 +36,36 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// While the database stays broken, repeat the error at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 
-/// How long the first load may wait for a writer's lock. Later loads never
-/// wait: the last snapshot answers and the next check tries again.
+/// How long the first load may wait for a writer's lock. Later reads never
+/// wait: what is held answers and the next check tries again.
 const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often the pipe reads the shared readings from memcached: about as
 /// fresh as SQLite's, one round trip per server per second.
 const FETCH_EVERY: Duration = Duration::from_secs(1);
 
-const DOMAINS_SQL: &str = include_str!("../../sql/pipe_domains.sql");
-const RECORDS_SQL: &str = include_str!("../../sql/pipe_records.sql");
-const METRICS_SQL: &str = include_str!("../../sql/pipe_metrics.sql");
+/// SQLite's page cache for this read-only connection, in KiB. Pages of a
+/// large database are shared in the kernel's page cache anyway; this only
+/// keeps the hot index pages private to the process.
+const PAGE_CACHE_KIB: i64 = 1024;
+
+const PIPE_SQL: &str = include_str!("../../sql/pipe.sql");
 
 /// Skipped rows whose reasons are kept (for `status` and `explain`) and
 /// logged; the rest are only counted, so that a table full of bad rows
 /// cannot fill the log or the memory of every pipe process.
 const SKIPPED_KEPT: usize = 20;
+
+/// The statement under `-- name: NAME` in `sql/pipe.sql`. Every name the
+/// code asks for is checked by a unit test, so a missing one fails there.
+fn named(name: &str) -> &'static str {
+    let marker = format!("-- name: {name}\n");
+    let Some(start) = PIPE_SQL.find(&marker) else {
+        return "";
+    };
+    let body = &PIPE_SQL[start + marker.len()..];
+    body.split(';').next().unwrap_or("")
+}
 
 /// An error that names the database file.
 #[derive(Debug)]
@@ -61,9 +84,33 @@ impl std::error::Error for StoreError {}
 
 /// Identity of the file behind the path: a new inode means the operator
 /// replaced the file, and the open connection still reads the old one.
-fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
+/// Anything but a regular file (a FIFO would block the open for ever, a
+/// directory or device is no database) is refused before SQLite sees it.
+fn file_id(path: &Path) -> Result<(u64, u64), String> {
+    let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let t = m.file_type();
+    let kind = match () {
+        _ if t.is_file() => return Ok((m.dev(), m.ino())),
+        _ if t.is_dir() => "a directory",
+        _ if t.is_fifo() => "a FIFO",
+        _ if t.is_socket() => "a socket",
+        _ if t.is_block_device() || t.is_char_device() => "a device",
+        _ => "not a regular file",
+    };
+    Err(format!("{kind}, not a database file"))
+}
+
+/// What the store did, for CMD `status` and the scale tests.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct StoreStats {
+    /// The zones were re-read (held whole) or dropped (per name).
+    pub zone_loads: u64,
+    /// The readings were re-read.
+    pub reading_loads: u64,
+    /// Names read from the database one at a time (per-name mode).
+    pub name_reads: u64,
+    /// Questions that could not be read from the database and were FAILed.
+    pub read_failures: u64,
 }
 
 pub struct Store {
@@ -71,7 +118,14 @@ pub struct Store {
     conn: Connection,
     file: (u64, u64),
     data_version: i64,
+    /// The `ha_changes` zones counter the zones were read at; `None` when
+    /// the database has no such table.
+    zones_version: Option<i64>,
     zones: Zones,
+    /// A zone read for one AXFR when the database is not held whole.
+    axfr: Zones,
+    /// Asked names, lower-cased for the per-name query.
+    name_buf: String,
     /// The readings in SQLite.
     base: Metrics,
     /// `base` with memcached's newer readings laid over it: what answers.
@@ -80,29 +134,40 @@ pub struct Store {
     /// The readings last fetched from memcached.
     overlay: Vec<Reading>,
     next_fetch: Instant,
-    /// Rows left out of the current snapshot; their reasons are logged
-    /// again only when this changes, not on every reload.
-    skipped: usize,
-    /// The first [`SKIPPED_KEPT`] reasons.
+    /// Rows left out of the whole index, and of the readings; their
+    /// reasons are logged again only when a count changes, not on every
+    /// reload (readings are re-read on every commit).
+    skipped_zones: Skipped,
+    skipped_readings: Skipped,
+    /// The first [`SKIPPED_KEPT`] reasons of both.
     skipped_why: Vec<String>,
     loaded_at: Instant,
     next_check: Instant,
     /// Set while the database cannot be read: when the error was last
     /// logged and how many checks failed since.
     failing: Option<(Instant, u64)>,
+    stats: StoreStats,
+    /// What readings' timestamps are judged against.
+    clock: fn() -> f64,
 }
 
 impl Store {
     /// Opens the database and loads it; any failure here is fatal to the
-    /// caller, because there is no earlier snapshot to fall back on.
+    /// caller, because there is nothing earlier to fall back on.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_at(path, unix_now)
+    }
+
+    /// As `open`, judging readings' timestamps (in the future or not) by
+    /// `clock`: golden transcripts run at a fixed time, as the backend does.
+    pub fn open_at(path: &Path, clock: fn() -> f64) -> Result<Self, StoreError> {
         let err = |what: String| StoreError {
             path: path.to_owned(),
             what,
         };
-        let file = file_id(path).map_err(|e| err(e.to_string()))?;
+        let file = file_id(path).map_err(err)?;
         let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
-        let loaded = load(&conn).map_err(|e| match e.contains("no such table") {
+        let loaded = load(&conn, true, clock()).map_err(|e| match e.contains("no such table") {
             true => err(format!(
                 "{e} (not a PowerDNS database; create one with pdns-ha init)"
             )),
@@ -116,17 +181,23 @@ impl Store {
             conn,
             file,
             data_version: loaded.data_version,
+            zones_version: None,
             zones: Zones::default(),
+            axfr: Zones::default(),
+            name_buf: String::new(),
             base: Metrics::default(),
             metrics: Metrics::default(),
             cache: None,
             overlay: Vec::new(),
             next_fetch: now,
-            skipped: usize::MAX,
+            skipped_zones: Skipped::default(),
+            skipped_readings: Skipped::default(),
             skipped_why: Vec::new(),
             loaded_at: now,
             next_check: now + CHECK_EVERY,
             failing: None,
+            stats: StoreStats::default(),
+            clock,
         };
         store.install(loaded, now);
         Ok(store)
@@ -144,13 +215,20 @@ impl Store {
         &self.path
     }
 
+    /// When the zones were last read (or, per name, last dropped).
     pub fn loaded_at(&self) -> Instant {
         self.loaded_at
     }
 
-    /// How many rows the snapshot left out, and the first reasons.
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    /// How many rows the last load left out, and the first reasons: what
+    /// `status` and `explain` show, in the words the pipe logs.
     pub fn skipped(&self) -> (usize, &[String]) {
-        (self.skipped, &self.skipped_why)
+        let n = self.skipped_zones.count + self.skipped_readings.count;
+        (n, &self.skipped_why)
     }
 
     pub fn cache(&self) -> Option<&Cache> {
@@ -162,8 +240,100 @@ impl Store {
         &self.overlay
     }
 
-    /// Reloads the snapshot if the database changed, at most every
-    /// `CHECK_EVERY`. Never fails: on error the old snapshot stays.
+    /// Makes sure `zones()` can answer for `qname`: held whole it always
+    /// can; per name, a name not cached yet is read now, one indexed query.
+    /// An error means the database could not be read for it (the caller
+    /// answers FAIL: pdns must not cache "no such name" for an outage).
+    pub fn prepare(&mut self, qname: &str) -> Result<(), String> {
+        if self.zones.knows(qname) {
+            return Ok(());
+        }
+        self.stats.name_reads += 1;
+        self.name_buf.clear();
+        self.name_buf
+            .push_str(qname.strip_suffix('.').unwrap_or(qname));
+        self.name_buf.make_ascii_lowercase();
+        let first = self.zones.start_name();
+        let mut skipped = Vec::new();
+        let mut read = || -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare_cached(named("records_named"))?;
+            let mut rows = stmt.query([&self.name_buf])?;
+            while let Some(r) = rows.next()? {
+                let row = read_row(r)?;
+                let apex = is_apex(row.name, r.get_ref(7)?.as_str()?);
+                if let Err(why) = self.zones.push_row(&row, apex) {
+                    skipped.push(skip_reason(&row, &why));
+                }
+            }
+            Ok(())
+        };
+        let result = read().map_err(|e| e.to_string());
+        match result {
+            Ok(()) => self.zones.finish_name(&self.name_buf, first),
+            Err(_) => self.zones.abort_name(first),
+        }
+        // Logged once per name while it stays cached.
+        for why in skipped {
+            warn!("not served: record {why}");
+        }
+        if let Err(e) = &result {
+            self.stats.read_failures += 1;
+            self.report(Instant::now(), e);
+        }
+        result
+    }
+
+    /// The records of a zone for AXFR, by id or (ABI 4+) by name: from the
+    /// index when held whole, else read now. `None`: no such zone.
+    pub fn zone_for_axfr(&mut self, id: i64, zone: Option<&str>) -> Result<&Zones, String> {
+        if self.zones.is_whole() {
+            return Ok(&self.zones);
+        }
+        let read = || -> rusqlite::Result<Zones> {
+            let mut b = Builder::default();
+            let by_id = self
+                .conn
+                .prepare_cached(named("domain_by_id"))?
+                .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()?;
+            let domain = match (by_id, zone) {
+                (Some(d), _) => Some(d),
+                (None, Some(z)) => self
+                    .conn
+                    .prepare_cached(named("domain_by_name"))?
+                    .query_row([z.strip_suffix('.').unwrap_or(z)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?,
+                (None, None) => None,
+            };
+            let Some((id, name)) = domain else {
+                return Ok(b.finish());
+            };
+            b.domain(id, &name);
+            let mut stmt = self.conn.prepare_cached(named("zone_records"))?;
+            let mut rows = stmt.query([id])?;
+            while let Some(r) = rows.next()? {
+                // Unservable rows are logged when their names are asked.
+                let _ = b.record(&read_row(r)?);
+            }
+            Ok(b.finish())
+        };
+        self.axfr = read().map_err(|e| e.to_string())?;
+        Ok(&self.axfr)
+    }
+
+    /// Frees what `zone_for_axfr` read: a large zone is not kept for the
+    /// next AXFR, which may be hours away.
+    pub fn end_axfr(&mut self) {
+        if self.axfr.record_count() > 0 {
+            self.axfr = Zones::default();
+            give_back_memory(&self.conn);
+        }
+    }
+
+    /// Re-reads what changed, at most every `CHECK_EVERY`. Never fails: on
+    /// error what is held stays and answers.
     pub fn refresh(&mut self, now: Instant) {
         if self.cache.is_some() && now >= self.next_fetch {
             self.fetch(now);
@@ -225,77 +395,112 @@ impl Store {
         }
     }
 
-    /// Forces a reload at the next `refresh` (CMD `reload`).
+    /// Forces a full re-read at the next `refresh` (CMD `reload`).
     pub fn expire(&mut self) {
         self.data_version = i64::MIN;
+        self.zones_version = None;
         self.next_check = Instant::now();
     }
 
     fn check(&mut self, now: Instant) -> Result<(), String> {
-        let file = file_id(&self.path).map_err(|e| e.to_string())?;
+        let file = file_id(&self.path)?;
         if file != self.file {
             let conn = open_read_only(&self.path, Duration::ZERO)?;
-            let loaded = load(&conn)?;
+            let loaded = load(&conn, true, (self.clock)())?;
             info!("database {} was replaced; reopened it", self.path.display());
             (self.conn, self.file) = (conn, file);
             self.install(loaded, now);
             return Ok(());
         }
         if data_version(&self.conn)? != self.data_version {
-            let loaded = load(&self.conn)?;
+            let zones_changed = self.zones_version.is_none()
+                || zones_version(&self.conn).map_err(|e| e.to_string())? != self.zones_version;
+            let loaded = load(&self.conn, zones_changed, (self.clock)())?;
             self.install(loaded, now);
         }
         Ok(())
     }
 
     fn install(&mut self, loaded: Loaded, now: Instant) {
-        let z = &loaded.zones;
-        info!(
-            "loaded {}: {} zones, {} records",
-            self.path.display(),
-            z.zone_count(),
-            z.record_count()
-        );
-        if loaded.skipped != self.skipped {
-            for why in &loaded.skipped_why {
-                warn!("not served: {why}");
+        if let Some((zones, skipped)) = loaded.zones {
+            if skipped.count != self.skipped_zones.count {
+                skipped.log();
             }
-            if let Some(more) = loaded.skipped.checked_sub(loaded.skipped_why.len()) {
-                if more > 0 {
-                    warn!("not served: {more} more rows");
-                }
+            self.skipped_zones = skipped;
+            match zones.is_whole() {
+                true => info!(
+                    "loaded {}: {} zones, {} records, held whole",
+                    self.path.display(),
+                    zones.zone_count(),
+                    zones.record_count()
+                ),
+                false => info!(
+                    "opened {}: over {WHOLE_LIMIT} records, read per name as asked",
+                    self.path.display()
+                ),
             }
+            self.zones = zones;
+            self.zones_version = loaded.zones_version;
+            self.loaded_at = now;
+            self.stats.zone_loads += 1;
         }
-        self.skipped = loaded.skipped;
-        self.skipped_why = loaded.skipped_why;
+        if loaded.skipped.count != self.skipped_readings.count {
+            loaded.skipped.log();
+        }
+        self.skipped_readings = loaded.skipped;
+        self.skipped_why = (self.skipped_zones.kept.iter())
+            .chain(&self.skipped_readings.kept)
+            .take(SKIPPED_KEPT)
+            .cloned()
+            .collect();
         self.data_version = loaded.data_version;
-        self.zones = loaded.zones;
         self.base = loaded.metrics;
+        self.stats.reading_loads += 1;
         self.rebuild();
-        self.loaded_at = now;
+        give_back_memory(&self.conn);
     }
 
     fn report(&mut self, now: Instant, what: &str) {
         let (last, n) = self.failing.get_or_insert((now, 0));
         *n += 1;
         if *n == 1 || now.duration_since(*last) >= ERROR_LOG_EVERY {
+            let held = match self.zones.is_whole() {
+                true => format!(
+                    "the copy loaded {:.0?} ago",
+                    now.duration_since(self.loaded_at)
+                ),
+                false => format!("the {} names cached", self.zones.name_count()),
+            };
             error!(
-                "database {}: {what}; answering from the copy loaded {:.0?} ago ({n} failed checks)",
+                "database {}: {what}; answering from {held} ({n} failed checks)",
                 self.path.display(),
-                now.duration_since(self.loaded_at),
             );
             *last = now;
         }
     }
 }
 
+/// Loading allocates and frees: SQLite's page cache fills with the pages
+/// read, and the heap keeps its high-water mark. Four or more pipe
+/// processes each keep that private, so it goes back after every load.
+fn give_back_memory(conn: &Connection) {
+    let _ = conn.execute_batch("PRAGMA shrink_memory");
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
-    // A FIFO, device or directory at the path is an outage like a missing
-    // file, found without blocking; SQLite's own open would hang on a FIFO.
+    // The path (and the -wal and -shm beside it) must be regular files,
+    // checked with stat and a non-blocking open: SQLite's own open would
+    // hang for ever on a FIFO swapped in after `file_id` looked.
     crate::files::check_database(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
     conn.busy_timeout(busy).map_err(|e| e.to_string())?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{PAGE_CACHE_KIB}"))
+        .map_err(|e| e.to_string())?;
     Ok(conn)
 }
 
@@ -304,83 +509,61 @@ fn data_version(conn: &Connection) -> Result<i64, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Reads every servable record in one read transaction, so a snapshot never
-/// mixes two versions of the database. A row that cannot be served is left
-/// out with a reason; it never stops the rest from loading.
-fn load(conn: &Connection) -> Result<Loaded, String> {
-    let run = || -> rusqlite::Result<Loaded> {
-        let tx = conn.unchecked_transaction()?;
-        let data_version = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        let mut b = Builder::default();
-        let mut skipped = Skipped::default();
-        let mut stmt = tx.prepare(DOMAINS_SQL)?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            match (r.get(0), r.get_ref(1)?.as_str()) {
-                (Ok(id), Ok(name)) => b.domain(id, name),
-                _ => skipped.push(|| "a domains row whose id or name is not readable".to_owned()),
-            }
-        }
-        drop(rows);
-        let mut stmt = tx.prepare(RECORDS_SQL)?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let row = || -> rusqlite::Result<Row<'_>> {
-                Ok(Row {
-                    name: r.get_ref(0)?.as_str()?,
-                    rtype: r.get_ref(1)?.as_str()?,
-                    content: r.get_ref(2)?.as_str_or_null()?.unwrap_or(""),
-                    ttl: r.get(3)?,
-                    prio: r.get(4)?,
-                    domain_id: r.get(5)?,
-                    auth: r.get(6)?,
-                })
-            };
-            let why = match row() {
-                Err(e) => format!("a records row is not readable ({e})"),
-                Ok(row) => match b.record(&row) {
-                    Ok(()) => continue,
-                    Err(skip) => {
-                        let what = match skip {
-                            Skip::Unservable => "a TAB or line break cannot be sent to pdns",
-                            Skip::NoPriority => "MX/SRV without a priority",
-                            Skip::BadPriority => "priority out of range (0 to 65535)",
-                        };
-                        // Names and contents escaped and cut: a 10 MB TXT
-                        // must not become a 10 MB log line.
-                        skipped.push(|| {
-                            format!(
-                                "record {} {} \"{}\": {what}",
-                                shown(row.name),
-                                shown(row.rtype),
-                                shown(row.content)
-                            )
-                        });
-                        continue;
-                    }
-                },
-            };
-            skipped.push(|| why);
-        }
-        let metrics = load_metrics(&tx, &Clock::now(), &mut skipped)?;
-        Ok(Loaded {
-            metrics,
-            zones: b.finish(),
-            data_version,
-            skipped: skipped.count,
-            skipped_why: skipped.kept,
-        })
-    };
-    run().map_err(|e| e.to_string())
+/// The zones change counter, `None` on a database without `ha_changes`.
+fn zones_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    if !table_exists(conn, "ha_changes")? {
+        return Ok(None);
+    }
+    conn.prepare_cached(named("zones_version"))?
+        .query_row([], |r| r.get(0))
+        .optional()
+}
+
+fn table_exists(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+    )?
+    .query_row([table], |r| r.get(0))
+}
+
+/// A record row in the shape every record statement of `sql/pipe.sql` has.
+fn read_row<'r>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<Row<'r>> {
+    Ok(Row {
+        name: r.get_ref(0)?.as_str()?,
+        rtype: r.get_ref(1)?.as_str()?,
+        content: r.get_ref(2)?.as_str_or_null()?.unwrap_or(""),
+        ttl: r.get(3)?,
+        prio: r.get(4)?,
+        domain_id: r.get(5)?,
+        auth: r.get(6)?,
+    })
+}
+
+/// Why a record is not served, short: a 10 MB TXT must not make a 10 MB
+/// log line on every start.
+fn skip_reason(row: &Row<'_>, why: &Skip) -> String {
+    let what = format!(
+        "{} {} \"{}\"",
+        shown(row.name),
+        shown(row.rtype),
+        shown(row.content)
+    );
+    match why {
+        Skip::Unservable => format!("{what}: a TAB or line break cannot be sent to pdns"),
+        Skip::NoPriority => format!("{what}: MX/SRV without a priority"),
+        Skip::BadPriority => format!("{what}: priority out of range (0 to 65535)"),
+    }
 }
 
 struct Loaded {
-    zones: Zones,
+    /// `None`: the zones did not change, only the readings were read.
+    /// With them, the rows they left out.
+    zones: Option<(Zones, Skipped)>,
+    zones_version: Option<i64>,
     metrics: Metrics,
     data_version: i64,
-    skipped: usize,
-    /// Why rows were left out, one line each, the first few.
-    skipped_why: Vec<String>,
+    /// Readings left out.
+    skipped: Skipped,
 }
 
 /// Rows left out of a load: all counted, the first few with a reason.
@@ -397,6 +580,81 @@ impl Skipped {
             self.kept.push(why());
         }
     }
+
+    fn log(&self) {
+        for why in &self.kept {
+            warn!("not served: {why}");
+        }
+        if self.count > self.kept.len() {
+            warn!("not served: {} more rows", self.count - self.kept.len());
+        }
+    }
+}
+
+/// Reads the readings, and the zones too when `zones` says they changed,
+/// in one read transaction, so what is installed never mixes two versions
+/// of the database. A row that cannot be served is left out with a reason;
+/// it never stops the rest from loading.
+fn load(conn: &Connection, zones: bool, now: f64) -> Result<Loaded, String> {
+    let run = || -> rusqlite::Result<Loaded> {
+        let tx = conn.unchecked_transaction()?;
+        let data_version = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let zones_version = zones_version(&tx)?;
+        let zones = match zones {
+            false => None,
+            true => {
+                let mut skipped = Skipped::default();
+                Some((load_zones(&tx, &mut skipped)?, skipped))
+            }
+        };
+        let mut skipped = Skipped::default();
+        Ok(Loaded {
+            metrics: load_metrics(&tx, &Clock::at(now), &mut skipped)?,
+            zones,
+            zones_version,
+            data_version,
+            skipped,
+        })
+    };
+    run().map_err(|e| e.to_string())
+}
+
+/// Every record when there are at most `WHOLE_LIMIT`, else an empty
+/// per-name cache (what was cached before may be stale now).
+fn load_zones(tx: &Connection, skipped: &mut Skipped) -> rusqlite::Result<Zones> {
+    let limit = i64::try_from(WHOLE_LIMIT + 1).unwrap_or(i64::MAX);
+    let count: i64 = tx
+        .prepare_cached(named("records_at_most"))?
+        .query_row([limit], |r| r.get(0))?;
+    if count > WHOLE_LIMIT as i64 {
+        // The domains table is still read, so a database that is not
+        // pdns's fails here at start-up rather than at the first question.
+        tx.prepare_cached(named("domains"))?.exists([])?;
+        return Ok(Zones::per_name());
+    }
+    let mut b = Builder::default();
+    let mut stmt = tx.prepare_cached(named("domains"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        match (r.get(0), r.get_ref(1)?.as_str()) {
+            (Ok(id), Ok(name)) => b.domain(id, name),
+            _ => skipped.push(|| "a domains row whose id or name is not readable".to_owned()),
+        }
+    }
+    drop(rows);
+    let mut stmt = tx.prepare_cached(named("records"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        match read_row(r) {
+            Err(e) => skipped.push(|| format!("a records row is not readable ({e})")),
+            Ok(row) => {
+                if let Err(why) = b.record(&row) {
+                    skipped.push(|| format!("record {}", skip_reason(&row, &why)));
+                }
+            }
+        }
+    }
+    Ok(b.finish())
 }
 
 /// Reads the `ha_` tables. A row with a value of the wrong type or out of
@@ -408,23 +666,19 @@ fn load_metrics(
     skipped: &mut Skipped,
 ) -> rusqlite::Result<Metrics> {
     let mut m = Metrics::default();
-    let mut sql = METRICS_SQL
-        .split(';')
-        .filter_map(|s| s.find("SELECT").map(|i| &s[i..]));
-    let mut next = || sql.next().unwrap_or("");
-    each_row(tx, next(), skipped, |r| {
+    let valid = |v: Result<(), crate::state::validate::Invalid>| v.map_err(|e| e.to_string());
+    each_row(tx, "ha_networks", "networks", skipped, |r| {
         m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)
     })?;
-    each_row(tx, next(), skipped, |r| {
+    each_row(tx, "ha_targets", "targets", skipped, |r| {
         m.add_target(&col::<String>(r, 0)?);
         Ok(())
     })?;
-    each_row(tx, next(), skipped, |r| {
+    each_row(tx, "ha_targets", "capacity", skipped, |r| {
         m.add_capacity(&col::<String>(r, 0)?, count(r, 1)?);
         Ok(())
     })?;
-    let valid = |v: Result<(), crate::state::validate::Invalid>| v.map_err(|e| e.to_string());
-    each_row(tx, next(), skipped, |r| {
+    each_row(tx, "ha_health", "health", skipped, |r| {
         let h = Health {
             up: col(r, 1)?,
             updated: col(r, 2)?,
@@ -433,7 +687,7 @@ fn load_metrics(
         m.add_health(&col::<String>(r, 0)?, h);
         Ok(())
     })?;
-    each_row(tx, next(), skipped, |r| {
+    each_row(tx, "ha_load", "load", skipped, |r| {
         let max_sessions = match col::<Option<i64>>(r, 2)? {
             Some(_) => Some(count(r, 2)?),
             None => None,
@@ -447,7 +701,7 @@ fn load_metrics(
         m.add_load(&col::<String>(r, 0)?, l);
         Ok(())
     })?;
-    each_row(tx, next(), skipped, |r| {
+    each_row(tx, "ha_latency", "latency", skipped, |r| {
         let l = Latency {
             ewma_ms: col(r, 2)?,
             mean_ms: col(r, 3)?,
@@ -461,28 +715,20 @@ fn load_metrics(
     Ok(m.finish())
 }
 
-/// Runs one `SELECT … FROM table` if the table exists, handing each row to
-/// `f`; rows `f` rejects are listed in `skipped`.
+/// Runs the statement named `statement`, over `table`, if the table
+/// exists, handing each row to `f`; rows `f` rejects are listed in
+/// `skipped`.
 fn each_row(
     tx: &Connection,
-    sql: &str,
+    table: &str,
+    statement: &str,
     skipped: &mut Skipped,
     mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
 ) -> rusqlite::Result<()> {
-    let table = sql
-        .split(" FROM ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap_or("");
-    let exists: bool = tx.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [table],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    if !table_exists(tx, table)? {
         return Ok(());
     }
-    let mut stmt = tx.prepare(sql)?;
+    let mut stmt = tx.prepare_cached(named(statement))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         if let Err(why) = f(r) {
@@ -505,4 +751,39 @@ fn col<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, i: usize) -> Result<T
 fn count(r: &rusqlite::Row<'_>, i: usize) -> Result<u32, String> {
     let n: i64 = col(r, i)?;
     u32::try_from(n).map_err(|_| format!("column {i} is {n}, out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement the code names exists and compiles against the
+    /// schema `init` creates.
+    #[test]
+    fn every_named_statement_prepares() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../../sql/schema.sql"))
+            .unwrap();
+        for name in [
+            "zones_version",
+            "records_at_most",
+            "domains",
+            "records",
+            "records_named",
+            "domain_by_id",
+            "domain_by_name",
+            "zone_records",
+            "networks",
+            "targets",
+            "capacity",
+            "health",
+            "load",
+            "latency",
+        ] {
+            let sql = named(name);
+            assert!(sql.contains("SELECT"), "no statement named {name}");
+            conn.prepare(sql).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(named("no_such_statement"), "");
+    }
 }

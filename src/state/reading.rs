@@ -4,6 +4,7 @@
 //! is defined here, next to the types, so that writer and reader agree.
 
 use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Health {
@@ -33,6 +34,13 @@ pub struct Latency {
 /// Network key for samples measured from the monitor's own host, which
 /// stand in for networks that have none of their own.
 pub const ANY_NETWORK: &str = "*";
+
+/// Now in Unix seconds, the clock every reading's `updated` is on.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// Targets are keyed as records name them: host names lowercase without
 /// the trailing dot, addresses in canonical form (as `zone` stores A/AAAA

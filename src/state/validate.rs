@@ -14,8 +14,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::state::reading::{Health, Latency, Load, Reading};
-use crate::state::writer::unix_now;
+use crate::state::reading::{unix_now, Health, Latency, Load, Reading};
 
 /// Longest a latency reading can be: a SIP answer later than this is a
 /// timeout, not a measurement.
@@ -97,8 +96,13 @@ pub struct Clock {
 impl Clock {
     /// This host's clock with the process's `--max-clock-skew`.
     pub fn now() -> Self {
+        Self::at(unix_now())
+    }
+
+    /// A given time with the process's `--max-clock-skew`.
+    pub fn at(now: f64) -> Self {
         Self {
-            now: unix_now(),
+            now,
             max_skew: f64::from(MAX_SKEW.load(Ordering::Relaxed)),
         }
     }

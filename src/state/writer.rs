@@ -4,7 +4,7 @@
 //! unknown.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::cell::RefCell;
 
@@ -15,7 +15,7 @@ use crate::state::reading::Reading;
 use crate::state::reading::{Health, Latency, Load};
 
 use crate::dns::Subnet;
-use crate::state::reading::{target_key, ANY_NETWORK};
+use crate::state::reading::{target_key, unix_now, ANY_NETWORK};
 use crate::state::validate::{self, Clock};
 use crate::text::shown;
 
@@ -27,12 +27,6 @@ const EWMA_WARMUP: i64 = 10;
 /// Writers wait this long for each other (the monitor and an operator's
 /// `metric` may write at once). Readers never wait: WAL.
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// Thresholds for probe results: a target goes down after `down_after`
 /// consecutive failures and comes back after `up_after` successes.

@@ -195,6 +195,9 @@ pub struct Cache {
     unlogged: u64,
     last_reject: Option<(String, Reject)>,
     logged_at: Option<Instant>,
+    /// When a refused write was last logged: a server that refuses every
+    /// write (out of memory, say) is reported every 30 s, not every write.
+    refused_logged_at: Option<Instant>,
 }
 
 /// FNV-1a: stable across processes and versions, which key placement
@@ -242,6 +245,7 @@ impl Cache {
             unlogged: 0,
             last_reject: None,
             logged_at: None,
+            refused_logged_at: None,
         })
     }
 
@@ -299,7 +303,15 @@ impl Cache {
             Ok(_) => server.worked(),
             Err(e) if is_outage(&e) => server.failed(now, &e.to_string()),
             // This key or value only: the server is fine for the others.
-            Err(e) => warn!("memcached {}: {}: {e}", server.addr, shown(&key)),
+            Err(e) => {
+                let due = self
+                    .refused_logged_at
+                    .is_none_or(|t| now.duration_since(t) >= REJECT_LOG_EVERY);
+                if due {
+                    warn!("memcached {}: refused {}: {e}", server.addr, shown(&key));
+                    self.refused_logged_at = Some(now);
+                }
+            }
         }
     }
 

@@ -13,4 +13,5 @@ mod monitor;
 mod pdns;
 mod reliability;
 mod scale;
+mod trust;
 mod util;

@@ -21,6 +21,7 @@ use crate::config::MonitorOptions;
 use crate::state::memcached::Cache;
 use crate::state::reading::ANY_NETWORK;
 use crate::state::writer::Writer;
+use crate::text::shown;
 
 /// SIP's default port, for targets without a `probe_address`.
 const SIP_PORT: u16 = 5060;
@@ -172,14 +173,14 @@ impl Reported {
     fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
         let key = (target.to_owned(), what);
         if self.0.get(&key).map(String::as_str) != Some(msg) {
-            warn!("{target}: {what}: {msg}");
+            warn!("{}: {what}: {}", shown(target), shown(msg));
             self.0.insert(key, msg.to_owned());
         }
     }
 
     fn fine(&mut self, target: &str, what: &'static str) {
         if self.0.remove(&(target.to_owned(), what)).is_some() {
-            info!("{target}: {what} works again");
+            info!("{}: {what} works again", shown(target));
         }
     }
 }
@@ -203,7 +204,7 @@ fn write_round(
                 Some(Err(e)) => {
                     reported.problem(&t.name, "health", &e.to_string());
                     if !w.probe(&t.name, false, opts.anti_flap)? {
-                        info!("{}: down", t.name);
+                        info!("{}: down", shown(&t.name));
                     }
                     // Only silence counts as a timeout; a wrong answer is
                     // a failure but says nothing about the round trip.
@@ -233,7 +234,7 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     let cache = opts
         .cache
         .as_ref()
-        .map(|c| Cache::new(&c.servers, &c.prefix, c.ttl.0))
+        .map(|c| Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref()))
         .transpose()?;
     let w = Writer::open(&opts.db, cache)?;
     let mut reported = Reported::default();

@@ -157,7 +157,10 @@ impl Ranker {
             .fail_open_logged
             .is_none_or(|t| now.duration_since(t) >= FAIL_OPEN_LOG_EVERY)
         {
-            warn!("every target of {name} is down: answering with all of them (fail open)");
+            warn!(
+                "every target of {} is down: answering with all of them (fail open)",
+                crate::text::shown(name)
+            );
             self.fail_open_logged = Some(now);
         }
     }

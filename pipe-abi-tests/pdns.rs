@@ -470,7 +470,7 @@ struct DigOutput {
 
 /// A port free for both UDP and TCP right now. Another process may still take it before pdns
 /// binds; `Pdns::start` retries for that.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..100 {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port on 127.0.0.1");
         let port = udp.local_addr().expect("local UDP address").port();
@@ -499,7 +499,7 @@ pub struct DigResult {
 }
 
 impl DigResult {
-    fn parse(query: String, raw: String, stderr: String) -> DigResult {
+    pub fn parse(query: String, raw: String, stderr: String) -> DigResult {
         let mut status = None;
         let mut flags = Vec::new();
         let mut client_subnet = None;

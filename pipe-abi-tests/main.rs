@@ -12,6 +12,7 @@ mod kamailio;
 mod live;
 mod memcached;
 mod monitor;
+mod openmetrics;
 mod pdns;
 mod reliability;
 mod util;

@@ -16,7 +16,7 @@ usage:
                  [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
-                  [--once] [--stale-after SECS] [MEMCACHED]
+                  [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
@@ -74,6 +74,8 @@ pub struct MonitorOptions {
     pub anti_flap: AntiFlap,
     pub once: bool,
     pub cache: Option<CacheOptions>,
+    /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -295,6 +297,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 "stale-after",
                 "memcached",
                 "memcached-prefix",
+                "metrics-listen",
             ];
             let f = Flags::parse(cmd, &known, &["once"], rest)?;
             f.positional(cmd, 0, 0, "")?;
@@ -312,6 +315,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 },
                 once: f.has("once"),
                 cache: f.cache()?,
+                metrics_listen: f
+                    .get("metrics-listen")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| format!("--metrics-listen needs ADDR:PORT, got {v:?}"))
+                    })
+                    .transpose()?,
             }))
         }
         "metric" => parse_metric(rest),

@@ -3,7 +3,8 @@
 //!
 //! [`Figures`] is a plain struct the round loop fills in; [`render`] turns it into text
 //! with the clock passed in (ages are computed at scrape time), so the text is tested
-//! byte for byte; [`serve`] answers HTTP on one thread of its own.
+//! byte for byte; [`serve`] answers HTTP on one thread of its own: OpenMetrics to clients
+//! that ask for it (Prometheus does), the older Prometheus text format to the rest.
 //!
 //! ```text
 //! # TYPE pdns_ha_target_up gauge
@@ -15,11 +16,13 @@
 //!
 //! Why a hand-written HTTP server and not tiny_http (the well-kept crate for this): the
 //! monitor is the same binary as the pipe, and in a pipe process code is most of the
-//! resident memory (README, "Performance"), times one process per pdns thread. Measured
-//! on the release build: @SIZES@. What
-//! is served here is one read-only resource to a scraper on a trusted network: GET or HEAD of
-//! `/metrics`, one request per connection, bounded reads and timeouts; nothing else of
-//! HTTP is needed.
+//! resident memory (README, "Performance"), once per pdns thread. Release binary, same
+//! renderer and wiring in both: 1,465,264 bytes without metrics; 1,501,872 with this file
+//! (+36,608, renderer included); 1,615,664 with tiny_http 0.12 serving instead (+150,400:
+//! tiny_http, ascii, chunked_transfer, httpdate), i.e. 113,792 bytes (7.6 %) more for the
+//! crate. What is served is one read-only resource to a scraper on a trusted network:
+//! GET or HEAD of `/metrics`, one request per connection, bounded reads and timeouts, one
+//! thread; nothing else of HTTP is needed, and the tests below cover what is.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -85,7 +88,7 @@ pub struct Stamped<T> {
     pub at: f64,
 }
 
-/// One latency figure: the short-term average from one network, by one source.
+/// One latency figure: the last round trip measured from one network by one source.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LatencyFigure {
     /// A `ha_networks` CIDR, or `*` for the monitor host's own view.
@@ -256,7 +259,7 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
         fmt,
         TARGET_LATENCY,
         "gauge",
-        "Short-term average round trip to the target from a network (* = the monitor host), by source.",
+        "Last measured round trip to the target from a network (* = the monitor host), by source.",
     );
     for (name, x) in t {
         for l in &x.latency {
@@ -547,7 +550,7 @@ pdns_ha_target_sessions{target="sip1.example.com"} 850
 pdns_ha_target_capacity_sessions{target="sip1.example.com"} 1000
 # TYPE pdns_ha_target_latency_seconds gauge
 # UNIT pdns_ha_target_latency_seconds seconds
-# HELP pdns_ha_target_latency_seconds Short-term average round trip to the target from a network (* = the monitor host), by source.
+# HELP pdns_ha_target_latency_seconds Last measured round trip to the target from a network (* = the monitor host), by source.
 pdns_ha_target_latency_seconds{target="sip1.example.com",network="*",source="monitor"} 0.0027
 # TYPE pdns_ha_reading_age_seconds gauge
 # UNIT pdns_ha_reading_age_seconds seconds

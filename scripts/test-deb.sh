@@ -33,7 +33,7 @@ if [ -d /run/systemd/system ]; then
   skip "systemd is running here: the package would start its monitor; run this in a container"
 fi
 
-# Leftovers of an interrupted earlier run (never someone else's data).
+# Leftovers of an interrupted earlier run (never someone else's data or user).
 if dpkg-query -W -f='${Status}' pdns-ha 2>/dev/null | grep -q 'installed\|config-files'; then
   [ -e "$marker" ] || fail "pdns-ha is installed here and not by this test; purge it first"
   apt-get purge -y -q pdns-ha >/dev/null
@@ -41,8 +41,11 @@ fi
 if [ -e "$state" ]; then
   [ -e "$marker" ] || fail "$state exists and was not made by this test; move it away first"
   rm -rf "$state"
+  getent passwd pdns-ha >/dev/null && userdel pdns-ha
 fi
-getent passwd pdns-ha >/dev/null && userdel pdns-ha
+if getent passwd pdns-ha >/dev/null; then
+  fail "a pdns-ha user exists and this test did not make it (no $marker); remove it first"
+fi
 
 step "building the package"
 bash "$repo/scripts/build-deb.sh" >/dev/null

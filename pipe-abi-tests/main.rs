@@ -3,8 +3,7 @@
 
 mod dnsdist;
 mod e2e;
-// Shared with the unit tests of src/monitor/esl.rs, which use more of it.
-#[allow(dead_code)]
+mod esl;
 mod esl_standin;
 mod faults;
 mod golden;
@@ -15,4 +14,5 @@ mod monitor;
 mod openmetrics;
 mod pdns;
 mod reliability;
+mod scale;
 mod util;

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::util::in_ci;
+
 const INSTALL_HINT: &str =
     "install pdns-server pdns-backend-pipe pdns-backend-sqlite3 dnsutils dnsdist prometheus";
 
@@ -32,14 +34,13 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Whether `tool` is installed. Locally a missing tool skips the test (returns false); under
-/// CI=true it is a failure, so that a broken CI image cannot turn the suite green by skipping.
+/// CI (see [`in_ci`]) it is a failure, so that a broken CI image cannot turn the suite green by skipping.
 pub fn require(tool: &str) -> bool {
     if find_tool(tool).is_some() {
         return true;
     }
     let message = format!("{tool} not found: {INSTALL_HINT}");
-    // CI is set by most CI systems to "true", by some to "1" or "yes"; "false" or "0" say no.
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+    if in_ci() {
         panic!("{message}");
     }
     eprintln!("{message} (test skipped)");

@@ -16,6 +16,13 @@ pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// above what a lookup costs; it only keeps a hung binary from hanging CI.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether this run is CI's: `CI` set to anything but empty, `false` or `0`
+/// (CI services set `true`, `1` or their own name). Under CI a missing tool
+/// fails the test instead of skipping it, and blessing goldens is refused.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"))
+}
+
 /// Runs `pdns-ha init` on `db` with seed scripts given relative to the repo.
 pub fn init_db(db: &Path, scripts: &[&str]) {
     let out = Command::new(BIN)

@@ -156,3 +156,28 @@ CREATE TABLE IF NOT EXISTS ha_latency (
   updated               REAL NOT NULL,
   PRIMARY KEY (network, target)
 );
+
+-- Change counters, one per kind of hard state, kept by triggers so that a
+-- pipe process can tell an operator's edit of the zones from the readings
+-- that monitors write several times a second: every commit changes SQLite's
+-- data_version, but only edits of `domains` or `records` move 'zones', and
+-- only those make a pipe drop what it holds of the zones. Writes through
+-- pdns's own tools (pdnsutil, the gsqlite3 backend) fire the triggers too.
+CREATE TABLE IF NOT EXISTS ha_changes (
+  kind                  TEXT PRIMARY KEY,
+  n                     INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO ha_changes (kind, n) VALUES ('zones', 0);
+
+CREATE TRIGGER IF NOT EXISTS ha_zones_records_insert AFTER INSERT ON records
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;
+CREATE TRIGGER IF NOT EXISTS ha_zones_records_update AFTER UPDATE ON records
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;
+CREATE TRIGGER IF NOT EXISTS ha_zones_records_delete AFTER DELETE ON records
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;
+CREATE TRIGGER IF NOT EXISTS ha_zones_domains_insert AFTER INSERT ON domains
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;
+CREATE TRIGGER IF NOT EXISTS ha_zones_domains_update AFTER UPDATE ON domains
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;
+CREATE TRIGGER IF NOT EXISTS ha_zones_domains_delete AFTER DELETE ON domains
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::abi::Subnet;
-use crate::metric::AntiFlap;
+use crate::config::{CacheOptions, Command, Metric, MonitorOptions, PipeOptions, Secs};
+use crate::dns::Subnet;
 use crate::select::Algorithm;
+use crate::state::writer::AntiFlap;
 
 pub const USAGE: &str = "\
 pdns-ha: PowerDNS pipe backend that orders SIP SRV/A/AAAA answers by live measurements
@@ -33,95 +34,12 @@ Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
 Logs go to stderr; RUST_LOG=info (or debug) for more.
 ";
 
-/// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Secs(pub u32);
-
 /// A whole number above zero, with the flag's name in the error.
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
     match v.parse::<u32>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{flag} needs a whole number above 0, got {v:?}")),
     }
-}
-
-/// `--memcached HOST:PORT[,...]` with its prefix and the expiry of what
-/// is published (the `--stale-after` of the command).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheOptions {
-    pub servers: String,
-    pub prefix: String,
-    pub ttl: Secs,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct PipeOptions {
-    pub db: PathBuf,
-    pub algorithm: Algorithm,
-    /// Upper bound on the TTL of an answer whose order was computed.
-    pub dynamic_ttl: Secs,
-    /// Metrics older than this count as unknown.
-    pub stale_after: Secs,
-    pub cache: Option<CacheOptions>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct MonitorOptions {
-    pub db: PathBuf,
-    pub interval: Secs,
-    /// Per probe: one slow target costs the others at most this.
-    pub timeout: Duration,
-    pub anti_flap: AntiFlap,
-    pub once: bool,
-    pub cache: Option<CacheOptions>,
-    /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Metric {
-    Latency {
-        network: String,
-        target: String,
-        ms: f64,
-    },
-    Load {
-        target: String,
-        sessions: u32,
-        max: Option<u32>,
-    },
-    Health {
-        target: String,
-        up: bool,
-    },
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Command {
-    Pipe(PipeOptions),
-    Init {
-        db: PathBuf,
-        scripts: Vec<PathBuf>,
-    },
-    Monitor(MonitorOptions),
-    Metric {
-        db: PathBuf,
-        metric: Metric,
-        cache: Option<CacheOptions>,
-    },
-    Status {
-        db: PathBuf,
-        stale_after: Secs,
-    },
-    Explain {
-        opts: PipeOptions,
-        all: bool,
-        client: Option<Subnet>,
-        qname: String,
-        qtype: String,
-    },
-    Help,
-    Version,
 }
 
 /// Flags a subcommand accepts. Those in `switches` take no value.
@@ -225,7 +143,7 @@ impl Flags {
     fn cache(&self) -> Result<Option<CacheOptions>, String> {
         let prefix = self
             .get("memcached-prefix")
-            .unwrap_or(crate::cache::DEFAULT_PREFIX);
+            .unwrap_or(crate::state::memcached::DEFAULT_PREFIX);
         match self.get("memcached") {
             None if self.has("memcached-prefix") => {
                 Err("--memcached-prefix needs --memcached".into())

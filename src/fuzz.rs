@@ -2,8 +2,8 @@
 //! pipe's line parser and answer path, the Event Socket and JSON-RPC
 //! readers (fed from a loopback socket, so framing and deadlines are
 //! exercised too), and the parsers of `metric` input and memcached values.
-//! Each target runs for `PDNS_HA_FUZZ_SECS` seconds (default 1, the smoke
-//! run of `cargo test`); `fuzz/run.sh` runs them long. A failing input is
+//! Each target runs for `PDNS_HA_FUZZ_SECS` seconds (default 0.2, a smoke
+//! run that keeps `cargo test` quick); `fuzz/run.sh` runs them long. A failing input is
 //! printed in hex to become a regression test.
 
 use std::io::{Read, Write};
@@ -13,18 +13,19 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::abi::Subnet;
-use crate::backend::Backend;
-use crate::cache::Reading;
-use crate::cli::{self, PipeOptions, Secs};
+use crate::cli;
+use crate::config::{PipeOptions, Secs};
+use crate::dns::Subnet;
+use crate::pipe::backend::Backend;
+use crate::pipe::store::Store;
 use crate::select::Algorithm;
-use crate::store::Store;
+use crate::state::reading::Reading;
 
 fn budget() -> Duration {
     let secs = std::env::var("PDNS_HA_FUZZ_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+        .unwrap_or(0.2);
     Duration::from_secs_f64(secs)
 }
 
@@ -99,19 +100,35 @@ fn fuzz(
     eprintln!("fuzz {name}: {runs} inputs in {:.1?}", start.elapsed());
 }
 
-fn fixture_db() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pdns-ha-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("fuzz.db");
-    let _ = std::fs::remove_file(&db);
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/example.sql");
-    crate::init::run(&db, &[example]).unwrap();
-    db
+/// The example database in a directory of its own, removed on drop.
+struct FixtureDb(PathBuf);
+
+impl FixtureDb {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("pdns-ha-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("fuzz.db");
+        let _ = std::fs::remove_file(&db);
+        let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/example.sql");
+        crate::ops::init::run(&db, &[example]).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.0.join("fuzz.db")
+    }
+}
+
+impl Drop for FixtureDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
 fn fuzz_pipe_lines() {
-    let db = fixture_db();
+    let fixture = FixtureDb::new();
+    let db = fixture.path();
     let seeds: Vec<Vec<u8>> = [
         "HELO\t1\nQ\t_sip._udp.example.com\tIN\tANY\t1\t127.0.0.1\nAXFR\t1\n",
         "HELO\t3\nQ\texample.com\tIN\tSOA\t-1\t0.0.0.0\t0.0.0.0\t0.0.0.0/0\nQ\tsip.example.com\tIN\tA\t1\t198.51.100.7\t127.0.0.1\t198.51.100.0/24\n",
@@ -136,7 +153,7 @@ fn fuzz_pipe_lines() {
             stale_after: Secs(30),
             cache: None,
         };
-        let mut backend = Backend::new(Store::open(&db).unwrap(), &opts);
+        let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
         let mut out = Vec::new();
         fuzz(
             &format!("pipe ({alg})"),

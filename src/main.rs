@@ -1,26 +1,13 @@
 //! pdns-ha: a PowerDNS pipe backend for VoIP high availability. `main` only
 //! wires: parse the command line, set up logging, run the subcommand.
 
-mod abi;
-mod answer;
-mod backend;
-mod cache;
-mod cli;
-#[cfg(test)]
-mod fuzz;
-mod init;
-mod metric;
-mod metrics;
-mod monitor;
-mod report;
-mod select;
-mod store;
-mod zone;
-
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
-use cli::Command;
+use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
+use pdns_ha::pipe::{backend, store};
+use pdns_ha::state::{memcached, writer};
+use pdns_ha::{cli, monitor, ops};
 
 fn main() -> ExitCode {
     init_logging();
@@ -35,17 +22,17 @@ fn main() -> ExitCode {
             let _ = writeln!(io::stdout(), "pdns-ha {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Ok(Command::Init { db, scripts }) => init::run(&db, &scripts),
+        Ok(Command::Init { db, scripts }) => ops::init::run(&db, &scripts),
         Ok(Command::Pipe(opts)) => pipe(&opts),
         Ok(Command::Metric { db, metric, cache }) => push_metric(&db, &metric, cache.as_ref()),
-        Ok(Command::Status { db, stale_after }) => report::status(&db, stale_after.0),
+        Ok(Command::Status { db, stale_after }) => ops::report::status(&db, stale_after.0),
         Ok(Command::Explain {
             opts,
             all,
             client,
             qname,
             qtype,
-        }) => report::explain(&opts, all, client, &qname, &qtype),
+        }) => ops::report::explain(&opts, all, client, &qname, &qtype),
         Ok(Command::Monitor(opts)) => monitor::run(&opts),
     };
     match result {
@@ -69,12 +56,12 @@ fn init_logging() {
         .init();
 }
 
-fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
+fn pipe(opts: &PipeOptions) -> Result<(), String> {
     let mut store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
     if let Some(c) = cache(opts.cache.as_ref())? {
         store = store.with_cache(c);
     }
-    let mut backend = backend::Backend::new(store, opts);
+    let mut backend = backend::Backend::new(store, opts.ranker());
     let mut input = io::stdin().lock();
     let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
     match backend.run(&mut input, &mut out) {
@@ -87,28 +74,28 @@ fn pipe(opts: &cli::PipeOptions) -> Result<(), String> {
 }
 
 /// The memcached client for `--memcached`, if given.
-fn cache(opts: Option<&cli::CacheOptions>) -> Result<Option<cache::Cache>, String> {
-    opts.map(|c| cache::Cache::new(&c.servers, &c.prefix, c.ttl.0))
+fn cache(opts: Option<&CacheOptions>) -> Result<Option<memcached::Cache>, String> {
+    opts.map(|c| memcached::Cache::new(&c.servers, &c.prefix, c.ttl.0))
         .transpose()
 }
 
 fn push_metric(
     db: &std::path::Path,
-    m: &cli::Metric,
-    cache_opts: Option<&cli::CacheOptions>,
+    m: &Metric,
+    cache_opts: Option<&CacheOptions>,
 ) -> Result<(), String> {
-    let w = metric::Writer::open(db, cache(cache_opts)?)?;
+    let w = writer::Writer::open(db, cache(cache_opts)?)?;
     match m {
-        cli::Metric::Latency {
+        Metric::Latency {
             network,
             target,
             ms,
         } => w.latency(&w.network(network)?, &w.target(target)?, *ms),
-        cli::Metric::Load {
+        Metric::Load {
             target,
             sessions,
             max,
         } => w.load(&w.target(target)?, *sessions, *max),
-        cli::Metric::Health { target, up } => w.health(&w.target(target)?, *up),
+        Metric::Health { target, up } => w.health(&w.target(target)?, *up),
     }
 }

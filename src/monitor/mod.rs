@@ -11,12 +11,6 @@ pub mod openmetrics;
 pub mod probe;
 pub mod sip_options;
 
-/// The FreeSWITCH stand-in lives with the integration tests, which run it
-/// under a real `pdns-ha monitor`; the unit tests share the file.
-#[cfg(test)]
-#[path = "../../pipe-abi-tests/esl_standin.rs"]
-mod esl_standin;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -25,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::cache::Cache;
-use crate::cli::MonitorOptions;
-use crate::metric::{unix_now, Writer};
-use crate::metrics::ANY_NETWORK;
+use crate::config::MonitorOptions;
+use crate::state::memcached::Cache;
+use crate::state::reading::{unix_now, ANY_NETWORK};
+use crate::state::writer::Writer;
 use openmetrics::{Figures, LatencyFigure, Stamped};
 
 /// SIP's default port, for targets without a `probe_address`.

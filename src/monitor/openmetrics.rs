@@ -418,7 +418,7 @@ fn answer(s: &mut TcpStream, figures: &Mutex<Figures>) -> io::Result<()> {
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
             let f = figures.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let body = render(&f, crate::metric::unix_now(), fmt);
+            let body = render(&f, crate::state::reading::unix_now(), fmt);
             let ctype = fmt.content_type();
             respond(s, "200 OK", ctype, body.as_bytes(), method == "GET")
         }

@@ -45,8 +45,9 @@ pub enum ProbeErrorKind {
 }
 
 impl ProbeError {
-    /// True when the peer is plainly not there: refused, unreachable or silent. Callers use it
-    /// to mark a target down rather than "answering but broken".
+    /// True when the peer is plainly not there: refused, unreachable or silent. The monitor
+    /// counts these as latency timeouts; an answer that was wrong says nothing about the
+    /// round trip. (Any failure, this kind or not, counts towards marking the target down.)
     pub fn is_unreachable(&self) -> bool {
         match &self.kind {
             ProbeErrorKind::Timeout { .. } => true,

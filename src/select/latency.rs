@@ -2,7 +2,8 @@
 //! network, near-equal ones sharing a rank.
 
 use super::{rank_prio, stored, Candidate, Context, Outcome, Placed, Why};
-use crate::metrics::{Metrics, ANY_NETWORK};
+use crate::state::index::Metrics;
+use crate::state::reading::ANY_NETWORK;
 
 /// Two targets share a rank while the slower is within this fraction of
 /// the faster, plus `TOLERANCE_MS`: answers must not flap on jitter.
@@ -29,7 +30,7 @@ pub fn select(
         ..Outcome::default()
     };
     let latency = |t: &str| {
-        let fresh = |l: &crate::metrics::Latency| cx.fresh(l.updated);
+        let fresh = |l: &crate::state::reading::Latency| cx.fresh(l.updated);
         if let Some(l) = m.latency(&net.cidr, t).filter(fresh) {
             return Some(Why::Latency {
                 ms: l.ewma_ms,

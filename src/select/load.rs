@@ -3,7 +3,7 @@
 //! capacity moves behind its tier.
 
 use super::{rank_prio, stored, Candidate, Context, Outcome, Placed, Why};
-use crate::metrics::Metrics;
+use crate::state::index::Metrics;
 
 /// The largest SRV weight.
 const MAX_WEIGHT: u64 = 65535;

@@ -1,7 +1,7 @@
 //! Unit tests of the algorithms on the enterprise SRV example.
 
 use super::*;
-use crate::metrics::{Health, Latency, Load};
+use crate::state::reading::{Health, Latency, Load};
 
 const NOW: f64 = 1_000_000.0;
 

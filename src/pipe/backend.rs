@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use log::{debug, warn};
 
-use crate::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE};
-use crate::answer::{as_stored, recycle, Ranker};
-use crate::cli::PipeOptions;
-use crate::store::Store;
-use crate::zone::Record;
+use crate::pipe::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE};
+use crate::pipe::answer::{as_stored, recycle, Ranker};
+use crate::pipe::store::Store;
+use crate::pipe::zone::Record;
+use crate::state::reading::unix_now;
 
 /// How an answer ends. Written by `run` alone, so that no path can send a
 /// second terminator (pdns would read it as the answer to its next question).
@@ -39,11 +39,12 @@ pub struct Backend {
     /// Scratch for one RRset, kept so that lookups do not allocate.
     rrset: Vec<Record<'static>>,
     started: Instant,
+    /// Unix time for judging readings' age; fixed in golden tests.
+    clock: fn() -> f64,
 }
 
 impl Backend {
-    pub fn new(store: Store, opts: &PipeOptions) -> Self {
-        let ranker = Ranker::new(opts.algorithm, opts.dynamic_ttl.0, opts.stale_after.0);
+    pub fn new(store: Store, ranker: Ranker) -> Self {
         Self {
             store,
             ranker,
@@ -51,7 +52,15 @@ impl Backend {
             stats: Stats::default(),
             started: Instant::now(),
             rrset: Vec::new(),
+            clock: unix_now,
         }
+    }
+
+    /// Judges readings' age by `clock` instead of the system's: golden
+    /// transcripts pin ranked answers with readings of a known age.
+    pub fn with_clock(mut self, clock: fn() -> f64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Serves pdns until end of input. Returns the I/O error that ended it,
@@ -103,23 +112,36 @@ impl Backend {
             }
             Request::Query(q) => self.query(&q, out)?,
             Request::Axfr { id, zone } => {
-                let abi = self.abi_or_v1();
-                let Some(records) = self.store.zones().zone_records(id, zone) else {
-                    warn!("AXFR of unknown zone id {id} ({zone:?}): answered FAIL");
-                    self.stats.failed_lines += 1;
-                    return Ok(Ending::Fail);
-                };
-                for r in records {
-                    abi::write_data(out, abi, &as_stored(&r))?;
-                }
-                self.stats.axfrs += 1;
-                Ending::End
+                let ending = self.axfr(id, zone, out);
+                self.store.end_axfr();
+                ending?
             }
             Request::Cmd(cmd) => {
                 self.command(cmd, out)?;
                 Ending::End
             }
         })
+    }
+
+    fn axfr(&mut self, id: i64, zone: Option<&str>, out: &mut dyn Write) -> io::Result<Ending> {
+        let abi = self.abi_or_v1();
+        let records = match self.store.zone_for_axfr(id, zone) {
+            Ok(zones) => zones.zone_records(id, zone),
+            Err(e) => {
+                warn!("AXFR of zone id {id} ({zone:?}): database not readable: {e}");
+                None
+            }
+        };
+        let Some(records) = records else {
+            warn!("AXFR of zone id {id} ({zone:?}) not served: answered FAIL");
+            self.stats.failed_lines += 1;
+            return Ok(Ending::Fail);
+        };
+        for r in records {
+            abi::write_data(out, abi, &as_stored(&r))?;
+        }
+        self.stats.axfrs += 1;
+        Ok(Ending::End)
     }
 
     fn abi_or_v1(&self) -> AbiVersion {
@@ -129,11 +151,16 @@ impl Backend {
     fn query(&mut self, q: &Question<'_>, out: &mut dyn Write) -> io::Result<Ending> {
         self.stats.questions += 1;
         let abi = self.abi_or_v1();
-        let (client, now) = (q.client(), crate::metric::unix_now());
-        let (zones, metrics) = (self.store.zones(), self.store.metrics());
+        let (client, now) = (q.client(), (self.clock)());
         let mut n = 0;
         // pdns asks class IN only; anything else has no data here.
         if q.qclass.eq_ignore_ascii_case("IN") {
+            // A name that cannot be read is an outage, not "no such name",
+            // which pdns would cache and hand to resolvers.
+            if self.store.prepare(q.qname).is_err() {
+                return Ok(Ending::Fail);
+            }
+            let (zones, metrics) = (self.store.zones(), self.store.metrics());
             // Records come sorted by type, so each RRset is one run.
             let mut records = zones.lookup(q.qname, q.qtype).peekable();
             let mut run = recycle(std::mem::take(&mut self.rrset));
@@ -157,6 +184,19 @@ impl Backend {
         Ok(Ending::End)
     }
 
+    /// What the records index holds, in words.
+    fn held(&self) -> String {
+        let z = self.store.zones();
+        match z.is_whole() {
+            true => format!("{} zones, {} records", z.zone_count(), z.record_count()),
+            false => format!(
+                "records read per name as asked, {} names cached ({} records)",
+                z.name_count(),
+                z.record_count()
+            ),
+        }
+    }
+
     /// `pdnsutil backend-cmd pipe CMD` (ABI 5). Every reply is lines of text
     /// then END; an unknown command says so in its text rather than FAIL,
     /// because pdnsutil shows the text to the operator who typed it.
@@ -172,8 +212,8 @@ impl Backend {
                 )?;
             }
             "status" => {
-                let z = self.store.zones();
                 let s = self.stats;
+                let st = self.store.stats();
                 writeln!(
                     out,
                     "pdns-ha {}, pipe ABI {}",
@@ -183,25 +223,23 @@ impl Backend {
                 writeln!(out, "database: {}", self.store.path().display())?;
                 writeln!(out, "loaded: {:.1?} ago", self.store.loaded_at().elapsed())?;
                 writeln!(out, "algorithm: {}", self.ranker.algorithm)?;
-                writeln!(out, "zones: {}", z.zone_count())?;
-                writeln!(out, "records: {}", z.record_count())?;
+                writeln!(out, "{}", self.held())?;
                 writeln!(
                     out,
                     "lookups: {} ({} with data, {} empty), axfr: {}, bad lines: {}",
                     s.questions, s.answered, s.empty, s.axfrs, s.failed_lines
+                )?;
+                writeln!(
+                    out,
+                    "zone loads: {}, reading loads: {}, names read: {}, read failures: {}",
+                    st.zone_loads, st.reading_loads, st.name_reads, st.read_failures
                 )?;
                 writeln!(out, "uptime: {:.0?}", self.started.elapsed())?;
             }
             "reload" => {
                 self.store.expire();
                 self.store.refresh(Instant::now());
-                let z = self.store.zones();
-                writeln!(
-                    out,
-                    "reloaded: {} zones, {} records",
-                    z.zone_count(),
-                    z.record_count()
-                )?;
+                writeln!(out, "reloaded: {}", self.held())?;
             }
             other => writeln!(out, "unknown command {other:?}; try help")?,
         }

@@ -9,13 +9,14 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::abi::{AbiVersion, QType, Subnet};
-use crate::answer::{candidate, Ranker};
-use crate::cli::PipeOptions;
-use crate::metric::unix_now;
-use crate::select::{self, Algorithm, Context, Why};
-use crate::store::Store;
-use crate::zone::Record;
+use crate::config::PipeOptions;
+use crate::dns::Subnet;
+use crate::pipe::abi::QType;
+use crate::pipe::answer::{candidate, Decision, Ranker};
+use crate::pipe::store::Store;
+use crate::pipe::zone::Record;
+use crate::select::{Algorithm, Why};
+use crate::state::reading::unix_now;
 
 /// `3s`, `4m`, `2h`, `5d`.
 fn age(secs: f64) -> String {
@@ -200,7 +201,8 @@ pub fn explain(
     qname: &str,
     qtype: &str,
 ) -> Result<(), String> {
-    let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+    store.prepare(qname)?;
     let (zones, metrics) = (store.zones(), store.metrics());
     let client = client.unwrap_or(Subnet::host([127, 0, 0, 1].into()));
     let mut out = String::new();
@@ -228,45 +230,30 @@ pub fn explain(
         let _ = writeln!(out, "\n== {alg}");
         let mut ranker = Ranker::new(alg, opts.dynamic_ttl.0, opts.stale_after.0);
         for rrset in records.chunk_by(|a, b| a.rtype == b.rtype) {
-            // The very bytes the pipe would send (ABI 3 shows scopebits).
-            let mut data = Vec::new();
-            ranker
-                .write(&mut data, AbiVersion::V3, rrset, metrics, client, now)
-                .map_err(|e| e.to_string())?;
-            for line in String::from_utf8_lossy(&data).lines() {
-                let f: Vec<&str> = line.split('\t').collect();
-                if let [_, scope, _, name, class, rtype, ttl, _, content @ ..] = f.as_slice() {
+            // The very records the pipe would send, with the scope it
+            // would give them (ABI 3+).
+            let decision = ranker
+                .answer(rrset, metrics, client, now, &mut |d| {
+                    let prio = d.prio.map(|p| format!("{p} ")).unwrap_or_default();
+                    let weight = d.weight.map(|w| format!("{w} ")).unwrap_or_default();
                     let _ = writeln!(
                         out,
-                        "{name}. {ttl} {class} {rtype} {}   ; scope /{scope}",
-                        content.join(" ")
+                        "{}. {} IN {} {prio}{weight}{}   ; scope /{}",
+                        d.qname, d.ttl, d.qtype, d.content, d.scopebits
                     );
-                }
-            }
-            let cands: Option<Vec<_>> = rrset.iter().map(candidate).collect();
-            let (Some(cands), true) = (cands, alg != Algorithm::Static && rrset.len() > 1) else {
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
+            let Decision::Ranked(outcome) = decision else {
                 continue;
             };
-            if !matches!(rrset[0].rtype, "SRV" | "A" | "AAAA") {
-                continue;
-            }
-            let cx = Context {
-                client,
-                now,
-                stale_after: f64::from(opts.stale_after.0),
-            };
-            let mut placed = Vec::new();
-            let outcome = select::select(alg, &cands, metrics, &cx, &mut placed);
             let mut rows = Vec::new();
-            for p in &placed {
+            for p in ranker.placed() {
+                let target = candidate(&rrset[p.idx]).map_or("?", |c| c.target);
                 let place = p
                     .place
                     .map_or("-".into(), |(prio, w)| format!("prio {prio} weight {w}"));
-                rows.push(vec![
-                    format!("  {}", cands[p.idx].target),
-                    place,
-                    why(p.why),
-                ]);
+                rows.push(vec![format!("  {target}"), place, why(p.why)]);
             }
             let _ = write!(out, "{}", table(&rows));
             if outcome.fail_open {

@@ -37,6 +37,8 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
+use crate::dns::{RType, Subnet};
+
 /// Longest request line accepted. A Q line is at most a 255-byte name plus
 /// four short fields and two addresses; anything near this size is garbage.
 pub const MAX_LINE: usize = 2048;
@@ -105,11 +107,11 @@ impl<'a> QType<'a> {
     }
 
     /// Whether a record of type `rtype` answers this question.
-    pub fn matches(self, rtype: &str) -> bool {
+    pub fn matches(self, rtype: RType<'_>) -> bool {
         match self {
             Self::Any => true,
-            Self::Soa => rtype.eq_ignore_ascii_case("SOA"),
-            Self::Other(t) => rtype.eq_ignore_ascii_case(t),
+            Self::Soa => rtype == RType::Soa,
+            Self::Other(t) => rtype.as_str().eq_ignore_ascii_case(t),
         }
     }
 }
@@ -122,46 +124,6 @@ impl fmt::Display for QType<'_> {
             Self::Other(t) => f.write_str(t),
         }
     }
-}
-
-/// A client subnet: the ECS option, or the remote address as a host prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Subnet {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Subnet {
-    pub fn parse(s: &str) -> Option<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (parse_ip(a)?, p.parse::<u8>().ok()?),
-            None => return parse_ip(s).map(Self::host),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
-}
-
-impl Subnet {
-    pub fn host(addr: IpAddr) -> Self {
-        Self {
-            addr,
-            prefix: if addr.is_ipv4() { 32 } else { 128 },
-        }
-    }
-}
-
-impl fmt::Display for Subnet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// Parses an address as pdns prints it; IPv6 may carry a `%iface` suffix
-/// (pipe.rst), which says nothing about the client and is dropped.
-fn parse_ip(s: &str) -> Option<IpAddr> {
-    let s = s.split_once('%').map_or(s, |(a, _)| a);
-    s.parse().ok()
 }
 
 /// A `Q` line.
@@ -321,10 +283,10 @@ fn parse_q(line: &str, abi: AbiVersion) -> Result<Question<'_>, ParseError> {
         return Err(bad("qtype", f[3]));
     }
     let id = f[4].parse::<i64>().map_err(|_| bad("id", f[4]))?;
-    let remote_ip = parse_ip(f[5]).ok_or_else(|| bad("remote-ip", f[5]))?;
+    let remote_ip = crate::dns::parse_ip(f[5]).ok_or_else(|| bad("remote-ip", f[5]))?;
     let local_ip = match abi {
         AbiVersion::V1 => None,
-        _ => Some(parse_ip(f[6]).ok_or_else(|| bad("local-ip", f[6]))?),
+        _ => Some(crate::dns::parse_ip(f[6]).ok_or_else(|| bad("local-ip", f[6]))?),
     };
     let edns_subnet = match abi.has_scope() {
         false => None,

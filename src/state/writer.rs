@@ -4,17 +4,18 @@
 //! unknown.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::cell::RefCell;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::cache::{Cache, Reading};
-use crate::metrics::{Health, Latency, Load};
+use crate::state::memcached::Cache;
+use crate::state::reading::Reading;
+use crate::state::reading::{Health, Latency, Load};
 
-use crate::abi::Subnet;
-use crate::metrics::{target_key, ANY_NETWORK};
+use crate::dns::Subnet;
+use crate::state::reading::{target_key, unix_now, ANY_NETWORK};
 
 /// Kamailio's dispatcher estimator: the EWMA takes a tenth of each new
 /// sample, and equals the mean until there are this many samples.
@@ -31,12 +32,6 @@ const MAX_SESSIONS: u32 = 10_000_000;
 /// Writers wait this long for each other (the monitor and an operator's
 /// `metric` may write at once). Readers never wait: WAL.
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// Thresholds for probe results: a target goes down after `down_after`
 /// consecutive failures and comes back after `up_after` successes.
@@ -339,7 +334,7 @@ mod tests {
 
     fn writer() -> Writer {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../sql/schema.sql"))
+        conn.execute_batch(include_str!("../../sql/schema.sql"))
             .unwrap();
         conn.execute_batch(
             "INSERT INTO ha_targets (name) VALUES ('sip1.example.com'), ('2001:db8::1');

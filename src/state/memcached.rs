@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use memcache::exp::{Get, MetaClient, Ttl};
 
-use crate::metrics::{Health, Latency, Load};
+use crate::state::reading::Reading;
 
 /// Connect and exchange timeout per server. memcached answers in tens of
 /// microseconds on a LAN; past this it is treated as down.
@@ -31,138 +31,6 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub const DEFAULT_PREFIX: &str = "pdns-ha";
-
-/// One reading as it travels through memcached.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reading {
-    Health {
-        target: String,
-        h: Health,
-    },
-    /// `load: None`: the load became unknown at `updated` (the source could
-    /// not be read), which must override older readings elsewhere.
-    Load {
-        target: String,
-        load: Option<Load>,
-        updated: f64,
-    },
-    Latency {
-        network: String,
-        target: String,
-        l: Latency,
-        timeouts: u64,
-    },
-}
-
-impl Reading {
-    pub fn key(&self, prefix: &str) -> String {
-        match self {
-            Self::Health { target, .. } => health_key(prefix, target),
-            Self::Load { target, .. } => load_key(prefix, target),
-            Self::Latency {
-                network, target, ..
-            } => latency_key(prefix, network, target),
-        }
-    }
-
-    pub fn value(&self) -> String {
-        match self {
-            Self::Health { h, .. } => format!("{} {}", u8::from(h.up), h.updated),
-            Self::Load { load: Some(l), .. } => {
-                let max = l.max_sessions.map_or("-".to_owned(), |m| m.to_string());
-                format!("{} {max} {}", l.sessions, l.updated)
-            }
-            Self::Load {
-                load: None,
-                updated,
-                ..
-            } => format!("- - {updated}"),
-            Self::Latency { l, timeouts, .. } => {
-                format!(
-                    "{} {} {} {timeouts} {}",
-                    l.ewma_ms, l.mean_ms, l.samples, l.updated
-                )
-            }
-        }
-    }
-
-    /// Parses a value fetched for `key`; `None` for anything malformed,
-    /// which then simply counts as a miss.
-    pub fn parse(prefix: &str, key: &str, value: &str) -> Option<Self> {
-        let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
-        let f: Vec<&str> = value.split(' ').collect();
-        let num = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
-        let int = |s: &str| s.parse::<u32>().ok();
-        if let Some(target) = rest.strip_prefix("health:") {
-            let [up, updated] = f[..] else { return None };
-            let up = match up {
-                "1" => true,
-                "0" => false,
-                _ => return None,
-            };
-            return Some(Self::Health {
-                target: target.into(),
-                h: Health {
-                    up,
-                    updated: num(updated)?,
-                },
-            });
-        }
-        if let Some(target) = rest.strip_prefix("load:") {
-            let [sessions, max, updated] = f[..] else {
-                return None;
-            };
-            let updated = num(updated)?;
-            let load = match (sessions, max) {
-                ("-", "-") => None,
-                (s, "-") => Some(Load {
-                    sessions: int(s)?,
-                    max_sessions: None,
-                    updated,
-                }),
-                (s, m) => Some(Load {
-                    sessions: int(s)?,
-                    max_sessions: Some(int(m)?),
-                    updated,
-                }),
-            };
-            return Some(Self::Load {
-                target: target.into(),
-                load,
-                updated,
-            });
-        }
-        // `|` appears in no CIDR, host name or address, unlike `:`.
-        let (network, target) = rest.strip_prefix("latency:")?.split_once('|')?;
-        let [ewma, mean, samples, timeouts, updated] = f[..] else {
-            return None;
-        };
-        let l = Latency {
-            ewma_ms: num(ewma)?,
-            mean_ms: num(mean)?,
-            samples: samples.parse().ok()?,
-            updated: num(updated)?,
-        };
-        Some(Self::Latency {
-            network: network.into(),
-            target: target.into(),
-            l,
-            timeouts: timeouts.parse().ok()?,
-        })
-    }
-}
-
-pub fn health_key(prefix: &str, target: &str) -> String {
-    format!("{prefix}:health:{target}")
-}
-
-pub fn load_key(prefix: &str, target: &str) -> String {
-    format!("{prefix}:load:{target}")
-}
-
-pub fn latency_key(prefix: &str, network: &str, target: &str) -> String {
-    format!("{prefix}:latency:{network}|{target}")
-}
 
 struct Server {
     addr: String,
@@ -317,79 +185,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn readings_round_trip() {
-        let readings = [
-            Reading::Health {
-                target: "sip1.example.com".into(),
-                h: Health {
-                    up: false,
-                    updated: 1.5,
-                },
-            },
-            Reading::Load {
-                target: "sip1.example.com".into(),
-                load: Some(Load {
-                    sessions: 42,
-                    max_sessions: Some(1000),
-                    updated: 2.0,
-                }),
-                updated: 2.0,
-            },
-            Reading::Load {
-                target: "sip2.example.com".into(),
-                load: Some(Load {
-                    sessions: 7,
-                    max_sessions: None,
-                    updated: 3.0,
-                }),
-                updated: 3.0,
-            },
-            Reading::Load {
-                target: "sip3.example.com".into(),
-                load: None,
-                updated: 4.0,
-            },
-            Reading::Latency {
-                network: "2001:db8::/48".into(),
-                target: "2001:db8::5".into(),
-                l: Latency {
-                    ewma_ms: 1.25,
-                    mean_ms: 2.5,
-                    samples: 9,
-                    updated: 5.0,
-                },
-                timeouts: 3,
-            },
-        ];
-        for r in readings {
-            let (key, value) = (r.key("p"), r.value());
-            assert_eq!(
-                Reading::parse("p", &key, &value),
-                Some(r),
-                "{key} = {value}"
-            );
-        }
-        assert_eq!(health_key("p", "a"), "p:health:a");
-    }
-
-    #[test]
-    fn malformed_values_are_misses() {
-        for (key, value) in [
-            ("p:health:a", "2 1.0"),
-            ("p:health:a", "1"),
-            ("p:load:a", "x - 1"),
-            ("p:load:a", "1 2 -5"),
-            ("p:latency:*|a", "1 2 3 4"),
-            ("p:latency:*|a", "nan 2 3 4 5"),
-            ("p:latency:*:a", "1 2 3 4 5"),
-            ("q:health:a", "1 1"),
-            ("p:other:a", "1 1"),
-        ] {
-            assert_eq!(Reading::parse("p", key, value), None, "{key} = {value}");
-        }
-    }
+    use crate::state::reading::Health;
 
     #[test]
     fn placement_is_stable_and_spread() {

@@ -2,11 +2,10 @@
 //! and the latest health, load and latency readings with their timestamps.
 //! Loaded with the zones, looked up by binary search without allocating.
 
-use std::net::IpAddr;
-
-use crate::abi::Subnet;
-use crate::cache::Reading;
-use crate::zone::cmp_name;
+use crate::dns::cmp_name;
+use crate::dns::Subnet;
+use crate::state::reading::Reading;
+use crate::state::reading::{target_key, Health, Latency, Load};
 
 /// A known client network from `ha_networks`.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,35 +15,6 @@ pub struct Network {
     pub cidr: Box<str>,
     pub name: Box<str>,
 }
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Health {
-    pub up: bool,
-    pub updated: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Load {
-    pub sessions: u32,
-    /// Capacity reported with the reading (FreeSWITCH's max-sessions).
-    pub max_sessions: Option<u32>,
-    pub updated: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Latency {
-    /// Short-term EWMA: what ranking uses, so a target that slows down
-    /// drops within a few samples.
-    pub ewma_ms: f64,
-    /// Long-run mean, shown by `status`.
-    pub mean_ms: f64,
-    pub samples: u64,
-    pub updated: f64,
-}
-
-/// Network key for samples measured from the monitor's own host, which
-/// stand in for networks that have none of their own.
-pub const ANY_NETWORK: &str = "*";
 
 /// (network, target), the key of a latency reading.
 type NetworkTarget = (Box<str>, Box<str>);
@@ -67,18 +37,6 @@ fn find<'a, T>(v: &'a [(Box<str>, T)], target: &str) -> Option<&'a T> {
     v.binary_search_by(|(k, _)| cmp_name(k, target))
         .ok()
         .map(|i| &v[i].1)
-}
-
-/// Targets are keyed as records name them: host names lowercase without
-/// the trailing dot, addresses in canonical form (as `zone` stores A/AAAA
-/// content), so `2001:DB8:0::1` in `ha_targets` matches `2001:db8::1`.
-pub fn target_key(name: &str) -> String {
-    let name = name.trim();
-    let name = name.strip_suffix('.').unwrap_or(name);
-    match name.parse::<IpAddr>() {
-        Ok(ip) => ip.to_string(),
-        Err(_) => name.to_ascii_lowercase(),
-    }
 }
 
 impl Metrics {
@@ -210,43 +168,6 @@ impl Metrics {
             .ok()
             .map(|i| v[i].1)
     }
-}
-
-impl Subnet {
-    /// No host bits set beyond the prefix: `192.0.2.0/24`, not `192.0.2.1/24`.
-    pub fn is_network(&self) -> bool {
-        let host = host_bits(self.addr, self.prefix);
-        let host_mask = 1u128.checked_shl(host).map_or(u128::MAX, |b| b - 1);
-        bits(self.addr) & host_mask == 0
-    }
-
-    /// Whether `addr` lies in this subnet. IPv4-mapped IPv6 addresses count
-    /// as IPv4, the way pdns may pass them.
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
-        addr.is_ipv4() == self.addr.is_ipv4()
-            && mask(addr, self.prefix) == mask(self.addr, self.prefix)
-    }
-}
-
-fn bits(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-fn host_bits(a: IpAddr, prefix: u8) -> u32 {
-    let width = if a.is_ipv4() { 32 } else { 128 };
-    u32::from(width - prefix.min(width))
-}
-
-/// The network part of `a`, shifted down.
-fn mask(a: IpAddr, prefix: u8) -> u128 {
-    bits(a).checked_shr(host_bits(a, prefix)).unwrap_or(0)
 }
 
 #[cfg(test)]

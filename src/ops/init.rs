@@ -4,24 +4,27 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-const SCHEMA: &str = include_str!("../sql/schema.sql");
+const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
 pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
     let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
-    // Created here rather than by SQLite so that the mode is explicit:
-    // operators write it, pdns (another user) only reads it.
+    // Created here rather than by SQLite so that the mode is explicit and
+    // the same under any umask: operators write it, pdns (another user)
+    // only reads it. A umask of 077 would otherwise lock pdns out.
     match OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(db)
     {
-        Ok(_) => {}
+        Ok(f) => f
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| at(&e))?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(at(&e)),
     }

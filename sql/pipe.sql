@@ -1,0 +1,66 @@
+-- Every statement the pipe runs, all read-only, each under a `-- name:` line
+-- that the code asks for by name (src/pipe/store.rs, `named`). Record rows
+-- come out in one shape everywhere: name, type, content, ttl, prio,
+-- domain_id, auth, and the name of the record's zone (for the apex check).
+-- Rows with a NULL type are pdns's empty non-terminals, which the pipe ABI of
+-- 4.7 cannot express; disabled rows are never served, as in gsqlite3.
+
+-- name: zones_version
+SELECT n FROM ha_changes WHERE kind = 'zones';
+
+-- name: records_at_most
+SELECT count(*) FROM (SELECT 1 FROM records LIMIT ?1);
+
+-- name: domains
+SELECT id, CAST(name AS TEXT) FROM domains WHERE name IS NOT NULL;
+
+-- name: records
+SELECT CAST(name AS TEXT), CAST(type AS TEXT), CAST(content AS TEXT), ttl, prio, domain_id,
+       COALESCE(auth, 1) != 0
+FROM records
+WHERE disabled = 0 AND type IS NOT NULL AND type != '' AND name IS NOT NULL
+  AND domain_id IS NOT NULL
+ORDER BY id;
+
+-- name: records_named
+-- One name, through gsqlite3's own index on (name, type): pdns's tools store
+-- names lower case without the trailing dot, which is how the pipe asks.
+SELECT CAST(r.name AS TEXT), CAST(r.type AS TEXT), CAST(r.content AS TEXT), r.ttl, r.prio,
+       r.domain_id, COALESCE(r.auth, 1) != 0, CAST(d.name AS TEXT)
+FROM records r JOIN domains d ON d.id = r.domain_id
+WHERE r.name = ?1 AND r.disabled = 0 AND r.type IS NOT NULL AND r.type != ''
+ORDER BY r.id;
+
+-- name: domain_by_id
+SELECT id, CAST(name AS TEXT) FROM domains WHERE id = ?1;
+
+-- name: domain_by_name
+SELECT id, CAST(name AS TEXT) FROM domains WHERE name = ?1;
+
+-- name: zone_records
+SELECT CAST(name AS TEXT), CAST(type AS TEXT), CAST(content AS TEXT), ttl, prio, domain_id,
+       COALESCE(auth, 1) != 0
+FROM records
+WHERE domain_id = ?1 AND disabled = 0 AND type IS NOT NULL AND type != '' AND name IS NOT NULL
+ORDER BY id;
+
+-- Soft state, one statement per table; a table that is missing (a plain
+-- gsqlite3 database) is skipped, and every algorithm then answers as stored.
+
+-- name: networks
+SELECT cidr, name FROM ha_networks;
+
+-- name: targets
+SELECT name FROM ha_targets;
+
+-- name: capacity
+SELECT name, max_sessions FROM ha_targets WHERE max_sessions IS NOT NULL;
+
+-- name: health
+SELECT target, up, updated FROM ha_health;
+
+-- name: load
+SELECT target, sessions, max_sessions, updated FROM ha_load;
+
+-- name: latency
+SELECT network, target, ewma_ms, mean_ms, samples, updated FROM ha_latency;

@@ -1,0 +1,100 @@
+//! Typed options for every subcommand, validated once by `cli` and then
+//! handed to the code that runs the subcommand. Nothing here parses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::dns::Subnet;
+use crate::pipe::answer::Ranker;
+use crate::select::Algorithm;
+use crate::state::writer::AntiFlap;
+
+/// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Secs(pub u32);
+
+/// `--memcached HOST:PORT[,...]` with its prefix and the expiry of what
+/// is published (the `--stale-after` of the command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheOptions {
+    pub servers: String,
+    pub prefix: String,
+    pub ttl: Secs,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct PipeOptions {
+    pub db: PathBuf,
+    pub algorithm: Algorithm,
+    /// Upper bound on the TTL of an answer whose order was computed.
+    pub dynamic_ttl: Secs,
+    /// Metrics older than this count as unknown.
+    pub stale_after: Secs,
+    pub cache: Option<CacheOptions>,
+}
+
+impl PipeOptions {
+    /// The ranker these options describe, as the pipe and `explain` use it.
+    pub fn ranker(&self) -> Ranker {
+        Ranker::new(self.algorithm, self.dynamic_ttl.0, self.stale_after.0)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct MonitorOptions {
+    pub db: PathBuf,
+    pub interval: Secs,
+    /// Per probe: one slow target costs the others at most this.
+    pub timeout: Duration,
+    pub anti_flap: AntiFlap,
+    pub once: bool,
+    pub cache: Option<CacheOptions>,
+    /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Metric {
+    Latency {
+        network: String,
+        target: String,
+        ms: f64,
+    },
+    Load {
+        target: String,
+        sessions: u32,
+        max: Option<u32>,
+    },
+    Health {
+        target: String,
+        up: bool,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Pipe(PipeOptions),
+    Init {
+        db: PathBuf,
+        scripts: Vec<PathBuf>,
+    },
+    Monitor(MonitorOptions),
+    Metric {
+        db: PathBuf,
+        metric: Metric,
+        cache: Option<CacheOptions>,
+    },
+    Status {
+        db: PathBuf,
+        stale_after: Secs,
+    },
+    Explain {
+        opts: PipeOptions,
+        all: bool,
+        client: Option<Subnet>,
+        qname: String,
+        qtype: String,
+    },
+    Help,
+    Version,
+}

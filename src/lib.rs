@@ -1,0 +1,29 @@
+//! pdns-ha as a library: everything the binary runs, laid out by concern so
+//! that the pipe's path is visible from the tree.
+//!
+//! - [`pipe`]: what PowerDNS talks to. Line framing and the ABI codec
+//!   ([`pipe::abi`]), the dispatch loop ([`pipe::backend`]), the zone index
+//!   ([`pipe::zone`]), the SQLite store ([`pipe::store`]) and ranking plus
+//!   answer writing ([`pipe::answer`]).
+//! - [`select`]: the three algorithms, pure functions over candidates,
+//!   readings, the client and a clock.
+//! - [`state`]: soft state. Reading types ([`state::reading`]), the pipe's
+//!   index of them ([`state::index`]), memcached transport
+//!   ([`state::memcached`]) and the writer used by `monitor` and `metric`
+//!   ([`state::writer`]).
+//! - [`monitor`]: active probes of the targets, one file per source.
+//! - [`ops`]: the operator's commands: `init`, `status`, `explain`.
+//! - [`config`] holds typed options; [`cli`] turns arguments into them.
+//! - [`dns`]: the vocabulary every layer shares (subnets, name order).
+
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod monitor;
+pub mod ops;
+pub mod pipe;
+pub mod select;
+pub mod state;
+
+#[cfg(test)]
+mod fuzz;

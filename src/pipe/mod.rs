@@ -1,0 +1,10 @@
+//! The pipe backend: everything between pdns's stdin/stdout and the records.
+//! A line comes in through [`backend`], is parsed by [`abi`], looked up in
+//! the [`zone`] index that [`store`] keeps current, ranked and written by
+//! [`answer`], and ended by [`backend`] with exactly one terminator.
+
+pub mod abi;
+pub mod answer;
+pub mod backend;
+pub mod store;
+pub mod zone;

@@ -1,0 +1,695 @@
+//! SQLite access for the pipe: a read-only connection, the records index it
+//! fills ([`Zones`]: whole for a small database, per name for a large one),
+//! the soft-state readings, and the watch that notices an operator's change.
+//!
+//! Every commit to the database changes SQLite's `data_version`, and monitors
+//! commit readings several times a second. So a change is sorted by kind: the
+//! readings (a few rows per target) are always re-read, while the zones are
+//! dropped or re-read only when the `ha_changes` counter that triggers keep on
+//! `domains` and `records` moved (`sql/schema.sql`). A database without that
+//! table (plain gsqlite3) is treated as if every commit touched the zones.
+//!
+//! A missing, replaced-by-garbage, locked or corrupt file keeps the last good
+//! data answering: all of it when held whole, the cached names otherwise.
+
+use std::fmt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::pipe::zone::{is_apex, Builder, Row, Skip, Zones, WHOLE_LIMIT};
+use crate::state::index::Metrics;
+use crate::state::memcached::Cache;
+use crate::state::reading::{health_key, latency_key, load_key, Reading};
+use crate::state::reading::{Health, Latency, Load, ANY_NETWORK};
+
+/// How often the pipe looks for a changed database. The contract is that an
+/// operator's change is served within a second; a check costs one `stat`
+/// and one `PRAGMA data_version`, a few microseconds.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// While the database stays broken, repeat the error at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the first load may wait for a writer's lock. Later reads never
+/// wait: what is held answers and the next check tries again.
+const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often the pipe reads the shared readings from memcached: about as
+/// fresh as SQLite's, one round trip per server per second.
+const FETCH_EVERY: Duration = Duration::from_secs(1);
+
+/// SQLite's page cache for this read-only connection, in KiB. Pages of a
+/// large database are shared in the kernel's page cache anyway; this only
+/// keeps the hot index pages private to the process.
+const PAGE_CACHE_KIB: i64 = 1024;
+
+const PIPE_SQL: &str = include_str!("../../sql/pipe.sql");
+
+/// The statement under `-- name: NAME` in `sql/pipe.sql`. Every name the
+/// code asks for is checked by a unit test, so a missing one fails there.
+fn named(name: &str) -> &'static str {
+    let marker = format!("-- name: {name}\n");
+    let Some(start) = PIPE_SQL.find(&marker) else {
+        return "";
+    };
+    let body = &PIPE_SQL[start + marker.len()..];
+    body.split(';').next().unwrap_or("")
+}
+
+/// An error that names the database file.
+#[derive(Debug)]
+pub struct StoreError {
+    path: PathBuf,
+    what: String,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "database {}: {}", self.path.display(), self.what)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Identity of the file behind the path: a new inode means the operator
+/// replaced the file, and the open connection still reads the old one.
+/// Anything but a regular file (a FIFO would block the open for ever, a
+/// directory or device is no database) is refused before SQLite sees it.
+fn file_id(path: &Path) -> Result<(u64, u64), String> {
+    let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let t = m.file_type();
+    let kind = match () {
+        _ if t.is_file() => return Ok((m.dev(), m.ino())),
+        _ if t.is_dir() => "a directory",
+        _ if t.is_fifo() => "a FIFO",
+        _ if t.is_socket() => "a socket",
+        _ if t.is_block_device() || t.is_char_device() => "a device",
+        _ => "not a regular file",
+    };
+    Err(format!("{kind}, not a database file"))
+}
+
+/// What the store did, for CMD `status` and the scale tests.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct StoreStats {
+    /// The zones were re-read (held whole) or dropped (per name).
+    pub zone_loads: u64,
+    /// The readings were re-read.
+    pub reading_loads: u64,
+    /// Names read from the database one at a time (per-name mode).
+    pub name_reads: u64,
+    /// Questions that could not be read from the database and were FAILed.
+    pub read_failures: u64,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Connection,
+    file: (u64, u64),
+    data_version: i64,
+    /// The `ha_changes` zones counter the zones were read at; `None` when
+    /// the database has no such table.
+    zones_version: Option<i64>,
+    zones: Zones,
+    /// A zone read for one AXFR when the database is not held whole.
+    axfr: Zones,
+    /// Asked names, lower-cased for the per-name query.
+    name_buf: String,
+    /// The readings in SQLite.
+    base: Metrics,
+    /// `base` with memcached's newer readings laid over it: what answers.
+    metrics: Metrics,
+    cache: Option<Cache>,
+    /// The readings last fetched from memcached.
+    overlay: Vec<Reading>,
+    next_fetch: Instant,
+    /// Rows left out of the whole index; their reasons are logged again
+    /// only when this changes, not on every reload.
+    skipped: usize,
+    loaded_at: Instant,
+    next_check: Instant,
+    /// Set while the database cannot be read: when the error was last
+    /// logged and how many checks failed since.
+    failing: Option<(Instant, u64)>,
+    stats: StoreStats,
+}
+
+impl Store {
+    /// Opens the database and loads it; any failure here is fatal to the
+    /// caller, because there is nothing earlier to fall back on.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |what: String| StoreError {
+            path: path.to_owned(),
+            what,
+        };
+        let file = file_id(path).map_err(err)?;
+        let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
+        let loaded = load(&conn, true).map_err(|e| match e.contains("no such table") {
+            true => err(format!(
+                "{e} (not a PowerDNS database; create one with pdns-ha init)"
+            )),
+            false => err(e),
+        })?;
+        conn.busy_timeout(Duration::ZERO)
+            .map_err(|e| err(e.to_string()))?;
+        let now = Instant::now();
+        let mut store = Self {
+            path: path.to_owned(),
+            conn,
+            file,
+            data_version: loaded.data_version,
+            zones_version: None,
+            zones: Zones::default(),
+            axfr: Zones::default(),
+            name_buf: String::new(),
+            base: Metrics::default(),
+            metrics: Metrics::default(),
+            cache: None,
+            overlay: Vec::new(),
+            next_fetch: now,
+            skipped: usize::MAX,
+            loaded_at: now,
+            next_check: now + CHECK_EVERY,
+            failing: None,
+            stats: StoreStats::default(),
+        };
+        store.install(loaded, now);
+        Ok(store)
+    }
+
+    pub fn zones(&self) -> &Zones {
+        &self.zones
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the zones were last read (or, per name, last dropped).
+    pub fn loaded_at(&self) -> Instant {
+        self.loaded_at
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    /// Makes sure `zones()` can answer for `qname`: held whole it always
+    /// can; per name, a name not cached yet is read now, one indexed query.
+    /// An error means the database could not be read for it (the caller
+    /// answers FAIL: pdns must not cache "no such name" for an outage).
+    pub fn prepare(&mut self, qname: &str) -> Result<(), String> {
+        if self.zones.knows(qname) {
+            return Ok(());
+        }
+        self.stats.name_reads += 1;
+        self.name_buf.clear();
+        self.name_buf
+            .push_str(qname.strip_suffix('.').unwrap_or(qname));
+        self.name_buf.make_ascii_lowercase();
+        let first = self.zones.start_name();
+        let mut skipped = Vec::new();
+        let mut read = || -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare_cached(named("records_named"))?;
+            let mut rows = stmt.query([&self.name_buf])?;
+            while let Some(r) = rows.next()? {
+                let row = read_row(r)?;
+                let apex = is_apex(row.name, r.get_ref(7)?.as_str()?);
+                if let Err(why) = self.zones.push_row(&row, apex) {
+                    let what = format!("{} {} {:?}", row.name, row.rtype, row.content);
+                    skipped.push(skip_reason(&what, &why));
+                }
+            }
+            Ok(())
+        };
+        let result = read().map_err(|e| e.to_string());
+        match result {
+            Ok(()) => self.zones.finish_name(&self.name_buf, first),
+            Err(_) => self.zones.abort_name(first),
+        }
+        // Logged once per name while it stays cached.
+        for why in skipped {
+            warn!("not served: record {why}");
+        }
+        if let Err(e) = &result {
+            self.stats.read_failures += 1;
+            self.report(Instant::now(), e);
+        }
+        result
+    }
+
+    /// The records of a zone for AXFR, by id or (ABI 4+) by name: from the
+    /// index when held whole, else read now. `None`: no such zone.
+    pub fn zone_for_axfr(&mut self, id: i64, zone: Option<&str>) -> Result<&Zones, String> {
+        if self.zones.is_whole() {
+            return Ok(&self.zones);
+        }
+        let read = || -> rusqlite::Result<Zones> {
+            let mut b = Builder::default();
+            let by_id = self
+                .conn
+                .prepare_cached(named("domain_by_id"))?
+                .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()?;
+            let domain = match (by_id, zone) {
+                (Some(d), _) => Some(d),
+                (None, Some(z)) => self
+                    .conn
+                    .prepare_cached(named("domain_by_name"))?
+                    .query_row([z.strip_suffix('.').unwrap_or(z)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?,
+                (None, None) => None,
+            };
+            let Some((id, name)) = domain else {
+                return Ok(b.finish());
+            };
+            b.domain(id, &name);
+            let mut stmt = self.conn.prepare_cached(named("zone_records"))?;
+            let mut rows = stmt.query([id])?;
+            while let Some(r) = rows.next()? {
+                // Unservable rows are logged when their names are asked.
+                let _ = b.record(&read_row(r)?);
+            }
+            Ok(b.finish())
+        };
+        self.axfr = read().map_err(|e| e.to_string())?;
+        Ok(&self.axfr)
+    }
+
+    /// Frees what `zone_for_axfr` read: a large zone is not kept for the
+    /// next AXFR, which may be hours away.
+    pub fn end_axfr(&mut self) {
+        if self.axfr.record_count() > 0 {
+            self.axfr = Zones::default();
+            give_back_memory(&self.conn);
+        }
+    }
+
+    /// Re-reads what changed, at most every `CHECK_EVERY`. Never fails: on
+    /// error what is held stays and answers.
+    pub fn refresh(&mut self, now: Instant) {
+        if self.cache.is_some() && now >= self.next_fetch {
+            self.fetch(now);
+        }
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + CHECK_EVERY;
+        match self.check(now) {
+            Ok(()) => {
+                if let Some((_, n)) = self.failing.take() {
+                    // At the outage's level, so whoever saw it start sees it end.
+                    warn!(
+                        "database {} readable again after {n} failed checks",
+                        self.path.display()
+                    );
+                }
+            }
+            Err(what) => self.report(now, &what),
+        }
+    }
+
+    /// Reads shared readings from memcached from now on, the first batch
+    /// at once.
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
+        self.fetch(Instant::now());
+        self
+    }
+
+    /// Fetches every reading the answers could use: health and load per
+    /// target, latency per target from each known network and from `*`.
+    fn fetch(&mut self, now: Instant) {
+        self.next_fetch = now + FETCH_EVERY;
+        let Some(cache) = &mut self.cache else { return };
+        let p = &cache.prefix;
+        let mut keys = Vec::new();
+        let networks = self
+            .base
+            .networks()
+            .iter()
+            .map(|n| &*n.cidr)
+            .chain([ANY_NETWORK]);
+        for t in self.base.targets() {
+            keys.push(health_key(p, t));
+            keys.push(load_key(p, t));
+        }
+        for n in networks {
+            keys.extend(self.base.targets().iter().map(|t| latency_key(p, n, t)));
+        }
+        self.overlay = cache.fetch(&keys);
+        self.rebuild();
+    }
+
+    fn rebuild(&mut self) {
+        self.metrics = self.base.clone();
+        for r in &self.overlay {
+            self.metrics.overlay(r);
+        }
+    }
+
+    /// Forces a full re-read at the next `refresh` (CMD `reload`).
+    pub fn expire(&mut self) {
+        self.data_version = i64::MIN;
+        self.zones_version = None;
+        self.next_check = Instant::now();
+    }
+
+    fn check(&mut self, now: Instant) -> Result<(), String> {
+        let file = file_id(&self.path)?;
+        if file != self.file {
+            let conn = open_read_only(&self.path, Duration::ZERO)?;
+            let loaded = load(&conn, true)?;
+            info!("database {} was replaced; reopened it", self.path.display());
+            (self.conn, self.file) = (conn, file);
+            self.install(loaded, now);
+            return Ok(());
+        }
+        if data_version(&self.conn)? != self.data_version {
+            let zones_changed = self.zones_version.is_none()
+                || zones_version(&self.conn).map_err(|e| e.to_string())? != self.zones_version;
+            let loaded = load(&self.conn, zones_changed)?;
+            self.install(loaded, now);
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, loaded: Loaded, now: Instant) {
+        if let Some(zones) = loaded.zones {
+            match zones.is_whole() {
+                true => info!(
+                    "loaded {}: {} zones, {} records, held whole",
+                    self.path.display(),
+                    zones.zone_count(),
+                    zones.record_count()
+                ),
+                false => info!(
+                    "opened {}: over {WHOLE_LIMIT} records, read per name as asked",
+                    self.path.display()
+                ),
+            }
+            if loaded.skipped.len() != self.skipped {
+                for why in &loaded.skipped {
+                    warn!("not served: {why}");
+                }
+            }
+            self.skipped = loaded.skipped.len();
+            self.zones = zones;
+            self.zones_version = loaded.zones_version;
+            self.loaded_at = now;
+            self.stats.zone_loads += 1;
+        }
+        self.data_version = loaded.data_version;
+        self.base = loaded.metrics;
+        self.stats.reading_loads += 1;
+        self.rebuild();
+        give_back_memory(&self.conn);
+    }
+
+    fn report(&mut self, now: Instant, what: &str) {
+        let (last, n) = self.failing.get_or_insert((now, 0));
+        *n += 1;
+        if *n == 1 || now.duration_since(*last) >= ERROR_LOG_EVERY {
+            let held = match self.zones.is_whole() {
+                true => format!(
+                    "the copy loaded {:.0?} ago",
+                    now.duration_since(self.loaded_at)
+                ),
+                false => format!("the {} names cached", self.zones.name_count()),
+            };
+            error!(
+                "database {}: {what}; answering from {held} ({n} failed checks)",
+                self.path.display(),
+            );
+            *last = now;
+        }
+    }
+}
+
+/// Loading allocates and frees: SQLite's page cache fills with the pages
+/// read, and the heap keeps its high-water mark. Four or more pipe
+/// processes each keep that private, so it goes back after every load.
+fn give_back_memory(conn: &Connection) {
+    let _ = conn.execute_batch("PRAGMA shrink_memory");
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+    conn.busy_timeout(busy).map_err(|e| e.to_string())?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{PAGE_CACHE_KIB}"))
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+fn data_version(conn: &Connection) -> Result<i64, String> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+/// The zones change counter, `None` on a database without `ha_changes`.
+fn zones_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    if !table_exists(conn, "ha_changes")? {
+        return Ok(None);
+    }
+    conn.prepare_cached(named("zones_version"))?
+        .query_row([], |r| r.get(0))
+        .optional()
+}
+
+fn table_exists(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+    )?
+    .query_row([table], |r| r.get(0))
+}
+
+/// A record row in the shape every record statement of `sql/pipe.sql` has.
+fn read_row<'r>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<Row<'r>> {
+    Ok(Row {
+        name: r.get_ref(0)?.as_str()?,
+        rtype: r.get_ref(1)?.as_str()?,
+        content: r.get_ref(2)?.as_str_or_null()?.unwrap_or(""),
+        ttl: r.get(3)?,
+        prio: r.get(4)?,
+        domain_id: r.get(5)?,
+        auth: r.get(6)?,
+    })
+}
+
+/// Why a record is not served, short: a 10 MB TXT must not make a 10 MB
+/// log line on every start.
+fn skip_reason(what: &str, why: &Skip) -> String {
+    let what: String = what.escape_debug().take(200).collect();
+    match why {
+        Skip::Unservable => format!("{what}: a TAB or line break cannot be sent to pdns"),
+        Skip::NoPriority => format!("{what}: MX/SRV without a priority"),
+    }
+}
+
+struct Loaded {
+    /// `None`: the zones did not change, only the readings were read.
+    zones: Option<Zones>,
+    zones_version: Option<i64>,
+    metrics: Metrics,
+    data_version: i64,
+    /// Why rows were left out, one line each.
+    skipped: Vec<String>,
+}
+
+/// Reads the readings, and the zones too when `zones` says they changed,
+/// in one read transaction, so what is installed never mixes two versions
+/// of the database. A row that cannot be served is left out with a reason;
+/// it never stops the rest from loading.
+fn load(conn: &Connection, zones: bool) -> Result<Loaded, String> {
+    let run = || -> rusqlite::Result<Loaded> {
+        let tx = conn.unchecked_transaction()?;
+        let data_version = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let zones_version = zones_version(&tx)?;
+        let mut skipped = Vec::new();
+        let zones = match zones {
+            false => None,
+            true => Some(load_zones(&tx, &mut skipped)?),
+        };
+        Ok(Loaded {
+            metrics: load_metrics(&tx, &mut skipped)?,
+            zones,
+            zones_version,
+            data_version,
+            skipped,
+        })
+    };
+    run().map_err(|e| e.to_string())
+}
+
+/// Every record when there are at most `WHOLE_LIMIT`, else an empty
+/// per-name cache (what was cached before may be stale now).
+fn load_zones(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Zones> {
+    let limit = i64::try_from(WHOLE_LIMIT + 1).unwrap_or(i64::MAX);
+    let count: i64 = tx
+        .prepare_cached(named("records_at_most"))?
+        .query_row([limit], |r| r.get(0))?;
+    if count > WHOLE_LIMIT as i64 {
+        // The domains table is still read, so a database that is not
+        // pdns's fails here at start-up rather than at the first question.
+        tx.prepare_cached(named("domains"))?.exists([])?;
+        return Ok(Zones::per_name());
+    }
+    let mut b = Builder::default();
+    let mut stmt = tx.prepare_cached(named("domains"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        match (r.get(0), r.get_ref(1)?.as_str()) {
+            (Ok(id), Ok(name)) => b.domain(id, name),
+            _ => skipped.push("a domains row whose id or name is not readable".to_owned()),
+        }
+    }
+    drop(rows);
+    let mut stmt = tx.prepare_cached(named("records"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        match read_row(r) {
+            Err(e) => skipped.push(format!("a records row is not readable ({e})")),
+            Ok(row) => {
+                if let Err(why) = b.record(&row) {
+                    let what = format!("{} {} {:?}", row.name, row.rtype, row.content);
+                    skipped.push(format!("record {}", skip_reason(&what, &why)));
+                }
+            }
+        }
+    }
+    Ok(b.finish())
+}
+
+/// Reads the `ha_` tables. A row with a value of the wrong type or out of
+/// range is left out with a reason, like a bad record.
+fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Metrics> {
+    let mut m = Metrics::default();
+    each_row(tx, "ha_networks", "networks", skipped, |r| {
+        m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)
+    })?;
+    each_row(tx, "ha_targets", "targets", skipped, |r| {
+        m.add_target(&col::<String>(r, 0)?);
+        Ok(())
+    })?;
+    each_row(tx, "ha_targets", "capacity", skipped, |r| {
+        m.add_capacity(&col::<String>(r, 0)?, count(r, 1)?);
+        Ok(())
+    })?;
+    each_row(tx, "ha_health", "health", skipped, |r| {
+        m.add_health(
+            &col::<String>(r, 0)?,
+            Health {
+                up: col(r, 1)?,
+                updated: col(r, 2)?,
+            },
+        );
+        Ok(())
+    })?;
+    each_row(tx, "ha_load", "load", skipped, |r| {
+        let max_sessions = match col::<Option<i64>>(r, 2)? {
+            Some(_) => Some(count(r, 2)?),
+            None => None,
+        };
+        let l = Load {
+            sessions: count(r, 1)?,
+            max_sessions,
+            updated: col(r, 3)?,
+        };
+        m.add_load(&col::<String>(r, 0)?, l);
+        Ok(())
+    })?;
+    each_row(tx, "ha_latency", "latency", skipped, |r| {
+        let l = Latency {
+            ewma_ms: col(r, 2)?,
+            mean_ms: col(r, 3)?,
+            samples: u64::from(count(r, 4)?),
+            updated: col(r, 5)?,
+        };
+        m.add_latency(&col::<String>(r, 0)?, &col::<String>(r, 1)?, l);
+        Ok(())
+    })?;
+    Ok(m.finish())
+}
+
+/// Runs the statement named `statement`, over `table`, if the table
+/// exists, handing each row to `f`; rows `f` rejects are listed in
+/// `skipped`.
+fn each_row(
+    tx: &Connection,
+    table: &str,
+    statement: &str,
+    skipped: &mut Vec<String>,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
+) -> rusqlite::Result<()> {
+    if !table_exists(tx, table)? {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(named(statement))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        if let Err(why) = f(r) {
+            skipped.push(format!("a row of {table}: {why}"));
+        }
+    }
+    Ok(())
+}
+
+fn col<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, i: usize) -> Result<T, String> {
+    r.get(i).map_err(|e| e.to_string())
+}
+
+/// A column holding a count: sessions, capacity, samples.
+fn count(r: &rusqlite::Row<'_>, i: usize) -> Result<u32, String> {
+    let n: i64 = col(r, i)?;
+    u32::try_from(n).map_err(|_| format!("column {i} is {n}, out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement the code names exists and compiles against the
+    /// schema `init` creates.
+    #[test]
+    fn every_named_statement_prepares() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../../sql/schema.sql"))
+            .unwrap();
+        for name in [
+            "zones_version",
+            "records_at_most",
+            "domains",
+            "records",
+            "records_named",
+            "domain_by_id",
+            "domain_by_name",
+            "zone_records",
+            "networks",
+            "targets",
+            "capacity",
+            "health",
+            "load",
+            "latency",
+        ] {
+            let sql = named(name);
+            assert!(sql.contains("SELECT"), "no statement named {name}");
+            conn.prepare(sql).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(named("no_such_statement"), "");
+    }
+}

@@ -1,0 +1,9 @@
+//! Soft state: health, load and latency readings. Types and their text form
+//! in [`reading`], the pipe's lookup index in [`index`], memcached transport
+//! in [`memcached`], and the SQLite (plus memcached) [`writer`] that
+//! `monitor` and `metric` use.
+
+pub mod index;
+pub mod memcached;
+pub mod reading;
+pub mod writer;

@@ -1,0 +1,265 @@
+//! Soft-state readings (health, load, latency) as every part of pdns-ha
+//! passes them around: the monitor and `metric` write them, memcached
+//! carries them, the pipe's index holds them. Their text form in memcached
+//! is defined here, next to the types, so that writer and reader agree.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Health {
+    pub up: bool,
+    pub updated: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    pub sessions: u32,
+    /// Capacity reported with the reading (FreeSWITCH's max-sessions).
+    pub max_sessions: Option<u32>,
+    pub updated: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Short-term EWMA: what ranking uses, so a target that slows down
+    /// drops within a few samples.
+    pub ewma_ms: f64,
+    /// Long-run mean, shown by `status`.
+    pub mean_ms: f64,
+    pub samples: u64,
+    pub updated: f64,
+}
+
+/// Network key for samples measured from the monitor's own host, which
+/// stand in for networks that have none of their own.
+pub const ANY_NETWORK: &str = "*";
+
+/// Now in Unix seconds, the clock every reading's `updated` is on.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Targets are keyed as records name them: host names lowercase without
+/// the trailing dot, addresses in canonical form (as `zone` stores A/AAAA
+/// content), so `2001:DB8:0::1` in `ha_targets` matches `2001:db8::1`.
+pub fn target_key(name: &str) -> String {
+    let name = name.trim();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.to_ascii_lowercase(),
+    }
+}
+
+/// One reading as it travels through memcached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    Health {
+        target: String,
+        h: Health,
+    },
+    /// `load: None`: the load became unknown at `updated` (the source could
+    /// not be read), which must override older readings elsewhere.
+    Load {
+        target: String,
+        load: Option<Load>,
+        updated: f64,
+    },
+    Latency {
+        network: String,
+        target: String,
+        l: Latency,
+        timeouts: u64,
+    },
+}
+
+impl Reading {
+    pub fn key(&self, prefix: &str) -> String {
+        match self {
+            Self::Health { target, .. } => health_key(prefix, target),
+            Self::Load { target, .. } => load_key(prefix, target),
+            Self::Latency {
+                network, target, ..
+            } => latency_key(prefix, network, target),
+        }
+    }
+
+    pub fn value(&self) -> String {
+        match self {
+            Self::Health { h, .. } => format!("{} {}", u8::from(h.up), h.updated),
+            Self::Load { load: Some(l), .. } => {
+                let max = l.max_sessions.map_or("-".to_owned(), |m| m.to_string());
+                format!("{} {max} {}", l.sessions, l.updated)
+            }
+            Self::Load {
+                load: None,
+                updated,
+                ..
+            } => format!("- - {updated}"),
+            Self::Latency { l, timeouts, .. } => {
+                format!(
+                    "{} {} {} {timeouts} {}",
+                    l.ewma_ms, l.mean_ms, l.samples, l.updated
+                )
+            }
+        }
+    }
+
+    /// Parses a value fetched for `key`; `None` for anything malformed,
+    /// which then simply counts as a miss.
+    pub fn parse(prefix: &str, key: &str, value: &str) -> Option<Self> {
+        let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
+        let f: Vec<&str> = value.split(' ').collect();
+        let num = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+        let int = |s: &str| s.parse::<u32>().ok();
+        if let Some(target) = rest.strip_prefix("health:") {
+            let [up, updated] = f[..] else { return None };
+            let up = match up {
+                "1" => true,
+                "0" => false,
+                _ => return None,
+            };
+            return Some(Self::Health {
+                target: target.into(),
+                h: Health {
+                    up,
+                    updated: num(updated)?,
+                },
+            });
+        }
+        if let Some(target) = rest.strip_prefix("load:") {
+            let [sessions, max, updated] = f[..] else {
+                return None;
+            };
+            let updated = num(updated)?;
+            let load = match (sessions, max) {
+                ("-", "-") => None,
+                (s, "-") => Some(Load {
+                    sessions: int(s)?,
+                    max_sessions: None,
+                    updated,
+                }),
+                (s, m) => Some(Load {
+                    sessions: int(s)?,
+                    max_sessions: Some(int(m)?),
+                    updated,
+                }),
+            };
+            return Some(Self::Load {
+                target: target.into(),
+                load,
+                updated,
+            });
+        }
+        // `|` appears in no CIDR, host name or address, unlike `:`.
+        let (network, target) = rest.strip_prefix("latency:")?.split_once('|')?;
+        let [ewma, mean, samples, timeouts, updated] = f[..] else {
+            return None;
+        };
+        let l = Latency {
+            ewma_ms: num(ewma)?,
+            mean_ms: num(mean)?,
+            samples: samples.parse().ok()?,
+            updated: num(updated)?,
+        };
+        Some(Self::Latency {
+            network: network.into(),
+            target: target.into(),
+            l,
+            timeouts: timeouts.parse().ok()?,
+        })
+    }
+}
+
+pub fn health_key(prefix: &str, target: &str) -> String {
+    format!("{prefix}:health:{target}")
+}
+
+pub fn load_key(prefix: &str, target: &str) -> String {
+    format!("{prefix}:load:{target}")
+}
+
+pub fn latency_key(prefix: &str, network: &str, target: &str) -> String {
+    format!("{prefix}:latency:{network}|{target}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_round_trip() {
+        let readings = [
+            Reading::Health {
+                target: "sip1.example.com".into(),
+                h: Health {
+                    up: false,
+                    updated: 1.5,
+                },
+            },
+            Reading::Load {
+                target: "sip1.example.com".into(),
+                load: Some(Load {
+                    sessions: 42,
+                    max_sessions: Some(1000),
+                    updated: 2.0,
+                }),
+                updated: 2.0,
+            },
+            Reading::Load {
+                target: "sip2.example.com".into(),
+                load: Some(Load {
+                    sessions: 7,
+                    max_sessions: None,
+                    updated: 3.0,
+                }),
+                updated: 3.0,
+            },
+            Reading::Load {
+                target: "sip3.example.com".into(),
+                load: None,
+                updated: 4.0,
+            },
+            Reading::Latency {
+                network: "2001:db8::/48".into(),
+                target: "2001:db8::5".into(),
+                l: Latency {
+                    ewma_ms: 1.25,
+                    mean_ms: 2.5,
+                    samples: 9,
+                    updated: 5.0,
+                },
+                timeouts: 3,
+            },
+        ];
+        for r in readings {
+            let (key, value) = (r.key("p"), r.value());
+            assert_eq!(
+                Reading::parse("p", &key, &value),
+                Some(r),
+                "{key} = {value}"
+            );
+        }
+        assert_eq!(health_key("p", "a"), "p:health:a");
+    }
+
+    #[test]
+    fn malformed_values_are_misses() {
+        for (key, value) in [
+            ("p:health:a", "2 1.0"),
+            ("p:health:a", "1"),
+            ("p:load:a", "x - 1"),
+            ("p:load:a", "1 2 -5"),
+            ("p:latency:*|a", "1 2 3 4"),
+            ("p:latency:*|a", "nan 2 3 4 5"),
+            ("p:latency:*:a", "1 2 3 4 5"),
+            ("q:health:a", "1 1"),
+            ("p:other:a", "1 1"),
+        ] {
+            assert_eq!(Reading::parse("p", key, value), None, "{key} = {value}");
+        }
+    }
+}

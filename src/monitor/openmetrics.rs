@@ -16,11 +16,11 @@
 //!
 //! Why a hand-written HTTP server and not tiny_http (the well-kept crate for this): the
 //! monitor is the same binary as the pipe, and in a pipe process code is most of the
-//! resident memory (README, "Performance"), once per pdns thread. Release binary, same
-//! renderer and wiring in both: 1,465,264 bytes without metrics; 1,501,872 with this file
-//! (+36,608, renderer included); 1,615,664 with tiny_http 0.12 serving instead (+150,400:
-//! tiny_http, ascii, chunked_transfer, httpdate), i.e. 113,792 bytes (7.6 %) more for the
-//! crate. What is served is one read-only resource to a scraper on a trusted network:
+//! resident memory (README, "Performance"), once per pdns thread. Release binary (tree of
+//! 2026-11-27, before the library layout), same renderer and wiring in both: 1,465,264
+//! bytes without metrics; 1,501,872 with this file (+36,608, renderer included);
+//! 1,615,664 with tiny_http 0.12 serving instead (+150,400: tiny_http, ascii,
+//! chunked_transfer, httpdate), i.e. 113,792 bytes (7.6 %) more for the crate. What is served is one read-only resource to a scraper on a trusted network:
 //! GET or HEAD of `/metrics`, one request per connection, bounded reads and timeouts, one
 //! thread; nothing else of HTTP is needed, and the tests below cover what is.
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install test of the Debian package, as root on Debian 12 without systemd running:
+# Install test of the Debian package, as root on Debian 12 (made for a container, where no
+# systemd runs):
 # builds the .deb, installs it with apt-get, seeds the database with the shipped example,
 # starts pdns_server as user pdns with the shipped pdns.d snippet on a free loopback port,
 # runs the monitor unit's own ExecStart line as the unit's user, digs the live answer,

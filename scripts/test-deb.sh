@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install test of the Debian package, as root on Debian 12 (made for a container, where no
-# systemd runs):
-# builds the .deb, installs it with apt-get, seeds the database with the shipped example,
-# starts pdns_server as user pdns with the shipped pdns.d snippet on a free loopback port,
-# runs the monitor unit's own ExecStart line as the unit's user, digs the live answer,
-# then purges the package and checks that nothing it created is left but the database.
+# systemd runs): builds the .deb, installs it with apt-get, seeds the database with the
+# shipped example, starts pdns_server as user pdns with the shipped pdns.d snippet on a
+# free loopback port, runs the monitor unit's own ExecStart line as the unit's user, digs
+# the live answer, then purges the package and checks that nothing it created is left
+# but the database.
 # Called by .ci/run; locally a missing prerequisite skips with a message (fails under CI).
 set -euo pipefail
 

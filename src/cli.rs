@@ -500,5 +500,14 @@ mod tests {
                 up_after: 2
             }
         );
+        assert_eq!(m.metrics_listen, None);
+        let Ok(Command::Monitor(m)) = p("monitor --db d --metrics-listen [::1]:9771") else {
+            panic!()
+        };
+        assert_eq!(m.metrics_listen, Some("[::1]:9771".parse().unwrap()));
+        // An address, not a name: the listener binds it as given.
+        assert!(p("monitor --db d --metrics-listen localhost:9771")
+            .unwrap_err()
+            .contains("--metrics-listen needs ADDR:PORT, got \"localhost:9771\""));
     }
 }

@@ -1,0 +1,1 @@
+//! Per-network statistics over caller round trips (work in progress).

@@ -1,0 +1,1 @@
+//! Kamailio registrar keepalives: per-contact round trips from `ul.dump` (work in progress).

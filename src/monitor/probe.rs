@@ -256,6 +256,14 @@ pub(crate) fn printable(bytes: &[u8], max: usize) -> String {
 /// without unescaping, which is fine for the plain ASCII keys we look up.
 pub(crate) fn json_lookup<'t>(text: &'t str, path: &[&str]) -> Option<&'t str> {
     let b = text.as_bytes();
+    let pos = value_at(text, path)?;
+    let end = skip_value(b, pos)?;
+    Some(&text[pos..end])
+}
+
+/// Where the value at `path` starts, without skipping over it.
+fn value_at(text: &str, path: &[&str]) -> Option<usize> {
+    let b = text.as_bytes();
     let mut pos = skip_ws(b, 0);
     for key in path {
         if b.get(pos) != Some(&b'{') {
@@ -283,8 +291,7 @@ pub(crate) fn json_lookup<'t>(text: &'t str, path: &[&str]) -> Option<&'t str> {
             pos = skip_ws(b, pos + 1);
         }
     }
-    let end = skip_value(b, pos)?;
-    Some(&text[pos..end])
+    Some(pos)
 }
 
 /// The JSON number at `path` if it is a non-negative integer that fits in `u32`.
@@ -298,6 +305,66 @@ pub(crate) fn json_str<'t>(text: &'t str, path: &[&str]) -> Option<&'t str> {
     raw.strip_prefix('"')?.strip_suffix('"')
 }
 
+/// The raw text of each element of the JSON array at `path` (`&[]`: `text` itself), or `None`
+/// if there is no well-formed array there. One pass over the array; the elements are not
+/// validated beyond their extent, like everything else here.
+pub(crate) fn json_items<'t>(text: &'t str, path: &[&str]) -> Option<Vec<&'t str>> {
+    let b = text.as_bytes();
+    let mut pos = value_at(text, path)?;
+    if b.get(pos) != Some(&b'[') {
+        return None;
+    }
+    let mut items = Vec::new();
+    pos = skip_ws(b, pos + 1);
+    if b.get(pos) == Some(&b']') {
+        return Some(items);
+    }
+    loop {
+        let end = skip_value(b, pos)?;
+        items.push(&text[pos..end]);
+        pos = skip_ws(b, end);
+        match b.get(pos)? {
+            b',' => pos = skip_ws(b, pos + 1),
+            b']' => return Some(items),
+            _ => return None,
+        }
+    }
+}
+
+/// Calls `f(key, raw value)` for each member of the JSON object `text`, in one pass (keys
+/// still escaped). `None` if `text` is not a well-formed object at the top level.
+pub(crate) fn json_members<'t>(text: &'t str, mut f: impl FnMut(&'t str, &'t str)) -> Option<()> {
+    let b = text.as_bytes();
+    let mut pos = skip_ws(b, 0);
+    if b.get(pos) != Some(&b'{') {
+        return None;
+    }
+    pos = skip_ws(b, pos + 1);
+    if b.get(pos) == Some(&b'}') {
+        return Some(());
+    }
+    loop {
+        if b.get(pos) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(b, pos)?;
+        let key = &text[pos + 1..key_end - 1];
+        pos = skip_ws(b, key_end);
+        if b.get(pos) != Some(&b':') {
+            return None;
+        }
+        pos = skip_ws(b, pos + 1);
+        let end = skip_value(b, pos)?;
+        f(key, &text[pos..end]);
+        pos = skip_ws(b, end);
+        match b.get(pos)? {
+            b',' => pos = skip_ws(b, pos + 1),
+            b'}' => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
 fn skip_ws(b: &[u8], mut pos: usize) -> usize {
     while matches!(b.get(pos), Some(b' ' | b'\t' | b'\r' | b'\n')) {
         pos += 1;
@@ -309,10 +376,14 @@ fn skip_ws(b: &[u8], mut pos: usize) -> usize {
 fn skip_string(b: &[u8], mut pos: usize) -> Option<usize> {
     pos += 1;
     loop {
-        match b.get(pos)? {
+        // A tight search for the two bytes that matter; most of a document is string text.
+        pos += b
+            .get(pos..)?
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')?;
+        match b[pos] {
             b'"' => return Some(pos + 1),
-            b'\\' => pos += 2,
-            _ => pos += 1,
+            _ => pos += 2,
         }
     }
 }
@@ -411,6 +482,41 @@ mod tests {
         }
         let deep = format!("{{\"b\":{},\"a\":1}}", "[".repeat(100_000));
         assert_eq!(json_u32(&deep, &["a"]), None);
+    }
+
+    #[test]
+    fn json_items_splits_arrays() {
+        let doc = "{\"a\":\t[ {\"x\":[1,2]} ,\n\"s,]\" , 3 ],\"e\":[],\"n\":[1,,2],\"o\":{}}";
+        let items = json_items(doc, &["a"]).unwrap();
+        assert_eq!(items, ["{\"x\":[1,2]}", "\"s,]\"", "3"]);
+        assert_eq!(json_items(doc, &["e"]), Some(vec![]));
+        assert_eq!(json_items(doc, &["n"]), None);
+        assert_eq!(json_items(doc, &["o"]), None);
+        assert_eq!(json_items(doc, &["missing"]), None);
+        assert_eq!(json_items(" [1, 2]", &[]), Some(vec!["1", "2"]));
+        for bad in ["", "[", "[1", "[1,", "[1 2]", "[\"x]"] {
+            assert_eq!(json_items(bad, &[]), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn json_members_walks_one_object() {
+        let mut seen = Vec::new();
+        let doc = "{\"a\":\t1, \"b\\\"\": {\"c\":[2]},\n\"d\":\"x\"}";
+        assert_eq!(json_members(doc, |k, v| seen.push((k, v))), Some(()));
+        assert_eq!(seen, [("a", "1"), ("b\\\"", "{\"c\":[2]}"), ("d", "\"x\"")]);
+        assert_eq!(json_members("{}", |_, _| panic!()), Some(()));
+        for bad in [
+            "",
+            "[]",
+            "{",
+            "{\"a\"",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{\"a\":1 \"b\":2}",
+        ] {
+            assert_eq!(json_members(bad, |_, _| {}), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -91,12 +91,12 @@ pub fn parse(body: &str, now: f64, max_age: f64) -> Result<Dump, String> {
                 continue;
             };
             for c in contacts {
-                match json_lookup(c, &["Contact"]).map(|c| contact(c, now, max_age)) {
-                    Some(Ok(s)) => dump.samples.push(s),
-                    Some(Err(Skip::Expired)) => dump.skipped.expired += 1,
-                    Some(Err(Skip::Unanswered)) => dump.skipped.unanswered += 1,
-                    Some(Err(Skip::Stale)) => dump.skipped.stale += 1,
-                    Some(Err(Skip::Unusable)) | None => dump.skipped.unusable += 1,
+                match contact(c, now, max_age) {
+                    Ok(s) => dump.samples.push(s),
+                    Err(Skip::Expired) => dump.skipped.expired += 1,
+                    Err(Skip::Unanswered) => dump.skipped.unanswered += 1,
+                    Err(Skip::Stale) => dump.skipped.stale += 1,
+                    Err(Skip::Unusable) => dump.skipped.unusable += 1,
                 }
             }
         }
@@ -126,9 +126,10 @@ fn string(v: Option<&str>) -> Option<&str> {
     v?.strip_prefix('"')?.strip_suffix('"')
 }
 
+/// One element of a `Contacts` array: `{"Contact": {…}}`.
 fn contact(c: &str, now: f64, max_age: f64) -> Result<Sample, Skip> {
     let mut f = Fields::default();
-    json_members(c, |key, value| match key {
+    json_members(c, &["Contact"], |key, value| match key {
         "Address" => f.address = Some(value),
         "Received" => f.received = Some(value),
         "Expires" => f.expires = Some(value),

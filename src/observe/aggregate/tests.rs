@@ -1,8 +1,6 @@
 //! Grouping by network with the pipe's own longest-prefix lookup, robust medians, and what is
 //! dropped; plus the cost of a 10,000-caller round.
 
-use std::time::Instant;
-
 use super::*;
 use crate::abi::Subnet;
 use crate::metrics::Metrics;
@@ -143,14 +141,14 @@ fn ten_thousand_callers_cost() {
         caller: IpAddr::from([192, 0, 2, i as u8]),
         rtt_ms: 5.0,
     }));
-    let started = Instant::now();
+    let started = crate::observe::thread_cpu();
     let (out, dropped) = aggregate(
         &samples,
         |ip| m.network_for(Subnet::host(ip)).map(|n| &*n.cidr),
         &Policy::default(),
     );
-    let cost = started.elapsed();
-    eprintln!("aggregate of 11,000 samples: {cost:?}");
+    let cost = crate::observe::thread_cpu() - started;
+    eprintln!("aggregate of 11,000 samples: {cost:?} of CPU");
     assert_eq!(out.len(), 20);
     assert!(out.iter().all(|n| n.callers == 500));
     assert_eq!(dropped.unknown_network, 1000);

@@ -70,7 +70,7 @@ pub struct Dropped {
 }
 
 /// Groups `samples` by network. `network_of` is the longest-prefix lookup (the pipe's own,
-/// `Metrics::network_for`), returning the network's key. The result is sorted by network.
+/// `state::index::Metrics::network_for`), returning the network's key. The result is sorted by network.
 pub fn aggregate<'n>(
     samples: &[Sample],
     network_of: impl Fn(IpAddr) -> Option<&'n str>,

@@ -2,8 +2,8 @@
 //! dropped; plus the cost of a 10,000-caller round.
 
 use super::*;
-use crate::abi::Subnet;
-use crate::metrics::Metrics;
+use crate::dns::Subnet;
+use crate::state::index::Metrics;
 
 fn networks() -> Metrics {
     let mut m = Metrics::default();

@@ -11,6 +11,10 @@ mod keepalive;
 mod live;
 mod memcached;
 mod monitor;
+// Shared with the unit tests of src/observe/tcp_rtt.rs, which also change the delays.
+#[allow(dead_code)]
+mod netns;
+mod observe;
 mod pdns;
 mod reliability;
 mod scale;

@@ -51,6 +51,28 @@ pub struct MonitorOptions {
     pub cache: Option<CacheOptions>,
 }
 
+/// `pdns-ha observe`: round trips one SIP server sees, grouped by client network, written as
+/// latency readings for that server.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ObserveOptions {
+    pub db: PathBuf,
+    /// The `ha_targets` row these round trips are latency to.
+    pub target: String,
+    /// Kamailio JSON-RPC URL for `ul.dump` (registrar keepalives).
+    pub kamailio: Option<String>,
+    /// Local ports whose established TCP connections are read (the kernel's RTT).
+    pub tcp_ports: Vec<u16>,
+    pub interval: Secs,
+    /// For the JSON-RPC call: `ul.dump` of 10,000 contacts takes Kamailio seconds.
+    pub timeout: Duration,
+    /// A keepalive or a TCP acknowledgement older than this is not a current round trip.
+    pub max_age: Secs,
+    /// A network with fewer distinct callers gets no reading.
+    pub min_callers: u32,
+    pub once: bool,
+    pub cache: Option<CacheOptions>,
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Metric {
     Latency {
@@ -77,6 +99,7 @@ pub enum Command {
         scripts: Vec<PathBuf>,
     },
     Monitor(MonitorOptions),
+    Observe(ObserveOptions),
     Metric {
         db: PathBuf,
         metric: Metric,

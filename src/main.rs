@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
 use pdns_ha::pipe::{backend, store};
 use pdns_ha::state::{memcached, writer};
-use pdns_ha::{cli, monitor, ops};
+use pdns_ha::{cli, monitor, observe, ops};
 
 fn main() -> ExitCode {
     init_logging();
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             qtype,
         }) => ops::report::explain(&opts, all, client, &qname, &qtype),
         Ok(Command::Monitor(opts)) => monitor::run(&opts),
+        Ok(Command::Observe(opts)) => observe::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

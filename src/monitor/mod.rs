@@ -166,10 +166,10 @@ fn poll(targets: &[Target], timeout: Duration) -> Vec<Reading> {
 /// Per-target problems already logged, so a dead target is reported when
 /// it breaks and when it heals, not every round.
 #[derive(Default)]
-struct Reported(HashMap<(String, &'static str), String>);
+pub(crate) struct Reported(HashMap<(String, &'static str), String>);
 
 impl Reported {
-    fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
+    pub(crate) fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
         let key = (target.to_owned(), what);
         if self.0.get(&key).map(String::as_str) != Some(msg) {
             warn!("{target}: {what}: {msg}");
@@ -177,7 +177,7 @@ impl Reported {
         }
     }
 
-    fn fine(&mut self, target: &str, what: &'static str) {
+    pub(crate) fn fine(&mut self, target: &str, what: &'static str) {
         if self.0.remove(&(target.to_owned(), what)).is_some() {
             info!("{target}: {what} works again");
         }

@@ -463,6 +463,20 @@ fn observe_montreal_and_vancouver_end_to_end() {
     let pdns = Pdns::options(Backend::Pipe { command, abi: 3 })
         .setting("edns-subnet-processing", "yes")
         .start();
+    // What an operator sees (printed for the README walkthrough).
+    let status = Command::new(BIN)
+        .args(["status", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ pdns-ha status\n{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    for net in ["127.1.0.0/16", "127.2.0.0/16"] {
+        let r = pdns.dig(&[&format!("+subnet={net}"), SRV, "SRV"]);
+        eprintln!("$ dig +subnet={net} {SRV} SRV\n{}", r.normalized());
+    }
     let scope = |net: &str| Some(format!("{net}/16"));
     assert_eq!(
         answers(&pdns),

@@ -86,7 +86,9 @@ pub(crate) fn call(
     );
     d.write_all(&mut stream, request.as_bytes(), "sending the request")?;
     let reply = read_reply(&d, &mut stream, max_body)?;
-    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    // Without a copy when it is valid UTF-8, as Kamailio's JSON is.
+    let body = String::from_utf8(reply.body)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
 
     // A JSON-RPC error explains a non-200 status better than the status does.
     if json_lookup(&body, &["error"]).is_some() {
@@ -222,15 +224,18 @@ fn read_reply(d: &Deadline, stream: &mut TcpStream, max_body: usize) -> Result<R
             return Err(protocol(format!("body of {len} bytes exceeds {max_body}")));
         }
         // Kamailio leaves the connection open: stop at Content-Length, never wait for EOF.
+        // Read straight into place: an `ul.dump` reply can be megabytes.
         Some(len) => {
-            while body.len() < len {
-                let n = d.read(stream, &mut chunk, "reading the http body")?;
+            let mut filled = body.len().min(len);
+            body.resize(len.max(body.len()), 0);
+            while filled < len {
+                let n = d.read(stream, &mut body[filled..len], "reading the http body")?;
                 if n == 0 {
                     return Err(d.err(ProbeErrorKind::Closed {
                         during: "reading the http body",
                     }));
                 }
-                body.extend_from_slice(&chunk[..n]);
+                filled += n;
             }
             body.truncate(len);
         }

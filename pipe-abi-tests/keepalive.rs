@@ -24,7 +24,7 @@ const PHONES: [[&str; 3]; 2] = [
     ["127.2.0.11", "127.2.0.12", "127.2.0.13"],
 ];
 const NEAR: Duration = Duration::from_millis(5);
-const FAR: Duration = Duration::from_millis(30);
+const FAR: Duration = Duration::from_millis(50);
 
 /// A Kamailio registrar on free ports: (server, SIP over UDP, JSON-RPC over HTTP).
 pub fn start_registrar(dir: &Path, name: &'static str) -> (Server, SocketAddr, u16) {
@@ -147,22 +147,59 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Per network (index into PHONES): the round trips of its phones, once every phone has
-/// answered a keepalive at or after `since` (Unix seconds).
-fn round_trips(rpc_port: u16, since: u64) -> Option<[Vec<f64>; 2]> {
-    let dump = rpc(rpc_port, "ul.dump")?;
-    let c = contacts(&dump);
-    let mut out = [Vec::new(), Vec::new()];
-    for (net, phones) in PHONES.iter().enumerate() {
-        for ip in phones {
-            let (_, ms, last) = c.iter().find(|(h, _, _)| h == ip)?;
-            if *ms <= 0.0 || *last < since {
-                return None;
-            }
-            out[net].push(*ms);
+/// One phone's keepalives as seen: (Last-Keepalive, ms), oldest first.
+type Answers = Vec<(u64, f64)>;
+
+/// Keepalive round trips per server and phone, one per keepalive answered (a new
+/// `Last-Keepalive`) at or after `since`.
+struct Series {
+    since: u64,
+    /// [server][network][phone].
+    seen: [[[Answers; 3]; 2]; 2],
+}
+
+impl Series {
+    fn new(since: u64) -> Series {
+        Series {
+            since,
+            seen: Default::default(),
         }
     }
-    Some(out)
+
+    fn read(&mut self, server: usize, rpc_port: u16) {
+        let Some(dump) = rpc(rpc_port, "ul.dump") else {
+            return;
+        };
+        let c = contacts(&dump);
+        for (net, phones) in PHONES.iter().enumerate() {
+            for (i, ip) in phones.iter().enumerate() {
+                let Some((_, ms, last)) = c.iter().find(|(h, _, _)| h == ip) else {
+                    continue;
+                };
+                let v = &mut self.seen[server][net][i];
+                if *ms > 0.0 && *last >= self.since && v.last().is_none_or(|(l, _)| l != last) {
+                    v.push((*last, *ms));
+                }
+            }
+        }
+    }
+
+    /// Per server and network, each phone's smallest round trip over its first `n`
+    /// keepalives, once every phone has answered `n`. The smallest, because a busy machine
+    /// only ever adds to a round trip: at load 13 on 2 cores, single keepalives of every
+    /// phone at once came back 10 to 100 ms late.
+    fn least_of(&self, n: usize) -> Option<[[Vec<f64>; 2]; 2]> {
+        let mut out: [[Vec<f64>; 2]; 2] = Default::default();
+        for (server, nets) in self.seen.iter().enumerate() {
+            for (net, phones) in nets.iter().enumerate() {
+                for v in phones {
+                    let first = v.get(..n)?;
+                    out[server][net].push(first.iter().map(|x| x.1).fold(f64::MAX, f64::min));
+                }
+            }
+        }
+        Some(out)
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -176,6 +213,7 @@ fn keepalive_round_trips_follow_each_networks_distance() {
     if [require("kamailio"), require("sipp")].contains(&false) {
         return;
     }
+    let _alone = crate::util::timing_lock();
     // Declared first, so dropped last, after every process is gone.
     let scratch = TempDir::new("keepalive");
     let dir = scratch.path();
@@ -207,12 +245,14 @@ fn keepalive_round_trips_follow_each_networks_distance() {
         tails(&all)
     };
 
-    // Registration plus a keepalive round (timer_interval 1 s) or two.
-    let start = unix_now();
-    let first = poll(Duration::from_secs(15), || {
-        Some((round_trips(m_rpc, start)?, round_trips(v_rpc, start)?))
+    // Registration plus three keepalive rounds (timer_interval 1 s).
+    let mut series = Series::new(unix_now());
+    let first = poll(Duration::from_secs(20), || {
+        series.read(0, m_rpc);
+        series.read(1, v_rpc);
+        series.least_of(3)
     });
-    let (m, v) = first.unwrap_or_else(|| {
+    let [m, v] = first.unwrap_or_else(|| {
         panic!(
             "no keepalive round trips: {:?} {:?}\n{}",
             rpc(m_rpc, "ul.dump").map(|d| contacts(&d)),
@@ -222,9 +262,9 @@ fn keepalive_round_trips_follow_each_networks_distance() {
     });
     eprintln!("montreal: 127.1/16 {:?} ms, 127.2/16 {:?} ms", m[0], m[1]);
     eprintln!("vancouver: 127.1/16 {:?} ms, 127.2/16 {:?} ms", v[0], v[1]);
-    // 2 x 5 ms and 2 x 30 ms of delay, plus the stacks and a busy machine.
-    let near = |ms: f64| (9.5..40.0).contains(&ms);
-    let far = |ms: f64| (59.5..150.0).contains(&ms);
+    // 2 x 5 ms and 2 x 50 ms of delay, plus the stacks.
+    let near = |ms: f64| (9.5..30.0).contains(&ms);
+    let far = |ms: f64| (99.5..130.0).contains(&ms);
     assert!(near(median(&m[0])) && far(median(&m[1])), "montreal {m:?}");
     assert!(far(median(&v[0])) && near(median(&v[1])), "vancouver {v:?}");
 
@@ -234,9 +274,11 @@ fn keepalive_round_trips_follow_each_networks_distance() {
     relays[1][0].set(NEAR);
     relays[1][1].set(FAR);
     let swapped_at = Instant::now();
-    let since = unix_now() + 1;
-    let swapped = poll(Duration::from_secs(15), || {
-        let (m, v) = (round_trips(m_rpc, since)?, round_trips(v_rpc, since)?);
+    let mut series = Series::new(unix_now() + 1);
+    let swapped = poll(Duration::from_secs(20), || {
+        series.read(0, m_rpc);
+        series.read(1, v_rpc);
+        let [m, v] = series.least_of(2)?;
         let done = far(median(&m[0])) && near(median(&m[1]));
         let done = done && near(median(&v[0])) && far(median(&v[1]));
         done.then_some((m, v))

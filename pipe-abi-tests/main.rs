@@ -8,12 +8,18 @@ mod esl_standin;
 mod faults;
 mod golden;
 mod kamailio;
+mod keepalive;
 mod live;
 mod memcached;
 mod monitor;
+// Shared with the unit tests of src/observe/tcp_rtt.rs, which also change the delays.
+#[allow(dead_code)]
+mod netns;
+mod observe;
 mod openmetrics;
 mod pdns;
 mod reliability;
 mod scale;
 mod trust;
+mod udp_relay;
 mod util;

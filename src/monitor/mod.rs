@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::config::MonitorOptions;
-use crate::state::memcached::Cache;
+use crate::config::{CacheOptions, MonitorOptions};
 use crate::state::reading::{unix_now, ANY_NETWORK};
 use crate::state::writer::Writer;
 use crate::text::shown;
@@ -176,10 +175,10 @@ fn poll(targets: &[Target], timeout: Duration) -> Vec<Reading> {
 /// Per-target problems already logged, so a dead target is reported when
 /// it breaks and when it heals, not every round.
 #[derive(Default)]
-struct Reported(HashMap<(String, &'static str), String>);
+pub(crate) struct Reported(HashMap<(String, &'static str), String>);
 
 impl Reported {
-    fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
+    pub(crate) fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
         let key = (target.to_owned(), what);
         if self.0.get(&key).map(String::as_str) != Some(msg) {
             warn!("{}: {what}: {}", shown(target), shown(msg));
@@ -187,7 +186,7 @@ impl Reported {
         }
     }
 
-    fn fine(&mut self, target: &str, what: &'static str) {
+    pub(crate) fn fine(&mut self, target: &str, what: &'static str) {
         if self.0.remove(&(target.to_owned(), what)).is_some() {
             info!("{}: {what} works again", shown(target));
         }
@@ -265,11 +264,7 @@ fn write_round(
 }
 
 pub fn run(opts: &MonitorOptions) -> Result<(), String> {
-    let cache = opts
-        .cache
-        .as_ref()
-        .map(|c| Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref()))
-        .transpose()?;
+    let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
     let w = Writer::open(&opts.db, cache)?;
     let mut reported = Reported::default();
     let figures = Arc::new(Mutex::new(Figures::default()));

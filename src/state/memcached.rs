@@ -577,6 +577,26 @@ mod tests {
     }
 
     #[test]
+    fn readings_outlive_a_server_that_stops_answering() {
+        // Accepts and never answers: every exchange times out.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut cache = Cache::new(&addr, "p", 30).unwrap();
+        let k = "p:health:a".to_owned();
+        let kept = Reading::parse("p", &k, "0 1").unwrap();
+        cache.seen.insert(k.clone(), kept.clone());
+        let first = cache.fetch(std::slice::from_ref(&k));
+        assert_eq!(first, std::slice::from_ref(&kept));
+        assert!(!cache.servers[0].usable(Instant::now()), "in back-off");
+        assert_eq!(
+            cache.fetch(std::slice::from_ref(&k)),
+            [kept],
+            "still, while skipped"
+        );
+        drop(listener);
+    }
+
+    #[test]
     fn a_dead_server_costs_one_timeout_then_is_skipped() {
         let mut cache = Cache::new("127.0.0.1:1", "p", 30).unwrap();
         let keys = vec!["p:health:a".to_owned()];

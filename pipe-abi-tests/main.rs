@@ -1,6 +1,7 @@
 //! The pipe-abi integration-test binary: golden pipe transcripts, fault
 //! injection, and end-to-end runs under a real pdns_server.
 
+mod dnsdist;
 mod e2e;
 mod esl;
 mod esl_standin;
@@ -10,6 +11,7 @@ mod kamailio;
 mod live;
 mod memcached;
 mod monitor;
+mod openmetrics;
 mod pdns;
 mod reliability;
 mod scale;

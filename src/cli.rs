@@ -18,7 +18,7 @@ usage:
                  [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
-                  [--once] [--stale-after SECS] [MEMCACHED]
+                  [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
@@ -238,6 +238,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "down-after",
                     "up-after",
                     "stale-after",
+                    "metrics-listen",
                 ][..],
                 &MEMCACHED_FLAGS,
             ]
@@ -258,6 +259,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 },
                 once: f.has("once"),
                 cache: f.cache()?,
+                metrics_listen: f
+                    .get("metrics-listen")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| format!("--metrics-listen needs ADDR:PORT, got {v:?}"))
+                    })
+                    .transpose()?,
             }))
         }
         "metric" => parse_metric(rest),
@@ -551,5 +559,14 @@ mod tests {
                 up_after: 2
             }
         );
+        assert_eq!(m.metrics_listen, None);
+        let Ok(Command::Monitor(m)) = p("monitor --db d --metrics-listen [::1]:9771") else {
+            panic!()
+        };
+        assert_eq!(m.metrics_listen, Some("[::1]:9771".parse().unwrap()));
+        // An address, not a name: the listener binds it as given.
+        assert!(p("monitor --db d --metrics-listen localhost:9771")
+            .unwrap_err()
+            .contains("--metrics-listen needs ADDR:PORT, got \"localhost:9771\""));
     }
 }

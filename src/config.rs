@@ -54,6 +54,8 @@ pub struct MonitorOptions {
     pub anti_flap: AntiFlap,
     pub once: bool,
     pub cache: Option<CacheOptions>,
+    /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, PartialEq)]

@@ -54,8 +54,11 @@ fn run_case(input: &Path, dir: &TempDir) -> String {
         dynamic_ttl: Secs(30),
         stale_after: Secs(30),
         cache: None,
+        max_clock_skew: 5,
     };
-    let store = Store::open(&db).unwrap_or_else(|e| panic!("{name}: {e}"));
+    // Readings are judged at the golden clock too: stamped near NOW, they
+    // are not in the future.
+    let store = Store::open_at(&db, || NOW).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut backend = Backend::new(store, opts.ranker()).with_clock(|| NOW);
     let mut input = body.join("\n");
     input.push('\n');
@@ -136,5 +139,71 @@ fn every_algorithm_has_ranked_cases() {
     for alg in [Algorithm::LeastLatency, Algorithm::LeastLoad] {
         let n = names.iter().filter(|n| algorithm_of(n) == alg).count();
         assert!(n >= 3, "only {n} golden cases run {alg}");
+    }
+}
+
+/// `explain` prints the records the pipe sends, in the same order with the
+/// same TTL, priorities, weights and scope, for each algorithm.
+#[test]
+fn explain_shows_what_the_pipe_answers() {
+    let dir = TempDir::new("explain");
+    let db = dir.path().join("ha.db");
+    std::fs::copy(fixture_db(), &db).unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO ha_latency (network, target, mean_ms, ewma_ms, samples, updated) VALUES
+               ('192.0.2.0/24', 'sip7.example.com', 3, 3, 20, strftime('%s', 'now')),
+               ('192.0.2.0/24', 'sip1.example.com', 40, 40, 20, strftime('%s', 'now'));
+             INSERT INTO ha_load (target, sessions, max_sessions, updated) VALUES
+               ('sip2.example.com', 900, 1000, strftime('%s', 'now'));",
+        )
+        .unwrap();
+    for alg in [
+        Algorithm::LeastLatency,
+        Algorithm::LeastLoad,
+        Algorithm::Static,
+    ] {
+        let explained = std::process::Command::new(crate::util::BIN)
+            .args(["explain", "--db"])
+            .arg(&db)
+            .args(["--algorithm", &alg.to_string(), "--client", "192.0.2.0/24"])
+            .args(["_sip._udp.example.com", "SRV"])
+            .output()
+            .unwrap();
+        assert!(explained.status.success(), "{alg}");
+        let explained: Vec<String> = String::from_utf8(explained.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" IN SRV "))
+            .map(str::to_owned)
+            .collect();
+        let opts = pdns_ha::config::PipeOptions {
+            db: db.clone(),
+            algorithm: alg,
+            dynamic_ttl: Secs(30),
+            stale_after: Secs(30),
+            cache: None,
+            max_clock_skew: 5,
+        };
+        let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
+        let question =
+            "HELO\t3\nQ\t_sip._udp.example.com\tIN\tSRV\t1\t127.0.0.1\t127.0.0.1\t192.0.2.0/24\n";
+        let mut out = Vec::new();
+        backend
+            .run(&mut BufReader::new(question.as_bytes()), &mut out)
+            .unwrap();
+        let piped: Vec<String> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .filter_map(|l| match l.split('\t').collect::<Vec<_>>()[..] {
+                ["DATA", scope, _, name, "IN", "SRV", ttl, _, prio, rest] => Some(format!(
+                    "{name}. {ttl} IN SRV {prio} {rest}   ; scope /{scope}"
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(piped.len(), 8, "{alg}");
+        assert_eq!(explained, piped, "{alg}");
     }
 }

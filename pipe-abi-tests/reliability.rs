@@ -4,6 +4,8 @@
 //! Also the security promises: no secret in any output, owner-only writes,
 //! parameterised SQL under hostile names, a read-only pipe.
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,14 +46,14 @@ type Outcome = (String, usize, Duration);
 
 /// Digs the SIP SRV record over and over in the background until stopped,
 /// recording every outcome.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Outcome>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(pdns: &Arc<Pdns>) -> Self {
+    pub(crate) fn start(pdns: &Arc<Pdns>) -> Self {
         let (stop, seen) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(Mutex::new(Vec::new())),
@@ -83,7 +85,7 @@ impl Load {
 
     /// Stops and checks every answer: NOERROR with all eight records (the
     /// database never loses them), well under pipe-timeout.
-    fn check(mut self, what: &str) -> (usize, Duration) {
+    pub(crate) fn check(mut self, what: &str) -> (usize, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let seen = self.seen.lock().unwrap();
@@ -348,11 +350,36 @@ fn short_soak_while_readings_are_written() {
 fn secrets_stay_secret_and_sql_stays_data() {
     let dir = TempDir::new("rel-sec");
     let db = dir.path().join("ha.db");
-    init_db(&db, &["sql/example.sql"]);
-    // init: owner may write, nobody else.
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&db).unwrap().permissions());
-    assert_eq!(mode & 0o022, 0, "group/other write bits in {mode:o}");
+    // init sets the mode itself: owner may write, pdns's pipe processes (another
+    // user) may read, whatever the umask: 0 would make a file created without
+    // an explicit mode world-writable, 077 would lock pdns out.
+    for umask in [0o000, 0o077] {
+        let _ = std::fs::remove_file(&db);
+        // SAFETY: umask(2) is async-signal-safe.
+        let out = unsafe {
+            Command::new(BIN)
+                .args(["init", "--db"])
+                .arg(&db)
+                .arg(Path::new(crate::util::REPO).join("sql/example.sql"))
+                .pre_exec(move || {
+                    libc::umask(umask);
+                    Ok(())
+                })
+                .output()
+                .unwrap()
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "database mode {mode:o} under umask {umask:o}"
+        );
+    }
 
     // Hostile names: quotes, LIKE wildcards, a 63-byte label, non-ASCII,
     // SQL in content. All are data, matched exactly.

@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{CacheOptions, Command, Metric, MonitorOptions, PipeOptions, Secs};
+use crate::config::{
+    CacheOptions, Command, Metric, MonitorOptions, ObserveOptions, PipeOptions, Secs,
+};
 use crate::dns::Subnet;
 use crate::select::Algorithm;
+use crate::state::validate::DEFAULT_MAX_SKEW;
 use crate::state::writer::AntiFlap;
 
 pub const USAGE: &str = "\
@@ -17,22 +20,36 @@ usage:
                  [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
+                  [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
+  pdns-ha observe --db PATH --target NAME [--kamailio URL] [--tcp-ports P,P...]
+                  [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
                   [--once] [--stale-after SECS] [MEMCACHED]
+                  round trips the server NAME sees (registrar keepalives from ul.dump,
+                  the kernel's TCP RTT on its SIP ports) as latency per known network
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
                  (metric also takes --stale-after SECS and MEMCACHED)
-  pdns-ha status  --db PATH [--stale-after SECS]
-  pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] QNAME [QTYPE]
+  pdns-ha status  --db PATH [--stale-after SECS] [--max-clock-skew SECS] [MEMCACHED]
+  pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] [--max-clock-skew SECS]
+                  [MEMCACHED] QNAME [QTYPE]
   pdns-ha --help | --version
-MEMCACHED (pipe, monitor, metric): --memcached HOST:PORT[,HOST:PORT...] [--memcached-prefix P]
+MEMCACHED (pipe, monitor, observe, metric, status, explain):
+  --memcached HOST:PORT[,HOST:PORT...] [--memcached-prefix P] [--memcached-key-file PATH]
 
 pipe is what pdns.conf runs:
   pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
 Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
---timeout 1000, --down-after 3, --up-after 2.
+--timeout 1000, --down-after 3, --up-after 2, --max-clock-skew 5 (pipe, status, explain);
+observe: --interval 30, --timeout 5000, --max-age 180, --min-callers 3.
+--memcached-key-file: a secret (16+ bytes, mode 0600) shared by every writer and pipe;
+values are then sealed with HMAC-SHA256 and unsealed ones ignored.
 Logs go to stderr; RUST_LOG=info (or debug) for more.
 ";
+
+/// The memcached options, the same for every command that takes
+/// `--memcached` (so a new command gets the key file with the rest).
+const MEMCACHED_FLAGS: [&str; 3] = ["memcached", "memcached-prefix", "memcached-key-file"];
 
 /// A whole number above zero, with the flag's name in the error.
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
@@ -131,12 +148,20 @@ impl Flags {
     }
 
     fn pipe_options(&self) -> Result<PipeOptions, String> {
+        let skew = DEFAULT_MAX_SKEW;
+        let max_clock_skew = match self.get("max-clock-skew") {
+            None => skew,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                format!("--max-clock-skew needs a whole number of seconds, got {v:?}")
+            })?,
+        };
         Ok(PipeOptions {
             db: self.db()?,
             algorithm: self.algorithm()?,
             dynamic_ttl: self.secs("dynamic-ttl", 30)?,
             stale_after: self.secs("stale-after", 30)?,
             cache: self.cache()?,
+            max_clock_skew,
         })
     }
 
@@ -148,11 +173,15 @@ impl Flags {
             None if self.has("memcached-prefix") => {
                 Err("--memcached-prefix needs --memcached".into())
             }
+            None if self.has("memcached-key-file") => {
+                Err("--memcached-key-file needs --memcached".into())
+            }
             None => Ok(None),
             Some(servers) => Ok(Some(CacheOptions {
                 servers: servers.to_owned(),
                 prefix: prefix.to_owned(),
                 ttl: self.secs("stale-after", 30)?,
+                key_file: self.get("memcached-key-file").map(PathBuf::from),
             })),
         }
     }
@@ -185,13 +214,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         _ => ("pipe", args),
     };
     let pipe_flags = [
-        "db",
-        "algorithm",
-        "dynamic-ttl",
-        "stale-after",
-        "memcached",
-        "memcached-prefix",
-    ];
+        &[
+            "db",
+            "algorithm",
+            "dynamic-ttl",
+            "stale-after",
+            "max-clock-skew",
+        ][..],
+        &MEMCACHED_FLAGS,
+    ]
+    .concat();
     match cmd {
         "pipe" => {
             let f = Flags::parse(cmd, &pipe_flags, &[], rest)?;
@@ -207,15 +239,18 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         "monitor" => {
             let known = [
-                "db",
-                "interval",
-                "timeout",
-                "down-after",
-                "up-after",
-                "stale-after",
-                "memcached",
-                "memcached-prefix",
-            ];
+                &[
+                    "db",
+                    "interval",
+                    "timeout",
+                    "down-after",
+                    "up-after",
+                    "stale-after",
+                    "metrics-listen",
+                ][..],
+                &MEMCACHED_FLAGS,
+            ]
+            .concat();
             let f = Flags::parse(cmd, &known, &["once"], rest)?;
             f.positional(cmd, 0, 0, "")?;
             let count = |flag: &str, default: u32| {
@@ -232,24 +267,41 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 },
                 once: f.has("once"),
                 cache: f.cache()?,
+                metrics_listen: f
+                    .get("metrics-listen")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| format!("--metrics-listen needs ADDR:PORT, got {v:?}"))
+                    })
+                    .transpose()?,
             }))
         }
+        "observe" => parse_observe(rest),
         "metric" => parse_metric(rest),
         "status" => {
-            let f = Flags::parse(cmd, &["db", "stale-after"], &[], rest)?;
+            let known = [
+                &["db", "stale-after", "max-clock-skew"][..],
+                &MEMCACHED_FLAGS,
+            ]
+            .concat();
+            let f = Flags::parse(cmd, &known, &[], rest)?;
             f.positional(cmd, 0, 0, "")?;
-            Ok(Command::Status {
-                db: f.db()?,
-                stale_after: f.secs("stale-after", 30)?,
-            })
+            Ok(Command::Status(f.pipe_options()?))
         }
         "explain" => {
-            let f = Flags::parse(
-                cmd,
-                &["db", "algorithm", "dynamic-ttl", "stale-after", "client"],
-                &[],
-                rest,
-            )?;
+            let known = [
+                &[
+                    "db",
+                    "algorithm",
+                    "dynamic-ttl",
+                    "stale-after",
+                    "client",
+                    "max-clock-skew",
+                ][..],
+                &MEMCACHED_FLAGS,
+            ]
+            .concat();
+            let f = Flags::parse(cmd, &known, &[], rest)?;
             let pos = f.positional(cmd, 1, 2, "a name to explain (QNAME [QTYPE])")?;
             let client = match f.get("client") {
                 None => None,
@@ -273,9 +325,62 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
 }
 
+fn parse_observe(args: &[String]) -> Result<Command, String> {
+    let cmd = "observe";
+    let known = [
+        &[
+            "db",
+            "target",
+            "kamailio",
+            "tcp-ports",
+            "interval",
+            "timeout",
+            "max-age",
+            "min-callers",
+            "stale-after",
+        ][..],
+        &MEMCACHED_FLAGS,
+    ]
+    .concat();
+    let f = Flags::parse(cmd, &known, &["once"], args)?;
+    f.positional(cmd, 0, 0, "")?;
+    let count = |flag: &str, default: u32| {
+        f.get(flag)
+            .map_or(Ok(default), |v| positive(&format!("--{flag}"), v))
+    };
+    let tcp_ports = match f.get("tcp-ports") {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|p| match p.trim().parse::<u16>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("--tcp-ports needs ports like 5060,5061, got {p:?}")),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let kamailio = f.get("kamailio").map(str::to_owned);
+    if kamailio.is_none() && tcp_ports.is_empty() {
+        return Err("observe needs a source: --kamailio URL and/or --tcp-ports P,P...".into());
+    }
+    Ok(Command::Observe(ObserveOptions {
+        db: f.db()?,
+        target: f
+            .need("target", "NAME (the ha_targets row of this server)")?
+            .to_owned(),
+        kamailio,
+        tcp_ports,
+        interval: f.secs("interval", 30)?,
+        timeout: Duration::from_millis(u64::from(count("timeout", 5000)?)),
+        max_age: f.secs("max-age", 180)?,
+        min_callers: count("min-callers", 3)?,
+        once: f.has("once"),
+        cache: f.cache()?,
+    }))
+}
+
 /// Flags every `metric` takes besides its own.
 fn metric_flags(own: &[&'static str]) -> Vec<&'static str> {
-    [own, &["db", "stale-after", "memcached", "memcached-prefix"]].concat()
+    [own, &["db", "stale-after"], &MEMCACHED_FLAGS].concat()
 }
 
 fn parse_metric(args: &[String]) -> Result<Command, String> {
@@ -366,6 +471,7 @@ mod tests {
             dynamic_ttl: Secs(10),
             stale_after: Secs(30),
             cache: None,
+            max_clock_skew: 5,
         });
         assert_eq!(
             p("--db /x.db --algorithm least-load --dynamic-ttl 10"),
@@ -379,11 +485,34 @@ mod tests {
             servers: "127.0.0.1:11211,[::1]:11211".into(),
             prefix: "pdns-ha".into(),
             ttl: Secs(9),
+            key_file: None,
         };
         assert_eq!(o.cache, Some(want));
         assert!(p("--db x --memcached-prefix y")
             .unwrap_err()
             .contains("needs --memcached"));
+        assert!(p("--db x --memcached-key-file k")
+            .unwrap_err()
+            .contains("needs --memcached"));
+        // Every command that takes --memcached takes the key file too.
+        for cmd in [
+            "pipe --db x",
+            "monitor --db x",
+            "metric health --db x --target t up",
+            "status --db x",
+            "explain --db x x",
+        ] {
+            let args = format!("{cmd} --memcached 127.0.0.1:1 --memcached-key-file /k");
+            let got = format!("{:?}", p(&args));
+            assert!(got.contains("key_file: Some(\"/k\")"), "{cmd}: {got}");
+        }
+        let Ok(Command::Status(o)) = p("status --db x --max-clock-skew 0") else {
+            panic!()
+        };
+        assert_eq!(o.max_clock_skew, 0);
+        assert!(p("--db x --max-clock-skew soon")
+            .unwrap_err()
+            .contains("--max-clock-skew"));
         let Ok(Command::Pipe(o)) = p("pipe --db=/x.db") else {
             panic!()
         };
@@ -466,6 +595,40 @@ mod tests {
     }
 
     #[test]
+    fn observe_needs_a_target_and_a_source() {
+        let Ok(Command::Observe(o)) = p(
+            "observe --db d --target sip1.example.com --kamailio http://127.0.0.1:5060/RPC \
+             --tcp-ports 5060,5061 --once",
+        ) else {
+            panic!()
+        };
+        assert_eq!(o.target, "sip1.example.com");
+        assert_eq!(o.kamailio.as_deref(), Some("http://127.0.0.1:5060/RPC"));
+        assert_eq!(o.tcp_ports, [5060, 5061]);
+        assert_eq!(
+            (o.interval, o.max_age, o.min_callers),
+            (Secs(30), Secs(180), 3)
+        );
+        assert_eq!(o.timeout, Duration::from_millis(5000));
+        assert!(o.once);
+        assert!(p("observe --db d --target t")
+            .unwrap_err()
+            .contains("needs a source"));
+        assert!(p("observe --db d --tcp-ports 5060")
+            .unwrap_err()
+            .contains("--target"));
+        for bad in ["0", "5060,x", "70000", ""] {
+            let e = p(&format!("observe --db d --target t --tcp-ports={bad}")).unwrap_err();
+            assert!(e.contains("--tcp-ports"), "{bad}: {e}");
+        }
+        assert!(
+            p("observe --db d --target t --tcp-ports 5060 --min-callers 0")
+                .unwrap_err()
+                .contains("--min-callers")
+        );
+    }
+
+    #[test]
     fn explain_and_monitor() {
         let Ok(Command::Explain {
             all, client, qtype, ..
@@ -492,5 +655,14 @@ mod tests {
                 up_after: 2
             }
         );
+        assert_eq!(m.metrics_listen, None);
+        let Ok(Command::Monitor(m)) = p("monitor --db d --metrics-listen [::1]:9771") else {
+            panic!()
+        };
+        assert_eq!(m.metrics_listen, Some("[::1]:9771".parse().unwrap()));
+        // An address, not a name: the listener binds it as given.
+        assert!(p("monitor --db d --metrics-listen localhost:9771")
+            .unwrap_err()
+            .contains("--metrics-listen needs ADDR:PORT, got \"localhost:9771\""));
     }
 }

@@ -7,19 +7,36 @@ use std::time::Duration;
 use crate::dns::Subnet;
 use crate::pipe::answer::Ranker;
 use crate::select::Algorithm;
+use crate::state::memcached::Cache;
 use crate::state::writer::AntiFlap;
 
 /// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Secs(pub u32);
 
-/// `--memcached HOST:PORT[,...]` with its prefix and the expiry of what
-/// is published (the `--stale-after` of the command).
+/// `--memcached HOST:PORT[,...]` with its prefix, the expiry of what is
+/// published (the `--stale-after` of the command) and the shared secret
+/// that seals values (`--memcached-key-file`). Every command that talks to
+/// memcached takes all of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheOptions {
     pub servers: String,
     pub prefix: String,
     pub ttl: Secs,
+    pub key_file: Option<PathBuf>,
+}
+
+impl CacheOptions {
+    /// The memcached client these options describe: the one way every
+    /// command connects, so none can forget the key file.
+    pub fn connect(&self) -> Result<Cache, String> {
+        Cache::open(
+            &self.servers,
+            &self.prefix,
+            self.ttl.0,
+            self.key_file.as_deref(),
+        )
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +48,8 @@ pub struct PipeOptions {
     /// Metrics older than this count as unknown.
     pub stale_after: Secs,
     pub cache: Option<CacheOptions>,
+    /// Readings stamped further ahead of this host's clock are refused.
+    pub max_clock_skew: u32,
 }
 
 impl PipeOptions {
@@ -47,6 +66,30 @@ pub struct MonitorOptions {
     /// Per probe: one slow target costs the others at most this.
     pub timeout: Duration,
     pub anti_flap: AntiFlap,
+    pub once: bool,
+    pub cache: Option<CacheOptions>,
+    /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// `pdns-ha observe`: round trips one SIP server sees, grouped by client network, written as
+/// latency readings for that server.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ObserveOptions {
+    pub db: PathBuf,
+    /// The `ha_targets` row these round trips are latency to.
+    pub target: String,
+    /// Kamailio JSON-RPC URL for `ul.dump` (registrar keepalives).
+    pub kamailio: Option<String>,
+    /// Local ports whose established TCP connections are read (the kernel's RTT).
+    pub tcp_ports: Vec<u16>,
+    pub interval: Secs,
+    /// For the JSON-RPC call: `ul.dump` of 10,000 contacts takes Kamailio seconds.
+    pub timeout: Duration,
+    /// A keepalive or a TCP acknowledgement older than this is not a current round trip.
+    pub max_age: Secs,
+    /// A network with fewer distinct callers gets no reading.
+    pub min_callers: u32,
     pub once: bool,
     pub cache: Option<CacheOptions>,
 }
@@ -77,15 +120,15 @@ pub enum Command {
         scripts: Vec<PathBuf>,
     },
     Monitor(MonitorOptions),
+    Observe(ObserveOptions),
     Metric {
         db: PathBuf,
         metric: Metric,
         cache: Option<CacheOptions>,
     },
-    Status {
-        db: PathBuf,
-        stale_after: Secs,
-    },
+    /// `status` reads as the pipe does: `algorithm` and `dynamic_ttl` are
+    /// left at their defaults.
+    Status(PipeOptions),
     Explain {
         opts: PipeOptions,
         all: bool,

@@ -2,8 +2,8 @@
 //! pipe's line parser and answer path, the Event Socket and JSON-RPC
 //! readers (fed from a loopback socket, so framing and deadlines are
 //! exercised too), and the parsers of `metric` input and memcached values.
-//! Each target runs for `PDNS_HA_FUZZ_SECS` seconds (default 1, the smoke
-//! run of `cargo test`); `fuzz/run.sh` runs them long. A failing input is
+//! Each target runs for `PDNS_HA_FUZZ_SECS` seconds (default 0.2, a smoke
+//! run that keeps `cargo test` quick); `fuzz/run.sh` runs them long. A failing input is
 //! printed in hex to become a regression test.
 
 use std::io::{Read, Write};
@@ -25,7 +25,7 @@ fn budget() -> Duration {
     let secs = std::env::var("PDNS_HA_FUZZ_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+        .unwrap_or(0.2);
     Duration::from_secs_f64(secs)
 }
 
@@ -100,19 +100,35 @@ fn fuzz(
     eprintln!("fuzz {name}: {runs} inputs in {:.1?}", start.elapsed());
 }
 
-fn fixture_db() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pdns-ha-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("fuzz.db");
-    let _ = std::fs::remove_file(&db);
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/example.sql");
-    crate::ops::init::run(&db, &[example]).unwrap();
-    db
+/// The example database in a directory of its own, removed on drop.
+struct FixtureDb(PathBuf);
+
+impl FixtureDb {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("pdns-ha-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("fuzz.db");
+        let _ = std::fs::remove_file(&db);
+        let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/example.sql");
+        crate::ops::init::run(&db, &[example]).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.0.join("fuzz.db")
+    }
+}
+
+impl Drop for FixtureDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
 fn fuzz_pipe_lines() {
-    let db = fixture_db();
+    let fixture = FixtureDb::new();
+    let db = fixture.path();
     let seeds: Vec<Vec<u8>> = [
         "HELO\t1\nQ\t_sip._udp.example.com\tIN\tANY\t1\t127.0.0.1\nAXFR\t1\n",
         "HELO\t3\nQ\texample.com\tIN\tSOA\t-1\t0.0.0.0\t0.0.0.0\t0.0.0.0/0\nQ\tsip.example.com\tIN\tA\t1\t198.51.100.7\t127.0.0.1\t198.51.100.0/24\n",
@@ -136,6 +152,7 @@ fn fuzz_pipe_lines() {
             dynamic_ttl: Secs(30),
             stale_after: Secs(30),
             cache: None,
+            max_clock_skew: 5,
         };
         let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
         let mut out = Vec::new();
@@ -270,6 +287,7 @@ fn fuzz_metric_input_and_shared_values() {
         "p:latency:198.51.100.0/24|sip1 1.5 2.5 9 0 1700000000.5",
         "p:load:sip1 42 - 1700000000",
         "p:health:sip1 1 1700000000",
+        "p:health:sip1 v1 1 1700000000 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -277,6 +295,7 @@ fn fuzz_metric_input_and_shared_values() {
     let dictionary: &[&[u8]] = &[
         b" --", b"=", b" -", b"/", b":", b"|", b"nan", b"1e999", b" ", b"\t",
     ];
+    let secret = crate::state::auth::Key::new(b"fuzz secret, 16+ bytes").unwrap();
     fuzz("metric input", 0x3e7, &seeds, dictionary, |input| {
         let text = String::from_utf8_lossy(input);
         let args: Vec<String> = text.split(' ').map(String::from).collect();
@@ -285,7 +304,16 @@ fn fuzz_metric_input_and_shared_values() {
             if let Some(r) = Reading::parse("p", key, value) {
                 // What parses must print back to the same value.
                 assert_eq!(Reading::parse("p", &r.key("p"), &r.value()), Some(r));
+                // What is sealed opens again, under its own key only.
+                let sealed = secret.seal(key, value);
+                assert_eq!(secret.open(key, &sealed), Ok(value));
+                assert!(secret.open(&format!("{key}x"), &sealed).is_err());
             }
+            // Anything else is refused without a panic, and the wire key
+            // always fits memcached.
+            let _ = secret.open(key, value);
+            let wire = crate::state::auth::wire_key("p", key);
+            assert!(wire.len() <= 250 && wire.bytes().all(|b| b > b' ' && b != 0x7f));
         }
         for word in text.split(' ') {
             let _ = Subnet::parse(word);

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
 use pdns_ha::pipe::{backend, store};
-use pdns_ha::state::{memcached, writer};
-use pdns_ha::{cli, monitor, ops};
+use pdns_ha::state::{memcached, validate, writer};
+use pdns_ha::{cli, monitor, observe, ops};
 
 fn main() -> ExitCode {
     init_logging();
@@ -25,15 +25,22 @@ fn main() -> ExitCode {
         Ok(Command::Init { db, scripts }) => ops::init::run(&db, &scripts),
         Ok(Command::Pipe(opts)) => pipe(&opts),
         Ok(Command::Metric { db, metric, cache }) => push_metric(&db, &metric, cache.as_ref()),
-        Ok(Command::Status { db, stale_after }) => ops::report::status(&db, stale_after.0),
+        Ok(Command::Status(opts)) => {
+            validate::set_max_skew(opts.max_clock_skew);
+            ops::report::status(&opts)
+        }
         Ok(Command::Explain {
             opts,
             all,
             client,
             qname,
             qtype,
-        }) => ops::report::explain(&opts, all, client, &qname, &qtype),
+        }) => {
+            validate::set_max_skew(opts.max_clock_skew);
+            ops::report::explain(&opts, all, client, &qname, &qtype)
+        }
         Ok(Command::Monitor(opts)) => monitor::run(&opts),
+        Ok(Command::Observe(opts)) => observe::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,6 +64,7 @@ fn init_logging() {
 }
 
 fn pipe(opts: &PipeOptions) -> Result<(), String> {
+    validate::set_max_skew(opts.max_clock_skew);
     let mut store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
     if let Some(c) = cache(opts.cache.as_ref())? {
         store = store.with_cache(c);
@@ -75,8 +83,7 @@ fn pipe(opts: &PipeOptions) -> Result<(), String> {
 
 /// The memcached client for `--memcached`, if given.
 fn cache(opts: Option<&CacheOptions>) -> Result<Option<memcached::Cache>, String> {
-    opts.map(|c| memcached::Cache::new(&c.servers, &c.prefix, c.ttl.0))
-        .transpose()
+    opts.map(CacheOptions::connect).transpose()
 }
 
 fn push_metric(

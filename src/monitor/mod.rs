@@ -7,20 +7,23 @@
 
 pub mod esl;
 pub mod kamailio;
+pub mod openmetrics;
 pub mod probe;
 pub mod sip_options;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::config::MonitorOptions;
-use crate::state::memcached::Cache;
-use crate::state::reading::ANY_NETWORK;
+use crate::config::{CacheOptions, MonitorOptions};
+use crate::state::reading::{unix_now, ANY_NETWORK};
 use crate::state::writer::Writer;
+use crate::text::shown;
+use openmetrics::{Figures, LatencyFigure, Stamped};
 
 /// SIP's default port, for targets without a `probe_address`.
 const SIP_PORT: u16 = 5060;
@@ -55,7 +58,7 @@ struct Reading {
     /// Round-trip time, or why the probe failed.
     health: Option<Result<Duration, probe::ProbeError>>,
     /// Sessions and, when the source reports it, capacity.
-    load: Option<Result<(u32, Option<u32>), String>>,
+    load: Option<Result<(u32, Option<u32>), probe::ProbeError>>,
 }
 
 fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, String> {
@@ -127,15 +130,18 @@ fn check_health(t: &Target, timeout: Duration) -> Option<Result<Duration, probe:
     Some(resolve(&t.probe_address).and_then(run))
 }
 
-fn read_load(t: &Target, timeout: Duration) -> Option<Result<(u32, Option<u32>), String>> {
+fn read_load(
+    t: &Target,
+    timeout: Duration,
+) -> Option<Result<(u32, Option<u32>), probe::ProbeError>> {
     Some(match &t.load {
         LoadSource::None => return None,
-        LoadSource::FreeSwitch { addr, password } => esl::read_load(addr, password, timeout)
-            .map(|l| (l.sessions, l.max_sessions))
-            .map_err(|e| e.to_string()),
-        LoadSource::Kamailio { url } => kamailio::read_active_dialogs(url, timeout)
-            .map(|n| (n, None))
-            .map_err(|e| e.to_string()),
+        LoadSource::FreeSwitch { addr, password } => {
+            esl::read_load(addr, password, timeout).map(|l| (l.sessions, l.max_sessions))
+        }
+        LoadSource::Kamailio { url } => {
+            kamailio::read_active_dialogs(url, timeout).map(|n| (n, None))
+        }
     })
 }
 
@@ -155,9 +161,12 @@ fn poll(targets: &[Target], timeout: Duration) -> Vec<Reading> {
             .into_iter()
             .map(|(h, l)| Reading {
                 health: h.join().unwrap_or(None),
-                load: l
-                    .join()
-                    .unwrap_or_else(|_| Some(Err("load probe panicked".into()))),
+                load: l.join().unwrap_or_else(|_| {
+                    Some(Err(probe::ProbeError {
+                        peer: "load probe".into(),
+                        kind: probe::ProbeErrorKind::Protocol("panicked".into()),
+                    }))
+                }),
             })
             .collect()
     })
@@ -166,20 +175,20 @@ fn poll(targets: &[Target], timeout: Duration) -> Vec<Reading> {
 /// Per-target problems already logged, so a dead target is reported when
 /// it breaks and when it heals, not every round.
 #[derive(Default)]
-struct Reported(HashMap<(String, &'static str), String>);
+pub(crate) struct Reported(HashMap<(String, &'static str), String>);
 
 impl Reported {
-    fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
+    pub(crate) fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
         let key = (target.to_owned(), what);
         if self.0.get(&key).map(String::as_str) != Some(msg) {
-            warn!("{target}: {what}: {msg}");
+            warn!("{}: {what}: {}", shown(target), shown(msg));
             self.0.insert(key, msg.to_owned());
         }
     }
 
-    fn fine(&mut self, target: &str, what: &'static str) {
+    pub(crate) fn fine(&mut self, target: &str, what: &'static str) {
         if self.0.remove(&(target.to_owned(), what)).is_some() {
-            info!("{target}: {what} works again");
+            info!("{}: {what} works again", shown(target));
         }
     }
 }
@@ -190,21 +199,38 @@ fn write_round(
     readings: &[Reading],
     opts: &MonitorOptions,
     reported: &mut Reported,
+    figures: &Mutex<Figures>,
 ) -> Result<(), String> {
+    let now = unix_now();
+    let mut f = figures.lock().unwrap_or_else(|p| p.into_inner());
+    f.retain_targets(targets.iter().map(|t| t.name.as_str()));
     w.transaction(|w| {
         for (t, r) in targets.iter().zip(readings) {
             match &r.health {
                 None => {}
                 Some(Ok(rtt)) => {
                     reported.fine(&t.name, "health");
-                    w.probe(&t.name, true, opts.anti_flap)?;
+                    let up = w.probe(&t.name, true, opts.anti_flap)?;
                     w.latency(ANY_NETWORK, &t.name, rtt.as_secs_f64() * 1000.0)?;
+                    let x = f.targets.entry(t.name.clone()).or_default();
+                    x.health = Some(Stamped { value: up, at: now });
+                    // The round trip just measured (the pipe ranks by the stored EWMA).
+                    x.latency = vec![LatencyFigure {
+                        network: ANY_NETWORK.into(),
+                        source: "monitor".into(),
+                        seconds: rtt.as_secs_f64(),
+                        at: now,
+                    }];
                 }
                 Some(Err(e)) => {
                     reported.problem(&t.name, "health", &e.to_string());
-                    if !w.probe(&t.name, false, opts.anti_flap)? {
-                        info!("{}: down", t.name);
+                    f.probe_error(&t.name, "health", &e.kind);
+                    let up = w.probe(&t.name, false, opts.anti_flap)?;
+                    if !up {
+                        info!("{}: down", shown(&t.name));
                     }
+                    let x = f.targets.entry(t.name.clone()).or_default();
+                    x.health = Some(Stamped { value: up, at: now });
                     // Only silence counts as a timeout; a wrong answer is
                     // a failure but says nothing about the round trip.
                     if e.is_unreachable() {
@@ -217,11 +243,19 @@ fn write_round(
                 Some(Ok((sessions, max))) => {
                     reported.fine(&t.name, "load");
                     w.load(&t.name, *sessions, *max)?;
+                    let x = f.targets.entry(t.name.clone()).or_default();
+                    x.sessions = Some(Stamped {
+                        value: *sessions,
+                        at: now,
+                    });
+                    x.capacity = max.or(x.capacity);
                 }
                 // Unknown, never zero: an unreadable server is not idle.
                 Some(Err(e)) => {
-                    reported.problem(&t.name, "load", e);
+                    reported.problem(&t.name, "load", &e.to_string());
+                    f.probe_error(&t.name, "load", &e.kind);
                     w.clear_load(&t.name)?;
+                    f.targets.entry(t.name.clone()).or_default().sessions = None;
                 }
             }
         }
@@ -230,19 +264,19 @@ fn write_round(
 }
 
 pub fn run(opts: &MonitorOptions) -> Result<(), String> {
-    let cache = opts
-        .cache
-        .as_ref()
-        .map(|c| Cache::new(&c.servers, &c.prefix, c.ttl.0))
-        .transpose()?;
+    let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
     let w = Writer::open(&opts.db, cache)?;
     let mut reported = Reported::default();
+    let figures = Arc::new(Mutex::new(Figures::default()));
+    if let Some(addr) = opts.metrics_listen {
+        openmetrics::serve(addr, Arc::clone(&figures))?;
+    }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     loop {
         let start = Instant::now();
         let targets = read_targets(&w, &mut reported)?;
         let readings = poll(&targets, opts.timeout);
-        if let Err(e) = write_round(&w, &targets, &readings, opts, &mut reported) {
+        if let Err(e) = write_round(&w, &targets, &readings, opts, &mut reported, &figures) {
             // The next round tries again; a monitor that stops is worse
             // than one that missed a write.
             if opts.once {
@@ -255,6 +289,10 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             targets.len(),
             start.elapsed()
         );
+        if let Ok(mut f) = figures.lock() {
+            f.rounds += 1;
+            f.last_round_seconds = Some(start.elapsed().as_secs_f64());
+        }
         if opts.once {
             return Ok(());
         }

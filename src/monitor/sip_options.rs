@@ -1,5 +1,6 @@
 //! Health and latency of a SIP target: one OPTIONS request over UDP or TCP, or a bare TCP
-//! connect; plus the per-target averaging ([`Latency`]) and anti-flap state ([`Flap`]).
+//! connect. Averaging and anti-flap are applied where the result is written, by
+//! [`crate::state::writer::Writer`].
 //!
 //! The request, with a fresh branch, tag and Call-ID per probe:
 //!

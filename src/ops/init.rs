@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
@@ -13,15 +13,22 @@ const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
 pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
     let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
-    // Created here rather than by SQLite so that the mode is explicit:
-    // operators write it, pdns (another user) only reads it.
+    // Not through a symbolic link (a dangling one would have SQLite create
+    // its target, wherever it points) and not into a FIFO, device or
+    // directory.
+    crate::files::check_new_database(db).map_err(|e| at(&e))?;
+    // Created here rather than by SQLite so that the mode is explicit and
+    // the same under any umask: operators write it, pdns (another user)
+    // only reads it. A umask of 077 would otherwise lock pdns out.
     match OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(db)
     {
-        Ok(_) => {}
+        Ok(f) => f
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| at(&e))?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(at(&e)),
     }

@@ -9,8 +9,18 @@ use log::warn;
 use crate::dns::{RType, Subnet};
 use crate::pipe::abi::{self, AbiVersion, Data};
 use crate::pipe::zone::Record;
-use crate::select::{self, Algorithm, Candidate, Context, Placed};
+use crate::select::{self, Algorithm, Candidate, Context, Outcome, Placed};
 use crate::state::index::Metrics;
+
+/// What [`Ranker::answer`] did with an RRset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    /// Sent as stored: the static algorithm, a type that is not ranked, a
+    /// single record, or an SRV whose content does not parse.
+    AsStored,
+    /// Ordered by the algorithm.
+    Ranked(Outcome),
+}
 
 /// While every target of some RRset is down, say so at most this often.
 const FAIL_OPEN_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -45,7 +55,8 @@ impl Ranker {
         }
     }
 
-    /// Writes `rrset` (records of one name and type) for `client`.
+    /// Writes `rrset` (records of one name and type) for `client` as DATA
+    /// lines in the format of `abi`.
     pub fn write(
         &mut self,
         out: &mut dyn Write,
@@ -55,14 +66,32 @@ impl Ranker {
         client: Subnet,
         now: f64,
     ) -> io::Result<()> {
+        self.answer(rrset, metrics, client, now, &mut |d| {
+            abi::write_data(out, abi, d)
+        })
+        .map(drop)
+    }
+
+    /// Decides the answer for `rrset` and hands each record that goes out
+    /// to `emit`, in order, as the pipe sends it. What was decided is
+    /// returned, and for a ranked answer each candidate's place and why is
+    /// in [`Ranker::placed`] until the next call: `explain` prints from
+    /// that, so it shows what the pipe does rather than a second opinion.
+    pub fn answer<'a>(
+        &mut self,
+        rrset: &[Record<'a>],
+        metrics: &Metrics,
+        client: Subnet,
+        now: f64,
+        emit: &mut dyn FnMut(&Data<'a>) -> io::Result<()>,
+    ) -> io::Result<Decision> {
+        self.placed.clear();
         let Some(first) = rrset.first() else {
-            return Ok(());
+            return Ok(Decision::AsStored);
         };
-        let rankable = first.rtype.is_rankable();
-        if self.algorithm == Algorithm::Static || !rankable || rrset.len() < 2 {
-            return rrset
-                .iter()
-                .try_for_each(|r| abi::write_data(out, abi, &as_stored(r)));
+        if self.algorithm == Algorithm::Static || !first.rtype.is_rankable() || rrset.len() < 2 {
+            rrset.iter().try_for_each(|r| emit(&as_stored(r)))?;
+            return Ok(Decision::AsStored);
         }
         let mut cands = recycle(std::mem::take(&mut self.cands));
         for r in rrset {
@@ -72,9 +101,8 @@ impl Ranker {
                 // the RRset goes out as stored rather than half-ranked.
                 None => {
                     self.cands = recycle(cands);
-                    return rrset
-                        .iter()
-                        .try_for_each(|r| abi::write_data(out, abi, &as_stored(r)));
+                    rrset.iter().try_for_each(|r| emit(&as_stored(r)))?;
+                    return Ok(Decision::AsStored);
                 }
             }
         }
@@ -112,9 +140,15 @@ impl Ranker {
                 d.weight = Some(weight);
                 d.content = srv_rest(r.content).unwrap_or(r.content);
             }
-            abi::write_data(out, abi, &d)?;
+            emit(&d)?;
         }
-        Ok(())
+        Ok(Decision::Ranked(outcome))
+    }
+
+    /// Each candidate's place and why, best first, from the last
+    /// [`Ranker::answer`] that ranked; `idx` points into its RRset.
+    pub fn placed(&self) -> &[Placed] {
+        &self.placed
     }
 
     fn log_fail_open(&mut self, name: &str) {
@@ -123,7 +157,10 @@ impl Ranker {
             .fail_open_logged
             .is_none_or(|t| now.duration_since(t) >= FAIL_OPEN_LOG_EVERY)
         {
-            warn!("every target of {name} is down: answering with all of them (fail open)");
+            warn!(
+                "every target of {} is down: answering with all of them (fail open)",
+                crate::text::shown(name)
+            );
             self.fail_open_logged = Some(now);
         }
     }

@@ -115,7 +115,9 @@ pub struct Outcome {
     /// ECS scope for the answer: the prefix it is valid for. 0 means the
     /// same for every client, which pdns may cache.
     pub scopebits: u8,
-    /// The order came from measurements (so the TTL is capped).
+    /// The order came from measurements. An A/AAAA answer then serves its
+    /// best group of addresses alone. (The TTL cap applies to every
+    /// answer of a ranking algorithm, dynamic or not: see `Ranker::write`.)
     pub dynamic: bool,
     /// Every candidate was down: the stored set is served as is.
     pub fail_open: bool,

@@ -3,7 +3,7 @@
 # missing (Debian 12, root or sudo), builds release binaries and the C
 # responder, then runs bench/run.py, which writes bench/results.md.
 # Arguments go to run.py, e.g. `bash bench/run.sh --duration 5 --only pipe`.
-# BASELINE_REV=<commit> also builds that commit (in a scratch worktree under
+# BASELINE_REV=<commit> also builds that commit (its tree exported under
 # target/bench) and measures it beside this one (run.py --baseline), e.g.
 # `BASELINE_REV=fc55c68 bash bench/run.sh --only large` for the figures of
 # the design before large zones.
@@ -31,9 +31,12 @@ gcc -O2 -Wall -o target/bench/c-responder bench/c-responder.c
 extra=()
 if [ -n "${BASELINE_REV:-}" ]; then
   rev=$(git rev-parse --short "$BASELINE_REV")
-  wt="$repo/target/bench/baseline-$rev"
-  [ -d "$wt" ] || git worktree add --detach "$wt" "$rev"
-  (cd "$wt" && CARGO_TARGET_DIR="$repo/target/bench/baseline-target" cargo build --release --locked)
+  src="$repo/target/bench/baseline-$rev"
+  if [ ! -d "$src" ]; then
+    mkdir -p "$src"
+    git archive "$rev" | tar -x -C "$src"
+  fi
+  (cd "$src" && CARGO_TARGET_DIR="$repo/target/bench/baseline-target" cargo build --release --locked)
   extra=(--baseline "$repo/target/bench/baseline-target/release/pdns-ha")
 fi
 exec python3 bench/run.py "${extra[@]}" "$@"

@@ -17,11 +17,13 @@ usage:
                  [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
-                  [--once] [--stale-after SECS] [MEMCACHED]
+                  [--once] [--stale-after SECS] [--monitor-id ID] [--workers N] [MEMCACHED]
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
-                 (metric also takes --stale-after SECS and MEMCACHED)
+                 (metric also takes --stale-after SECS, --monitor-id ID and MEMCACHED)
+  pdns-ha drain   --db PATH --target NAME [--reason TEXT] [MEMCACHED]
+  pdns-ha undrain --db PATH --target NAME [MEMCACHED]
   pdns-ha status  --db PATH [--stale-after SECS]
   pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] QNAME [QTYPE]
   pdns-ha --help | --version
@@ -30,7 +32,7 @@ MEMCACHED (pipe, monitor, metric): --memcached HOST:PORT[,HOST:PORT...] [--memca
 pipe is what pdns.conf runs:
   pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
 Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
---timeout 1000, --down-after 3, --up-after 2.
+--timeout 1000, --down-after 3, --up-after 2, --monitor-id the host name, --workers 32.
 Logs go to stderr; RUST_LOG=info (or debug) for more.
 ";
 
@@ -140,6 +142,16 @@ impl Flags {
         })
     }
 
+    fn monitor_id(&self) -> Result<String, String> {
+        match self.get("monitor-id") {
+            None => Ok(crate::state::writer::default_monitor_id()),
+            Some(id) if crate::state::reading::valid_monitor_id(id) => Ok(id.to_owned()),
+            Some(id) => Err(format!(
+                "--monitor-id {id:?}: needs 1 to 64 visible characters, no '|'"
+            )),
+        }
+    }
+
     fn cache(&self) -> Result<Option<CacheOptions>, String> {
         let prefix = self
             .get("memcached-prefix")
@@ -215,6 +227,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 "stale-after",
                 "memcached",
                 "memcached-prefix",
+                "monitor-id",
+                "workers",
             ];
             let f = Flags::parse(cmd, &known, &["once"], rest)?;
             f.positional(cmd, 0, 0, "")?;
@@ -232,7 +246,29 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 },
                 once: f.has("once"),
                 cache: f.cache()?,
+                monitor_id: f.monitor_id()?,
+                workers: count("workers", 32)? as usize,
             }))
+        }
+        "drain" | "undrain" => {
+            let mut own = vec![
+                "db",
+                "target",
+                "stale-after",
+                "memcached",
+                "memcached-prefix",
+            ];
+            if cmd == "drain" {
+                own.push("reason");
+            }
+            let f = Flags::parse(cmd, &own, &[], rest)?;
+            f.positional(cmd, 0, 0, "")?;
+            Ok(Command::Drain {
+                db: f.db()?,
+                target: f.need("target", "NAME")?.to_owned(),
+                reason: (cmd == "drain").then(|| f.get("reason").unwrap_or("").to_owned()),
+                cache: f.cache()?,
+            })
         }
         "metric" => parse_metric(rest),
         "status" => {
@@ -275,7 +311,17 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 
 /// Flags every `metric` takes besides its own.
 fn metric_flags(own: &[&'static str]) -> Vec<&'static str> {
-    [own, &["db", "stale-after", "memcached", "memcached-prefix"]].concat()
+    [
+        own,
+        &[
+            "db",
+            "stale-after",
+            "memcached",
+            "memcached-prefix",
+            "monitor-id",
+        ],
+    ]
+    .concat()
 }
 
 fn parse_metric(args: &[String]) -> Result<Command, String> {
@@ -342,6 +388,7 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
         db: f.db()?,
         metric,
         cache: f.cache()?,
+        monitor_id: f.monitor_id()?,
     })
 }
 
@@ -413,6 +460,31 @@ mod tests {
     }
 
     #[test]
+    fn drain_and_undrain() {
+        assert_eq!(
+            p("drain --db d --target sip1 --reason maintenance"),
+            Ok(Command::Drain {
+                db: "d".into(),
+                target: "sip1".into(),
+                reason: Some("maintenance".into()),
+                cache: None,
+            })
+        );
+        let Ok(Command::Drain { reason, .. }) = p("drain --db d --target sip1") else {
+            panic!()
+        };
+        assert_eq!(reason.as_deref(), Some(""));
+        let Ok(Command::Drain { reason, .. }) = p("undrain --db d --target sip1") else {
+            panic!()
+        };
+        assert_eq!(reason, None);
+        assert!(p("undrain --db d --target sip1 --reason x")
+            .unwrap_err()
+            .contains("--reason"));
+        assert!(p("drain --db d").unwrap_err().contains("--target"));
+    }
+
+    #[test]
     fn init_takes_scripts() {
         assert_eq!(
             p("init --db d.db a.sql b.sql"),
@@ -435,6 +507,7 @@ mod tests {
                     ms: 12.5
                 },
                 cache: None,
+                monitor_id: crate::state::writer::default_monitor_id(),
             })
         );
         // Ranges are the Writer's (metric.rs tests); here, only numbers.
@@ -484,6 +557,14 @@ mod tests {
             panic!()
         };
         assert!(m.once);
+        assert_eq!(m.workers, 32);
+        let Ok(Command::Monitor(m2)) = p("monitor --db d --monitor-id site-b --workers 4") else {
+            panic!()
+        };
+        assert_eq!((m2.monitor_id.as_str(), m2.workers), ("site-b", 4));
+        assert!(p("monitor --db d --monitor-id a|b")
+            .unwrap_err()
+            .contains("--monitor-id"));
         assert_eq!(m.timeout, Duration::from_millis(200));
         assert_eq!(
             m.anti_flap,

@@ -49,6 +49,11 @@ pub struct MonitorOptions {
     pub anti_flap: AntiFlap,
     pub once: bool,
     pub cache: Option<CacheOptions>,
+    /// Whose verdicts these are: several monitors vote (`--monitor-id`).
+    pub monitor_id: String,
+    /// Threads for blocking probes (TCP, Event Socket, JSON-RPC); UDP
+    /// probes all run on the main thread.
+    pub workers: usize,
 }
 
 #[derive(Debug, PartialEq)]
@@ -80,6 +85,15 @@ pub enum Command {
     Metric {
         db: PathBuf,
         metric: Metric,
+        cache: Option<CacheOptions>,
+        /// Whose verdict `metric health` is.
+        monitor_id: String,
+    },
+    /// `drain`: `reason: Some`; `undrain`: `None`.
+    Drain {
+        db: PathBuf,
+        target: String,
+        reason: Option<String>,
         cache: Option<CacheOptions>,
     },
     Status {

@@ -24,7 +24,18 @@ fn main() -> ExitCode {
         }
         Ok(Command::Init { db, scripts }) => ops::init::run(&db, &scripts),
         Ok(Command::Pipe(opts)) => pipe(&opts),
-        Ok(Command::Metric { db, metric, cache }) => push_metric(&db, &metric, cache.as_ref()),
+        Ok(Command::Metric {
+            db,
+            metric,
+            cache,
+            monitor_id,
+        }) => push_metric(&db, &metric, cache.as_ref(), &monitor_id),
+        Ok(Command::Drain {
+            db,
+            target,
+            reason,
+            cache,
+        }) => drain(&db, &target, reason.as_deref(), cache.as_ref()),
         Ok(Command::Status { db, stale_after }) => ops::report::status(&db, stale_after.0),
         Ok(Command::Explain {
             opts,
@@ -79,12 +90,41 @@ fn cache(opts: Option<&CacheOptions>) -> Result<Option<memcached::Cache>, String
         .transpose()
 }
 
+/// `drain` (with a reason) or `undrain` (without); says what it did, since
+/// an operator runs it by hand.
+fn drain(
+    db: &std::path::Path,
+    target: &str,
+    reason: Option<&str>,
+    cache_opts: Option<&CacheOptions>,
+) -> Result<(), String> {
+    let w = writer::Writer::open(db, cache(cache_opts)?)?;
+    let target = w.target(target)?;
+    let shared = if cache_opts.is_some() {
+        " here and in memcached"
+    } else {
+        ""
+    };
+    let line = match reason {
+        Some(reason) => {
+            w.drain(&target, reason)?;
+            format!("{target}: drained{shared}; every answer leaves it out until undrain")
+        }
+        None => match w.undrain(&target)? {
+            true => format!("{target}: undrained{shared}; probes decide again"),
+            false => format!("{target}: was not drained here; undrain sent{shared} anyway"),
+        },
+    };
+    writeln!(io::stdout(), "{line}").map_err(|e| e.to_string())
+}
+
 fn push_metric(
     db: &std::path::Path,
     m: &Metric,
     cache_opts: Option<&CacheOptions>,
+    monitor_id: &str,
 ) -> Result<(), String> {
-    let w = writer::Writer::open(db, cache(cache_opts)?)?;
+    let w = writer::Writer::open(db, cache(cache_opts)?)?.with_monitor(monitor_id);
     match m {
         Metric::Latency {
             network,

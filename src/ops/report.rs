@@ -89,16 +89,7 @@ pub fn status(db: &Path, stale_after: u32) -> Result<(), String> {
         .collect::<Result<_, _>>()
         .map_err(err)?;
     for (name, probe, capacity, source, address) in targets {
-        let health = conn
-            .query_row(
-                "SELECT up, updated FROM ha_health WHERE target = ?1",
-                [&name],
-                |r| Ok((r.get::<_, bool>(0)?, r.get::<_, f64>(1)?)),
-            )
-            .ok()
-            .map_or("unknown".into(), |(up, t)| {
-                format!("{} {}", if up { "up" } else { "DOWN" }, stale(t))
-            });
+        let health = health_cell(&conn, &name, now, f64::from(stale_after), &stale).map_err(err)?;
         let load = conn
             .query_row(
                 "SELECT sessions, max_sessions, updated FROM ha_load WHERE target = ?1",
@@ -176,10 +167,61 @@ pub fn status(db: &Path, stale_after: u32) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn why(w: Why) -> String {
+/// The health column: the verdict, and each monitor's when several monitor
+/// the target; an operator's drain first, since it overrides them all.
+fn health_cell(
+    conn: &Connection,
+    target: &str,
+    now: f64,
+    stale_after: f64,
+    stale: &dyn Fn(f64) -> String,
+) -> rusqlite::Result<String> {
+    let mut stmt = conn
+        .prepare("SELECT monitor, up, updated FROM ha_health WHERE target = ?1 ORDER BY monitor")?;
+    let votes: Vec<(String, bool, f64)> = stmt
+        .query_map([target], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let word = |up: bool| if up { "up" } else { "DOWN" };
+    let mut cell = match votes.as_slice() {
+        [] => "unknown".to_owned(),
+        [(_, up, t)] => format!("{} {}", word(*up), stale(*t)),
+        _ => {
+            let fresh: Vec<_> = votes.iter().filter(|v| now - v.2 <= stale_after).collect();
+            let down = fresh.iter().filter(|v| !v.1).count();
+            let verdict = match fresh.len() {
+                0 => "unknown",
+                n if down * 2 > n => "DOWN",
+                _ => "up",
+            };
+            let each: Vec<String> = votes
+                .iter()
+                .map(|(m, up, t)| format!("{m} {} {}", word(*up), stale(*t)))
+                .collect();
+            format!(
+                "{verdict} ({down} of {} fresh say down: {})",
+                fresh.len(),
+                each.join(", ")
+            )
+        }
+    };
+    let drain: Option<String> = conn
+        .query_row(
+            "SELECT reason FROM ha_drain WHERE target = ?1",
+            [target],
+            |r| r.get(0),
+        )
+        .ok();
+    if let Some(reason) = drain {
+        cell = format!("drained: {reason}; {cell}");
+    }
+    Ok(cell)
+}
+
+fn why(w: Why, drain: Option<&str>) -> String {
     match w {
         Why::Static => "as stored".into(),
         Why::Down => "left out: down".into(),
+        Why::Drained => format!("left out: drained: {}", drain.unwrap_or("")),
         Why::Latency {
             ms,
             from_any: false,
@@ -253,11 +295,17 @@ pub fn explain(
                 let place = p
                     .place
                     .map_or("-".into(), |(prio, w)| format!("prio {prio} weight {w}"));
-                rows.push(vec![format!("  {target}"), place, why(p.why)]);
+                let drain = metrics.drain(target).map(|d| &*d.reason);
+                rows.push(vec![format!("  {target}"), place, why(p.why, drain)]);
             }
             let _ = write!(out, "{}", table(&rows));
             if outcome.fail_open {
-                let _ = writeln!(out, "  every target is down: all served (fail open)");
+                let _ = writeln!(
+                    out,
+                    "  every target is down or drained: all not drained served (fail open)"
+                );
+            } else if outcome.all_drained {
+                let _ = writeln!(out, "  every target is drained: all served (fail open)");
             }
         }
     }

@@ -9,7 +9,9 @@
 //! space-separated text, `updated` in Unix seconds:
 //!
 //! ```text
-//! PREFIX:health:TARGET            up(0|1) updated
+//! PREFIX:monitors                 MONITOR_ID MONITOR_ID ...  (who publishes health; no expiry)
+//! PREFIX:health:TARGET|MONITOR    up(0|1) updated           (one monitor's verdict)
+//! PREFIX:drain:TARGET             1 since REASON...|0 updated (no expiry: hard state)
 //! PREFIX:load:TARGET              sessions max|- updated     (- - updated: unknown since then)
 //! PREFIX:latency:NETWORK|TARGET   ewma_ms mean_ms samples timeouts updated
 //! ```
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use memcache::exp::{Get, MetaClient, Ttl};
 
-use crate::state::reading::Reading;
+use crate::state::reading::{monitors_key, valid_monitor_id, Reading};
 
 /// Connect and exchange timeout per server. memcached answers in tens of
 /// microseconds on a LAN; past this it is treated as down.
@@ -128,15 +130,83 @@ impl Cache {
         if !server.usable(now) {
             return;
         }
-        match server
-            .client
-            .set(&key, r.value())
-            .ttl(Ttl::from(self.ttl))
-            .send()
-        {
+        // A drain is the operator's word and holds until undrained; an
+        // undrain must outlive any copy of the drain it overrides.
+        let ttl = match r {
+            Reading::Drain { .. } => Ttl::NEVER,
+            _ => Ttl::from(self.ttl),
+        };
+        match server.client.set(&key, r.value()).ttl(ttl).send() {
             Ok(_) => server.worked(),
             Err(e) => server.failed(now, &e.to_string()),
         }
+    }
+
+    /// Adds `id` to the list of monitors that publish health, unless it is
+    /// there. Run every round, so a restarted memcached learns it again.
+    pub fn register_monitor(&mut self, id: &str) {
+        let key = monitors_key(&self.prefix);
+        let now = Instant::now();
+        let s = self.server_of(&key);
+        let server = &mut self.servers[s];
+        if !server.usable(now) {
+            return;
+        }
+        let listed = match server.client.get(&key).send() {
+            Ok(g) => g.value.unwrap_or_default(),
+            Err(e) => return server.failed(now, &e.to_string()),
+        };
+        if String::from_utf8_lossy(&listed).split(' ').any(|m| m == id) {
+            return server.worked();
+        }
+        // `add` when the list is missing, `append` when another monitor
+        // created it first: ids are never lost to a race, at worst listed
+        // twice, which readers ignore.
+        let added = server.client.set(&key, id).ttl(Ttl::NEVER).add().send();
+        let result = match added {
+            Ok(r) if r.applied() => Ok(()),
+            Ok(_) => server
+                .client
+                .set(&key, format!(" {id}"))
+                .append()
+                .send()
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => server.worked(),
+            Err(e) => server.failed(now, &e.to_string()),
+        }
+    }
+
+    /// The monitors that publish health, as listed in memcached; none when
+    /// it cannot be read.
+    pub fn monitors(&mut self) -> Vec<String> {
+        let key = monitors_key(&self.prefix);
+        let now = Instant::now();
+        let s = self.server_of(&key);
+        let server = &mut self.servers[s];
+        if !server.usable(now) {
+            return Vec::new();
+        }
+        let listed = match server.client.get(&key).send() {
+            Ok(g) => {
+                server.worked();
+                g.value.unwrap_or_default()
+            }
+            Err(e) => {
+                server.failed(now, &e.to_string());
+                return Vec::new();
+            }
+        };
+        let mut ids: Vec<String> = String::from_utf8_lossy(&listed)
+            .split(' ')
+            .filter(|m| valid_monitor_id(m))
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// Fetches `keys`, one pipelined round trip per usable server, and
@@ -210,6 +280,7 @@ mod tests {
             cache.fetch(&keys);
             cache.publish(&Reading::Health {
                 target: "a".into(),
+                monitor: "m".into(),
                 h: Health {
                     up: true,
                     updated: 1.0,

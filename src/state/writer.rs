@@ -45,7 +45,33 @@ pub struct Writer {
     conn: Connection,
     /// Where readings are also published for the other DNS nodes.
     cache: RefCell<Option<Cache>>,
+    /// Whose health verdicts these are (`--monitor-id`).
+    monitor: String,
 }
+
+/// The default `--monitor-id`: this host's name, so that monitors on
+/// different hosts never share a vote by accident.
+pub fn default_monitor_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
+    match rc == 0 && crate::state::reading::valid_monitor_id(&name) {
+        true => name,
+        false => "monitor".to_owned(),
+    }
+}
+
+/// A drain as `status` and `drain` show it.
+pub struct DrainRow {
+    pub target: String,
+    pub reason: String,
+    pub since: f64,
+}
+
+/// Longest drain reason kept: a ticket reference, not an essay.
+pub const MAX_REASON: usize = 200;
 
 /// An `ha_targets` row as the monitor reads it.
 pub struct TargetRow {
@@ -55,6 +81,7 @@ pub struct TargetRow {
     pub load_source: String,
     pub load_address: Option<String>,
     pub load_secret: Option<String>,
+    pub probe_ok_codes: Option<String>,
 }
 
 impl Writer {
@@ -84,7 +111,25 @@ impl Writer {
         Ok(Self {
             conn,
             cache: RefCell::new(cache),
+            monitor: default_monitor_id(),
         })
+    }
+
+    /// Health verdicts from now on are `id`'s.
+    pub fn with_monitor(mut self, id: &str) -> Self {
+        id.clone_into(&mut self.monitor);
+        self
+    }
+
+    pub fn monitor(&self) -> &str {
+        &self.monitor
+    }
+
+    /// Lists this monitor in memcached, so the pipes fetch its verdicts.
+    pub fn register_monitor(&self) {
+        if let Some(c) = self.cache.borrow_mut().as_mut() {
+            c.register_monitor(&self.monitor);
+        }
     }
 
     fn publish(&self, r: Reading) {
@@ -97,7 +142,8 @@ impl Writer {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, probe, probe_address, load_source, load_address, load_secret
+                "SELECT name, probe, probe_address, load_source, load_address, load_secret,
+                        probe_ok_codes
                  FROM ha_targets ORDER BY name",
             )
             .map_err(|e| e.to_string())?;
@@ -110,6 +156,7 @@ impl Writer {
                     load_source: r.get(3)?,
                     load_address: r.get(4)?,
                     load_secret: r.get(5)?,
+                    probe_ok_codes: r.get(6)?,
                 })
             })
             .map_err(|e| e.to_string())?;
@@ -279,7 +326,10 @@ impl Writer {
         Ok(())
     }
 
-    /// The operator's word: set at once, no anti-flap.
+    /// The operator's word: set at once, no anti-flap. It is this monitor
+    /// id's verdict (the host name unless `--monitor-id` says otherwise), so
+    /// the next probe rounds of a monitor with the same id move it again;
+    /// `drain` is what sticks.
     pub fn health(&self, target: &str, up: bool) -> Result<(), String> {
         self.set_health(target, up, 0, 0)
     }
@@ -288,30 +338,96 @@ impl Writer {
         let updated = unix_now();
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO ha_health (target, up, ok_streak, fail_streak, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![target, up, oks, fails, updated],
+                "INSERT OR REPLACE INTO ha_health
+                   (target, monitor, up, ok_streak, fail_streak, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![target, self.monitor, up, oks, fails, updated],
             )
             .map_err(|e| e.to_string())?;
         self.publish(Reading::Health {
             target: target.to_owned(),
+            monitor: self.monitor.clone(),
             h: Health { up, updated },
         });
         Ok(())
     }
 
+    /// Takes `target` out of every answer until `undrain`: hard state in
+    /// SQLite, and in memcached (without expiry) for the other nodes.
+    pub fn drain(&self, target: &str, reason: &str) -> Result<(), String> {
+        if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+            return Err(format!(
+                "--reason: at most {MAX_REASON} bytes on one line, got {} bytes",
+                reason.len()
+            ));
+        }
+        let since = unix_now();
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_drain (target, reason, since) VALUES (?1, ?2, ?3)",
+                params![target, reason, since],
+            )
+            .map_err(|e| e.to_string())?;
+        self.publish(Reading::Drain {
+            target: target.to_owned(),
+            reason: Some(reason.to_owned()),
+            updated: since,
+        });
+        Ok(())
+    }
+
+    /// Ends a drain here and, through memcached, on every node: the
+    /// undrain is newer than any copy of the drain.
+    pub fn undrain(&self, target: &str) -> Result<bool, String> {
+        let removed = self
+            .conn
+            .execute("DELETE FROM ha_drain WHERE target = ?1", [target])
+            .map_err(|e| e.to_string())?;
+        self.publish(Reading::Drain {
+            target: target.to_owned(),
+            reason: None,
+            updated: unix_now(),
+        });
+        Ok(removed > 0)
+    }
+
+    pub fn drains(&self) -> Result<Vec<DrainRow>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target, reason, since FROM ha_drain ORDER BY target")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DrainRow {
+                    target: r.get(0)?,
+                    reason: r.get(1)?,
+                    since: r.get(2)?,
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
     /// One probe result, through the anti-flap thresholds. Returns the
-    /// state after it. A target with no state yet takes the first result.
-    pub fn probe(&self, target: &str, ok: bool, t: AntiFlap) -> Result<bool, String> {
+    /// state before (`None`: no state yet) and after it. A target with no
+    /// state yet takes the first result.
+    pub fn probe(
+        &self,
+        target: &str,
+        ok: bool,
+        t: AntiFlap,
+    ) -> Result<(Option<bool>, bool), String> {
         let old: Option<(bool, u32, u32)> = self
             .conn
             .query_row(
-                "SELECT up, ok_streak, fail_streak FROM ha_health WHERE target = ?1",
-                [target],
+                "SELECT up, ok_streak, fail_streak FROM ha_health
+                 WHERE target = ?1 AND monitor = ?2",
+                [target, &self.monitor],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(|e| e.to_string())?;
+        let before = old.map(|(up, _, _)| up);
         let (up, oks, fails) = match (old, ok) {
             (None, _) => (ok, u32::from(ok), u32::from(!ok)),
             (Some((up, oks, _)), true) => {
@@ -324,7 +440,7 @@ impl Writer {
             }
         };
         self.set_health(target, up, oks, fails)?;
-        Ok(up)
+        Ok((before, up))
     }
 }
 
@@ -344,6 +460,7 @@ mod tests {
         Writer {
             conn,
             cache: RefCell::new(None),
+            monitor: "test".into(),
         }
     }
 
@@ -411,7 +528,7 @@ mod tests {
         let seq = |w: &Writer, results: &[bool]| -> Vec<bool> {
             results
                 .iter()
-                .map(|&ok| w.probe("sip1.example.com", ok, t).unwrap())
+                .map(|&ok| w.probe("sip1.example.com", ok, t).unwrap().1)
                 .collect()
         };
         assert_eq!(seq(&w, &[true]), [true], "the first result decides");

@@ -95,8 +95,8 @@ fn reads_all_from_kamailios_exact_reply_without_waiting_for_close() {
         String::from_utf8(request.recv().unwrap()).unwrap(),
         format!(
             "POST /RPC HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-             Content-Length: 52\r\nConnection: close\r\n\r\n\
-             {{\"jsonrpc\":\"2.0\",\"method\":\"dlg.stats_active\",\"id\":1}}"
+             Content-Length: 65\r\nConnection: close\r\n\r\n\
+             {{\"jsonrpc\":\"2.0\",\"method\":\"dlg.stats_active\",\"params\":[1],\"id\":1}}"
         )
     );
 }

@@ -446,6 +446,7 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
         let targets = read_targets(&w, &mut reported)?;
         let mut degraded = Degraded::default();
         let readings = poll(&targets, opts, &mut resolver, &mut reported, &mut degraded);
+        let probed = start.elapsed();
         match degraded.0.is_empty() {
             true => reported.fine("monitor", "round"),
             false => reported.problem("monitor", "round", &degraded.0.join("; ")),
@@ -459,8 +460,9 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             warn!("writing readings: {e}");
         }
         info!(
-            "polled {} targets in {:.0?}",
+            "polled {} targets in {:.2?} (written after {:.2?})",
             targets.len(),
+            probed,
             start.elapsed()
         );
         if opts.once {

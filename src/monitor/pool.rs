@@ -32,16 +32,25 @@ pub struct Degraded(pub Vec<String>);
 /// The most sockets to keep open for UDP probes: well under the soft `RLIMIT_NOFILE`,
 /// leaving room for SQLite, memcached, the workers' TCP connections and the resolver.
 pub fn udp_window(workers: usize) -> usize {
+    open_files_limit()
+        .saturating_sub(64 + 2 * workers)
+        .clamp(1, MAX_UDP_OPEN)
+}
+
+/// UDP probes in flight at most, whatever the limits: enough for thousands of targets with
+/// hundreds silent, few enough for one `poll` to stay cheap.
+const MAX_UDP_OPEN: usize = 4096;
+
+fn open_files_limit() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit struct we own.
-    let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
         0 => usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX),
         _ => 1024,
-    };
-    soft.saturating_sub(64 + 2 * workers).clamp(1, 4096)
+    }
 }
 
 /// Probes every address in `addrs` over UDP, at most `max_open` at once; results in order.
@@ -51,6 +60,14 @@ pub fn udp_many(
     max_open: usize,
     degraded: &mut Degraded,
 ) -> Vec<Result<Answer, ProbeError>> {
+    if max_open < addrs.len().min(MAX_UDP_OPEN) {
+        degraded.0.push(format!(
+            "at most {max_open} udp probes in flight for {} targets (open files limit {}); \
+             silent targets beyond that cost another timeout each (raise ulimit -n)",
+            addrs.len(),
+            open_files_limit()
+        ));
+    }
     let mut results: Vec<Option<Result<Answer, ProbeError>>> = Vec::new();
     results.resize_with(addrs.len(), || None);
     let mut window = max_open.max(1);

@@ -47,6 +47,8 @@ pub struct Writer {
     cache: RefCell<Option<Cache>>,
     /// Whose health verdicts these are (`--monitor-id`).
     monitor: String,
+    /// Whether this process listed `monitor` in memcached yet.
+    registered: std::cell::Cell<bool>,
 }
 
 /// The default `--monitor-id`: this host's name, so that monitors on
@@ -112,6 +114,7 @@ impl Writer {
             conn,
             cache: RefCell::new(cache),
             monitor: default_monitor_id(),
+            registered: std::cell::Cell::new(false),
         })
     }
 
@@ -126,9 +129,12 @@ impl Writer {
     }
 
     /// Lists this monitor in memcached, so the pipes fetch its verdicts.
+    /// The monitor does it every round, so a restarted memcached learns it
+    /// again; `metric health` once, before its first verdict.
     pub fn register_monitor(&self) {
         if let Some(c) = self.cache.borrow_mut().as_mut() {
             c.register_monitor(&self.monitor);
+            self.registered.set(true);
         }
     }
 
@@ -344,6 +350,9 @@ impl Writer {
                 params![target, self.monitor, up, oks, fails, updated],
             )
             .map_err(|e| e.to_string())?;
+        if !self.registered.get() {
+            self.register_monitor();
+        }
         self.publish(Reading::Health {
             target: target.to_owned(),
             monitor: self.monitor.clone(),
@@ -461,6 +470,7 @@ mod tests {
             conn,
             cache: RefCell::new(None),
             monitor: "test".into(),
+            registered: std::cell::Cell::new(false),
         }
     }
 

@@ -112,7 +112,10 @@ fn drain(
         }
         None => match w.undrain(&target)? {
             true => format!("{target}: undrained{shared}; probes decide again"),
-            false => format!("{target}: was not drained here; undrain sent{shared} anyway"),
+            false if cache_opts.is_some() => {
+                format!("{target}: was not drained here; undrain sent to memcached anyway")
+            }
+            false => format!("{target}: was not drained; nothing to do"),
         },
     };
     writeln!(io::stdout(), "{line}").map_err(|e| e.to_string())

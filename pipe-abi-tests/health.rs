@@ -556,8 +556,9 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
         Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
         None => probed.trim_end_matches('s').parse().unwrap(),
     };
-    // One timeout plus a margin for two busy cores.
-    assert!((1.0..2.5).contains(&secs), "probes took {probed}\n{log}");
+    // One timeout plus a margin for two cores busy with the other tests
+    // (alone: 1.2-1.7 s in a debug build, the time to start 5,000 probes).
+    assert!((1.0..3.5).contains(&secs), "probes took {probed}\n{log}");
     assert!(
         log.contains("probe threads"),
         "no thread limit seen:\n{log}"

@@ -263,13 +263,17 @@ fn poll(
                 (Some(a), _) => jobs.push(Job::Health(i, a)),
             }
         }
-        if let Some(l) = &load_to[i] {
-            // Unresolved: the client resolves itself, bounded only by the
-            // system resolver, rather than no load reading at all.
-            let via = lookup(t, l, "resolving load");
-            jobs.push(Job::Load(i, via));
-        } else if t.load != LoadSource::None {
-            jobs.push(Job::Load(i, None));
+        match &load_to[i] {
+            // Not resolved within the timeout: no reading this round, so the
+            // last load stands until it is stale.
+            Some(l) => {
+                if let Some(via) = lookup(t, l, "resolving load") {
+                    jobs.push(Job::Load(i, Some(via)));
+                }
+            }
+            // A URL the client refuses: it says why.
+            None if t.load != LoadSource::None => jobs.push(Job::Load(i, None)),
+            None => {}
         }
     }
     let addrs: Vec<SocketAddr> = udp.iter().map(|(_, a)| *a).collect();

@@ -231,7 +231,10 @@ fn why(w: Why, drain: Option<&str>) -> String {
         Why::Load { sessions, max } => {
             format!("{sessions}/{max} sessions, {} free", max - sessions)
         }
-        Why::Full { sessions, max } => format!("{sessions}/{max} sessions: full, behind its tier"),
+        // least-load: behind its tier; least-latency: behind every other.
+        Why::Full { sessions, max } => {
+            format!("{sessions}/{max} sessions: full, served after the others")
+        }
         Why::UnknownLoad => "no fresh load or no capacity known".into(),
     }
 }

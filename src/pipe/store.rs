@@ -126,6 +126,9 @@ pub struct Store {
     cache: Option<Cache>,
     /// The readings last fetched from memcached.
     overlay: Vec<Reading>,
+    /// The monitors publishing health, as last read from memcached; kept
+    /// while the list's server is unreachable.
+    monitors: Vec<String>,
     next_fetch: Instant,
     /// Rows left out of the whole index; their reasons are logged again
     /// only when this changes, not on every reload.
@@ -170,6 +173,7 @@ impl Store {
             metrics: Metrics::default(),
             cache: None,
             overlay: Vec::new(),
+            monitors: Vec::new(),
             next_fetch: now,
             skipped: usize::MAX,
             loaded_at: now,
@@ -333,7 +337,10 @@ impl Store {
     fn fetch(&mut self, now: Instant) {
         self.next_fetch = now + FETCH_EVERY;
         let Some(cache) = &mut self.cache else { return };
-        let monitors = cache.monitors();
+        if let Some(ids) = cache.monitors() {
+            self.monitors = ids;
+        }
+        let monitors = &self.monitors;
         let p = &cache.prefix;
         let mut keys = Vec::new();
         let networks = self

@@ -179,15 +179,16 @@ impl Cache {
         }
     }
 
-    /// The monitors that publish health, as listed in memcached; none when
-    /// it cannot be read.
-    pub fn monitors(&mut self) -> Vec<String> {
+    /// The monitors that publish health, as listed in memcached; `None`
+    /// when the list cannot be read (its server is down), so the caller can
+    /// keep the last list rather than forget every monitor's verdicts.
+    pub fn monitors(&mut self) -> Option<Vec<String>> {
         let key = monitors_key(&self.prefix);
         let now = Instant::now();
         let s = self.server_of(&key);
         let server = &mut self.servers[s];
         if !server.usable(now) {
-            return Vec::new();
+            return None;
         }
         let listed = match server.client.get(&key).send() {
             Ok(g) => {
@@ -196,7 +197,7 @@ impl Cache {
             }
             Err(e) => {
                 server.failed(now, &e.to_string());
-                return Vec::new();
+                return None;
             }
         };
         let mut ids: Vec<String> = String::from_utf8_lossy(&listed)
@@ -206,7 +207,7 @@ impl Cache {
             .collect();
         ids.sort();
         ids.dedup();
-        ids
+        Some(ids)
     }
 
     /// Fetches `keys`, one pipelined round trip per usable server, and

@@ -475,3 +475,108 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
         thread::sleep(interval.saturating_sub(start.elapsed()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn target(codes: Option<&str>) -> Target {
+        Target {
+            name: "sip1.example.com".into(),
+            probe: Probe::SipUdp,
+            probe_address: "192.0.2.11:5060".into(),
+            accept: AcceptCodes::parse(codes).unwrap(),
+            load: LoadSource::None,
+        }
+    }
+
+    fn sip(code: u16, reason: &str) -> Option<Checked> {
+        Some(Checked::Sip(Answer {
+            rtt: Duration::from_millis(3),
+            code,
+            reason: reason.into(),
+        }))
+    }
+
+    fn failed(kind: io::ErrorKind, raw: Option<i32>) -> Option<Checked> {
+        let source = match raw {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::from(kind),
+        };
+        Some(Checked::Failed(ProbeError {
+            peer: "192.0.2.11:5060".into(),
+            kind: probe::ProbeErrorKind::Io {
+                during: "binding",
+                source,
+            },
+        }))
+    }
+
+    fn load(refuses: Option<&str>) -> Option<Result<LoadReading, String>> {
+        Some(Ok(LoadReading {
+            sessions: 3,
+            max: Some(10),
+            refuses: refuses.map(str::to_owned),
+        }))
+    }
+
+    fn verdict_of(
+        t: &Target,
+        health: Option<Checked>,
+        load: Option<Result<LoadReading, String>>,
+    ) -> Option<(bool, String)> {
+        verdict(t, &Reading { health, load }, &mut Reported::default())
+    }
+
+    #[test]
+    fn a_verdict_follows_the_accepted_codes() {
+        let strict = target(None);
+        let lenient = target(Some("200,401,404"));
+        assert_eq!(
+            verdict_of(&strict, sip(200, "OK"), None).map(|v| v.0),
+            Some(true)
+        );
+        let (up, why) = verdict_of(&strict, sip(503, "Maximum Calls In Progress"), None).unwrap();
+        assert!(!up);
+        assert_eq!(
+            why,
+            "192.0.2.11:5060: answered 503 Maximum Calls In Progress, not in the accepted codes (2xx)"
+        );
+        assert_eq!(
+            verdict_of(&strict, sip(404, "Not Found"), None).map(|v| v.0),
+            Some(false)
+        );
+        assert_eq!(
+            verdict_of(&lenient, sip(404, "Not Found"), None).map(|v| v.0),
+            Some(true)
+        );
+        assert_eq!(
+            verdict_of(&lenient, sip(503, "Busy"), None).map(|v| v.0),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn our_own_shortage_is_no_verdict_but_a_refusal_is_down() {
+        let t = target(None);
+        assert_eq!(
+            verdict_of(&t, failed(io::ErrorKind::Other, Some(libc::EMFILE)), None),
+            None
+        );
+        let refused = verdict_of(&t, failed(io::ErrorKind::ConnectionRefused, None), None);
+        assert_eq!(refused.map(|v| v.0), Some(false));
+        assert_eq!(verdict_of(&t, None, None), None);
+    }
+
+    #[test]
+    fn a_server_refusing_calls_is_down_whatever_options_says() {
+        let t = target(None);
+        let paused = verdict_of(&t, sip(200, "OK"), load(Some("paused"))).unwrap();
+        assert_eq!(paused, (false, "paused".to_owned()));
+        // Load alone (probe 'none'): taking calls is up.
+        assert_eq!(verdict_of(&t, None, load(None)).map(|v| v.0), Some(true));
+        // An unreadable load source says nothing about health.
+        assert_eq!(verdict_of(&t, None, Some(Err("refused".into()))), None);
+    }
+}

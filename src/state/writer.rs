@@ -110,6 +110,25 @@ impl Writer {
                 db.display()
             ));
         }
+        // A database made by an older pdns-ha: say how to upgrade it rather
+        // than fail on the first statement that names a newer column.
+        for (table, column) in [("ha_targets", "probe_ok_codes"), ("ha_health", "monitor")] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
+                    |r| r.get(0),
+                )
+                .map_err(at)?;
+            if !has {
+                return Err(format!(
+                    "database {}: made by an older pdns-ha ({table} has no {column}); \
+                     run pdns-ha init --db {} to upgrade it",
+                    db.display(),
+                    db.display()
+                ));
+            }
+        }
         Ok(Self {
             conn,
             cache: RefCell::new(cache),

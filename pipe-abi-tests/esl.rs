@@ -530,3 +530,22 @@ fn pause_and_readiness_are_read_as_freeswitch_writes_them() {
         ),
     );
 }
+
+#[test]
+fn a_refused_pause_check_keeps_the_load() {
+    let s = standin(Fault::DenyFsctl);
+    let status = read_status(&s.addr().to_string(), None, "ClueCon", T).unwrap();
+    assert_eq!(status.load.sessions, 42);
+    assert_eq!(status.paused_inbound, None);
+    assert_eq!(status.refuses_calls(), None);
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let want =
+        "Content-Type: auth/request\n\nContent-Type: command/reply\nReply-Text: +OK accepted\n\n\
+                Content-Type: command/reply\nReply-Text: -ERR permission denied\n\n";
+    c.write_all(b"auth ClueCon\n\napi fsctl pause_check inbound\n\n")
+        .unwrap();
+    let mut got = vec![0u8; want.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+}

@@ -55,6 +55,9 @@ pub enum Fault {
     BadContentLength,
     /// Sends 16 KiB of header lines that never end in a blank line, then waits.
     EndlessHeader,
+    /// `api fsctl …` is refused as a `userauth` API allow-list without fsctl refuses it:
+    /// `command/reply` with `-ERR permission denied` (`parse_command` in mod_event_socket.c).
+    DenyFsctl,
 }
 
 /// What the stand-in reports. `Default` reproduces the reference's 340-byte `status` example.
@@ -239,6 +242,9 @@ fn serve(stream: TcpStream, sh: &Shared) -> io::Result<()> {
             continue;
         }
         match command.strip_prefix("api ") {
+            Some(api) if api.starts_with("fsctl ") && sh.cfg.fault == Fault::DenyFsctl => {
+                conn.reply("-ERR permission denied")?
+            }
             Some(api) => conn.api_response(&api_body(sh, api))?,
             None => conn.reply("-ERR command not found")?,
         }

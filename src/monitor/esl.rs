@@ -172,13 +172,20 @@ impl Conn<'_> {
 
     fn status(&mut self, pause_check: bool) -> Result<Status, ProbeError> {
         let (load, ready) = self.load()?;
+        // The load is read by now: a server that will not answer this (a
+        // `userauth` API allow-list without fsctl answers a command/reply
+        // `-ERR permission denied`, an old version `-ERR …`) still gave it.
         let paused_inbound = match pause_check {
-            true => match self.api("fsctl pause_check inbound")?.as_slice() {
-                b"true" => Some(true),
-                b"false" => Some(false),
-                other => {
-                    let shown = printable(other, 80);
+            true => match self.api("fsctl pause_check inbound") {
+                Ok(body) if body == b"true" => Some(true),
+                Ok(body) if body == b"false" => Some(false),
+                Ok(other) => {
+                    let shown = printable(&other, 80);
                     log::debug!("{}: pause_check answered \"{shown}\"", self.d.peer());
+                    None
+                }
+                Err(e) => {
+                    log::debug!("{}: pause_check: {e}", self.d.peer());
                     None
                 }
             },

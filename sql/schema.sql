@@ -161,7 +161,10 @@ CREATE TABLE IF NOT EXISTS ha_load (
   target                TEXT PRIMARY KEY COLLATE NOCASE,
   sessions              INTEGER NOT NULL CHECK (sessions >= 0),
   max_sessions          INTEGER DEFAULT NULL CHECK (max_sessions IS NULL OR max_sessions > 0),
-  updated               REAL NOT NULL
+  updated               REAL NOT NULL,
+  -- Which monitor (or `metric --monitor-id`) wrote it: a measurement, so the
+  -- newest wins, but status says whose it is.
+  monitor               TEXT DEFAULT NULL
 );
 
 -- Latency from a client network ('*' = measured from the monitor's host,
@@ -174,6 +177,8 @@ CREATE TABLE IF NOT EXISTS ha_latency (
   samples               INTEGER NOT NULL CHECK (samples > 0),
   timeouts              INTEGER NOT NULL DEFAULT 0,
   updated               REAL NOT NULL,
+  -- Which monitor took the latest sample.
+  monitor               TEXT DEFAULT NULL,
   PRIMARY KEY (network, target)
 );
 

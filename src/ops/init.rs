@@ -13,11 +13,14 @@ use rusqlite::Connection;
 
 const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
-/// Columns added to hard-state tables after their first release: (table,
-/// column, definition as in `sql/schema.sql`). Added where missing, after the
-/// schema ran, so operators' rows stay.
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("ha_targets", "probe_ok_codes", "TEXT DEFAULT NULL")];
+/// Columns added after a table's first release: (table, column, definition
+/// as in `sql/schema.sql`). Added where missing, after the schema ran, so the
+/// rows stay.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("ha_targets", "probe_ok_codes", "TEXT DEFAULT NULL"),
+    ("ha_load", "monitor", "TEXT DEFAULT NULL"),
+    ("ha_latency", "monitor", "TEXT DEFAULT NULL"),
+];
 
 /// Soft-state tables whose key changed: (table, a column only the new shape
 /// has). Readings are disposable (the next monitor round writes them again),

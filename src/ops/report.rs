@@ -136,11 +136,24 @@ pub fn status(db: &Path, stale_after: u32) -> Result<(), String> {
             latency.join("; ")
         };
         // The address, never the secret: status output ends up in tickets.
-        let source = match (source.as_str(), address) {
+        let mut source = match (source.as_str(), address) {
             ("none", _) => format!("probe {probe}"),
             (kind, Some(a)) => format!("probe {probe}, {kind} {a}"),
             (kind, None) => format!("probe {probe}, {kind}"),
         };
+        // Whose readings these are, when several monitors write.
+        let by: Vec<String> = conn
+            .prepare(
+                "SELECT monitor FROM ha_health WHERE target = ?1 AND monitor != ''
+                 UNION SELECT monitor FROM ha_load WHERE target = ?1 AND monitor IS NOT NULL
+                 UNION SELECT monitor FROM ha_latency WHERE target = ?1 AND monitor IS NOT NULL
+                 ORDER BY 1",
+            )
+            .and_then(|mut s| s.query_map([&name], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        if !by.is_empty() {
+            source = format!("{source}; by {}", by.join(", "));
+        }
         rows.push(vec![name, health, load, latency, source]);
     }
     let mut out = table(&rows);

@@ -112,7 +112,13 @@ impl Writer {
         }
         // A database made by an older pdns-ha: say how to upgrade it rather
         // than fail on the first statement that names a newer column.
-        for (table, column) in [("ha_targets", "probe_ok_codes"), ("ha_health", "monitor")] {
+        let newest = [
+            ("ha_targets", "probe_ok_codes"),
+            ("ha_health", "monitor"),
+            ("ha_load", "monitor"),
+            ("ha_latency", "monitor"),
+        ];
+        for (table, column) in newest {
             let has: bool = conn
                 .query_row(
                     "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
@@ -274,11 +280,12 @@ impl Writer {
         let updated = unix_now();
         self.conn
             .execute(
-                "INSERT INTO ha_latency (network, target, mean_ms, ewma_ms, samples, timeouts, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+                "INSERT INTO ha_latency
+                   (network, target, mean_ms, ewma_ms, samples, timeouts, updated, monitor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)
                  ON CONFLICT (network, target) DO UPDATE SET
-                   mean_ms = ?3, ewma_ms = ?4, samples = ?5, updated = ?6",
-                params![network, target, mean, ewma, n, updated],
+                   mean_ms = ?3, ewma_ms = ?4, samples = ?5, updated = ?6, monitor = ?7",
+                params![network, target, mean, ewma, n, updated, self.monitor],
             )
             .map_err(|e| e.to_string())?;
         let l = Latency {
@@ -318,9 +325,9 @@ impl Writer {
         let updated = unix_now();
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO ha_load (target, sessions, max_sessions, updated)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![target, sessions, max, updated],
+                "INSERT OR REPLACE INTO ha_load (target, sessions, max_sessions, updated, monitor)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![target, sessions, max, updated, self.monitor],
             )
             .map_err(|e| e.to_string())?;
         let load = Some(Load {

@@ -106,7 +106,8 @@ pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// `ha_targets` and `ha_health` as the first release created them.
+    /// `ha_targets`, `ha_health` and `ha_load` as the first release created
+    /// them.
     const FIRST_RELEASE: &str = "
         CREATE TABLE ha_targets (name TEXT PRIMARY KEY COLLATE NOCASE,
           probe TEXT NOT NULL DEFAULT 'sip-udp', probe_address TEXT DEFAULT NULL,
@@ -115,6 +116,9 @@ mod tests {
         CREATE TABLE ha_health (target TEXT PRIMARY KEY COLLATE NOCASE, up INTEGER NOT NULL,
           ok_streak INTEGER NOT NULL DEFAULT 0, fail_streak INTEGER NOT NULL DEFAULT 0,
           updated REAL NOT NULL);
+        CREATE TABLE ha_load (target TEXT PRIMARY KEY COLLATE NOCASE, sessions INTEGER NOT NULL,
+          max_sessions INTEGER DEFAULT NULL, updated REAL NOT NULL);
+        INSERT INTO ha_load (target, sessions, updated) VALUES ('sip1.example.com', 7, 1.0);
         INSERT INTO ha_targets (name) VALUES ('sip1.example.com');
         INSERT INTO ha_health (target, up, updated) VALUES ('sip1.example.com', 1, 1.0);";
 
@@ -135,6 +139,12 @@ mod tests {
         assert!(columns(&conn, "ha_drain")
             .unwrap()
             .contains(&"reason".to_owned()));
+        let kept: (i64, Option<String>) = conn
+            .query_row("SELECT sessions, monitor FROM ha_load", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(kept, (7, None), "an added column keeps the rows");
         let fresh = Connection::open_in_memory().unwrap();
         upgrade(&fresh).unwrap();
         assert_eq!(

@@ -14,4 +14,5 @@ mod monitor;
 mod pdns;
 mod reliability;
 mod scale;
+mod trust;
 mod util;

@@ -46,14 +46,14 @@ type Outcome = (String, usize, Duration);
 
 /// Digs the SIP SRV record over and over in the background until stopped,
 /// recording every outcome.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Outcome>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(pdns: &Arc<Pdns>) -> Self {
+    pub(crate) fn start(pdns: &Arc<Pdns>) -> Self {
         let (stop, seen) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(Mutex::new(Vec::new())),
@@ -85,7 +85,7 @@ impl Load {
 
     /// Stops and checks every answer: NOERROR with all eight records (the
     /// database never loses them), well under pipe-timeout.
-    fn check(mut self, what: &str) -> (usize, Duration) {
+    pub(crate) fn check(mut self, what: &str) -> (usize, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let seen = self.seen.lock().unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::config::{CacheOptions, Command, Metric, MonitorOptions, PipeOptions, Secs};
 use crate::dns::Subnet;
 use crate::select::Algorithm;
+use crate::state::validate::DEFAULT_MAX_SKEW;
 use crate::state::writer::AntiFlap;
 
 pub const USAGE: &str = "\
@@ -24,17 +25,26 @@ usage:
                  (metric also takes --stale-after SECS, --monitor-id ID and MEMCACHED)
   pdns-ha drain   --db PATH --target NAME [--reason TEXT] [MEMCACHED]
   pdns-ha undrain --db PATH --target NAME [MEMCACHED]
-  pdns-ha status  --db PATH [--stale-after SECS]
-  pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] QNAME [QTYPE]
+  pdns-ha status  --db PATH [--stale-after SECS] [--max-clock-skew SECS] [MEMCACHED]
+  pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] [--max-clock-skew SECS]
+                  [MEMCACHED] QNAME [QTYPE]
   pdns-ha --help | --version
-MEMCACHED (pipe, monitor, metric): --memcached HOST:PORT[,HOST:PORT...] [--memcached-prefix P]
+MEMCACHED (pipe, monitor, metric, drain, undrain, status, explain):
+  --memcached HOST:PORT[,HOST:PORT...] [--memcached-prefix P] [--memcached-key-file PATH]
 
 pipe is what pdns.conf runs:
   pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
 Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
---timeout 1000, --down-after 3, --up-after 2, --monitor-id the host name, --workers 32.
+--timeout 1000, --down-after 3, --up-after 2, --max-clock-skew 5 (pipe, status, explain),
+--monitor-id the host name, --workers 32.
+--memcached-key-file: a secret (16+ bytes, mode 0600) shared by every writer and pipe;
+values are then sealed with HMAC-SHA256 and unsealed ones ignored.
 Logs go to stderr; RUST_LOG=info (or debug) for more.
 ";
+
+/// The memcached options, the same for every command that takes
+/// `--memcached` (so a new command gets the key file with the rest).
+const MEMCACHED_FLAGS: [&str; 3] = ["memcached", "memcached-prefix", "memcached-key-file"];
 
 /// A whole number above zero, with the flag's name in the error.
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
@@ -133,12 +143,20 @@ impl Flags {
     }
 
     fn pipe_options(&self) -> Result<PipeOptions, String> {
+        let skew = DEFAULT_MAX_SKEW;
+        let max_clock_skew = match self.get("max-clock-skew") {
+            None => skew,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                format!("--max-clock-skew needs a whole number of seconds, got {v:?}")
+            })?,
+        };
         Ok(PipeOptions {
             db: self.db()?,
             algorithm: self.algorithm()?,
             dynamic_ttl: self.secs("dynamic-ttl", 30)?,
             stale_after: self.secs("stale-after", 30)?,
             cache: self.cache()?,
+            max_clock_skew,
         })
     }
 
@@ -160,11 +178,15 @@ impl Flags {
             None if self.has("memcached-prefix") => {
                 Err("--memcached-prefix needs --memcached".into())
             }
+            None if self.has("memcached-key-file") => {
+                Err("--memcached-key-file needs --memcached".into())
+            }
             None => Ok(None),
             Some(servers) => Ok(Some(CacheOptions {
                 servers: servers.to_owned(),
                 prefix: prefix.to_owned(),
                 ttl: self.secs("stale-after", 30)?,
+                key_file: self.get("memcached-key-file").map(PathBuf::from),
             })),
         }
     }
@@ -197,13 +219,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         _ => ("pipe", args),
     };
     let pipe_flags = [
-        "db",
-        "algorithm",
-        "dynamic-ttl",
-        "stale-after",
-        "memcached",
-        "memcached-prefix",
-    ];
+        &[
+            "db",
+            "algorithm",
+            "dynamic-ttl",
+            "stale-after",
+            "max-clock-skew",
+        ][..],
+        &MEMCACHED_FLAGS,
+    ]
+    .concat();
     match cmd {
         "pipe" => {
             let f = Flags::parse(cmd, &pipe_flags, &[], rest)?;
@@ -219,17 +244,19 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         "monitor" => {
             let known = [
-                "db",
-                "interval",
-                "timeout",
-                "down-after",
-                "up-after",
-                "stale-after",
-                "memcached",
-                "memcached-prefix",
-                "monitor-id",
-                "workers",
-            ];
+                &[
+                    "db",
+                    "interval",
+                    "timeout",
+                    "down-after",
+                    "up-after",
+                    "stale-after",
+                    "monitor-id",
+                    "workers",
+                ][..],
+                &MEMCACHED_FLAGS,
+            ]
+            .concat();
             let f = Flags::parse(cmd, &known, &["once"], rest)?;
             f.positional(cmd, 0, 0, "")?;
             let count = |flag: &str, default: u32| {
@@ -251,13 +278,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }))
         }
         "drain" | "undrain" => {
-            let mut own = vec![
-                "db",
-                "target",
-                "stale-after",
-                "memcached",
-                "memcached-prefix",
-            ];
+            let mut own = [&["db", "target", "stale-after"][..], &MEMCACHED_FLAGS].concat();
             if cmd == "drain" {
                 own.push("reason");
             }
@@ -272,20 +293,29 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         "metric" => parse_metric(rest),
         "status" => {
-            let f = Flags::parse(cmd, &["db", "stale-after"], &[], rest)?;
+            let known = [
+                &["db", "stale-after", "max-clock-skew"][..],
+                &MEMCACHED_FLAGS,
+            ]
+            .concat();
+            let f = Flags::parse(cmd, &known, &[], rest)?;
             f.positional(cmd, 0, 0, "")?;
-            Ok(Command::Status {
-                db: f.db()?,
-                stale_after: f.secs("stale-after", 30)?,
-            })
+            Ok(Command::Status(f.pipe_options()?))
         }
         "explain" => {
-            let f = Flags::parse(
-                cmd,
-                &["db", "algorithm", "dynamic-ttl", "stale-after", "client"],
-                &[],
-                rest,
-            )?;
+            let known = [
+                &[
+                    "db",
+                    "algorithm",
+                    "dynamic-ttl",
+                    "stale-after",
+                    "client",
+                    "max-clock-skew",
+                ][..],
+                &MEMCACHED_FLAGS,
+            ]
+            .concat();
+            let f = Flags::parse(cmd, &known, &[], rest)?;
             let pos = f.positional(cmd, 1, 2, "a name to explain (QNAME [QTYPE])")?;
             let client = match f.get("client") {
                 None => None,
@@ -311,17 +341,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 
 /// Flags every `metric` takes besides its own.
 fn metric_flags(own: &[&'static str]) -> Vec<&'static str> {
-    [
-        own,
-        &[
-            "db",
-            "stale-after",
-            "memcached",
-            "memcached-prefix",
-            "monitor-id",
-        ],
-    ]
-    .concat()
+    [own, &["db", "stale-after", "monitor-id"], &MEMCACHED_FLAGS].concat()
 }
 
 fn parse_metric(args: &[String]) -> Result<Command, String> {
@@ -413,6 +433,7 @@ mod tests {
             dynamic_ttl: Secs(10),
             stale_after: Secs(30),
             cache: None,
+            max_clock_skew: 5,
         });
         assert_eq!(
             p("--db /x.db --algorithm least-load --dynamic-ttl 10"),
@@ -426,11 +447,34 @@ mod tests {
             servers: "127.0.0.1:11211,[::1]:11211".into(),
             prefix: "pdns-ha".into(),
             ttl: Secs(9),
+            key_file: None,
         };
         assert_eq!(o.cache, Some(want));
         assert!(p("--db x --memcached-prefix y")
             .unwrap_err()
             .contains("needs --memcached"));
+        assert!(p("--db x --memcached-key-file k")
+            .unwrap_err()
+            .contains("needs --memcached"));
+        // Every command that takes --memcached takes the key file too.
+        for cmd in [
+            "pipe --db x",
+            "monitor --db x",
+            "metric health --db x --target t up",
+            "status --db x",
+            "explain --db x x",
+        ] {
+            let args = format!("{cmd} --memcached 127.0.0.1:1 --memcached-key-file /k");
+            let got = format!("{:?}", p(&args));
+            assert!(got.contains("key_file: Some(\"/k\")"), "{cmd}: {got}");
+        }
+        let Ok(Command::Status(o)) = p("status --db x --max-clock-skew 0") else {
+            panic!()
+        };
+        assert_eq!(o.max_clock_skew, 0);
+        assert!(p("--db x --max-clock-skew soon")
+            .unwrap_err()
+            .contains("--max-clock-skew"));
         let Ok(Command::Pipe(o)) = p("pipe --db=/x.db") else {
             panic!()
         };

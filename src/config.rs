@@ -13,13 +13,16 @@ use crate::state::writer::AntiFlap;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Secs(pub u32);
 
-/// `--memcached HOST:PORT[,...]` with its prefix and the expiry of what
-/// is published (the `--stale-after` of the command).
+/// `--memcached HOST:PORT[,...]` with its prefix, the expiry of what is
+/// published (the `--stale-after` of the command) and the shared secret
+/// that seals values (`--memcached-key-file`). Every command that talks to
+/// memcached takes all of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheOptions {
     pub servers: String,
     pub prefix: String,
     pub ttl: Secs,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub struct PipeOptions {
     /// Metrics older than this count as unknown.
     pub stale_after: Secs,
     pub cache: Option<CacheOptions>,
+    /// Readings stamped further ahead of this host's clock are refused.
+    pub max_clock_skew: u32,
 }
 
 impl PipeOptions {
@@ -96,10 +101,9 @@ pub enum Command {
         reason: Option<String>,
         cache: Option<CacheOptions>,
     },
-    Status {
-        db: PathBuf,
-        stale_after: Secs,
-    },
+    /// `status` reads as the pipe does: `algorithm` and `dynamic_ttl` are
+    /// left at their defaults.
+    Status(PipeOptions),
     Explain {
         opts: PipeOptions,
         all: bool,

@@ -152,6 +152,7 @@ fn fuzz_pipe_lines() {
             dynamic_ttl: Secs(30),
             stale_after: Secs(30),
             cache: None,
+            max_clock_skew: 5,
         };
         let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
         let mut out = Vec::new();
@@ -285,7 +286,9 @@ fn fuzz_metric_input_and_shared_values() {
         "explain --db d --client 2001:db8::/56 _sip._udp.example.com SRV",
         "p:latency:198.51.100.0/24|sip1 1.5 2.5 9 0 1700000000.5",
         "p:load:sip1 42 - 1700000000",
-        "p:health:sip1 1 1700000000",
+        "p:health:sip1|mon-a 1 1700000000",
+        "p:drain:sip1 1 1700000000 kernel upgrade",
+        "p:health:sip1|mon-a v1 1 1700000000 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -293,6 +296,7 @@ fn fuzz_metric_input_and_shared_values() {
     let dictionary: &[&[u8]] = &[
         b" --", b"=", b" -", b"/", b":", b"|", b"nan", b"1e999", b" ", b"\t",
     ];
+    let secret = crate::state::auth::Key::new(b"fuzz secret, 16+ bytes").unwrap();
     fuzz("metric input", 0x3e7, &seeds, dictionary, |input| {
         let text = String::from_utf8_lossy(input);
         let args: Vec<String> = text.split(' ').map(String::from).collect();
@@ -301,7 +305,16 @@ fn fuzz_metric_input_and_shared_values() {
             if let Some(r) = Reading::parse("p", key, value) {
                 // What parses must print back to the same value.
                 assert_eq!(Reading::parse("p", &r.key("p"), &r.value()), Some(r));
+                // What is sealed opens again, under its own key only.
+                let sealed = secret.seal(key, value);
+                assert_eq!(secret.open(key, &sealed), Ok(value));
+                assert!(secret.open(&format!("{key}x"), &sealed).is_err());
             }
+            // Anything else is refused without a panic, and the wire key
+            // always fits memcached.
+            let _ = secret.open(key, value);
+            let wire = crate::state::auth::wire_key("p", key);
+            assert!(wire.len() <= 250 && wire.bytes().all(|b| b > b' ' && b != 0x7f));
         }
         for word in text.split(' ') {
             let _ = Subnet::parse(word);

@@ -15,15 +15,19 @@
 //! - [`ops`]: the operator's commands: `init`, `status`, `explain`.
 //! - [`config`] holds typed options; [`cli`] turns arguments into them.
 //! - [`dns`]: the vocabulary every layer shares (subnets, name order).
+//! - [`files`]: paths that must be regular files, checked without blocking;
+//!   [`text`]: untrusted text escaped and cut short for logs and reports.
 
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod files;
 pub mod monitor;
 pub mod ops;
 pub mod pipe;
 pub mod select;
 pub mod state;
+pub mod text;
 
 #[cfg(test)]
 mod fuzz;

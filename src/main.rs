@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
 use pdns_ha::pipe::{backend, store};
-use pdns_ha::state::{memcached, writer};
+use pdns_ha::state::{memcached, validate, writer};
 use pdns_ha::{cli, monitor, ops};
 
 fn main() -> ExitCode {
@@ -36,14 +36,20 @@ fn main() -> ExitCode {
             reason,
             cache,
         }) => drain(&db, &target, reason.as_deref(), cache.as_ref()),
-        Ok(Command::Status { db, stale_after }) => ops::report::status(&db, stale_after.0),
+        Ok(Command::Status(opts)) => {
+            validate::set_max_skew(opts.max_clock_skew);
+            ops::report::status(&opts)
+        }
         Ok(Command::Explain {
             opts,
             all,
             client,
             qname,
             qtype,
-        }) => ops::report::explain(&opts, all, client, &qname, &qtype),
+        }) => {
+            validate::set_max_skew(opts.max_clock_skew);
+            ops::report::explain(&opts, all, client, &qname, &qtype)
+        }
         Ok(Command::Monitor(opts)) => monitor::run(&opts),
     };
     match result {
@@ -68,6 +74,7 @@ fn init_logging() {
 }
 
 fn pipe(opts: &PipeOptions) -> Result<(), String> {
+    validate::set_max_skew(opts.max_clock_skew);
     let mut store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
     if let Some(c) = cache(opts.cache.as_ref())? {
         store = store.with_cache(c);
@@ -86,7 +93,7 @@ fn pipe(opts: &PipeOptions) -> Result<(), String> {
 
 /// The memcached client for `--memcached`, if given.
 fn cache(opts: Option<&CacheOptions>) -> Result<Option<memcached::Cache>, String> {
-    opts.map(|c| memcached::Cache::new(&c.servers, &c.prefix, c.ttl.0))
+    opts.map(|c| memcached::Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref()))
         .transpose()
 }
 

@@ -35,6 +35,7 @@ use crate::config::MonitorOptions;
 use crate::state::memcached::Cache;
 use crate::state::reading::ANY_NETWORK;
 use crate::state::writer::Writer;
+use crate::text::shown;
 
 use self::pool::Degraded;
 use self::probe::ProbeError;
@@ -316,14 +317,14 @@ impl Reported {
     fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
         let key = (target.to_owned(), what);
         if self.0.get(&key).map(String::as_str) != Some(msg) {
-            warn!("{target}: {what}: {msg}");
+            warn!("{}: {what}: {}", shown(target), shown(msg));
             self.0.insert(key, msg.to_owned());
         }
     }
 
     fn fine(&mut self, target: &str, what: &'static str) {
         if self.0.remove(&(target.to_owned(), what)).is_some() {
-            info!("{target}: {what} works again");
+            info!("{}: {what} works again", shown(target));
         }
     }
 }
@@ -426,8 +427,8 @@ fn write_round(
     })?;
     for (name, up, why) in changes {
         match up {
-            true => warn!("{name}: up again ({why})"),
-            false => warn!("{name}: down ({why})"),
+            true => warn!("{}: up again ({})", shown(&name), shown(&why)),
+            false => warn!("{}: down ({})", shown(&name), shown(&why)),
         }
     }
     Ok(())
@@ -437,10 +438,10 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     let cache = opts
         .cache
         .as_ref()
-        .map(|c| Cache::new(&c.servers, &c.prefix, c.ttl.0))
+        .map(|c| Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref()))
         .transpose()?;
     let w = Writer::open(&opts.db, cache)?.with_monitor(&opts.monitor_id);
-    info!("monitor {} starting", w.monitor());
+    info!("monitor {} starting", shown(w.monitor()));
     let mut reported = Reported::default();
     let mut resolver = Resolver::default();
     let interval = Duration::from_secs(u64::from(opts.interval.0));

@@ -166,6 +166,7 @@ fn store(name: &str, entry: &mut Entry, answer: Answer, now: Instant) -> Result<
         Ok(addrs) if !addrs.is_empty() => {
             if addrs != entry.addrs {
                 let all: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                let name = crate::text::shown(name);
                 info!("{name} resolves to {}; probing {}", all.join(", "), all[0]);
             }
             entry.addrs = addrs;

@@ -56,6 +56,10 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
 
 pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
     let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
+    // Not through a symbolic link (a dangling one would have SQLite create
+    // its target, wherever it points) and not into a FIFO, device or
+    // directory.
+    crate::files::check_new_database(db).map_err(|e| at(&e))?;
     // Created here rather than by SQLite so that the mode is explicit and
     // the same under any umask: operators write it, pdns (another user)
     // only reads it. A umask of 077 would otherwise lock pdns out.

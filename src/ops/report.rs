@@ -16,7 +16,9 @@ use crate::pipe::answer::{candidate, Decision, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
 use crate::select::{Algorithm, Why};
-use crate::state::reading::unix_now;
+use crate::state::memcached::Cache;
+use crate::state::reading::{target_key, unix_now, Health, Latency, Load, Reading, ANY_NETWORK};
+use crate::text::shown;
 
 /// `3s`, `4m`, `2h`, `5d`.
 fn age(secs: f64) -> String {
@@ -30,8 +32,76 @@ fn age(secs: f64) -> String {
 }
 
 fn open(db: &Path) -> Result<Connection, String> {
+    let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
+    crate::files::check_database(db).map_err(|e| at(&e))?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Connection::open_with_flags(db, flags).map_err(|e| format!("database {}: {e}", db.display()))
+    Connection::open_with_flags(db, flags).map_err(|e| at(&e))
+}
+
+/// The view the pipe has: the database loaded by the pipe's own code (the
+/// same validation, the same skipped rows) with memcached's readings laid
+/// over it when `--memcached` is given.
+fn view(opts: &PipeOptions) -> Result<Store, String> {
+    let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+    match &opts.cache {
+        None => Ok(store),
+        Some(c) => {
+            let cache = Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref())?;
+            Ok(store.with_cache(cache))
+        }
+    }
+}
+
+/// Where a reading the pipe uses came from: memcached if the one in use is
+/// among those fetched, else SQLite.
+fn origin(store: &Store, want: impl Fn(&Reading) -> bool) -> &'static str {
+    match store.from_memcached().iter().any(want) {
+        true => "memcached",
+        false => "sqlite",
+    }
+}
+
+fn health_origin(store: &Store, target: &str, monitor: &str, h: &Health) -> &'static str {
+    origin(store, |r| {
+        matches!(r, Reading::Health { target: t, monitor: m, h: x }
+            if target_key(t) == target && m == monitor && x == h)
+    })
+}
+
+fn load_origin(store: &Store, target: &str, l: &Load) -> &'static str {
+    origin(
+        store,
+        |r| matches!(r, Reading::Load { target: t, load: Some(x), .. } if target_key(t) == target && x == l),
+    )
+}
+
+fn latency_origin(store: &Store, network: &str, target: &str, l: &Latency) -> &'static str {
+    origin(store, |r| {
+        matches!(r, Reading::Latency { network: n, target: t, l: x, .. }
+            if n == network && target_key(t) == target && x == l)
+    })
+}
+
+/// Rows the load left out, and values memcached sent that were ignored:
+/// the same words the pipe logs.
+fn rejected(store: &Store, out: &mut String) {
+    let (n, why) = store.skipped();
+    if n > 0 {
+        let _ = writeln!(out, "\nskipped {n} rows (as the pipe does):");
+        for w in why {
+            let _ = writeln!(out, "  {w}");
+        }
+        if n > why.len() {
+            let _ = writeln!(out, "  … and {} more", n - why.len());
+        }
+    }
+    if let Some(c) = store.cache() {
+        let auth = match c.authenticated() {
+            true => "sealed values only (key file)",
+            false => "unauthenticated (no key file)",
+        };
+        let _ = writeln!(out, "memcached: {auth}; values ignored: {}", c.rejects());
+    }
 }
 
 /// Prints columns padded to their widest cell.
@@ -58,9 +128,11 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn status(db: &Path, stale_after: u32) -> Result<(), String> {
-    let conn = open(db)?;
-    let err = |e: rusqlite::Error| format!("database {}: {e}", db.display());
+pub fn status(opts: &PipeOptions) -> Result<(), String> {
+    let store = view(opts)?;
+    let metrics = store.metrics();
+    let conn = open(&opts.db)?;
+    let stale_after = opts.stale_after.0;
     let now = unix_now();
     let stale = |updated: f64| {
         let a = age(now - updated);
@@ -75,132 +147,151 @@ pub fn status(db: &Path, stale_after: u32) -> Result<(), String> {
         "health".into(),
         "load".into(),
         "latency ewma/mean ms (samples, timeouts) by network".into(),
-        "source".into(),
+        "probe and load source".into(),
     ]];
+    // How each target is measured; a cell of the wrong type shows as "?"
+    // rather than failing the whole report.
     let mut stmt = conn
-        .prepare("SELECT name, probe, max_sessions, load_source, load_address FROM ha_targets ORDER BY name")
-        .map_err(err)?;
-    type TargetRow = (String, String, Option<i64>, String, Option<String>);
-    let targets: Vec<TargetRow> = stmt
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .map_err(err)?
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
-    for (name, probe, capacity, source, address) in targets {
-        let health = health_cell(&conn, &name, now, f64::from(stale_after), &stale).map_err(err)?;
-        let load = conn
-            .query_row(
-                "SELECT sessions, max_sessions, updated FROM ha_load WHERE target = ?1",
-                [&name],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, f64>(2)?,
-                    ))
-                },
-            )
-            .ok()
-            .map_or("-".into(), |(s, max, t)| {
-                let max = max.or(capacity).map_or("?".into(), |m| m.to_string());
-                format!("{s}/{max} {}", stale(t))
-            });
-        let mut lat = conn
-            .prepare(
-                "SELECT l.network, n.name, l.ewma_ms, l.mean_ms, l.samples, l.timeouts, l.updated
-                 FROM ha_latency l LEFT JOIN ha_networks n ON n.cidr = l.network
-                 WHERE l.target = ?1 ORDER BY l.network",
-            )
-            .map_err(err)?;
-        let latency: Vec<String> = lat
-            .query_map([&name], |r| {
-                let net: String = r.get(0)?;
-                let label = r.get::<_, Option<String>>(1)?.unwrap_or(net);
-                Ok(format!(
-                    "{label}: {:.1}/{:.1} ({}, {}) {}",
-                    r.get::<_, f64>(2)?,
-                    r.get::<_, f64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    stale(r.get(6)?)
-                ))
-            })
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
+        .prepare("SELECT name, probe, load_source, load_address FROM ha_targets ORDER BY name")
+        .map_err(|e| format!("database {}: {e}", opts.db.display()))?;
+    let mut how = std::collections::HashMap::new();
+    let mut q = stmt.query([]).map_err(|e| e.to_string())?;
+    while let Ok(Some(r)) = q.next() {
+        let text = |i: usize| {
+            r.get_ref(i)
+                .ok()
+                .and_then(|v| v.as_str_or_null().ok())
+                .map(|v| v.map_or(String::new(), shown))
+                .unwrap_or_else(|| "?".into())
+        };
+        if let Ok(name) = r.get_ref(0).and_then(|v| Ok(v.as_str()?)) {
+            how.insert(target_key(name), (text(1), text(2), text(3)));
+        }
+    }
+    let timeouts = |network: &str, target: &str| -> Option<i64> {
+        conn.query_row(
+            "SELECT timeouts FROM ha_latency WHERE network = ?1 AND target = ?2",
+            [network, target],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    let networks: Vec<(&str, &str)> = metrics
+        .networks()
+        .iter()
+        .map(|n| (&*n.cidr, &*n.name))
+        .chain([(ANY_NETWORK, ANY_NETWORK)])
+        .collect();
+    for name in metrics.targets() {
+        let name = &**name;
+        let health = health_cell(&store, name, now, f64::from(stale_after), &stale);
+        let load = metrics.load(name).map_or("-".into(), |l| {
+            let max = l.max_sessions.or(metrics.capacity(name));
+            let max = max.map_or("?".into(), |m| m.to_string());
+            let from = load_origin(&store, name, &l);
+            format!("{}/{max} {} ({from})", l.sessions, stale(l.updated))
+        });
+        let mut latency = Vec::new();
+        for (cidr, label) in &networks {
+            let Some(l) = metrics.latency(cidr, name) else {
+                continue;
+            };
+            let from = latency_origin(&store, cidr, name, &l);
+            let t = match from {
+                "memcached" => store.from_memcached().iter().find_map(|r| match r {
+                    Reading::Latency {
+                        network,
+                        target,
+                        timeouts,
+                        ..
+                    } if network == cidr && target_key(target) == name => Some(*timeouts as i64),
+                    _ => None,
+                }),
+                _ => timeouts(cidr, name),
+            };
+            latency.push(format!(
+                "{}: {:.1}/{:.1} ({}, {}) {} ({from})",
+                shown(label),
+                l.ewma_ms,
+                l.mean_ms,
+                l.samples,
+                t.map_or("?".into(), |t| t.to_string()),
+                stale(l.updated)
+            ));
+        }
         let latency = if latency.is_empty() {
             "-".into()
         } else {
             latency.join("; ")
         };
         // The address, never the secret: status output ends up in tickets.
-        let mut source = match (source.as_str(), address) {
-            ("none", _) => format!("probe {probe}"),
-            (kind, Some(a)) => format!("probe {probe}, {kind} {a}"),
-            (kind, None) => format!("probe {probe}, {kind}"),
+        let mut source = match how.get(name) {
+            None => "?".into(),
+            Some((probe, kind, _)) if kind == "none" => format!("probe {probe}"),
+            Some((probe, kind, a)) if a.is_empty() => format!("probe {probe}, {kind}"),
+            Some((probe, kind, a)) => format!("probe {probe}, {kind} {a}"),
         };
         // Whose readings these are, when several monitors write.
-        let by: Vec<String> = conn
+        let mut by: Vec<String> = conn
             .prepare(
-                "SELECT monitor FROM ha_health WHERE target = ?1 AND monitor != ''
-                 UNION SELECT monitor FROM ha_load WHERE target = ?1 AND monitor IS NOT NULL
-                 UNION SELECT monitor FROM ha_latency WHERE target = ?1 AND monitor IS NOT NULL
-                 ORDER BY 1",
+                "SELECT monitor FROM ha_load WHERE target = ?1 AND monitor IS NOT NULL
+                 UNION SELECT monitor FROM ha_latency WHERE target = ?1 AND monitor IS NOT NULL",
             )
-            .and_then(|mut s| s.query_map([&name], |r| r.get(0))?.collect())
+            .and_then(|mut s| s.query_map([name], |r| r.get(0))?.collect())
             .unwrap_or_default();
+        by.extend(metrics.health(name).map(|(m, _)| m.to_owned()));
+        by.retain(|m| !m.is_empty());
+        by.sort();
+        by.dedup();
         if !by.is_empty() {
+            let by: Vec<String> = by.iter().map(|m| shown(m)).collect();
             source = format!("{source}; by {}", by.join(", "));
         }
-        rows.push(vec![name, health, load, latency, source]);
+        rows.push(vec![shown(name), health, load, latency, source]);
     }
     let mut out = table(&rows);
-    let networks: Vec<String> = conn
-        .prepare("SELECT cidr, name FROM ha_networks ORDER BY name")
-        .and_then(|mut s| {
-            s.query_map([], |r| {
-                Ok(format!(
-                    "{} {}",
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(0)?
-                ))
-            })?
-            .collect()
-        })
-        .map_err(err)?;
-    let _ = writeln!(out, "\nnetworks: {}", networks.join(", "));
+    let mut names: Vec<String> = metrics
+        .networks()
+        .iter()
+        .map(|n| format!("{} {}", shown(&n.name), shown(&n.cidr)))
+        .collect();
+    names.sort();
+    let _ = writeln!(out, "\nnetworks: {}", names.join(", "));
     let _ = writeln!(
         out,
         "readings older than {stale_after}s are STALE and count as unknown"
     );
+    rejected(&store, &mut out);
     io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| e.to_string())
 }
 
-/// The health column: the verdict, and each monitor's when several monitor
-/// the target; an operator's drain first, since it overrides them all.
+/// The health column, as the pipe sees it (SQLite and memcached): the
+/// verdict, and each monitor's word with where it came from when several
+/// monitor the target; an operator's drain first, since it beats them all.
 fn health_cell(
-    conn: &Connection,
+    store: &Store,
     target: &str,
     now: f64,
     stale_after: f64,
     stale: &dyn Fn(f64) -> String,
-) -> rusqlite::Result<String> {
-    let mut stmt = conn
-        .prepare("SELECT monitor, up, updated FROM ha_health WHERE target = ?1 ORDER BY monitor")?;
-    let votes: Vec<(String, bool, f64)> = stmt
-        .query_map([target], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
+) -> String {
+    let metrics = store.metrics();
+    let votes: Vec<(&str, Health)> = metrics.health(target).collect();
     let word = |up: bool| if up { "up" } else { "DOWN" };
     let mut cell = match votes.as_slice() {
         [] => "unknown".to_owned(),
-        [(_, up, t)] => format!("{} {}", word(*up), stale(*t)),
+        [(m, h)] => {
+            let from = health_origin(store, target, m, h);
+            format!("{} {} ({from})", word(h.up), stale(h.updated))
+        }
         _ => {
-            let fresh: Vec<_> = votes.iter().filter(|v| now - v.2 <= stale_after).collect();
-            let down = fresh.iter().filter(|v| !v.1).count();
+            let fresh: Vec<_> = votes
+                .iter()
+                .filter(|(_, h)| now - h.updated <= stale_after)
+                .collect();
+            let down = fresh.iter().filter(|(_, h)| !h.up).count();
             let verdict = match fresh.len() {
                 0 => "unknown",
                 n if down * 2 > n => "DOWN",
@@ -208,7 +299,10 @@ fn health_cell(
             };
             let each: Vec<String> = votes
                 .iter()
-                .map(|(m, up, t)| format!("{m} {} {}", word(*up), stale(*t)))
+                .map(|(m, h)| {
+                    let from = health_origin(store, target, m, h);
+                    format!("{} {} {} ({from})", shown(m), word(h.up), stale(h.updated))
+                })
                 .collect();
             format!(
                 "{verdict} ({down} of {} fresh say down: {})",
@@ -217,17 +311,10 @@ fn health_cell(
             )
         }
     };
-    let drain: Option<String> = conn
-        .query_row(
-            "SELECT reason FROM ha_drain WHERE target = ?1",
-            [target],
-            |r| r.get(0),
-        )
-        .ok();
-    if let Some(reason) = drain {
-        cell = format!("drained: {reason}; {cell}");
+    if let Some(d) = metrics.drain(target) {
+        cell = format!("drained: {}; {cell}", shown(&d.reason));
     }
-    Ok(cell)
+    cell
 }
 
 fn why(w: Why, drain: Option<&str>) -> String {
@@ -259,20 +346,28 @@ pub fn explain(
     qname: &str,
     qtype: &str,
 ) -> Result<(), String> {
-    let mut store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+    let mut store = view(opts)?;
     store.prepare(qname)?;
     let (zones, metrics) = (store.zones(), store.metrics());
     let client = client.unwrap_or(Subnet::host([127, 0, 0, 1].into()));
     let mut out = String::new();
+    let network = metrics.network_for(client).map(|n| &*n.cidr);
     let _ = match metrics.network_for(client) {
-        Some(n) => writeln!(out, "client {client}: network {} ({})", n.name, n.cidr),
+        Some(n) => writeln!(
+            out,
+            "client {client}: network {} ({})",
+            shown(&n.name),
+            shown(&n.cidr)
+        ),
         None => writeln!(out, "client {client}: in no known network"),
     };
     let records: Vec<Record<'_>> = zones.lookup(qname, QType::parse(qtype)).collect();
     if records.is_empty() {
         let _ = writeln!(
             out,
-            "{qname} {qtype}: no records (pdns answers NODATA or NXDOMAIN)"
+            "{} {}: no records (pdns answers NODATA or NXDOMAIN)",
+            shown(qname),
+            shown(qtype)
         );
     }
     let algorithms = match all {
@@ -311,8 +406,13 @@ pub fn explain(
                 let place = p
                     .place
                     .map_or("-".into(), |(prio, w)| format!("prio {prio} weight {w}"));
-                let drain = metrics.drain(target).map(|d| &*d.reason);
-                rows.push(vec![format!("  {target}"), place, why(p.why, drain)]);
+                let drain = metrics.drain(target).map(|d| shown(&d.reason));
+                rows.push(vec![
+                    format!("  {}", shown(target)),
+                    place,
+                    why(p.why, drain.as_deref()),
+                    reading_from(&store, p.why, network, target),
+                ]);
             }
             let _ = write!(out, "{}", table(&rows));
             if outcome.fail_open {
@@ -325,7 +425,43 @@ pub fn explain(
             }
         }
     }
+    rejected(&store, &mut out);
     io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| e.to_string())
+}
+
+/// Which store the reading behind a placement came from.
+fn reading_from(store: &Store, why: Why, network: Option<&str>, target: &str) -> String {
+    let m = store.metrics();
+    let from = match why {
+        Why::Down => {
+            let mut from: Vec<&str> = m
+                .health(target)
+                .map(|(mon, h)| health_origin(store, target, mon, &h))
+                .collect();
+            from.sort_unstable();
+            from.dedup();
+            (!from.is_empty()).then(|| from.join(" and "))
+        }
+        Why::Drained => Some(
+            origin(store, |r| {
+                matches!(r, Reading::Drain { target: t, reason: Some(_), .. } if target_key(t) == target)
+            })
+            .to_owned(),
+        ),
+        Why::Latency { from_any, .. } => {
+            let net = match from_any {
+                true => ANY_NETWORK,
+                false => network.unwrap_or(ANY_NETWORK),
+            };
+            m.latency(net, target)
+                .map(|l| latency_origin(store, net, target, &l).to_owned())
+        }
+        Why::Load { .. } | Why::Full { .. } => m
+            .load(target)
+            .map(|l| load_origin(store, target, &l).to_owned()),
+        Why::Static | Why::Unmeasured | Why::UnknownLoad => None,
+    };
+    from.map_or(String::new(), |f| format!("({f})"))
 }

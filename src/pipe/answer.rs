@@ -162,7 +162,10 @@ impl Ranker {
             .fail_open_logged
             .is_none_or(|t| now.duration_since(t) >= FAIL_OPEN_LOG_EVERY)
         {
-            warn!("every target of {name} is {what} (fail open)");
+            warn!(
+                "every target of {} is {what} (fail open)",
+                crate::text::shown(name)
+            );
             self.fail_open_logged = Some(now);
         }
     }

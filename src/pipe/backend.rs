@@ -234,6 +234,14 @@ impl Backend {
                     "zone loads: {}, reading loads: {}, names read: {}, read failures: {}",
                     st.zone_loads, st.reading_loads, st.name_reads, st.read_failures
                 )?;
+                writeln!(out, "rows skipped: {}", self.store.skipped().0)?;
+                if let Some(c) = self.store.cache() {
+                    let auth = match c.authenticated() {
+                        true => "sealed values only",
+                        false => "unauthenticated",
+                    };
+                    writeln!(out, "memcached: {auth}; values ignored: {}", c.rejects())?;
+                }
                 writeln!(out, "uptime: {:.0?}", self.started.elapsed())?;
             }
             "reload" => {

@@ -24,7 +24,9 @@ use crate::pipe::zone::{is_apex, Builder, Row, Skip, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
 use crate::state::reading::{drain_key, health_key, latency_key, load_key, Reading};
-use crate::state::reading::{Drain, Health, Latency, Load, ANY_NETWORK};
+use crate::state::reading::{unix_now, Drain, Health, Latency, Load, ANY_NETWORK};
+use crate::state::validate::Clock;
+use crate::text::shown;
 
 /// How often the pipe looks for a changed database. The contract is that an
 /// operator's change is served within a second; a check costs one `stat`
@@ -48,6 +50,11 @@ const FETCH_EVERY: Duration = Duration::from_secs(1);
 const PAGE_CACHE_KIB: i64 = 1024;
 
 const PIPE_SQL: &str = include_str!("../../sql/pipe.sql");
+
+/// Skipped rows whose reasons are kept (for `status` and `explain`) and
+/// logged; the rest are only counted, so that a table full of bad rows
+/// cannot fill the log or the memory of every pipe process.
+const SKIPPED_KEPT: usize = 20;
 
 /// The statement under `-- name: NAME` in `sql/pipe.sql`. Every name the
 /// code asks for is checked by a unit test, so a missing one fails there.
@@ -130,28 +137,40 @@ pub struct Store {
     /// while the list's server is unreachable.
     monitors: Vec<String>,
     next_fetch: Instant,
-    /// Rows left out of the whole index; their reasons are logged again
-    /// only when this changes, not on every reload.
-    skipped: usize,
+    /// Rows left out of the whole index, and of the readings; their
+    /// reasons are logged again only when a count changes, not on every
+    /// reload (readings are re-read on every commit).
+    skipped_zones: Skipped,
+    skipped_readings: Skipped,
+    /// The first [`SKIPPED_KEPT`] reasons of both.
+    skipped_why: Vec<String>,
     loaded_at: Instant,
     next_check: Instant,
     /// Set while the database cannot be read: when the error was last
     /// logged and how many checks failed since.
     failing: Option<(Instant, u64)>,
     stats: StoreStats,
+    /// What readings' timestamps are judged against.
+    clock: fn() -> f64,
 }
 
 impl Store {
     /// Opens the database and loads it; any failure here is fatal to the
     /// caller, because there is nothing earlier to fall back on.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_at(path, unix_now)
+    }
+
+    /// As `open`, judging readings' timestamps (in the future or not) by
+    /// `clock`: golden transcripts run at a fixed time, as the backend does.
+    pub fn open_at(path: &Path, clock: fn() -> f64) -> Result<Self, StoreError> {
         let err = |what: String| StoreError {
             path: path.to_owned(),
             what,
         };
         let file = file_id(path).map_err(err)?;
         let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
-        let loaded = load(&conn, true).map_err(|e| match e.contains("no such table") {
+        let loaded = load(&conn, true, clock()).map_err(|e| match e.contains("no such table") {
             true => err(format!(
                 "{e} (not a PowerDNS database; create one with pdns-ha init)"
             )),
@@ -175,11 +194,14 @@ impl Store {
             overlay: Vec::new(),
             monitors: Vec::new(),
             next_fetch: now,
-            skipped: usize::MAX,
+            skipped_zones: Skipped::default(),
+            skipped_readings: Skipped::default(),
+            skipped_why: Vec::new(),
             loaded_at: now,
             next_check: now + CHECK_EVERY,
             failing: None,
             stats: StoreStats::default(),
+            clock,
         };
         store.install(loaded, now);
         Ok(store)
@@ -206,6 +228,22 @@ impl Store {
         self.stats
     }
 
+    /// How many rows the last load left out, and the first reasons: what
+    /// `status` and `explain` show, in the words the pipe logs.
+    pub fn skipped(&self) -> (usize, &[String]) {
+        let n = self.skipped_zones.count + self.skipped_readings.count;
+        (n, &self.skipped_why)
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
+    }
+
+    /// The readings taken from memcached (the rest came from SQLite).
+    pub fn from_memcached(&self) -> &[Reading] {
+        &self.overlay
+    }
+
     /// Makes sure `zones()` can answer for `qname`: held whole it always
     /// can; per name, a name not cached yet is read now, one indexed query.
     /// An error means the database could not be read for it (the caller
@@ -228,8 +266,7 @@ impl Store {
                 let row = read_row(r)?;
                 let apex = is_apex(row.name, r.get_ref(7)?.as_str()?);
                 if let Err(why) = self.zones.push_row(&row, apex) {
-                    let what = format!("{} {} {:?}", row.name, row.rtype, row.content);
-                    skipped.push(skip_reason(&what, &why));
+                    skipped.push(skip_reason(&row, &why));
                 }
             }
             Ok(())
@@ -392,7 +429,7 @@ impl Store {
         let file = file_id(&self.path)?;
         if file != self.file {
             let conn = open_read_only(&self.path, Duration::ZERO)?;
-            let loaded = load(&conn, true)?;
+            let loaded = load(&conn, true, (self.clock)())?;
             info!("database {} was replaced; reopened it", self.path.display());
             (self.conn, self.file) = (conn, file);
             self.install(loaded, now);
@@ -401,14 +438,18 @@ impl Store {
         if data_version(&self.conn)? != self.data_version {
             let zones_changed = self.zones_version.is_none()
                 || zones_version(&self.conn).map_err(|e| e.to_string())? != self.zones_version;
-            let loaded = load(&self.conn, zones_changed)?;
+            let loaded = load(&self.conn, zones_changed, (self.clock)())?;
             self.install(loaded, now);
         }
         Ok(())
     }
 
     fn install(&mut self, loaded: Loaded, now: Instant) {
-        if let Some(zones) = loaded.zones {
+        if let Some((zones, skipped)) = loaded.zones {
+            if skipped.count != self.skipped_zones.count {
+                skipped.log();
+            }
+            self.skipped_zones = skipped;
             match zones.is_whole() {
                 true => info!(
                     "loaded {}: {} zones, {} records, held whole",
@@ -421,17 +462,20 @@ impl Store {
                     self.path.display()
                 ),
             }
-            if loaded.skipped.len() != self.skipped {
-                for why in &loaded.skipped {
-                    warn!("not served: {why}");
-                }
-            }
-            self.skipped = loaded.skipped.len();
             self.zones = zones;
             self.zones_version = loaded.zones_version;
             self.loaded_at = now;
             self.stats.zone_loads += 1;
         }
+        if loaded.skipped.count != self.skipped_readings.count {
+            loaded.skipped.log();
+        }
+        self.skipped_readings = loaded.skipped;
+        self.skipped_why = (self.skipped_zones.kept.iter())
+            .chain(&self.skipped_readings.kept)
+            .take(SKIPPED_KEPT)
+            .cloned()
+            .collect();
         self.data_version = loaded.data_version;
         self.base = loaded.metrics;
         self.stats.reading_loads += 1;
@@ -471,6 +515,10 @@ fn give_back_memory(conn: &Connection) {
 }
 
 fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
+    // The path (and the -wal and -shm beside it) must be regular files,
+    // checked with stat and a non-blocking open: SQLite's own open would
+    // hang for ever on a FIFO swapped in after `file_id` looked.
+    crate::files::check_database(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
     conn.busy_timeout(busy).map_err(|e| e.to_string())?;
@@ -516,40 +564,75 @@ fn read_row<'r>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<Row<'r>> {
 
 /// Why a record is not served, short: a 10 MB TXT must not make a 10 MB
 /// log line on every start.
-fn skip_reason(what: &str, why: &Skip) -> String {
-    let what: String = what.escape_debug().take(200).collect();
+fn skip_reason(row: &Row<'_>, why: &Skip) -> String {
+    let what = format!(
+        "{} {} \"{}\"",
+        shown(row.name),
+        shown(row.rtype),
+        shown(row.content)
+    );
     match why {
         Skip::Unservable => format!("{what}: a TAB or line break cannot be sent to pdns"),
         Skip::NoPriority => format!("{what}: MX/SRV without a priority"),
+        Skip::BadPriority => format!("{what}: priority out of range (0 to 65535)"),
     }
 }
 
 struct Loaded {
     /// `None`: the zones did not change, only the readings were read.
-    zones: Option<Zones>,
+    /// With them, the rows they left out.
+    zones: Option<(Zones, Skipped)>,
     zones_version: Option<i64>,
     metrics: Metrics,
     data_version: i64,
-    /// Why rows were left out, one line each.
-    skipped: Vec<String>,
+    /// Readings left out.
+    skipped: Skipped,
+}
+
+/// Rows left out of a load: all counted, the first few with a reason.
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    kept: Vec<String>,
+}
+
+impl Skipped {
+    fn push(&mut self, why: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.kept.len() < SKIPPED_KEPT {
+            self.kept.push(why());
+        }
+    }
+
+    fn log(&self) {
+        for why in &self.kept {
+            warn!("not served: {why}");
+        }
+        if self.count > self.kept.len() {
+            warn!("not served: {} more rows", self.count - self.kept.len());
+        }
+    }
 }
 
 /// Reads the readings, and the zones too when `zones` says they changed,
 /// in one read transaction, so what is installed never mixes two versions
 /// of the database. A row that cannot be served is left out with a reason;
 /// it never stops the rest from loading.
-fn load(conn: &Connection, zones: bool) -> Result<Loaded, String> {
+fn load(conn: &Connection, zones: bool, now: f64) -> Result<Loaded, String> {
     let run = || -> rusqlite::Result<Loaded> {
         let tx = conn.unchecked_transaction()?;
         let data_version = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let zones_version = zones_version(&tx)?;
-        let mut skipped = Vec::new();
         let zones = match zones {
             false => None,
-            true => Some(load_zones(&tx, &mut skipped)?),
+            true => {
+                let mut skipped = Skipped::default();
+                Some((load_zones(&tx, &mut skipped)?, skipped))
+            }
         };
+        let mut skipped = Skipped::default();
         Ok(Loaded {
-            metrics: load_metrics(&tx, &mut skipped)?,
+            metrics: load_metrics(&tx, &Clock::at(now), &mut skipped)?,
             zones,
             zones_version,
             data_version,
@@ -561,7 +644,7 @@ fn load(conn: &Connection, zones: bool) -> Result<Loaded, String> {
 
 /// Every record when there are at most `WHOLE_LIMIT`, else an empty
 /// per-name cache (what was cached before may be stale now).
-fn load_zones(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Zones> {
+fn load_zones(tx: &Connection, skipped: &mut Skipped) -> rusqlite::Result<Zones> {
     let limit = i64::try_from(WHOLE_LIMIT + 1).unwrap_or(i64::MAX);
     let count: i64 = tx
         .prepare_cached(named("records_at_most"))?
@@ -578,7 +661,7 @@ fn load_zones(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Zo
     while let Some(r) = rows.next()? {
         match (r.get(0), r.get_ref(1)?.as_str()) {
             (Ok(id), Ok(name)) => b.domain(id, name),
-            _ => skipped.push("a domains row whose id or name is not readable".to_owned()),
+            _ => skipped.push(|| "a domains row whose id or name is not readable".to_owned()),
         }
     }
     drop(rows);
@@ -586,11 +669,10 @@ fn load_zones(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Zo
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         match read_row(r) {
-            Err(e) => skipped.push(format!("a records row is not readable ({e})")),
+            Err(e) => skipped.push(|| format!("a records row is not readable ({e})")),
             Ok(row) => {
                 if let Err(why) = b.record(&row) {
-                    let what = format!("{} {} {:?}", row.name, row.rtype, row.content);
-                    skipped.push(format!("record {}", skip_reason(&what, &why)));
+                    skipped.push(|| format!("record {}", skip_reason(&row, &why)));
                 }
             }
         }
@@ -599,9 +681,15 @@ fn load_zones(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Zo
 }
 
 /// Reads the `ha_` tables. A row with a value of the wrong type or out of
-/// range is left out with a reason, like a bad record.
-fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<Metrics> {
+/// range (the one validation every path shares, against `clock`) is left
+/// out with a reason, like a bad record.
+fn load_metrics(
+    tx: &Connection,
+    clock: &Clock,
+    skipped: &mut Skipped,
+) -> rusqlite::Result<Metrics> {
     let mut m = Metrics::default();
+    let valid = |v: Result<(), crate::state::validate::Invalid>| v.map_err(|e| e.to_string());
     each_row(tx, "ha_networks", "networks", skipped, |r| {
         m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)
     })?;
@@ -614,14 +702,12 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
         Ok(())
     })?;
     each_row(tx, "ha_health", "health", skipped, |r| {
-        m.add_health(
-            &col::<String>(r, 0)?,
-            &col::<String>(r, 1)?,
-            Health {
-                up: col(r, 2)?,
-                updated: col(r, 3)?,
-            },
-        );
+        let h = Health {
+            up: col(r, 2)?,
+            updated: col(r, 3)?,
+        };
+        valid(clock.health(&h))?;
+        m.add_health(&col::<String>(r, 0)?, &col::<String>(r, 1)?, h);
         Ok(())
     })?;
     each_row(tx, "ha_load", "load", skipped, |r| {
@@ -634,6 +720,7 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
             max_sessions,
             updated: col(r, 3)?,
         };
+        valid(clock.load(&l))?;
         m.add_load(&col::<String>(r, 0)?, l);
         Ok(())
     })?;
@@ -644,6 +731,7 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
             samples: u64::from(count(r, 4)?),
             updated: col(r, 5)?,
         };
+        valid(clock.latency(&l))?;
         m.add_latency(&col::<String>(r, 0)?, &col::<String>(r, 1)?, l);
         Ok(())
     })?;
@@ -652,6 +740,7 @@ fn load_metrics(tx: &Connection, skipped: &mut Vec<String>) -> rusqlite::Result<
             reason: col::<String>(r, 1)?.into(),
             since: col(r, 2)?,
         };
+        valid(clock.updated(d.since))?;
         m.add_drain(&col::<String>(r, 0)?, d);
         Ok(())
     })?;
@@ -665,7 +754,7 @@ fn each_row(
     tx: &Connection,
     table: &str,
     statement: &str,
-    skipped: &mut Vec<String>,
+    skipped: &mut Skipped,
     mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
 ) -> rusqlite::Result<()> {
     if !table_exists(tx, table)? {
@@ -676,16 +765,19 @@ fn each_row(
     let mut stmt = match tx.prepare_cached(named(statement)) {
         Ok(stmt) => stmt,
         Err(e) => {
-            skipped.push(format!(
-                "table {table}: {e} (run pdns-ha init to upgrade it)"
-            ));
+            skipped.push(|| format!("table {table}: {e} (run pdns-ha init to upgrade it)"));
             return Ok(());
         }
     };
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         if let Err(why) = f(r) {
-            skipped.push(format!("a row of {table}: {why}"));
+            // The row's key (target or network) says which row it is.
+            let key = r.get_ref(0).ok().and_then(|v| v.as_str().ok()).map(shown);
+            skipped.push(|| match key {
+                Some(k) => format!("a row of {table} ({k}): {why}"),
+                None => format!("a row of {table}: {why}"),
+            });
         }
     }
     Ok(())

@@ -102,6 +102,8 @@ pub enum Skip {
     Unservable,
     /// MX/SRV without a priority, in `prio` or at the front of `content`.
     NoPriority,
+    /// A priority outside 0..=65535, which no DNS message can carry.
+    BadPriority,
 }
 
 /// The zones and records the pipe knows, whole or per name.
@@ -368,6 +370,9 @@ impl Zones {
                 )
             }
         };
+        if prio.is_some_and(|p| !(0..=crate::state::validate::MAX_PRIORITY).contains(&p)) {
+            return Err(Skip::BadPriority);
+        }
         // Addresses in canonical form, the form `ha_targets` keys take.
         let addr = match parsed {
             RType::A | RType::Aaaa => content
@@ -589,6 +594,17 @@ mod tests {
             b.record(&row("x", "TXT", "a\tb", None)),
             Err(Skip::Unservable)
         );
+        for bad in [-1, 65_536, 99_999_999_999] {
+            assert_eq!(
+                b.record(&row("x", "MX", "mail.example.com.", Some(bad))),
+                Err(Skip::BadPriority)
+            );
+        }
+        assert_eq!(
+            b.record(&row("x", "SRV", "99999999999 1 5060 a.", None)),
+            Err(Skip::BadPriority)
+        );
+        assert!(b.record(&row("x", "MX", "m.", Some(65_535))).is_ok());
     }
 
     #[test]

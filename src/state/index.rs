@@ -49,7 +49,12 @@ impl Metrics {
     pub fn add_network(&mut self, cidr: &str, name: &str) -> Result<(), String> {
         let subnet = Subnet::parse(cidr.trim())
             .filter(|s| s.is_network())
-            .ok_or_else(|| format!("ha_networks: {cidr:?} is not a network address/prefix"))?;
+            .ok_or_else(|| {
+                format!(
+                    "ha_networks: \"{}\" is not a network address/prefix",
+                    crate::text::shown(cidr)
+                )
+            })?;
         self.networks.push(Network {
             subnet,
             cidr: cidr.into(),

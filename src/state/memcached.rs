@@ -15,13 +15,27 @@
 //! PREFIX:load:TARGET              sessions max|- updated     (- - updated: unknown since then)
 //! PREFIX:latency:NETWORK|TARGET   ewma_ms mean_ms samples timeouts updated
 //! ```
+//!
+//! With `--memcached-key-file` the values are sealed (`v1 VALUE MAC`) and
+//! keys too long for memcached are hashed, as [`crate::state::auth`]
+//! describes. Nothing fetched is trusted further than it must be: a value
+//! that is unauthenticated (with a key), forged, malformed, too large, out
+//! of range, stamped in the future or older than one already accepted for
+//! its key (a replay) is ignored and counted; the last good reading for
+//! that key stays in use until it goes stale, as the last good copy of the
+//! database does.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use log::warn;
-use memcache::exp::{Get, MetaClient, Ttl};
+use memcache::exp::{Error, Get, MetaClient, Ttl};
 
+use crate::state::auth::{self, wire_key, Key, Unsealed, MAX_VALUE};
 use crate::state::reading::{monitors_key, valid_monitor_id, Reading};
+use crate::state::validate::{Clock, Invalid};
+use crate::text::shown;
 
 /// Connect and exchange timeout per server. memcached answers in tens of
 /// microseconds on a LAN; past this it is treated as down.
@@ -32,7 +46,107 @@ const TIMEOUT: Duration = Duration::from_millis(10);
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Ignored values are logged at most this often, with the count since.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(30);
+
 pub const DEFAULT_PREFIX: &str = "pdns-ha";
+
+/// Why a fetched value was ignored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reject {
+    Unauthenticated,
+    BadMac,
+    TooLarge(usize),
+    Malformed,
+    Invalid(Invalid),
+    /// Older than a value already accepted for the same key.
+    Replayed,
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unauthenticated => f.write_str("no MAC (unauthenticated value)"),
+            Self::BadMac => f.write_str("MAC does not verify"),
+            Self::TooLarge(n) => write!(f, "{n} bytes, more than {MAX_VALUE}"),
+            Self::Malformed => f.write_str("malformed value"),
+            Self::Invalid(why) => write!(f, "{why}"),
+            Self::Replayed => f.write_str("older than a value already seen (replayed)"),
+        }
+    }
+}
+
+/// Values ignored since start, by reason: `CMD status` shows them.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejects {
+    pub unauthenticated: u64,
+    pub bad_mac: u64,
+    pub too_large: u64,
+    pub malformed: u64,
+    pub future: u64,
+    pub out_of_range: u64,
+    pub replayed: u64,
+}
+
+impl Rejects {
+    fn count(&mut self, r: Reject) {
+        *match r {
+            Reject::Unauthenticated => &mut self.unauthenticated,
+            Reject::BadMac => &mut self.bad_mac,
+            Reject::TooLarge(_) => &mut self.too_large,
+            Reject::Malformed => &mut self.malformed,
+            Reject::Invalid(Invalid::Future(_)) => &mut self.future,
+            Reject::Invalid(_) => &mut self.out_of_range,
+            Reject::Replayed => &mut self.replayed,
+        } += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.unauthenticated
+            + self.bad_mac
+            + self.too_large
+            + self.malformed
+            + self.future
+            + self.out_of_range
+            + self.replayed
+    }
+}
+
+impl fmt::Display for Rejects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (unauthenticated {}, bad MAC {}, too large {}, malformed {}, future {}, out of range {}, replayed {})",
+            self.total(),
+            self.unauthenticated,
+            self.bad_mac,
+            self.too_large,
+            self.malformed,
+            self.future,
+            self.out_of_range,
+            self.replayed
+        )
+    }
+}
+
+fn updated(r: &Reading) -> f64 {
+    match r {
+        Reading::Health { h, .. } => h.updated,
+        Reading::Load { updated, .. } => *updated,
+        Reading::Latency { l, .. } => l.updated,
+        Reading::Drain { updated, .. } => *updated,
+    }
+}
+
+/// A failure of the server or the link, as opposed to one bad item: only
+/// these put a server in back-off. A key or value memcached refuses must
+/// not switch sharing off for every other key.
+fn is_outage(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Io(_) | Error::Timeout { .. } | Error::Ambiguous { .. } | Error::Protocol(_)
+    )
+}
 
 struct Server {
     addr: String,
@@ -72,6 +186,21 @@ pub struct Cache {
     pub prefix: String,
     /// Expiry of published readings: past it they would be stale anyway.
     ttl: Duration,
+    /// The shared secret of `--memcached-key-file`.
+    key: Option<Key>,
+    /// The newest reading accepted per logical key: what a replayed older
+    /// value is measured against, and what stays in use when the current
+    /// value is refused. Only keys asked for in the last fetch are kept.
+    seen: HashMap<String, Reading>,
+    rejects: Rejects,
+    /// Rejections not yet logged, the last one's key and reason, and when
+    /// the log last spoke.
+    unlogged: u64,
+    last_reject: Option<(String, Reject)>,
+    logged_at: Option<Instant>,
+    /// When a refused write was last logged: a server that refuses every
+    /// write (out of memory, say) is reported every 30 s, not every write.
+    refused_logged_at: Option<Instant>,
 }
 
 /// FNV-1a: stable across processes and versions, which key placement
@@ -113,7 +242,40 @@ impl Cache {
             servers,
             prefix: prefix.to_owned(),
             ttl: Duration::from_secs(u64::from(stale_after)),
+            key: None,
+            seen: HashMap::new(),
+            rejects: Rejects::default(),
+            unlogged: 0,
+            last_reject: None,
+            logged_at: None,
+            refused_logged_at: None,
         })
+    }
+
+    /// As `new`, sealing with the secret in `key_file` if one is given: the
+    /// one constructor every command uses, so none forgets the key.
+    pub fn open(
+        list: &str,
+        prefix: &str,
+        stale_after: u32,
+        key_file: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
+        let key = key_file.map(Key::load).transpose()?;
+        Ok(Self::new(list, prefix, stale_after)?.with_key(key))
+    }
+
+    /// Seals what is published and accepts only sealed values from now on.
+    pub fn with_key(mut self, key: Option<Key>) -> Self {
+        self.key = key;
+        self
+    }
+
+    pub fn authenticated(&self) -> bool {
+        self.key.is_some()
+    }
+
+    pub fn rejects(&self) -> Rejects {
+        self.rejects
     }
 
     fn server_of(&self, key: &str) -> usize {
@@ -124,8 +286,13 @@ impl Cache {
     /// and never reach the caller: memcached is only a copy.
     pub fn publish(&mut self, r: &Reading) {
         let key = r.key(&self.prefix);
+        let wire = wire_key(&self.prefix, &key).into_owned();
+        let value = match &self.key {
+            Some(k) => k.seal(&key, &r.value()),
+            None => r.value(),
+        };
         let now = Instant::now();
-        let s = self.server_of(&key);
+        let s = self.server_of(&wire);
         let server = &mut self.servers[s];
         if !server.usable(now) {
             return;
@@ -136,16 +303,26 @@ impl Cache {
             Reading::Drain { .. } => Ttl::NEVER,
             _ => Ttl::from(self.ttl),
         };
-        match server.client.set(&key, r.value()).ttl(ttl).send() {
+        match server.client.set(&wire, value).ttl(ttl).send() {
             Ok(_) => server.worked(),
-            Err(e) => server.failed(now, &e.to_string()),
+            Err(e) if is_outage(&e) => server.failed(now, &e.to_string()),
+            // This key or value only: the server is fine for the others.
+            Err(e) => {
+                let due = self
+                    .refused_logged_at
+                    .is_none_or(|t| now.duration_since(t) >= REJECT_LOG_EVERY);
+                if due {
+                    warn!("memcached {}: refused {}: {e}", server.addr, shown(&key));
+                    self.refused_logged_at = Some(now);
+                }
+            }
         }
     }
 
     /// Adds `id` to the list of monitors that publish health, unless it is
     /// there. Run every round, so a restarted memcached learns it again.
     pub fn register_monitor(&mut self, id: &str) {
-        let key = monitors_key(&self.prefix);
+        let key = wire_key(&self.prefix, &monitors_key(&self.prefix)).into_owned();
         let now = Instant::now();
         let s = self.server_of(&key);
         let server = &mut self.servers[s];
@@ -183,7 +360,7 @@ impl Cache {
     /// when the list cannot be read (its server is down), so the caller can
     /// keep the last list rather than forget every monitor's verdicts.
     pub fn monitors(&mut self) -> Option<Vec<String>> {
-        let key = monitors_key(&self.prefix);
+        let key = wire_key(&self.prefix, &monitors_key(&self.prefix)).into_owned();
         let now = Instant::now();
         let s = self.server_of(&key);
         let server = &mut self.servers[s];
@@ -210,45 +387,128 @@ impl Cache {
         Some(ids)
     }
 
-    /// Fetches `keys`, one pipelined round trip per usable server, and
-    /// returns the readings found. Servers in back-off are skipped.
+    /// Judges one fetched value for the logical `key`.
+    fn judge(&self, key: &str, raw: &[u8], clock: &Clock) -> Result<Reading, Reject> {
+        if raw.len() > MAX_VALUE {
+            return Err(Reject::TooLarge(raw.len()));
+        }
+        let value = std::str::from_utf8(raw).map_err(|_| Reject::Malformed)?;
+        let body = match &self.key {
+            Some(k) => k.open(key, value).map_err(|e| match e {
+                Unsealed::Unauthenticated => Reject::Unauthenticated,
+                Unsealed::BadMac => Reject::BadMac,
+            })?,
+            None => auth::open_unchecked(value),
+        };
+        let r = Reading::parse(&self.prefix, key, body).ok_or(Reject::Malformed)?;
+        clock.reading(&r).map_err(Reject::Invalid)?;
+        match self.seen.get(key) {
+            Some(old) if updated(old) > updated(&r) => Err(Reject::Replayed),
+            _ => Ok(r),
+        }
+    }
+
+    fn reject(&mut self, key: &str, why: Reject, now: Instant) {
+        self.rejects.count(why);
+        self.unlogged += 1;
+        self.last_reject = Some((key.to_owned(), why));
+        if self
+            .logged_at
+            .is_none_or(|t| now.duration_since(t) >= REJECT_LOG_EVERY)
+        {
+            let (k, w) = self.last_reject.take().expect("just set");
+            warn!(
+                "memcached: ignored {} value(s) since the last report, the last {}: {w}; \
+                 the last good reading stays in use (CMD status counts them by reason)",
+                self.unlogged,
+                shown(&k)
+            );
+            self.unlogged = 0;
+            self.logged_at = Some(now);
+        }
+    }
+
+    /// Fetches `keys` (logical keys), one pipelined round trip per usable
+    /// server, and returns the readings to use. Servers in back-off are
+    /// skipped.
     pub fn fetch(&mut self, keys: &[String]) -> Vec<Reading> {
         let now = Instant::now();
+        let clock = Clock::now();
         let mut found = Vec::new();
+        let mut seen = HashMap::with_capacity(self.seen.len());
+        let wires: Vec<String> = keys
+            .iter()
+            .map(|k| wire_key(&self.prefix, k).into_owned())
+            .collect();
         for s in 0..self.servers.len() {
-            if !self.servers[s].usable(now) {
-                continue;
-            }
-            let mine: Vec<&String> = keys.iter().filter(|k| self.server_of(k) == s).collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let server = &mut self.servers[s];
-            match server.client.run_many(mine.iter().map(Get::new)) {
-                Err(e) => server.failed(now, &e.to_string()),
-                Ok(results) => {
-                    let mut broke = None;
-                    for (key, r) in mine.iter().zip(results) {
-                        match r {
-                            Ok(g) => {
-                                let value =
-                                    g.value.as_deref().and_then(|v| std::str::from_utf8(v).ok());
-                                if let Some(r) =
-                                    value.and_then(|v| Reading::parse(&self.prefix, key, v))
-                                {
-                                    found.push(r);
-                                }
-                            }
-                            Err(e) => broke = Some(e.to_string()),
-                        }
-                    }
-                    match broke {
-                        Some(e) => server.failed(now, &e),
-                        None => server.worked(),
+            let mine: Vec<usize> = (0..keys.len())
+                .filter(|&i| self.server_of(&wires[i]) == s)
+                .collect();
+            if mine.is_empty() || !self.servers[s].usable(now) {
+                // Not asked this time: its readings are missing as in an
+                // outage, but their times are remembered against replays.
+                for &i in &mine {
+                    if let Some(r) = self.seen.remove(&keys[i]) {
+                        seen.insert(keys[i].clone(), r);
                     }
                 }
+                continue;
+            }
+            let results = match self.servers[s]
+                .client
+                .run_many(mine.iter().map(|&i| Get::new(&wires[i])))
+            {
+                Ok(results) => results,
+                Err(e) => {
+                    if is_outage(&e) {
+                        self.servers[s].failed(now, &e.to_string());
+                    } else {
+                        warn!("memcached {}: batch refused: {e}", self.servers[s].addr);
+                    }
+                    continue;
+                }
+            };
+            let mut broke = None;
+            for (&i, result) in mine.iter().zip(results) {
+                let key = &keys[i];
+                // Judged before the key's last reading is taken out: a
+                // replay is measured against it.
+                let verdict = match result {
+                    Ok(g) => g.value.map(|v| self.judge(key, &v, &clock)),
+                    Err(e) if is_outage(&e) => {
+                        broke = Some(e.to_string());
+                        None
+                    }
+                    Err(_) => Some(Err(Reject::Malformed)),
+                };
+                let old = self.seen.remove(key);
+                match (verdict, old) {
+                    (Some(Ok(r)), _) => {
+                        found.push(r.clone());
+                        seen.insert(key.clone(), r);
+                    }
+                    (Some(Err(why)), old) => {
+                        self.reject(key, why, now);
+                        if let Some(old) = old {
+                            found.push(old.clone());
+                            seen.insert(key.clone(), old);
+                        }
+                    }
+                    // A miss: the reading is gone (expired, evicted, a
+                    // restarted memcached), but its time is remembered so
+                    // that an older copy written back later is a replay.
+                    (None, Some(old)) => {
+                        seen.insert(key.clone(), old);
+                    }
+                    (None, None) => {}
+                }
+            }
+            match broke {
+                Some(e) => self.servers[s].failed(now, &e),
+                None => self.servers[s].worked(),
             }
         }
+        self.seen = seen;
         found
     }
 }
@@ -269,6 +529,66 @@ mod tests {
             per[cache.server_of(&format!("p:health:sip{i}.example.com"))] += 1;
         }
         assert!(per.iter().all(|&n| n > 60), "{per:?}");
+    }
+
+    #[test]
+    fn fetched_values_are_judged() {
+        let key = Key::new(b"0123456789abcdef0123").unwrap();
+        let cache = Cache::new("127.0.0.1:1", "p", 30)
+            .unwrap()
+            .with_key(Some(key.clone()));
+        let clock = Clock {
+            now: 1000.0,
+            max_skew: 5.0,
+        };
+        let k = "p:health:a|m";
+        let judge = |c: &Cache, v: &str| c.judge(k, v.as_bytes(), &clock);
+        assert!(judge(&cache, &key.seal(k, "1 990")).is_ok());
+        assert_eq!(judge(&cache, "1 990"), Err(Reject::Unauthenticated));
+        let other = Key::new(b"not the shared secret").unwrap();
+        assert_eq!(judge(&cache, &other.seal(k, "1 990")), Err(Reject::BadMac));
+        // Sealed for another key: moved values do not verify.
+        assert_eq!(
+            judge(&cache, &key.seal("p:health:b|m", "1 990")),
+            Err(Reject::BadMac)
+        );
+        assert_eq!(
+            judge(&cache, &key.seal(k, "1 2000")),
+            Err(Reject::Invalid(Invalid::Future(2000.0)))
+        );
+        assert_eq!(judge(&cache, &key.seal(k, "7 990")), Err(Reject::Malformed));
+        let big = "1 ".repeat(1 << 19);
+        assert_eq!(judge(&cache, &big), Err(Reject::TooLarge(1 << 20)));
+        let mut cache = cache;
+        let newer = Reading::parse("p", k, "1 995").unwrap();
+        cache.seen.insert(k.to_owned(), newer);
+        assert_eq!(judge(&cache, &key.seal(k, "0 990")), Err(Reject::Replayed));
+        assert!(
+            judge(&cache, &key.seal(k, "0 995")).is_ok(),
+            "the same time again is fine"
+        );
+
+        // Without a key file: as before, and sealed values are read unchecked.
+        let open = Cache::new("127.0.0.1:1", "p", 30).unwrap();
+        assert!(judge(&open, "1 990").is_ok());
+        assert!(judge(&open, &other.seal(k, "1 990")).is_ok());
+        assert_eq!(
+            judge(&open, "1 2000"),
+            Err(Reject::Invalid(Invalid::Future(2000.0)))
+        );
+
+        let mut r = Rejects::default();
+        for why in [
+            Reject::BadMac,
+            Reject::Replayed,
+            Reject::Invalid(Invalid::Time(-1.0)),
+        ] {
+            r.count(why);
+        }
+        assert_eq!(
+            r.to_string(),
+            "3 (unauthenticated 0, bad MAC 1, too large 0, malformed 0, future 0, out of range 1, replayed 1)"
+        );
     }
 
     #[test]

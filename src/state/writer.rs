@@ -16,18 +16,13 @@ use crate::state::reading::{Health, Latency, Load};
 
 use crate::dns::Subnet;
 use crate::state::reading::{target_key, unix_now, ANY_NETWORK};
+use crate::state::validate::{self, Clock};
+use crate::text::shown;
 
 /// Kamailio's dispatcher estimator: the EWMA takes a tenth of each new
 /// sample, and equals the mean until there are this many samples.
 const EWMA_ALPHA: f64 = 0.1;
 const EWMA_WARMUP: i64 = 10;
-
-/// Longest a latency reading can be: a SIP answer later than this is a
-/// timeout, not a measurement.
-const MAX_MS: f64 = 60_000.0;
-
-/// Upper bounds that catch a unit mix-up rather than limit real servers.
-const MAX_SESSIONS: u32 = 10_000_000;
 
 /// Writers wait this long for each other (the monitor and an operator's
 /// `metric` may write at once). Readers never wait: WAL.
@@ -95,6 +90,8 @@ impl Writer {
                 db.display()
             ));
         }
+        // A FIFO at the path would hang the writer in open(2).
+        crate::files::check_database(db).map_err(|e| format!("database {}: {e}", db.display()))?;
         let conn = Connection::open(db).map_err(at)?;
         conn.busy_timeout(WRITE_BUSY_TIMEOUT).map_err(at)?;
         let has_ha: bool = conn
@@ -164,6 +161,12 @@ impl Writer {
     }
 
     fn publish(&self, r: Reading) {
+        // Stamped by this host's clock, so never in the future; checked all
+        // the same, so that what is shared passes the check every reader makes.
+        if let Err(why) = Clock::now().reading(&r) {
+            log::warn!("not published to memcached: {why}");
+            return;
+        }
         if let Some(c) = self.cache.borrow_mut().as_mut() {
             c.publish(&r);
         }
@@ -224,7 +227,7 @@ impl Writer {
             })
             .optional()
             .map_err(|e| e.to_string())?;
-        found.ok_or_else(|| format!("target {name:?} is not in ha_targets"))
+        found.ok_or_else(|| format!("target \"{}\" is not in ha_targets", shown(name)))
     }
 
     /// `*`, or a network listed in `ha_networks` (as written there).
@@ -235,7 +238,10 @@ impl Writer {
         let want = Subnet::parse(cidr)
             .filter(Subnet::is_network)
             .ok_or_else(|| {
-                format!("network {cidr:?} is not '*' or an address/prefix like 192.0.2.0/24")
+                format!(
+                    "network \"{}\" is not '*' or an address/prefix like 192.0.2.0/24",
+                    shown(cidr)
+                )
             })?;
         let mut stmt = self
             .conn
@@ -246,15 +252,13 @@ impl Writer {
             .map_err(|e| e.to_string())?
             .filter_map(Result::ok)
             .find(|c| Subnet::parse(c.trim()) == Some(want));
-        known.ok_or_else(|| format!("network {cidr:?} is not in ha_networks"))
+        known.ok_or_else(|| format!("network \"{}\" is not in ha_networks", shown(cidr)))
     }
 
     /// One latency sample: Welford mean plus an EWMA, as Kamailio's
     /// dispatcher keeps them.
     pub fn latency(&self, network: &str, target: &str, ms: f64) -> Result<(), String> {
-        if !(0.0..=MAX_MS).contains(&ms) {
-            return Err(format!("latency {ms} ms is out of range (0 to {MAX_MS})"));
-        }
+        validate::latency_ms(ms).map_err(|e| e.to_string())?;
         let old: Option<(f64, f64, i64, i64)> = self
             .conn
             .query_row(
@@ -265,6 +269,22 @@ impl Writer {
             )
             .optional()
             .map_err(|e| e.to_string())?;
+        // A stored row out of range (written by hand, or by a broken
+        // writer) is not averaged into: the series starts again here.
+        let old = old.filter(|&(mean, ewma, n, timeouts)| {
+            let ok = validate::latency_ms(mean)
+                .and(validate::latency_ms(ewma))
+                .and(validate::count(n.max(0) as u64))
+                .and(validate::count(timeouts.max(0) as u64));
+            if let Err(why) = ok {
+                log::warn!(
+                    "latency {} from {}: stored row skipped: {why}; starting over",
+                    shown(target),
+                    shown(network)
+                );
+            }
+            ok.is_ok() && n >= 0 && timeouts >= 0
+        });
         let (mean, ewma, n, timeouts) = match old {
             None => (ms, ms, 1, 0),
             Some((mean, ewma, n, timeouts)) => {
@@ -317,11 +337,7 @@ impl Writer {
     }
 
     pub fn load(&self, target: &str, sessions: u32, max: Option<u32>) -> Result<(), String> {
-        if sessions > MAX_SESSIONS || max.is_some_and(|m| m == 0 || m > MAX_SESSIONS) {
-            return Err(format!(
-                "sessions {sessions} / max {max:?} out of range (0 to {MAX_SESSIONS}, max above 0)"
-            ));
-        }
+        validate::sessions(u64::from(sessions), max.map(u64::from)).map_err(|e| e.to_string())?;
         let updated = unix_now();
         self.conn
             .execute(
@@ -587,6 +603,8 @@ mod tests {
         let w = writer();
         w.load("sip1.example.com", 10, Some(100)).unwrap();
         assert!(w.load("sip1.example.com", 10, Some(0)).is_err());
-        assert!(w.load("sip1.example.com", MAX_SESSIONS + 1, None).is_err());
+        assert!(w
+            .load("sip1.example.com", validate::MAX_SESSIONS + 1, None)
+            .is_err());
     }
 }

@@ -1,0 +1,163 @@
+//! Paths that must name a regular file: the database (and its `-wal` and
+//! `-shm` companions) and the memcached key file. Anything else swapped in
+//! at the path is refused before it is opened for real: a FIFO would block
+//! SQLite's `open(2)` forever (the pipe would hang until pdns kills it,
+//! then hang again in the next coprocess), a device node could have side
+//! effects on open, a directory is never a database.
+//!
+//! The check is `stat(2)` first (never blocks, opens nothing), then an
+//! `open(2)` with `O_NONBLOCK | O_NOCTTY` and an `fstat(2)` of what was
+//! actually opened, in case the path changed in between. SQLite then opens
+//! the path itself (it has no way to take our descriptor), so a swap in the
+//! microseconds between our check and its open is not covered; only
+//! someone who can write the database's directory can make one, and that
+//! is the operator.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// What a path holds, in words for an error message.
+fn kind(m: &Metadata) -> &'static str {
+    let t = m.file_type();
+    match () {
+        _ if t.is_dir() => "a directory",
+        _ if t.is_fifo() => "a FIFO",
+        _ if t.is_char_device() => "a character device",
+        _ if t.is_block_device() => "a block device",
+        _ if t.is_socket() => "a socket",
+        _ if t.is_symlink() => "a symbolic link",
+        _ => "not a regular file",
+    }
+}
+
+/// Opens `path` for reading if it is a regular file or a symbolic link to
+/// one, without ever blocking. The error says what is there instead.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let refuse = |m: &Metadata| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is {}, not a regular file", path.display(), kind(m)),
+        )
+    };
+    let m = std::fs::metadata(path)?;
+    if !m.is_file() {
+        return Err(refuse(&m));
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let m = f.metadata()?;
+    match m.is_file() {
+        true => Ok(f),
+        false => Err(refuse(&m)),
+    }
+}
+
+/// Checks that a SQLite database at `path` can be opened without
+/// blocking: the file is regular, and so are its `-wal` and `-shm`
+/// companions where they exist (SQLite opens those too).
+pub fn check_database(path: &Path) -> Result<(), String> {
+    open_regular(path).map_err(|e| e.to_string())?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = Path::new(&side);
+        match std::fs::symlink_metadata(side) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", side.display())),
+            Ok(_) => {
+                open_regular(side).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For `init`, which creates the file: the path must be absent or a
+/// regular file, and not a symbolic link (a dangling one would make
+/// SQLite create its target, wherever it points).
+pub fn check_new_database(path: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.to_string()),
+        Ok(m) if m.file_type().is_symlink() => Err(format!(
+            "{} is a symbolic link; give init the real path",
+            path.display()
+        )),
+        Ok(m) if !m.is_file() => Err(format!(
+            "{} is {}, not a regular file",
+            path.display(),
+            kind(&m)
+        )),
+        Ok(_) => check_database(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::{Duration, Instant};
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("pdns-ha-files-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn mkfifo(p: &Path) {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn only_regular_files_and_never_blocking() {
+        let d = dir("regular");
+        let file = d.join("ha.db");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(check_database(&file).is_ok());
+        let link = d.join("link.db");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(check_database(&link).is_ok(), "a symlink to a file is fine");
+
+        let fifo = d.join("fifo.db");
+        mkfifo(&fifo);
+        let t = Instant::now();
+        let e = check_database(&fifo).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        let e = check_database(Path::new("/dev/null")).unwrap_err();
+        assert!(e.contains("a character device"), "{e}");
+        assert!(check_database(&d).unwrap_err().contains("a directory"));
+        assert!(check_database(&d.join("missing")).is_err());
+
+        // A FIFO posing as the WAL would block SQLite just the same.
+        let wal = d.join("ha.db-wal");
+        mkfifo(&wal);
+        let e = check_database(&file).unwrap_err();
+        assert!(e.contains("ha.db-wal is a FIFO"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn init_refuses_links_and_odd_files() {
+        let d = dir("new");
+        assert!(check_new_database(&d.join("new.db")).is_ok());
+        let dangling = d.join("dangling.db");
+        std::os::unix::fs::symlink(d.join("elsewhere.db"), &dangling).unwrap();
+        let e = check_new_database(&dangling).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!d.join("elsewhere.db").exists());
+        let fifo = d.join("fifo.db");
+        mkfifo(&fifo);
+        assert!(check_new_database(&fifo).unwrap_err().contains("FIFO"));
+        assert!(check_new_database(&d).unwrap_err().contains("directory"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -88,9 +88,10 @@ impl AcceptCodes {
         };
         let mut ranges = Vec::new();
         for item in list.split(',').map(str::trim) {
+            // Single quotes: the log escapes double ones.
             let bad = || {
                 format!(
-                    "probe_ok_codes {list:?}: {item:?} is not a code 200-699 or a class like 2xx"
+                    "probe_ok_codes '{list}': '{item}' is not a code 200-699 or a class like 2xx"
                 )
             };
             let range = match item.as_bytes() {

@@ -7,6 +7,8 @@
    least-load, (D) PowerDNS LUA records (a dynamic SRV via pickwrandom on
    gsqlite3). Each with every pdns cache off and in the recommended deployment
    (pdns's default caches), twice. qps, p50/p99 latency, ratios to A and B.
+   Then least-latency behind dnsdist with its ECS-keyed packet cache (the
+   README's "cached front"), against A and against least-latency direct.
 2. A pipe-level microbenchmark: a recorded pdns question stream (SOA walk,
    ANY, additional-section lookups, misses) fed from a file to each
    algorithm, to the C responder and to a do-nothing responder.
@@ -54,6 +56,17 @@ PDNS_BASE = {
 }
 CACHES_OFF = {"cache-ttl": "0", "query-cache-ttl": "0", "negquery-cache-ttl": "0"}
 RECOMMENDED = {}  # pdns's own cache defaults: cache-ttl 20, query-cache-ttl 20, negquery 60
+DNSDIST = "recommended + dnsdist cache"
+# The README's dnsdist config (pipe-abi-tests/dnsdist.rs checks the README against
+# the tested copy), with the bench's addresses.
+DNSDIST_CONF = """setLocal('127.0.0.1:{listen}')
+setACL({{'0.0.0.0/0', '::/0'}})
+setECSSourcePrefixV4(24)
+setECSSourcePrefixV6(56)
+newServer({{address='127.0.0.1:{backend}', useClientSubnet=true}})
+pc = newPacketCache(100000, {{parseECS=true}})
+getPool(''):setCache(pc)
+"""
 
 
 def sh(*cmd, **kw):
@@ -148,6 +161,39 @@ class Pdns:
         self.log.close()
 
 
+class Dnsdist:
+    """dnsdist with the README's packet cache in front of a pdns on `backend`."""
+
+    def __init__(self, backend):
+        self.port = free_port()
+        self.dir = os.path.join(WORK, f"dnsdist-{self.port}")
+        os.makedirs(self.dir, exist_ok=True)
+        conf = os.path.join(self.dir, "dnsdist.conf")
+        with open(conf, "w") as f:
+            f.write(DNSDIST_CONF.format(listen=self.port, backend=backend))
+        self.log = open(os.path.join(self.dir, "log"), "w")
+        self.proc = subprocess.Popen(["dnsdist", "--supervised", "--disable-syslog", "-C", conf],
+                                     stdout=self.log, stderr=self.log)
+        for _ in range(100):
+            if self.proc.poll() is not None:
+                raise SystemExit(f"dnsdist exited; see {self.dir}/log")
+            r = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+time=1", "+tries=1", "example.com", "SOA"],
+                               capture_output=True, text=True)
+            if "status: NOERROR" in r.stdout:
+                return
+            time.sleep(0.1)
+        raise SystemExit("dnsdist did not answer")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
 def dnsperf(port, qfile, duration, clients, args_outstanding=20):
     """Two dnsperf processes at once, one per client network. Returns
     (qps, [latency seconds], lost)."""
@@ -200,15 +246,24 @@ def bench_pdns(args, ha, lua):
             f.write("\n".join(lines) + "\n")
         qfiles[name] = path
     rows = []
-    for conf_name, conf in (("caches off", CACHES_OFF), ("recommended (caches on)", RECOMMENDED)):
-        for name, settings in backends(ha, lua):
+    everything = backends(ha, lua)
+    configs = [("caches off", CACHES_OFF, everything), ("recommended (caches on)", RECOMMENDED, everything)]
+    if args.only == "dnsdist":
+        # The dnsdist rows and what they are compared with, alone.
+        configs = [("caches off", CACHES_OFF, [everything[0], everything[3]]),
+                   ("recommended (caches on)", RECOMMENDED, [everything[3]])]
+    configs.append((DNSDIST, RECOMMENDED, [everything[3]]))
+    for conf_name, conf, chosen in configs:
+        for name, settings in chosen:
             pdns = Pdns(dict(conf, **settings))
+            front = Dnsdist(pdns.port) if conf_name == DNSDIST else None
+            port = front.port if front else pdns.port
             try:
-                dnsperf(pdns.port, qfiles["srv"], 1, args.clients)  # warm-up
-                per_client = check_per_client(pdns.port) if "least-latency" in name else None
+                dnsperf(port, qfiles["srv"], 1, args.clients)  # warm-up
+                per_client = check_per_client(port) if "least-latency" in name else None
                 for qname, qfile in qfiles.items():
                     for rep in range(args.repeats):
-                        qps, lats, lost = dnsperf(pdns.port, qfile, args.duration, args.clients)
+                        qps, lats, lost = dnsperf(port, qfile, args.duration, args.clients)
                         rows.append(dict(conf=conf_name, backend=name, queries=qname, rep=rep + 1, qps=qps,
                                          p50=pct(lats, 0.5) * 1000, p99=pct(lats, 0.99) * 1000, lost=lost,
                                          per_client=per_client))
@@ -224,6 +279,8 @@ def bench_pdns(args, ha, lua):
                 if rss:
                     rows[-1]["coproc_hwm_kb"] = max(rss)
             finally:
+                if front:
+                    front.stop()
                 pdns.stop()
     return rows
 
@@ -315,8 +372,8 @@ def report(args, pdns_rows, pipe_rows):
              f"({os.uname().release}), pdns {v['pdns']}, dnsperf {v['dnsperf']}, {args.duration} s per run, "
              f"{args.clients} clients per network, ECS from two networks.", ""]
     if pdns_rows:
-        lines += ["| pdns config | backend | queries | qps (run 1 / run 2) | p50 ms | p99 ms | ×A | ×B |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| pdns config | backend | queries | qps (run 1 / run 2) | p50 ms | p99 ms | ×A | ×B | ×direct |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         best = {}
         for r in pdns_rows:
             k = (r["conf"], r["backend"], r["queries"])
@@ -327,15 +384,21 @@ def report(args, pdns_rows, pipe_rows):
             a = statistics.mean(x["qps"] for x in best[("caches off", "A gsqlite3", q)])
             b = base("B C responder")
             m = statistics.mean(qps)
+            # ×direct: against the same backend in pdns's recommended config without dnsdist.
+            direct = best.get(("recommended (caches on)", backend, q))
+            x_direct = f"{m / statistics.mean(x['qps'] for x in direct):.2f}" if conf == DNSDIST and direct else ""
+            x_b = f"{m / b:.2f}" if b == b else ""
             lines.append(f"| {conf} | {backend} | {q} | {' / '.join(f'{x:.0f}' for x in qps)} | "
                          f"{statistics.mean(r['p50'] for r in rs):.2f} | {statistics.mean(r['p99'] for r in rs):.2f} | "
-                         f"{m / a:.2f} | {m / b:.2f} |")
-        lines += ["", "×A: against gsqlite3 with caches off; ×B: against the C responder in the same pdns config.", ""]
+                         f"{m / a:.2f} | {x_b} | {x_direct} |")
+        lines += ["", "×A: against gsqlite3 with caches off; ×B: against the C responder in the same pdns config; "
+                  "×direct: dnsdist's row against the same backend straight from pdns (recommended config).", ""]
+        seen = set()
         for r in pdns_rows:
-            if r.get("per_client") and r["conf"].startswith("recommended"):
-                lines.append(f"Per-client check with caches on ({r['backend']}): the best-priority SRV targets per network "
+            if r.get("per_client") and r["conf"] != "caches off" and r["conf"] not in seen:
+                seen.add(r["conf"])
+                lines.append(f"Per-client check, {r['conf']} ({r['backend']}): the best-priority SRV targets per network "
                              + ", ".join(f"{k} → {v}" for k, v in r["per_client"].items()) + ".")
-                break
         lines.append("")
     if pipe_rows:
         lines += ["| pipe microbenchmark | lookups/s (best of runs) | ns/lookup | peak RSS | heap peak | heap at end | allocs/lookup |",
@@ -361,11 +424,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--clients", type=int, default=10, help="dnsperf clients per network")
     ap.add_argument("--lookups", type=int, default=1_000_000, help="pipe microbenchmark stream length")
-    ap.add_argument("--only", choices=["pdns", "pipe"], help="run one part")
+    ap.add_argument("--only", choices=["pdns", "pipe", "dnsdist"],
+                    help="run one part (dnsdist: its rows and the rows they are compared with)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results.md"))
     args = ap.parse_args()
     ha, lua = make_databases()
-    pdns_rows = bench_pdns(args, ha, lua) if args.only in (None, "pdns") else []
+    pdns_rows = bench_pdns(args, ha, lua) if args.only in (None, "pdns", "dnsdist") else []
     pipe_rows = bench_pipe(args, ha) if args.only in (None, "pipe") else []
     report(args, pdns_rows, pipe_rows)
 

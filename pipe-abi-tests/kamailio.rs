@@ -20,14 +20,14 @@ const CALLS: u32 = 30;
 
 /// A server started by this test, in its own process group so that stopping it also stops
 /// the workers it forked, and only those.
-struct Server {
+pub struct Server {
     name: &'static str,
     child: Child,
     log: PathBuf,
 }
 
 impl Server {
-    fn start(name: &'static str, dir: &Path, program: &str, args: &[&str]) -> Server {
+    pub fn start(name: &'static str, dir: &Path, program: &str, args: &[&str]) -> Server {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).unwrap();
         let child = Command::new(program)
@@ -42,7 +42,7 @@ impl Server {
         Server { name, child, log }
     }
 
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         format!(
@@ -81,7 +81,7 @@ impl Drop for Server {
     }
 }
 
-fn tails(servers: &[&Server]) -> String {
+pub fn tails(servers: &[&Server]) -> String {
     servers
         .iter()
         .map(|s| s.log_tail())
@@ -111,7 +111,7 @@ fn free_ports() -> [u16; 4] {
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `limit`.
-fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + limit;
     loop {
         if let Some(found) = f() {
@@ -174,6 +174,8 @@ fn kamailio_load_from_real_calls_reaches_the_answer() {
     if tools.contains(&false) {
         return;
     }
+    // Its calls load the machine; the latency tests must not run beside it.
+    let _alone = crate::util::timing_lock();
     // Declared before the servers, so dropped after them, also when an assertion fails.
     let scratch = TempDir::new("kamailio");
     let dir = scratch.path();

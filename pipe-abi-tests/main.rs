@@ -1,6 +1,7 @@
 //! The pipe-abi integration-test binary: golden pipe transcripts, fault
 //! injection, and end-to-end runs under a real pdns_server.
 
+mod dnsdist;
 mod e2e;
 mod esl;
 mod esl_standin;
@@ -8,11 +9,18 @@ mod faults;
 mod golden;
 mod health;
 mod kamailio;
+mod keepalive;
 mod live;
 mod memcached;
 mod monitor;
+// Shared with the unit tests of src/observe/tcp_rtt.rs, which also change the delays.
+#[allow(dead_code)]
+mod netns;
+mod observe;
+mod openmetrics;
 mod pdns;
 mod reliability;
 mod scale;
 mod trust;
+mod udp_relay;
 mod util;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::util::in_ci;
 
-const INSTALL_HINT: &str = "install pdns-server pdns-backend-pipe pdns-backend-sqlite3 dnsutils";
+const INSTALL_HINT: &str =
+    "install pdns-server pdns-backend-pipe pdns-backend-sqlite3 dnsutils dnsdist prometheus";
 
 /// pdns_server lives in /usr/sbin, which is not on an ordinary user's PATH.
 const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
@@ -472,7 +473,7 @@ struct DigOutput {
 
 /// A port free for both UDP and TCP right now. Another process may still take it before pdns
 /// binds; `Pdns::start` retries for that.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..100 {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port on 127.0.0.1");
         let port = udp.local_addr().expect("local UDP address").port();
@@ -501,7 +502,7 @@ pub struct DigResult {
 }
 
 impl DigResult {
-    fn parse(query: String, raw: String, stderr: String) -> DigResult {
+    pub fn parse(query: String, raw: String, stderr: String) -> DigResult {
         let mut status = None;
         let mut flags = Vec::new();
         let mut client_subnet = None;

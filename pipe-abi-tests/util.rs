@@ -210,3 +210,13 @@ pub fn diff(want: &str, got: &str) -> String {
     }
     s
 }
+
+/// Held by the tests that measure real round trips through userspace delays (relays, TUN
+/// lines) or load the machine with real servers (Kamailio, sipp), so that they do not run at
+/// the same time: two of them side by side on a 2-core machine turned a 10 ms keepalive round
+/// trip into 95 ms and made a tie flap. A test that panicked leaves it usable.
+pub fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{CacheOptions, Command, Metric, MonitorOptions, PipeOptions, Secs};
+use crate::config::{
+    CacheOptions, Command, Metric, MonitorOptions, ObserveOptions, PipeOptions, Secs,
+};
 use crate::dns::Subnet;
 use crate::select::Algorithm;
 use crate::state::validate::DEFAULT_MAX_SKEW;
@@ -18,7 +20,13 @@ usage:
                  [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
-                  [--once] [--stale-after SECS] [--monitor-id ID] [--workers N] [MEMCACHED]
+                  [--once] [--stale-after SECS] [--monitor-id ID] [--workers N]
+                  [--metrics-listen ADDR:PORT] [MEMCACHED]
+  pdns-ha observe --db PATH --target NAME [--kamailio URL] [--tcp-ports P,P...]
+                  [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
+                  [--once] [--stale-after SECS] [MEMCACHED]
+                  round trips the server NAME sees (registrar keepalives from ul.dump,
+                  the kernel's TCP RTT on its SIP ports) as latency per known network
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
@@ -29,14 +37,15 @@ usage:
   pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] [--max-clock-skew SECS]
                   [MEMCACHED] QNAME [QTYPE]
   pdns-ha --help | --version
-MEMCACHED (pipe, monitor, metric, drain, undrain, status, explain):
+MEMCACHED (pipe, monitor, observe, metric, drain, undrain, status, explain):
   --memcached HOST:PORT[,HOST:PORT...] [--memcached-prefix P] [--memcached-key-file PATH]
 
 pipe is what pdns.conf runs:
   pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
 Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
 --timeout 1000, --down-after 3, --up-after 2, --max-clock-skew 5 (pipe, status, explain),
---monitor-id the host name, --workers 32.
+--monitor-id the host name, --workers 32;
+observe: --interval 30, --timeout 5000, --max-age 180, --min-callers 3.
 --memcached-key-file: a secret (16+ bytes, mode 0600) shared by every writer and pipe;
 values are then sealed with HMAC-SHA256 and unsealed ones ignored.
 Logs go to stderr; RUST_LOG=info (or debug) for more.
@@ -253,6 +262,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "stale-after",
                     "monitor-id",
                     "workers",
+                    "metrics-listen",
                 ][..],
                 &MEMCACHED_FLAGS,
             ]
@@ -275,8 +285,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 cache: f.cache()?,
                 monitor_id: f.monitor_id()?,
                 workers: count("workers", 32)? as usize,
+                metrics_listen: f
+                    .get("metrics-listen")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| format!("--metrics-listen needs ADDR:PORT, got {v:?}"))
+                    })
+                    .transpose()?,
             }))
         }
+        "observe" => parse_observe(rest),
         "drain" | "undrain" => {
             let mut own = [&["db", "target", "stale-after"][..], &MEMCACHED_FLAGS].concat();
             if cmd == "drain" {
@@ -337,6 +355,59 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         _ => Err(format!("unknown command {cmd:?} (see pdns-ha --help)")),
     }
+}
+
+fn parse_observe(args: &[String]) -> Result<Command, String> {
+    let cmd = "observe";
+    let known = [
+        &[
+            "db",
+            "target",
+            "kamailio",
+            "tcp-ports",
+            "interval",
+            "timeout",
+            "max-age",
+            "min-callers",
+            "stale-after",
+        ][..],
+        &MEMCACHED_FLAGS,
+    ]
+    .concat();
+    let f = Flags::parse(cmd, &known, &["once"], args)?;
+    f.positional(cmd, 0, 0, "")?;
+    let count = |flag: &str, default: u32| {
+        f.get(flag)
+            .map_or(Ok(default), |v| positive(&format!("--{flag}"), v))
+    };
+    let tcp_ports = match f.get("tcp-ports") {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|p| match p.trim().parse::<u16>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("--tcp-ports needs ports like 5060,5061, got {p:?}")),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let kamailio = f.get("kamailio").map(str::to_owned);
+    if kamailio.is_none() && tcp_ports.is_empty() {
+        return Err("observe needs a source: --kamailio URL and/or --tcp-ports P,P...".into());
+    }
+    Ok(Command::Observe(ObserveOptions {
+        db: f.db()?,
+        target: f
+            .need("target", "NAME (the ha_targets row of this server)")?
+            .to_owned(),
+        kamailio,
+        tcp_ports,
+        interval: f.secs("interval", 30)?,
+        timeout: Duration::from_millis(u64::from(count("timeout", 5000)?)),
+        max_age: f.secs("max-age", 180)?,
+        min_callers: count("min-callers", 3)?,
+        once: f.has("once"),
+        cache: f.cache()?,
+    }))
 }
 
 /// Flags every `metric` takes besides its own.
@@ -583,6 +654,40 @@ mod tests {
     }
 
     #[test]
+    fn observe_needs_a_target_and_a_source() {
+        let Ok(Command::Observe(o)) = p(
+            "observe --db d --target sip1.example.com --kamailio http://127.0.0.1:5060/RPC \
+             --tcp-ports 5060,5061 --once",
+        ) else {
+            panic!()
+        };
+        assert_eq!(o.target, "sip1.example.com");
+        assert_eq!(o.kamailio.as_deref(), Some("http://127.0.0.1:5060/RPC"));
+        assert_eq!(o.tcp_ports, [5060, 5061]);
+        assert_eq!(
+            (o.interval, o.max_age, o.min_callers),
+            (Secs(30), Secs(180), 3)
+        );
+        assert_eq!(o.timeout, Duration::from_millis(5000));
+        assert!(o.once);
+        assert!(p("observe --db d --target t")
+            .unwrap_err()
+            .contains("needs a source"));
+        assert!(p("observe --db d --tcp-ports 5060")
+            .unwrap_err()
+            .contains("--target"));
+        for bad in ["0", "5060,x", "70000", ""] {
+            let e = p(&format!("observe --db d --target t --tcp-ports={bad}")).unwrap_err();
+            assert!(e.contains("--tcp-ports"), "{bad}: {e}");
+        }
+        assert!(
+            p("observe --db d --target t --tcp-ports 5060 --min-callers 0")
+                .unwrap_err()
+                .contains("--min-callers")
+        );
+    }
+
+    #[test]
     fn explain_and_monitor() {
         let Ok(Command::Explain {
             all, client, qtype, ..
@@ -617,5 +722,14 @@ mod tests {
                 up_after: 2
             }
         );
+        assert_eq!(m.metrics_listen, None);
+        let Ok(Command::Monitor(m)) = p("monitor --db d --metrics-listen [::1]:9771") else {
+            panic!()
+        };
+        assert_eq!(m.metrics_listen, Some("[::1]:9771".parse().unwrap()));
+        // An address, not a name: the listener binds it as given.
+        assert!(p("monitor --db d --metrics-listen localhost:9771")
+            .unwrap_err()
+            .contains("--metrics-listen needs ADDR:PORT, got \"localhost:9771\""));
     }
 }

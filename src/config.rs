@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::dns::Subnet;
 use crate::pipe::answer::Ranker;
 use crate::select::Algorithm;
+use crate::state::memcached::Cache;
 use crate::state::writer::AntiFlap;
 
 /// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
@@ -23,6 +24,19 @@ pub struct CacheOptions {
     pub prefix: String,
     pub ttl: Secs,
     pub key_file: Option<PathBuf>,
+}
+
+impl CacheOptions {
+    /// The memcached client these options describe: the one way every
+    /// command connects, so none can forget the key file.
+    pub fn connect(&self) -> Result<Cache, String> {
+        Cache::open(
+            &self.servers,
+            &self.prefix,
+            self.ttl.0,
+            self.key_file.as_deref(),
+        )
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -59,6 +73,30 @@ pub struct MonitorOptions {
     /// Threads for blocking probes (TCP, Event Socket, JSON-RPC); UDP
     /// probes all run on the main thread.
     pub workers: usize,
+    /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// `pdns-ha observe`: round trips one SIP server sees, grouped by client network, written as
+/// latency readings for that server.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ObserveOptions {
+    pub db: PathBuf,
+    /// The `ha_targets` row these round trips are latency to.
+    pub target: String,
+    /// Kamailio JSON-RPC URL for `ul.dump` (registrar keepalives).
+    pub kamailio: Option<String>,
+    /// Local ports whose established TCP connections are read (the kernel's RTT).
+    pub tcp_ports: Vec<u16>,
+    pub interval: Secs,
+    /// For the JSON-RPC call: `ul.dump` of 10,000 contacts takes Kamailio seconds.
+    pub timeout: Duration,
+    /// A keepalive or a TCP acknowledgement older than this is not a current round trip.
+    pub max_age: Secs,
+    /// A network with fewer distinct callers gets no reading.
+    pub min_callers: u32,
+    pub once: bool,
+    pub cache: Option<CacheOptions>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -87,6 +125,7 @@ pub enum Command {
         scripts: Vec<PathBuf>,
     },
     Monitor(MonitorOptions),
+    Observe(ObserveOptions),
     Metric {
         db: PathBuf,
         metric: Metric,

@@ -12,6 +12,8 @@
 //!   ([`state::memcached`]) and the writer used by `monitor` and `metric`
 //!   ([`state::writer`]).
 //! - [`monitor`]: active probes of the targets, one file per source.
+//! - [`observe`]: round trips a SIP server already sees (registrar keepalives, kernel TCP
+//!   RTT), grouped by client network.
 //! - [`ops`]: the operator's commands: `init`, `status`, `explain`.
 //! - [`config`] holds typed options; [`cli`] turns arguments into them.
 //! - [`dns`]: the vocabulary every layer shares (subnets, name order).
@@ -23,6 +25,7 @@ pub mod config;
 pub mod dns;
 pub mod files;
 pub mod monitor;
+pub mod observe;
 pub mod ops;
 pub mod pipe;
 pub mod select;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
 use pdns_ha::pipe::{backend, store};
 use pdns_ha::state::{memcached, validate, writer};
-use pdns_ha::{cli, monitor, ops};
+use pdns_ha::{cli, monitor, observe, ops};
 
 fn main() -> ExitCode {
     init_logging();
@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             ops::report::explain(&opts, all, client, &qname, &qtype)
         }
         Ok(Command::Monitor(opts)) => monitor::run(&opts),
+        Ok(Command::Observe(opts)) => observe::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,8 +94,7 @@ fn pipe(opts: &PipeOptions) -> Result<(), String> {
 
 /// The memcached client for `--memcached`, if given.
 fn cache(opts: Option<&CacheOptions>) -> Result<Option<memcached::Cache>, String> {
-    opts.map(|c| memcached::Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref()))
-        .transpose()
+    opts.map(CacheOptions::connect).transpose()
 }
 
 /// `drain` (with a reason) or `undrain` (without); says what it did, since

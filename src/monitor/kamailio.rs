@@ -32,10 +32,10 @@ use std::time::Duration;
 use super::probe::ProbeErrorKind;
 use super::probe::{json_lookup, json_str, json_u32, printable, Deadline, ProbeError};
 
-/// `params: [1]` is dialog.c's `local_only` flag: in a DMQ cluster every node also holds the
-/// other nodes' dialogs (replicated for failover), and without the flag `dlg.stats_active`
-/// counts those too, so each node would report the whole cluster's calls as its own load.
-const REQUEST_BODY: &str = r#"{"jsonrpc":"2.0","method":"dlg.stats_active","params":[1],"id":1}"#;
+/// `params: [1]` for `dlg.stats_active` is dialog.c's "own dialogs" flag: in a DMQ cluster
+/// every node also holds the other nodes' dialogs (replicated for failover), and without the
+/// flag it counts those too, so each node would report the whole cluster's calls as its own.
+const LOCAL_ONLY: &str = "[1]";
 /// Real header blocks are about 200 bytes.
 const MAX_HEADER: usize = 8 * 1024;
 /// The reply is about 130 bytes; anything huge is not the reply we asked for.
@@ -69,6 +69,44 @@ pub fn read_active_dialogs_via(
     via: Option<SocketAddr>,
     timeout: Duration,
 ) -> Result<u32, ProbeError> {
+    let body = call_with(
+        url,
+        via,
+        "dlg.stats_active",
+        Some(LOCAL_ONLY),
+        MAX_BODY,
+        timeout,
+    )?;
+    json_u32(&body, &["result", "all"]).ok_or_else(|| {
+        let shown = printable(body.as_bytes(), 80);
+        // `call` has refused URLs with credentials, so the URL is fit for a message.
+        Deadline::new(url, timeout).err(ProbeErrorKind::Protocol(format!(
+            "no result.all in \"{shown}\""
+        )))
+    })
+}
+
+/// Calls JSON-RPC `method` (no parameters) at `url` and returns the reply body, which is a
+/// JSON-RPC result: an `error` member or an HTTP status other than 200 is an error. Bodies
+/// longer than `max_body` are refused. The whole exchange takes at most `timeout`.
+pub(crate) fn call(
+    url: &str,
+    method: &str,
+    max_body: usize,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
+    call_with(url, None, method, None, max_body, timeout)
+}
+
+/// As [`call`], with `params` (a JSON array, sent as is) and connecting to `via` when given.
+fn call_with(
+    url: &str,
+    via: Option<SocketAddr>,
+    method: &str,
+    params: Option<&str>,
+    max_body: usize,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
     let target = match Target::parse(url) {
         Ok(target) => target,
         Err((peer, why)) => {
@@ -80,16 +118,20 @@ pub fn read_active_dialogs_via(
         Some(addr) => d.connect_addr(addr)?,
         None => d.connect(&target.connect_to)?,
     };
+    let params = params.map_or(String::new(), |p| format!(r#","params":{p}"#));
+    let request_body = format!(r#"{{"jsonrpc":"2.0","method":"{method}"{params},"id":1}}"#);
     let request = format!(
         "POST {} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{REQUEST_BODY}",
+         Content-Length: {}\r\nConnection: close\r\n\r\n{request_body}",
         target.path,
         target.host,
-        REQUEST_BODY.len()
+        request_body.len()
     );
     d.write_all(&mut stream, request.as_bytes(), "sending the request")?;
-    let reply = read_reply(&d, &mut stream)?;
-    let body = String::from_utf8_lossy(&reply.body);
+    let reply = read_reply(&d, &mut stream, max_body)?;
+    // Without a copy when it is valid UTF-8, as Kamailio's JSON is.
+    let body = String::from_utf8(reply.body)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
 
     // A JSON-RPC error explains a non-200 status better than the status does.
     if json_lookup(&body, &["error"]).is_some() {
@@ -105,12 +147,7 @@ pub fn read_active_dialogs_via(
             reply.status
         ))));
     }
-    json_u32(&body, &["result", "all"]).ok_or_else(|| {
-        let shown = printable(&reply.body, 80);
-        d.err(ProbeErrorKind::Protocol(format!(
-            "no result.all in \"{shown}\""
-        )))
-    })
+    Ok(body)
 }
 
 /// The parts of an `http://` URL that the request needs.
@@ -167,7 +204,7 @@ struct Reply {
     body: Vec<u8>,
 }
 
-fn read_reply(d: &Deadline, stream: &mut TcpStream) -> Result<Reply, ProbeError> {
+fn read_reply(d: &Deadline, stream: &mut TcpStream, max_body: usize) -> Result<Reply, ProbeError> {
     const DURING: &str = "waiting for the http reply";
     let protocol = |detail: String| d.err(ProbeErrorKind::Protocol(detail));
     let mut buf = Vec::new();
@@ -226,26 +263,29 @@ fn read_reply(d: &Deadline, stream: &mut TcpStream) -> Result<Reply, ProbeError>
     }
 
     match content_length {
-        Some(len) if len > MAX_BODY => {
-            return Err(protocol(format!("body of {len} bytes exceeds {MAX_BODY}")));
+        Some(len) if len > max_body => {
+            return Err(protocol(format!("body of {len} bytes exceeds {max_body}")));
         }
         // Kamailio leaves the connection open: stop at Content-Length, never wait for EOF.
+        // Read straight into place: an `ul.dump` reply can be megabytes.
         Some(len) => {
-            while body.len() < len {
-                let n = d.read(stream, &mut chunk, "reading the http body")?;
+            let mut filled = body.len().min(len);
+            body.resize(len.max(body.len()), 0);
+            while filled < len {
+                let n = d.read(stream, &mut body[filled..len], "reading the http body")?;
                 if n == 0 {
                     return Err(d.err(ProbeErrorKind::Closed {
                         during: "reading the http body",
                     }));
                 }
-                body.extend_from_slice(&chunk[..n]);
+                filled += n;
             }
             body.truncate(len);
         }
         None => {
             while !eof {
-                if body.len() > MAX_BODY {
-                    return Err(protocol(format!("body exceeds {MAX_BODY} bytes")));
+                if body.len() > max_body {
+                    return Err(protocol(format!("body exceeds {max_body} bytes")));
                 }
                 let n = d.read(stream, &mut chunk, "reading the http body")?;
                 eof = n == 0;

@@ -19,6 +19,7 @@
 
 pub mod esl;
 pub mod kamailio;
+pub mod openmetrics;
 pub mod pool;
 pub mod probe;
 pub mod resolve;
@@ -26,16 +27,17 @@ pub mod sip_options;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::config::MonitorOptions;
-use crate::state::memcached::Cache;
-use crate::state::reading::ANY_NETWORK;
+use crate::config::{CacheOptions, MonitorOptions};
+use crate::state::reading::{unix_now, ANY_NETWORK};
 use crate::state::writer::Writer;
 use crate::text::shown;
+use openmetrics::{Figures, LatencyFigure, Stamped};
 
 use self::pool::Degraded;
 use self::probe::ProbeError;
@@ -102,7 +104,7 @@ struct LoadReading {
 #[derive(Default)]
 struct Reading {
     health: Option<Checked>,
-    load: Option<Result<LoadReading, String>>,
+    load: Option<Result<LoadReading, ProbeError>>,
 }
 
 fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, String> {
@@ -193,23 +195,25 @@ fn read_load(
     source: &LoadSource,
     via: Option<SocketAddr>,
     timeout: Duration,
-) -> Result<LoadReading, String> {
+) -> Result<LoadReading, ProbeError> {
     match source {
-        LoadSource::None => Err("no load source".into()),
+        LoadSource::None => Err(ProbeError {
+            peer: String::new(),
+            kind: probe::ProbeErrorKind::BadTarget("no load source"),
+        }),
         LoadSource::FreeSwitch { addr, password } => esl::read_status(addr, via, password, timeout)
             .map(|s| LoadReading {
                 sessions: s.load.sessions,
                 max: s.load.max_sessions,
                 refuses: s.refuses_calls(),
-            })
-            .map_err(|e| e.to_string()),
-        LoadSource::Kamailio { url } => kamailio::read_active_dialogs_via(url, via, timeout)
-            .map(|n| LoadReading {
+            }),
+        LoadSource::Kamailio { url } => {
+            kamailio::read_active_dialogs_via(url, via, timeout).map(|n| LoadReading {
                 sessions: n,
                 max: None,
                 refuses: None,
             })
-            .map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -311,10 +315,10 @@ fn poll(
 /// Per-target problems already logged, so a dead target is reported when
 /// it breaks and when it heals, not every round.
 #[derive(Default)]
-struct Reported(HashMap<(String, &'static str), String>);
+pub(crate) struct Reported(HashMap<(String, &'static str), String>);
 
 impl Reported {
-    fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
+    pub(crate) fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
         let key = (target.to_owned(), what);
         if self.0.get(&key).map(String::as_str) != Some(msg) {
             warn!("{}: {what}: {}", shown(target), shown(msg));
@@ -322,7 +326,7 @@ impl Reported {
         }
     }
 
-    fn fine(&mut self, target: &str, what: &'static str) {
+    pub(crate) fn fine(&mut self, target: &str, what: &'static str) {
         if self.0.remove(&(target.to_owned(), what)).is_some() {
             info!("{}: {what} works again", shown(target));
         }
@@ -380,21 +384,55 @@ fn write_round(
     readings: &[Reading],
     opts: &MonitorOptions,
     reported: &mut Reported,
+    figures: &Mutex<Figures>,
 ) -> Result<(), String> {
+    let now = unix_now();
     // Decided before the transaction, which holds the write lock.
     let verdicts: Vec<_> = targets
         .iter()
         .zip(readings)
         .map(|(t, r)| verdict(t, r, reported))
         .collect();
+    let drained: std::collections::HashSet<String> =
+        w.drains()?.into_iter().map(|d| d.target).collect();
+    let mut f = figures.lock().unwrap_or_else(|p| p.into_inner());
+    f.retain_targets(targets.iter().map(|t| t.name.as_str()));
     let changes = w.transaction(|w| {
         let mut changes = Vec::new();
         for ((t, r), v) in targets.iter().zip(readings).zip(&verdicts) {
+            let x = f.targets.entry(t.name.clone()).or_default();
+            x.drained = drained.contains(&t.name);
             if let Some((ok, why)) = v {
                 let (before, after) = w.probe(&t.name, *ok, opts.anti_flap)?;
+                x.health = Some(Stamped {
+                    value: after,
+                    at: now,
+                });
                 if before.is_some_and(|b| b != after) || (before.is_none() && !after) {
                     changes.push((t.name.clone(), after, why.clone()));
                 }
+            }
+            let rtt = match &r.health {
+                Some(Checked::Sip(a)) if t.accept.accepts(a.code) => Some(a.rtt),
+                Some(Checked::Connected(rtt)) => Some(*rtt),
+                _ => None,
+            };
+            if let Some(rtt) = rtt {
+                // The round trip just measured (the pipe ranks by the stored EWMA).
+                x.latency = vec![LatencyFigure {
+                    network: ANY_NETWORK.into(),
+                    source: "monitor".into(),
+                    seconds: rtt.as_secs_f64(),
+                    at: now,
+                }];
+            }
+            match &r.health {
+                Some(Checked::Sip(a)) if !t.accept.accepts(a.code) => {
+                    let kind = probe::ProbeErrorKind::Remote(format!("answered {a}"));
+                    f.probe_error(&t.name, "health", &kind);
+                }
+                Some(Checked::Failed(e)) => f.probe_error(&t.name, "health", &e.kind),
+                _ => {}
             }
             match &r.health {
                 Some(Checked::Sip(a)) if t.accept.accepts(a.code) => {
@@ -415,11 +453,19 @@ fn write_round(
                 Some(Ok(l)) => {
                     reported.fine(&t.name, "load");
                     w.load(&t.name, l.sessions, l.max)?;
+                    let x = f.targets.entry(t.name.clone()).or_default();
+                    x.sessions = Some(Stamped {
+                        value: l.sessions,
+                        at: now,
+                    });
+                    x.capacity = l.max.or(x.capacity);
                 }
                 // Unknown, never zero: an unreadable server is not idle.
                 Some(Err(e)) => {
-                    reported.problem(&t.name, "load", e);
+                    reported.problem(&t.name, "load", &e.to_string());
+                    f.probe_error(&t.name, "load", &e.kind);
                     w.clear_load(&t.name)?;
+                    f.targets.entry(t.name.clone()).or_default().sessions = None;
                 }
             }
         }
@@ -435,15 +481,15 @@ fn write_round(
 }
 
 pub fn run(opts: &MonitorOptions) -> Result<(), String> {
-    let cache = opts
-        .cache
-        .as_ref()
-        .map(|c| Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref()))
-        .transpose()?;
+    let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
     let w = Writer::open(&opts.db, cache)?.with_monitor(&opts.monitor_id);
     info!("monitor {} starting", shown(w.monitor()));
     let mut reported = Reported::default();
     let mut resolver = Resolver::default();
+    let figures = Arc::new(Mutex::new(Figures::default()));
+    if let Some(addr) = opts.metrics_listen {
+        openmetrics::serve(addr, Arc::clone(&figures))?;
+    }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     loop {
         let start = Instant::now();
@@ -456,7 +502,7 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             true => reported.fine("monitor", "round"),
             false => reported.problem("monitor", "round", &degraded.0.join("; ")),
         }
-        if let Err(e) = write_round(&w, &targets, &readings, opts, &mut reported) {
+        if let Err(e) = write_round(&w, &targets, &readings, opts, &mut reported, &figures) {
             // The next round tries again; a monitor that stops is worse
             // than one that missed a write.
             if opts.once {
@@ -470,6 +516,10 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             probed,
             start.elapsed()
         );
+        if let Ok(mut f) = figures.lock() {
+            f.rounds += 1;
+            f.last_round_seconds = Some(start.elapsed().as_secs_f64());
+        }
         if opts.once {
             return Ok(());
         }
@@ -514,7 +564,7 @@ mod tests {
         }))
     }
 
-    fn load(refuses: Option<&str>) -> Option<Result<LoadReading, String>> {
+    fn load(refuses: Option<&str>) -> Option<Result<LoadReading, ProbeError>> {
         Some(Ok(LoadReading {
             sessions: 3,
             max: Some(10),
@@ -525,7 +575,7 @@ mod tests {
     fn verdict_of(
         t: &Target,
         health: Option<Checked>,
-        load: Option<Result<LoadReading, String>>,
+        load: Option<Result<LoadReading, ProbeError>>,
     ) -> Option<(bool, String)> {
         verdict(t, &Reading { health, load }, &mut Reported::default())
     }
@@ -578,6 +628,10 @@ mod tests {
         // Load alone (probe 'none'): taking calls is up.
         assert_eq!(verdict_of(&t, None, load(None)).map(|v| v.0), Some(true));
         // An unreadable load source says nothing about health.
-        assert_eq!(verdict_of(&t, None, Some(Err("refused".into()))), None);
+        let refused = ProbeError {
+            peer: "192.0.2.11:8021".into(),
+            kind: probe::ProbeErrorKind::AuthRejected,
+        };
+        assert_eq!(verdict_of(&t, None, Some(Err(refused))), None);
     }
 }

@@ -16,7 +16,6 @@ use crate::pipe::answer::{candidate, Decision, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
 use crate::select::{Algorithm, Why};
-use crate::state::memcached::Cache;
 use crate::state::reading::{target_key, unix_now, Health, Latency, Load, Reading, ANY_NETWORK};
 use crate::text::shown;
 
@@ -45,10 +44,7 @@ fn view(opts: &PipeOptions) -> Result<Store, String> {
     let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
     match &opts.cache {
         None => Ok(store),
-        Some(c) => {
-            let cache = Cache::open(&c.servers, &c.prefix, c.ttl.0, c.key_file.as_deref())?;
-            Ok(store.with_cache(cache))
-        }
+        Some(c) => Ok(store.with_cache(c.connect()?)),
     }
 }
 

@@ -197,6 +197,18 @@ impl Writer {
         rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
     }
 
+    /// Every `ha_networks` row as (cidr, name), for grouping callers the way the pipe does.
+    pub fn networks(&self) -> Result<Vec<(String, String)>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cidr, name FROM ha_networks ORDER BY cidr")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
     /// Runs `f` in one write transaction: readers see all of it or none.
     pub fn transaction<T>(&self, f: impl FnOnce(&Self) -> Result<T, String>) -> Result<T, String> {
         self.conn

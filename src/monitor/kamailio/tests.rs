@@ -11,6 +11,9 @@ use super::*;
 
 const T: Duration = Duration::from_millis(1000);
 
+/// What `read_active_dialogs` sends, byte for byte.
+const REQUEST_BODY: &str = r#"{"jsonrpc":"2.0","method":"dlg.stats_active","params":[1],"id":1}"#;
+
 const KAMAILIO_OK: &str = "HTTP/1.0 200 OK\r\nSia: SIP/2.0/TCP 127.0.0.1:44068\r\n\
     Content-Type: application/json\r\nServer: kamailio (5.6.3 (x86_64/linux))\r\n\
     Content-Length: 129\r\n\r\n{\n\t\"jsonrpc\":\t\"2.0\",\n\t\"result\":\t{\n\t\t\"starting\":\t0,\

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Install test of the Debian package, as root on Debian 12 (made for a container, where no
+# systemd runs): builds the .deb, installs it with apt-get, seeds the database with the
+# shipped example, starts pdns_server as user pdns with the shipped pdns.d snippet on a
+# free loopback port, runs the monitor unit's own ExecStart line as the unit's user, digs
+# the live answer, then purges the package and checks that nothing it created is left
+# but the database.
+# Called by .ci/run; locally a missing prerequisite skips with a message (fails under CI).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+state=/var/lib/pdns-ha
+unit=/lib/systemd/system/pdns-ha-monitor.service
+srv=_sip._udp.example.com
+# Marks a state directory this test created, so a rerun may remove what an earlier,
+# interrupted run left; anything else in /var/lib/pdns-ha is someone's data.
+marker=$state/.pdns-ha-test-deb
+
+ci() { [ -n "${CI:-}" ] && [ "$CI" != false ] && [ "$CI" != 0 ]; }
+skip() {
+  if ci; then echo "test-deb: FAIL: $*" >&2; exit 1; fi
+  echo "test-deb: skipped: $*" >&2
+  exit 0
+}
+fail() { echo "test-deb: FAIL: $*" >&2; exit 1; }
+step() { echo "test-deb: $*"; }
+
+[ "$(id -u)" = 0 ] || skip "needs root (it installs a package and creates a system user)"
+for tool in apt-get dpkg-deb pdns_server dig setpriv systemd-analyze sqlite3 ss; do
+  command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin command -v "$tool" >/dev/null ||
+    skip "$tool not found (apt-get install pdns-server pdns-backend-pipe dnsutils sqlite3 iproute2 systemd)"
+done
+if [ -d /run/systemd/system ]; then
+  # Then postinst starts pdns-ha-monitor.service (unless policy-rc.d forbids it, as .ci/run
+  # arranges) and prerm stops it; the checks below hold either way.
+  step "note: systemd is running here; the packaged monitor may run beside this test's"
+fi
+
+# Leftovers of an interrupted earlier run (never someone else's data or user).
+if dpkg-query -W -f='${Status}' pdns-ha 2>/dev/null | grep -q 'installed\|config-files'; then
+  [ -e "$marker" ] || fail "pdns-ha is installed here and not by this test; purge it first"
+  apt-get purge -y -q pdns-ha >/dev/null
+fi
+if [ -e "$state" ]; then
+  [ -e "$marker" ] || fail "$state exists and was not made by this test; move it away first"
+  rm -rf "$state"
+  getent passwd pdns-ha >/dev/null && userdel pdns-ha
+fi
+if getent passwd pdns-ha >/dev/null; then
+  fail "a pdns-ha user exists and this test did not make it (no $marker); remove it first"
+fi
+
+step "building the package"
+bash "$repo/scripts/build-deb.sh" >/dev/null
+deb=$(ls "$repo"/target/debian/pdns-ha_*.deb | head -n1)
+
+# Dependencies first, so that the before/after comparison sees only pdns-ha's own files.
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+  pdns-server pdns-backend-pipe adduser dnsutils sqlite3 iproute2 >/dev/null
+
+work=$(mktemp -d /tmp/pdns-ha-test-deb.XXXXXX)
+pdns_pid=
+cleanup() {
+  [ -n "$pdns_pid" ] && kill "$pdns_pid" 2>/dev/null && wait "$pdns_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Every path outside scratch, package-manager and log areas.
+snapshot() {
+  find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
+    -o -path /var/tmp -o -path /var/cache -o -path /var/log -o -path /var/lib/dpkg \
+    -o -path /var/lib/apt -o -path /var/lib/ucf -o -path /root -o -path /home -o -path /work \
+    -o -path /var/backups -o -path /var/mail \) -prune -o -print 2>/dev/null | sort
+}
+snapshot > "$work/before"
+
+step "installing $deb with apt-get"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" \
+  > "$work/apt-install.log" 2>&1 || { cat "$work/apt-install.log"; fail "apt-get install"; }
+touch "$marker"
+
+step "checking what postinst made"
+[ "$(id -gn pdns-ha)" = pdns ] || fail "user pdns-ha is not in primary group pdns"
+[ "$(stat -c '%U:%G %a' "$state")" = "pdns-ha:pdns 770" ] ||
+  fail "$state is $(stat -c '%U:%G %a' "$state"), want pdns-ha:pdns 770"
+[ "$(stat -c '%U:%G %a' "$state/ha.db")" = "pdns-ha:pdns 660" ] ||
+  fail "$state/ha.db is $(stat -c '%U:%G %a' "$state/ha.db"), want pdns-ha:pdns 660"
+MANPATH=/usr/share/man: systemd-analyze verify "$unit" ||
+  fail "systemd-analyze verify $unit"
+zcat /usr/share/man/man1/pdns-ha.1.gz | grep -q '^\.TH PDNS-HA 1' || fail "man page"
+# The man page lists every subcommand --help names.
+for cmd in $(pdns-ha --help | sed -n 's/^  pdns-ha \([a-z]\+\) .*/\1/p' | sort -u); do
+  zcat /usr/share/man/man1/pdns-ha.1.gz | grep -q "^\.B pdns-ha $cmd" ||
+    fail "man page lacks the subcommand $cmd that --help lists"
+done
+
+step "seeding the database with the shipped example as pdns-ha"
+runuser -u pdns-ha -- pdns-ha init --db "$state/ha.db" /usr/share/pdns-ha/example.sql >/dev/null
+
+# A free port for pdns (UDP and TCP); the monitor will probe pdns's own TCP listener as
+# sip6's SIP server, so one target is up with a measured latency. No python on a bare
+# Debian: ss says what is taken.
+port=
+for _ in $(seq 100); do
+  candidate=$((20000 + RANDOM % 40000))
+  if [ -z "$(ss -Hlnut "sport = :$candidate")" ]; then port=$candidate; break; fi
+done
+[ -n "$port" ] || fail "no free loopback port"
+runuser -u pdns-ha -- sqlite3 "$state/ha.db" \
+  "UPDATE ha_targets SET probe = 'none', load_source = 'none';
+   UPDATE ha_targets SET probe = 'tcp', probe_address = '127.0.0.1:$port' WHERE name = 'sip6.example.com';"
+
+step "starting pdns_server as pdns on 127.0.0.1:$port with /etc/powerdns (pdns.d/pdns-ha.conf)"
+install -d -o pdns -g pdns "$work/run"
+/usr/sbin/pdns_server --config-dir=/etc/powerdns --local-address=127.0.0.1 --local-port="$port" \
+  --setuid=pdns --setgid=pdns --daemon=no --guardian=no --disable-syslog --write-pid=no \
+  --socket-dir="$work/run" > "$work/pdns.log" 2>&1 &
+pdns_pid=$!
+ask() { dig @127.0.0.1 -p "$port" +time=2 +tries=1 "$@"; }
+for i in $(seq 50); do
+  ask example.com SOA 2>/dev/null | grep -q 'status: NOERROR' && break
+  kill -0 "$pdns_pid" 2>/dev/null || { cat "$work/pdns.log"; fail "pdns_server exited"; }
+  [ "$i" = 50 ] && { cat "$work/pdns.log"; fail "pdns_server not answering after 10 s"; }
+  sleep 0.2
+done
+coprocs=$(pgrep -P "$pdns_pid" -x pdns-ha || true)
+[ -n "$coprocs" ] || fail "no pdns-ha coprocess under pdns_server"
+for pid in $coprocs; do
+  [ "$(ps -o user= -p "$pid")" = pdns ] || fail "coprocess $pid runs as $(ps -o user= -p "$pid")"
+done
+
+first() { ask +subnet=198.51.100.0/24 +short "$srv" SRV | sort -n -k1,1 -k2,2r | head -n1; }
+before=$(first)
+[ "$before" = "10 50 5060 sip1.example.com." ] ||
+  fail "before any reading, want the stored first record, got '$before'"
+
+step "running the monitor unit's ExecStart as its user, one round"
+field() { sed -n "s/^$1=//p" "$unit" | head -n1; }
+exec_start=$(field ExecStart)
+user=$(field User)
+group=$(field Group)
+umask_=$(field UMask)
+env_file=$(field EnvironmentFile)
+env_file=${env_file#-}
+[ -n "$exec_start" ] && [ -n "$user" ] && [ -n "$group" ] || fail "cannot read $unit"
+# As systemd does: the EnvironmentFile's variables, then $VAR in ExecStart split into words.
+(
+  set -a
+  [ -f "$env_file" ] && . "$env_file"
+  set +a
+  umask "${umask_:-0022}"
+  eval "exec setpriv --reuid=$user --regid=$group --init-groups -- $exec_start --once"
+) > "$work/monitor.log" 2>&1 || { cat "$work/monitor.log"; fail "monitor round"; }
+grep -q 'polled 10 targets' "$work/monitor.log" || { cat "$work/monitor.log"; fail "monitor log"; }
+
+step "digging the live answer"
+# The pipe re-reads the database within a second; bounded wait.
+live=
+for _ in $(seq 50); do
+  live=$(first)
+  [ "$live" = "10 10 5060 sip6.example.com." ] && break
+  sleep 0.1
+done
+[ "$live" = "10 10 5060 sip6.example.com." ] ||
+  { tail -n 30 "$work/pdns.log"; fail "after the monitor, want sip6 first for site-b, got '$live'"; }
+ask +subnet=198.51.100.0/24 "$srv" SRV | grep -q 'CLIENT-SUBNET: 198.51.100.0/24/24' ||
+  fail "the live answer is not scoped to the network"
+runuser -u pdns -- pdns-ha status --db "$state/ha.db" | grep -q '^sip6.example.com  *up' ||
+  fail "status as pdns does not show sip6 up"
+
+kill "$pdns_pid"
+wait "$pdns_pid" 2>/dev/null || true
+pdns_pid=
+
+step "purging"
+apt-get purge -y -q pdns-ha > "$work/apt-purge.log" 2>&1 || { cat "$work/apt-purge.log"; fail "purge"; }
+snapshot > "$work/after"
+# Kept on purge by design (README, "Install the package"): the database and its directory.
+left=$(comm -13 "$work/before" "$work/after" |
+  grep -v -x -e "$state" -e "$state/ha.db" -e "$state/ha.db-wal" -e "$marker" || true)
+[ -z "$left" ] || fail "left behind after purge: $left"
+gone=$(comm -23 "$work/before" "$work/after" || true)
+[ -z "$gone" ] || fail "gone after install and purge: $gone"
+[ -f "$state/ha.db" ] || fail "purge removed the database, which the README says it keeps"
+pgrep -u pdns-ha >/dev/null && fail "pdns-ha processes still running"
+
+# What purge keeps, the test removes: this machine should look as before.
+rm -rf "$state"
+userdel pdns-ha
+step "ok: installed, served live answers as pdns, purged cleanly"

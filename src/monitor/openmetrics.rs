@@ -1,0 +1,712 @@
+//! `--metrics-listen ADDR:PORT`: the monitor's figures as OpenMetrics text (what Prometheus
+//! scrapes), served on `GET /metrics`.
+//!
+//! [`Figures`] is a plain struct the round loop fills in; [`render`] turns it into text
+//! with the clock passed in (ages are computed at scrape time), so the text is tested
+//! byte for byte; [`serve`] answers HTTP on one thread of its own: OpenMetrics to clients
+//! that ask for it (Prometheus does), the older Prometheus text format to the rest.
+//!
+//! ```text
+//! # TYPE pdns_ha_target_up gauge
+//! # HELP pdns_ha_target_up Whether the target is up (1) or down (0) after anti-flap; absent while unknown.
+//! pdns_ha_target_up{target="sip1.example.com"} 1
+//! ...
+//! # EOF
+//! ```
+//!
+//! Why a hand-written HTTP server and not tiny_http (the well-kept crate for this): the
+//! monitor is the same binary as the pipe, and in a pipe process code is most of the
+//! resident memory (README, "Performance"), once per pdns thread. Release binary (tree of
+//! 2026-11-27, before the library layout), same renderer and wiring in both: 1,465,264
+//! bytes without metrics; 1,501,872 with this file (+36,608, renderer included);
+//! 1,615,664 with tiny_http 0.12 serving instead (+150,400: tiny_http, ascii,
+//! chunked_transfer, httpdate), i.e. 113,792 bytes (7.6 %) more for the crate. What is served is one read-only resource to a scraper on a trusted network:
+//! GET or HEAD of `/metrics`, one request per connection, bounded reads and timeouts, one
+//! thread; nothing else of HTTP is needed, and the tests below cover what is.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use log::{info, warn};
+
+use super::probe::ProbeErrorKind;
+
+/// What Prometheus expects for OpenMetrics 1.0 (it negotiates the format by this header).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The older Prometheus text format, for clients that do not ask for OpenMetrics.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Which exposition format to write. Prometheus asks for OpenMetrics first in its
+/// `Accept` header; curl and `promtool check metrics` (which lints the older format:
+/// there a counter's `# TYPE` names its `_total` series, and `# UNIT` and `# EOF` do not
+/// exist) get the older one. The figures are the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    PrometheusText,
+}
+
+impl Format {
+    /// From a request's `Accept` header value (absent: the older format).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::PrometheusText,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => CONTENT_TYPE,
+            Format::PrometheusText => CONTENT_TYPE_TEXT,
+        }
+    }
+}
+
+// Metric family names. Units in the name, base units only (seconds), as Prometheus's
+// naming conventions ask; counters get `_total` on their samples.
+pub const TARGET_UP: &str = "pdns_ha_target_up";
+pub const TARGET_DRAINED: &str = "pdns_ha_target_drained";
+pub const TARGET_SESSIONS: &str = "pdns_ha_target_sessions";
+pub const TARGET_CAPACITY: &str = "pdns_ha_target_capacity_sessions";
+pub const TARGET_LATENCY: &str = "pdns_ha_target_latency_seconds";
+pub const READING_AGE: &str = "pdns_ha_reading_age_seconds";
+pub const LATENCY_AGE: &str = "pdns_ha_latency_age_seconds";
+pub const PROBE_ERRORS: &str = "pdns_ha_probe_errors";
+pub const ROUNDS: &str = "pdns_ha_rounds";
+pub const ROUND_DURATION: &str = "pdns_ha_round_duration_seconds";
+
+/// A value and when it was read (Unix seconds), so that its age can be told at scrape time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stamped<T> {
+    pub value: T,
+    pub at: f64,
+}
+
+/// One latency figure: the last round trip measured from one network by one source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatencyFigure {
+    /// A `ha_networks` CIDR, or `*` for the monitor host's own view.
+    pub network: String,
+    /// Who measured it: `monitor` (active probes), `observe`, `metric` (pushed).
+    pub source: String,
+    pub seconds: f64,
+    pub at: f64,
+}
+
+/// Everything known about one target.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TargetFigures {
+    /// Up or down after anti-flap; `None` while unknown (no sample is exported then).
+    pub health: Option<Stamped<bool>>,
+    /// Taken out of answers by the operator.
+    pub drained: bool,
+    /// Current sessions; `None` while unknown (never exported as zero).
+    pub sessions: Option<Stamped<u32>>,
+    /// Maximum sessions, from the load source or `ha_targets.max_sessions`.
+    pub capacity: Option<u32>,
+    pub latency: Vec<LatencyFigure>,
+    /// Failed probes since start, by what was probed (`health`, `load`) and why
+    /// ([`error_kind`]). Monotonic: a counter.
+    pub probe_errors: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// The monitor's figures, as the round loop last left them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Figures {
+    /// By target name, so the text comes out in a stable order.
+    pub targets: BTreeMap<String, TargetFigures>,
+    /// Rounds completed since start.
+    pub rounds: u64,
+    /// How long the last round took, probes and write together.
+    pub last_round_seconds: Option<f64>,
+}
+
+impl Figures {
+    /// Counts one failed probe.
+    pub fn probe_error(&mut self, target: &str, probe: &'static str, kind: &ProbeErrorKind) {
+        let t = self.targets.entry(target.to_owned()).or_default();
+        *t.probe_errors.entry((probe, error_kind(kind))).or_default() += 1;
+    }
+
+    /// Drops targets no longer in `ha_targets`, so a deleted one stops being exported.
+    pub fn retain_targets<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<&str> = names.into_iter().collect();
+        self.targets.retain(|name, _| keep.contains(name.as_str()));
+    }
+}
+
+/// The `kind` label of a failed probe: a small, fixed set, as labels must be.
+pub fn error_kind(kind: &ProbeErrorKind) -> &'static str {
+    match kind {
+        ProbeErrorKind::BadTarget(_) => "bad_target",
+        ProbeErrorKind::Io { .. } => "io",
+        ProbeErrorKind::Timeout { .. } => "timeout",
+        ProbeErrorKind::Closed { .. } => "closed",
+        ProbeErrorKind::Protocol(_) => "protocol",
+        ProbeErrorKind::AuthRejected => "auth_rejected",
+        ProbeErrorKind::Remote(_) => "remote",
+    }
+}
+
+/// A label value with `\`, `"` and line feeds escaped (OpenMetrics ABNF).
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// `# TYPE`, `# UNIT` (for names ending in a unit) and `# HELP` of one family.
+fn family(out: &mut String, fmt: Format, name: &str, kind: &str, help: &str) {
+    let total = if fmt == Format::PrometheusText && kind == "counter" {
+        "_total"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "# TYPE {name}{total} {kind}");
+    if fmt == Format::OpenMetrics && name.ends_with("_seconds") {
+        let _ = writeln!(out, "# UNIT {name} seconds");
+    }
+    let _ = writeln!(out, "# HELP {name}{total} {help}");
+}
+
+/// Seconds since `at`, never negative (a clock step back is not a negative age).
+fn age(now: f64, at: f64) -> f64 {
+    (now - at).max(0.0)
+}
+
+/// The figures as OpenMetrics text (ending in `# EOF`) or the older Prometheus text,
+/// ages as of `now` (Unix seconds).
+pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
+    let mut out = String::with_capacity(256 + f.targets.len() * 512);
+    let t = &f.targets;
+
+    family(
+        &mut out,
+        fmt,
+        TARGET_UP,
+        "gauge",
+        "Whether the target is up (1) or down (0) after anti-flap; absent while unknown.",
+    );
+    for (name, x) in t {
+        if let Some(h) = x.health {
+            let _ = writeln!(
+                out,
+                "{TARGET_UP}{{target=\"{}\"}} {}",
+                escape(name),
+                u8::from(h.value)
+            );
+        }
+    }
+    family(
+        &mut out,
+        fmt,
+        TARGET_DRAINED,
+        "gauge",
+        "Whether the operator took the target out of answers (1) or not (0).",
+    );
+    for (name, x) in t {
+        let _ = writeln!(
+            out,
+            "{TARGET_DRAINED}{{target=\"{}\"}} {}",
+            escape(name),
+            u8::from(x.drained)
+        );
+    }
+    family(
+        &mut out,
+        fmt,
+        TARGET_SESSIONS,
+        "gauge",
+        "Current sessions; absent while unknown.",
+    );
+    for (name, x) in t {
+        if let Some(s) = x.sessions {
+            let _ = writeln!(
+                out,
+                "{TARGET_SESSIONS}{{target=\"{}\"}} {}",
+                escape(name),
+                s.value
+            );
+        }
+    }
+    family(
+        &mut out,
+        fmt,
+        TARGET_CAPACITY,
+        "gauge",
+        "Maximum sessions the target takes.",
+    );
+    for (name, x) in t {
+        if let Some(c) = x.capacity {
+            let _ = writeln!(out, "{TARGET_CAPACITY}{{target=\"{}\"}} {c}", escape(name));
+        }
+    }
+    family(
+        &mut out,
+        fmt,
+        TARGET_LATENCY,
+        "gauge",
+        "Last measured round trip to the target from a network (* = the monitor host), by source.",
+    );
+    for (name, x) in t {
+        for l in &x.latency {
+            let _ = writeln!(
+                out,
+                "{TARGET_LATENCY}{{target=\"{}\",network=\"{}\",source=\"{}\"}} {}",
+                escape(name),
+                escape(&l.network),
+                escape(&l.source),
+                l.seconds
+            );
+        }
+    }
+    family(
+        &mut out,
+        fmt,
+        READING_AGE,
+        "gauge",
+        "Seconds since the target's health or load was last read.",
+    );
+    for (name, x) in t {
+        let readings = [
+            ("health", x.health.map(|h| h.at)),
+            ("load", x.sessions.map(|s| s.at)),
+        ];
+        for (reading, at) in readings {
+            if let Some(at) = at {
+                let _ = writeln!(
+                    out,
+                    "{READING_AGE}{{target=\"{}\",reading=\"{reading}\"}} {}",
+                    escape(name),
+                    age(now, at)
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        fmt,
+        LATENCY_AGE,
+        "gauge",
+        "Seconds since a latency figure was last updated.",
+    );
+    for (name, x) in t {
+        for l in &x.latency {
+            let _ = writeln!(
+                out,
+                "{LATENCY_AGE}{{target=\"{}\",network=\"{}\",source=\"{}\"}} {}",
+                escape(name),
+                escape(&l.network),
+                escape(&l.source),
+                age(now, l.at)
+            );
+        }
+    }
+    family(
+        &mut out,
+        fmt,
+        PROBE_ERRORS,
+        "counter",
+        "Probes that gave no reading, by what was probed and why.",
+    );
+    for (name, x) in t {
+        for ((probe, kind), n) in &x.probe_errors {
+            let _ = writeln!(
+                out,
+                "{PROBE_ERRORS}_total{{target=\"{}\",probe=\"{probe}\",kind=\"{kind}\"}} {n}",
+                escape(name)
+            );
+        }
+    }
+    family(
+        &mut out,
+        fmt,
+        ROUNDS,
+        "counter",
+        "Monitor rounds completed.",
+    );
+    let _ = writeln!(out, "{ROUNDS}_total {}", f.rounds);
+    family(
+        &mut out,
+        fmt,
+        ROUND_DURATION,
+        "gauge",
+        "How long the last round took, probes and write.",
+    );
+    if let Some(s) = f.last_round_seconds {
+        let _ = writeln!(out, "{ROUND_DURATION} {s}");
+    }
+    if fmt == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+/// Longest a scraper may take to send its request or read the answer. A client that
+/// stalls holds the (single) listener thread this long at most.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A request head longer than this is not a scraper's.
+const MAX_HEAD: usize = 8192;
+
+/// Binds `addr` now (so a bad address stops the monitor at start, with the address in
+/// the message) and serves `GET /metrics` from `figures` on a thread of its own.
+pub fn serve(addr: SocketAddr, figures: Arc<Mutex<Figures>>) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    info!("serving OpenMetrics on http://{bound}/metrics");
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let result = conn.and_then(|mut s| answer(&mut s, &figures));
+                // A scraper that went away is its own problem, not the monitor's.
+                if let Err(e) = result {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ) {
+                        warn!("metrics listener: {e}");
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("metrics listener thread: {e}"))?;
+    Ok(bound)
+}
+
+/// Reads one request head and writes one response; the connection is then closed.
+fn answer(s: &mut TcpStream, figures: &Mutex<Figures>) -> io::Result<()> {
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            let status = "431 Request Header Fields Too Large";
+            respond(s, status, "text/plain", b"", true)?;
+            return drain(s);
+        }
+        match s.read(&mut buf)? {
+            0 => return Ok(()),
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or_default();
+    let accept = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("accept").then_some(value)
+    });
+    let fmt = Format::negotiate(accept);
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            let f = figures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let body = render(&f, crate::state::reading::unix_now(), fmt);
+            let ctype = fmt.content_type();
+            respond(s, "200 OK", ctype, body.as_bytes(), method == "GET")
+        }
+        ("GET" | "HEAD", _) => respond(
+            s,
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            b"not found: the metrics are at /metrics\n",
+            method == "GET",
+        ),
+        _ => {
+            respond(s, "405 Method Not Allowed", "text/plain", b"", true)?;
+            drain(s)
+        }
+    }
+}
+
+/// Closes our side, then reads what the client still sends (bounded by size and by the
+/// read timeout): closing with unread input would reset the connection, and the client
+/// could lose our answer.
+fn drain(s: &mut TcpStream) -> io::Result<()> {
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut sink = [0u8; 1024];
+    let mut total = 0;
+    while total < 64 * 1024 {
+        match s.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    Ok(())
+}
+
+fn respond(
+    s: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    with_body: bool,
+) -> io::Result<()> {
+    let allow = if status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    if with_body {
+        s.write_all(body)?;
+    }
+    s.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Figures {
+        let mut f = Figures {
+            rounds: 7,
+            last_round_seconds: Some(0.032),
+            ..Figures::default()
+        };
+        f.targets.insert(
+            "sip1.example.com".into(),
+            TargetFigures {
+                health: Some(Stamped {
+                    value: true,
+                    at: 995.0,
+                }),
+                sessions: Some(Stamped {
+                    value: 850,
+                    at: 990.0,
+                }),
+                capacity: Some(1000),
+                latency: vec![LatencyFigure {
+                    network: "*".into(),
+                    source: "monitor".into(),
+                    seconds: 0.0027,
+                    at: 995.0,
+                }],
+                ..TargetFigures::default()
+            },
+        );
+        f.targets.insert(
+            "sip2.example.com".into(),
+            TargetFigures {
+                health: Some(Stamped {
+                    value: false,
+                    at: 1001.0,
+                }),
+                drained: true,
+                ..TargetFigures::default()
+            },
+        );
+        let refused = ProbeErrorKind::Io {
+            during: "connect",
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        f.probe_error("sip2.example.com", "health", &refused);
+        f.probe_error("sip2.example.com", "health", &refused);
+        f.probe_error("sip2.example.com", "load", &ProbeErrorKind::AuthRejected);
+        // A name a label must escape.
+        f.targets
+            .insert("odd\"name\\".into(), TargetFigures::default());
+        f
+    }
+
+    /// The whole text, byte for byte: the order, escaping, units, counters and `# EOF`.
+    #[test]
+    fn renders_exact_text() {
+        let want = r#"# TYPE pdns_ha_target_up gauge
+# HELP pdns_ha_target_up Whether the target is up (1) or down (0) after anti-flap; absent while unknown.
+pdns_ha_target_up{target="sip1.example.com"} 1
+pdns_ha_target_up{target="sip2.example.com"} 0
+# TYPE pdns_ha_target_drained gauge
+# HELP pdns_ha_target_drained Whether the operator took the target out of answers (1) or not (0).
+pdns_ha_target_drained{target="odd\"name\\"} 0
+pdns_ha_target_drained{target="sip1.example.com"} 0
+pdns_ha_target_drained{target="sip2.example.com"} 1
+# TYPE pdns_ha_target_sessions gauge
+# HELP pdns_ha_target_sessions Current sessions; absent while unknown.
+pdns_ha_target_sessions{target="sip1.example.com"} 850
+# TYPE pdns_ha_target_capacity_sessions gauge
+# HELP pdns_ha_target_capacity_sessions Maximum sessions the target takes.
+pdns_ha_target_capacity_sessions{target="sip1.example.com"} 1000
+# TYPE pdns_ha_target_latency_seconds gauge
+# UNIT pdns_ha_target_latency_seconds seconds
+# HELP pdns_ha_target_latency_seconds Last measured round trip to the target from a network (* = the monitor host), by source.
+pdns_ha_target_latency_seconds{target="sip1.example.com",network="*",source="monitor"} 0.0027
+# TYPE pdns_ha_reading_age_seconds gauge
+# UNIT pdns_ha_reading_age_seconds seconds
+# HELP pdns_ha_reading_age_seconds Seconds since the target's health or load was last read.
+pdns_ha_reading_age_seconds{target="sip1.example.com",reading="health"} 5
+pdns_ha_reading_age_seconds{target="sip1.example.com",reading="load"} 10
+pdns_ha_reading_age_seconds{target="sip2.example.com",reading="health"} 0
+# TYPE pdns_ha_latency_age_seconds gauge
+# UNIT pdns_ha_latency_age_seconds seconds
+# HELP pdns_ha_latency_age_seconds Seconds since a latency figure was last updated.
+pdns_ha_latency_age_seconds{target="sip1.example.com",network="*",source="monitor"} 5
+# TYPE pdns_ha_probe_errors counter
+# HELP pdns_ha_probe_errors Probes that gave no reading, by what was probed and why.
+pdns_ha_probe_errors_total{target="sip2.example.com",probe="health",kind="io"} 2
+pdns_ha_probe_errors_total{target="sip2.example.com",probe="load",kind="auth_rejected"} 1
+# TYPE pdns_ha_rounds counter
+# HELP pdns_ha_rounds Monitor rounds completed.
+pdns_ha_rounds_total 7
+# TYPE pdns_ha_round_duration_seconds gauge
+# UNIT pdns_ha_round_duration_seconds seconds
+# HELP pdns_ha_round_duration_seconds How long the last round took, probes and write.
+pdns_ha_round_duration_seconds 0.032
+# EOF
+"#;
+        let got = render(&example(), 1000.0, Format::OpenMetrics);
+        assert!(
+            got == want,
+            "{}",
+            crate::monitor::openmetrics::tests::diff(want, &got)
+        );
+    }
+
+    /// Line-by-line difference, for the assertion message.
+    fn diff(want: &str, got: &str) -> String {
+        let (w, g): (Vec<_>, Vec<_>) = (want.lines().collect(), got.lines().collect());
+        (0..w.len().max(g.len()))
+            .filter(|&i| w.get(i) != g.get(i))
+            .map(|i| {
+                format!(
+                    "line {}: want {:?}\n         got  {:?}\n",
+                    i + 1,
+                    w.get(i),
+                    g.get(i)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_known_is_still_valid_text() {
+        let got = render(&Figures::default(), 0.0, Format::OpenMetrics);
+        assert!(got.ends_with("pdns_ha_rounds_total 0\n# TYPE pdns_ha_round_duration_seconds gauge\n# UNIT pdns_ha_round_duration_seconds seconds\n# HELP pdns_ha_round_duration_seconds How long the last round took, probes and write.\n# EOF\n"), "{got}");
+        assert!(!got.contains("target="), "{got}");
+    }
+
+    /// The older format differs only where the formats do: counters' TYPE and HELP name
+    /// their `_total` series, no UNIT lines, no `# EOF`.
+    #[test]
+    fn prometheus_text_is_the_same_figures() {
+        let om = render(&example(), 1000.0, Format::OpenMetrics);
+        let text = render(&example(), 1000.0, Format::PrometheusText);
+        let want: String = om
+            .lines()
+            .filter(|l| !l.starts_with("# UNIT ") && *l != "# EOF")
+            .map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
+                ["#", kw @ ("TYPE" | "HELP"), name, ..]
+                    if [PROBE_ERRORS, ROUNDS].contains(&name) =>
+                {
+                    l.replacen(
+                        &format!("# {kw} {name}"),
+                        &format!("# {kw} {name}_total"),
+                        1,
+                    ) + "\n"
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert_eq!(text, want);
+        assert_eq!(Format::negotiate(None), Format::PrometheusText);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::PrometheusText);
+    }
+
+    #[test]
+    fn retain_drops_deleted_targets() {
+        let mut f = example();
+        f.retain_targets(["sip1.example.com"]);
+        assert_eq!(f.targets.keys().collect::<Vec<_>>(), ["sip1.example.com"]);
+    }
+
+    fn http(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    }
+
+    #[test]
+    fn serves_get_metrics_only() {
+        let figures = Arc::new(Mutex::new(example()));
+        let addr = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&figures)).unwrap();
+        // What Prometheus 2.42 sends.
+        let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                      version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let got = http(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\naccept: {accept}\r\n\r\n"),
+        );
+        let (head, body) = got.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nContent-Type: {CONTENT_TYPE}\r\n")),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert!(
+            body.contains("pdns_ha_rounds_total 7\n") && body.ends_with("# EOF\n"),
+            "{body}"
+        );
+
+        let plain = http(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            plain.contains(&format!("Content-Type: {CONTENT_TYPE_TEXT}\r\n")),
+            "{plain}"
+        );
+        assert!(!plain.contains("# EOF"), "{plain}");
+        // Figures change between scrapes: the next scrape shows the new ones.
+        figures.lock().unwrap().rounds = 8;
+        assert!(
+            http(addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").contains("pdns_ha_rounds_total 8\n")
+        );
+        let head_only = http(addr, "HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert!(head_only.starts_with("HTTP/1.1 200 OK") && head_only.ends_with("\r\n\r\n"));
+        assert!(http(addr, "GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+        let post = http(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            post.starts_with("HTTP/1.1 405 ") && post.contains("Allow: GET, HEAD"),
+            "{post}"
+        );
+        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        assert!(http(addr, &huge).starts_with("HTTP/1.1 431 "));
+        // A client that connects and says nothing is dropped after the timeout; the
+        // listener then serves the next one.
+        let _silent = TcpStream::connect(addr).unwrap();
+        assert!(http(addr, "GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[test]
+    fn a_bad_address_is_an_error_naming_it() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = serve(addr, Arc::default()).unwrap_err();
+        assert!(e.starts_with(&format!("--metrics-listen {addr}: ")), "{e}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Round trips from Kamailio's registrar keepalives: usrloc with `ka_mode` sends an OPTIONS to
+//! every registered contact once per `timer_interval` and records how long the reply took.
+//! `ul.dump` over JSON-RPC (jsonrpcs over xhttp, as for the monitor's load reading) shows it.
+//!
+//! What Kamailio 5.6.3 (Debian 12) sends, trimmed to one contact (the whole real reply, four
+//! contacts over UDP and TCP, is `pipe-abi-tests/fixtures/kamailio-ul-dump.json`):
+//!
+//! ```text
+//! → POST /RPC  {"jsonrpc":"2.0","method":"ul.dump","id":1}
+//! ← {"jsonrpc": "2.0", "result": {"Domains": [{"Domain": {"Domain": "location", "Size": 1024,
+//!     "AoRs": [{"Info": {"AoR": "m1", "HashID": 24742, "Contacts": [{"Contact": {
+//!       "Address": "sip:m1@127.1.0.21:6000",       the Contact URI as registered
+//!       "Expires": 3576,                           seconds left, or "permanent", "expired", "deleted"
+//!       "Received": "sip:127.1.0.21:6000",         source address (nathelper's fix_nated_register),
+//!                                                  "[not set]" without it; ";transport=tcp" for TCP
+//!       "Socket": "udp:127.0.0.1:35060", "Ruid": "uloc-6b09ae40-1b35-1", "Tcpconn-Id": -1,
+//!       "Last-Keepalive": 1795796565,              Unix time of the last reply (or registration)
+//!       "KA-Roundtrip": 1168,                      microseconds; 0 until the first reply
+//!       "Last-Modified": 1795796546, …}}]}}],
+//!     "Stats": {"Records": 1, "Max-Slots": 1}}}]}, "id": 1}
+//! ```
+//!
+//! (pretty-printed by Kamailio with tabs and newlines). The round trip is measured in
+//! `ul_keepalive.c`: the From tag of the keepalive carries the send time, and the time a
+//! worker handles the reply minus that is stored, in microseconds. So it includes the phone's
+//! SIP stack and any wait for a Kamailio worker: a busy server reads high for every caller at
+//! once (seen on a loaded test machine: single rounds 10 to 100 ms late for all phones). The keepalive goes to `Received` when it is set, else to the first
+//! `Path` hop, else to the Contact URI; the caller's address is taken from the same place
+//! (`Received`, else `Address`). Behind an edge proxy (Path) without `Received`, the Contact
+//! URI may be a private address that matches no known network; such callers are dropped as
+//! unknown, never misfiled.
+//!
+//! `KA-Roundtrip` keeps its last value when a phone stops answering, so a contact counts only
+//! if `Last-Keepalive` is recent (`max_age`, compared with this host's clock: run `observe` on
+//! or beside the Kamailio host, with synchronised clocks).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::aggregate::Sample;
+use crate::monitor::kamailio;
+use crate::monitor::probe::{json_items, json_lookup, json_members, ProbeError, ProbeErrorKind};
+
+/// An `ul.dump` reply is about 890 bytes per contact (8.9 MB for 10,000 measured); this
+/// allows some 70,000.
+pub const MAX_DUMP: usize = 64 << 20;
+
+/// One round's contacts: the round trips, and what was left out and why.
+#[derive(Debug, Default, PartialEq)]
+pub struct Dump {
+    pub samples: Vec<Sample>,
+    pub skipped: Skipped,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Contacts whose registration has expired or been deleted.
+    pub expired: usize,
+    /// `KA-Roundtrip` 0: no keepalive answered yet (or `ka_mode` is off).
+    pub unanswered: usize,
+    /// `Last-Keepalive` older than `max_age`: the phone stopped answering.
+    pub stale: usize,
+    /// No usable address (a host name, garbage) or fields missing.
+    pub unusable: usize,
+}
+
+/// Reads `ul.dump` from `url` (`http://host:port/RPC`) and returns the round trips. `now` is
+/// Unix time in seconds.
+pub fn read(url: &str, timeout: Duration, now: f64, max_age: f64) -> Result<Dump, ProbeError> {
+    let body = kamailio::call(url, "ul.dump", MAX_DUMP, timeout)?;
+    parse(&body, now, max_age).map_err(|why| ProbeError {
+        peer: url.to_owned(),
+        kind: ProbeErrorKind::Protocol(why),
+    })
+}
+
+/// Parses an `ul.dump` JSON-RPC reply. A reply without the `result.Domains[].Domain.AoRs`
+/// structure is an error; a contact that cannot be read is skipped and counted.
+pub fn parse(body: &str, now: f64, max_age: f64) -> Result<Dump, String> {
+    // One pass per level: each array is split once, each contact walked once.
+    let domains = json_items(body, &["result", "Domains"])
+        .ok_or("no result.Domains array in the ul.dump reply")?;
+    let mut dump = Dump::default();
+    for domain in domains {
+        let aors =
+            json_items(domain, &["Domain", "AoRs"]).ok_or("a domain without an AoRs array")?;
+        for aor in aors {
+            // `ul.dump brief` lists AoRs without contacts: nothing to measure.
+            let Some(contacts) = json_items(aor, &["Info", "Contacts"]) else {
+                if json_lookup(aor, &["Info", "Contacts"]).is_some() {
+                    return Err("a malformed Contacts array".into());
+                }
+                continue;
+            };
+            for c in contacts {
+                match contact(c, now, max_age) {
+                    Ok(s) => dump.samples.push(s),
+                    Err(Skip::Expired) => dump.skipped.expired += 1,
+                    Err(Skip::Unanswered) => dump.skipped.unanswered += 1,
+                    Err(Skip::Stale) => dump.skipped.stale += 1,
+                    Err(Skip::Unusable) => dump.skipped.unusable += 1,
+                }
+            }
+        }
+    }
+    Ok(dump)
+}
+
+enum Skip {
+    Expired,
+    Unanswered,
+    Stale,
+    Unusable,
+}
+
+/// The fields of one `Contact` object that matter, as raw JSON text.
+#[derive(Default)]
+struct Fields<'t> {
+    address: Option<&'t str>,
+    received: Option<&'t str>,
+    expires: Option<&'t str>,
+    last_keepalive: Option<&'t str>,
+    ka_roundtrip: Option<&'t str>,
+}
+
+/// A JSON string's text, still escaped (SIP URIs have nothing to escape).
+fn string(v: Option<&str>) -> Option<&str> {
+    v?.strip_prefix('"')?.strip_suffix('"')
+}
+
+/// One element of a `Contacts` array: `{"Contact": {…}}`.
+fn contact(c: &str, now: f64, max_age: f64) -> Result<Sample, Skip> {
+    let mut f = Fields::default();
+    json_members(c, &["Contact"], |key, value| match key {
+        "Address" => f.address = Some(value),
+        "Received" => f.received = Some(value),
+        "Expires" => f.expires = Some(value),
+        "Last-Keepalive" => f.last_keepalive = Some(value),
+        "KA-Roundtrip" => f.ka_roundtrip = Some(value),
+        _ => {}
+    })
+    .ok_or(Skip::Unusable)?;
+    let number = |v: Option<&str>| v?.parse::<i64>().ok();
+    // Seconds left as a number; "permanent" as a string; "expired" and "deleted" are gone.
+    if string(f.expires).is_some_and(|state| state != "permanent") {
+        return Err(Skip::Expired);
+    }
+    let rtt_us = number(f.ka_roundtrip).ok_or(Skip::Unusable)?;
+    let last = number(f.last_keepalive).ok_or(Skip::Unusable)?;
+    let received = string(f.received).filter(|r| *r != "[not set]");
+    let uri = received.or_else(|| string(f.address));
+    let caller = uri.and_then(uri_host).ok_or(Skip::Unusable)?;
+    if rtt_us <= 0 {
+        return Err(Skip::Unanswered);
+    }
+    if (now - last as f64).abs() > max_age {
+        return Err(Skip::Stale);
+    }
+    Ok(Sample {
+        caller,
+        rtt_ms: rtt_us as f64 / 1000.0,
+    })
+}
+
+/// The host of a SIP URI when it is an IP address: `sip:user@192.0.2.1:5060;transport=tcp`,
+/// `sips:[2001:db8::1]:5061`, `sip:192.0.2.1`. Host names give `None`: resolving them would
+/// be a guess about what Kamailio resolved.
+fn uri_host(uri: &str) -> Option<IpAddr> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let rest = rest.split([';', '?']).next()?;
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => hostport.split(':').next()?,
+    };
+    host.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

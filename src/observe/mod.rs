@@ -1,0 +1,190 @@
+//! `pdns-ha observe`: round-trip times that a SIP server already sees, turned into latency
+//! per known client network. One file per source (registrar keepalives, kernel TCP RTT) and
+//! one for the statistics that group callers into networks.
+//!
+//! It runs on or beside one SIP server, named by `--target` (its `ha_targets` row). Each
+//! round reads every source, pools the round trips (a caller seen by both sources counts
+//! once, with the median of its samples), groups them by `ha_networks` as the pipe does
+//! (longest prefix), and writes one latency sample per network that has enough distinct
+//! callers, through the same writer as `monitor` and `metric` (mean, EWMA, sample count,
+//! memcached). A network without enough callers this round gets nothing: its reading ages
+//! out rather than turning into a guess. A source that fails is logged once until it works
+//! again, and writes nothing; the target's other readings (health, load, `*`) are not
+//! touched.
+
+pub mod aggregate;
+pub mod keepalive;
+pub mod tcp_rtt;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use crate::config::{CacheOptions, ObserveOptions};
+use crate::dns::Subnet;
+use crate::monitor::Reported;
+use crate::state::index::Metrics;
+use crate::state::reading::unix_now;
+use crate::state::writer::Writer;
+
+use aggregate::{aggregate, Policy, Sample};
+
+pub fn run(opts: &ObserveOptions) -> Result<(), String> {
+    let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
+    let w = Writer::open(&opts.db, cache)?;
+    let target = w.target(&opts.target)?;
+    let mut reported = Reported::default();
+    let interval = Duration::from_secs(u64::from(opts.interval.0));
+    loop {
+        let start = Instant::now();
+        if let Err(e) = round(&w, &target, opts, &mut reported) {
+            // As the monitor: the next round tries again.
+            if opts.once {
+                return Err(e);
+            }
+            warn!("{target}: writing readings: {e}");
+        }
+        if opts.once {
+            return Ok(());
+        }
+        thread::sleep(interval.saturating_sub(start.elapsed()));
+    }
+}
+
+/// One round: read, group, write.
+fn round(
+    w: &Writer,
+    target: &str,
+    opts: &ObserveOptions,
+    reported: &mut Reported,
+) -> Result<(), String> {
+    let started = Instant::now();
+    // Read every round: an operator's new network applies without a restart.
+    let mut networks = Metrics::default();
+    for (cidr, name) in w.networks()? {
+        if let Err(e) = networks.add_network(&cidr, &name) {
+            reported.problem(target, "ha_networks", &e);
+        }
+    }
+    let networks = networks.finish();
+    let samples = collect(target, opts, reported);
+    let policy = Policy {
+        min_callers: opts.min_callers as usize,
+        ..Policy::default()
+    };
+    let (figures, dropped) = aggregate(
+        &samples,
+        |ip| networks.network_for(Subnet::host(ip)).map(|n| &*n.cidr),
+        &policy,
+    );
+    if dropped.unknown_network > 0 {
+        info!(
+            "{target}: {} round trips from {} callers in no known network, ignored",
+            dropped.unknown_network, dropped.unknown_callers
+        );
+    }
+    if dropped.implausible > 0 {
+        info!(
+            "{target}: {} round trips of 0 or over {} ms, ignored",
+            dropped.implausible, policy.max_ms
+        );
+    }
+    for (net, callers) in &dropped.too_few_callers {
+        info!(
+            "{target}: network {net}: {callers} callers, fewer than --min-callers {}: no reading",
+            policy.min_callers
+        );
+    }
+    w.transaction(|w| {
+        for f in &figures {
+            w.latency(&f.network, target, f.ms)?;
+        }
+        Ok(())
+    })?;
+    for f in &figures {
+        info!(
+            "{target}: network {}: {:.3} ms from {} callers ({} samples)",
+            f.network, f.ms, f.callers, f.samples
+        );
+    }
+    info!(
+        "{target}: {} samples, {} networks written in {:.0?}",
+        samples.len(),
+        figures.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Every source's round trips; a source that fails adds none and is reported.
+fn collect(target: &str, opts: &ObserveOptions, reported: &mut Reported) -> Vec<Sample> {
+    let max_age = f64::from(opts.max_age.0);
+    let mut samples = Vec::new();
+    if let Some(url) = &opts.kamailio {
+        match keepalive::read(url, opts.timeout, unix_now(), max_age) {
+            Ok(dump) => {
+                reported.fine(target, "keepalives");
+                let s = &dump.skipped;
+                if dump.samples.is_empty() && s.unanswered > 0 {
+                    // Every contact at 0: keepalives are off, or nobody answers them.
+                    reported.problem(
+                        target,
+                        "keepalives",
+                        &format!(
+                            "none of {} contacts has answered a keepalive: is \
+                             modparam(\"usrloc\", \"ka_mode\", 1) set?",
+                            s.unanswered
+                        ),
+                    );
+                }
+                info!(
+                    "{target}: ul.dump: {} round trips; skipped {} unanswered, {} stale, \
+                     {} expired, {} unusable",
+                    dump.samples.len(),
+                    s.unanswered,
+                    s.stale,
+                    s.expired,
+                    s.unusable
+                );
+                samples.extend(dump.samples);
+            }
+            Err(e) => reported.problem(target, "keepalives", &e.to_string()),
+        }
+    }
+    if !opts.tcp_ports.is_empty() {
+        match tcp_rtt::established(&opts.tcp_ports) {
+            Ok(conns) => {
+                reported.fine(target, "tcp rtt");
+                let before = samples.len();
+                // An RTT is only as fresh as the last acknowledgement that updated it.
+                let fresh = conns
+                    .iter()
+                    .filter(|c| f64::from(c.since_ack_ms) <= max_age * 1000.0);
+                samples.extend(fresh.map(|c| Sample {
+                    caller: c.remote,
+                    rtt_ms: f64::from(c.rtt_us) / 1000.0,
+                }));
+                info!(
+                    "{target}: tcp: {} connections, {} with a fresh round trip",
+                    conns.len(),
+                    samples.len() - before
+                );
+            }
+            Err(e) => reported.problem(target, "tcp rtt", &e.to_string()),
+        }
+    }
+    samples
+}
+
+/// CPU time of the calling thread: what a round costs, whatever else the machine is doing.
+#[cfg(test)]
+pub(crate) fn thread_cpu() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `t` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}

@@ -23,14 +23,14 @@
 //! of range, stamped in the future or older than one already accepted for
 //! its key (a replay) is ignored and counted; the last good reading for
 //! that key stays in use until it goes stale, as the last good copy of the
-//! database does.
+//! database does. So do the readings of a server that is down or slow.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use log::warn;
-use memcache::exp::{Error, Get, MetaClient, Ttl};
+use memcache::exp::{Error, Get, Meta, MetaClient, Ttl};
 
 use crate::state::auth::{self, wire_key, Key, Unsealed, MAX_VALUE};
 use crate::state::reading::{monitors_key, valid_monitor_id, Reading};
@@ -428,9 +428,77 @@ impl Cache {
         }
     }
 
-    /// Fetches `keys` (logical keys), one pipelined round trip per usable
-    /// server, and returns the readings to use. Servers in back-off are
-    /// skipped.
+    /// Reads the values of `wires` from server `s`, sizes first: a value
+    /// larger than [`MAX_VALUE`] is refused without being transferred, so
+    /// that planted megabytes cannot push a fetch past its timeout (which
+    /// would switch sharing off for every key on the server). Per key:
+    /// `None` for a miss. `Err(())`: the server failed, and is in back-off.
+    fn read_server(&mut self, s: usize, wires: &[&str]) -> Result<Vec<Raw>, ()> {
+        let server = &mut self.servers[s];
+        let now = Instant::now();
+        let refused = |server: &mut Server, e: Error| {
+            match is_outage(&e) {
+                true => server.failed(now, &e.to_string()),
+                false => warn!("memcached {}: batch refused: {e}", server.addr),
+            };
+        };
+        let sizes = wires
+            .iter()
+            .map(|w| Get::new(w).without_value().meta(Meta::NONE.size()));
+        let sizes = server
+            .client
+            .run_many(sizes)
+            .map_err(|e| refused(server, e))?;
+        let mut raw = Vec::with_capacity(wires.len());
+        let mut small = Vec::new();
+        for (i, r) in sizes.into_iter().enumerate() {
+            raw.push(match r {
+                Ok(g) if !g.hit() => None,
+                Ok(g) => match g
+                    .item
+                    .size
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                {
+                    Some(n) if n > MAX_VALUE => Some(Err(Reject::TooLarge(n))),
+                    _ => {
+                        small.push(i);
+                        None
+                    }
+                },
+                Err(e) if is_outage(&e) => {
+                    refused(server, e);
+                    return Err(());
+                }
+                Err(_) => Some(Err(Reject::Malformed)),
+            });
+        }
+        if small.is_empty() {
+            server.worked();
+            return Ok(raw);
+        }
+        let values = small.iter().map(|&i| Get::new(wires[i]));
+        let values = server
+            .client
+            .run_many(values)
+            .map_err(|e| refused(server, e))?;
+        for (&i, r) in small.iter().zip(values) {
+            raw[i] = match r {
+                // Gone between the two reads: a miss.
+                Ok(g) => g.value.map(Ok),
+                Err(e) if is_outage(&e) => {
+                    refused(server, e);
+                    return Err(());
+                }
+                Err(_) => Some(Err(Reject::Malformed)),
+            };
+        }
+        server.worked();
+        Ok(raw)
+    }
+
+    /// Fetches `keys` (logical keys), two pipelined round trips (sizes,
+    /// then values) per usable server, and returns the readings to use.
+    /// Servers in back-off are skipped.
     pub fn fetch(&mut self, keys: &[String]) -> Vec<Reading> {
         let now = Instant::now();
         let clock = Clock::now();
@@ -444,43 +512,32 @@ impl Cache {
             let mine: Vec<usize> = (0..keys.len())
                 .filter(|&i| self.server_of(&wires[i]) == s)
                 .collect();
-            if mine.is_empty() || !self.servers[s].usable(now) {
-                // Not asked this time: its readings are missing as in an
-                // outage, but their times are remembered against replays.
+            if mine.is_empty() {
+                continue;
+            }
+            let asked: Vec<&str> = mine.iter().map(|&i| wires[i].as_str()).collect();
+            let raw = match self.servers[s].usable(now) {
+                true => self.read_server(s, &asked).ok(),
+                false => None,
+            };
+            let Some(raw) = raw else {
+                // Not read this time (down, hanging, or slow past the
+                // timeout, which someone who can fill memcached can also
+                // cause): what was last read from it stays in use until
+                // it is stale, as the last good copy of the database does.
                 for &i in &mine {
                     if let Some(r) = self.seen.remove(&keys[i]) {
+                        found.push(r.clone());
                         seen.insert(keys[i].clone(), r);
                     }
                 }
                 continue;
-            }
-            let results = match self.servers[s]
-                .client
-                .run_many(mine.iter().map(|&i| Get::new(&wires[i])))
-            {
-                Ok(results) => results,
-                Err(e) => {
-                    if is_outage(&e) {
-                        self.servers[s].failed(now, &e.to_string());
-                    } else {
-                        warn!("memcached {}: batch refused: {e}", self.servers[s].addr);
-                    }
-                    continue;
-                }
             };
-            let mut broke = None;
-            for (&i, result) in mine.iter().zip(results) {
+            for (&i, raw) in mine.iter().zip(raw) {
                 let key = &keys[i];
                 // Judged before the key's last reading is taken out: a
                 // replay is measured against it.
-                let verdict = match result {
-                    Ok(g) => g.value.map(|v| self.judge(key, &v, &clock)),
-                    Err(e) if is_outage(&e) => {
-                        broke = Some(e.to_string());
-                        None
-                    }
-                    Err(_) => Some(Err(Reject::Malformed)),
-                };
+                let verdict = raw.map(|v| v.and_then(|v| self.judge(key, &v, &clock)));
                 let old = self.seen.remove(key);
                 match (verdict, old) {
                     (Some(Ok(r)), _) => {
@@ -503,15 +560,15 @@ impl Cache {
                     (None, None) => {}
                 }
             }
-            match broke {
-                Some(e) => self.servers[s].failed(now, &e),
-                None => self.servers[s].worked(),
-            }
         }
         self.seen = seen;
         found
     }
 }
+
+/// What a server gave for one key: `None` a miss, else the value or why
+/// it was refused unread.
+type Raw = Option<Result<Vec<u8>, Reject>>;
 
 #[cfg(test)]
 mod tests {
@@ -589,6 +646,26 @@ mod tests {
             r.to_string(),
             "3 (unauthenticated 0, bad MAC 1, too large 0, malformed 0, future 0, out of range 1, replayed 1)"
         );
+    }
+
+    #[test]
+    fn readings_outlive_a_server_that_stops_answering() {
+        // Accepts and never answers: every exchange times out.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut cache = Cache::new(&addr, "p", 30).unwrap();
+        let k = "p:health:a".to_owned();
+        let kept = Reading::parse("p", &k, "0 1").unwrap();
+        cache.seen.insert(k.clone(), kept.clone());
+        let first = cache.fetch(std::slice::from_ref(&k));
+        assert_eq!(first, std::slice::from_ref(&kept));
+        assert!(!cache.servers[0].usable(Instant::now()), "in back-off");
+        assert_eq!(
+            cache.fetch(std::slice::from_ref(&k)),
+            [kept],
+            "still, while skipped"
+        );
+        drop(listener);
     }
 
     #[test]

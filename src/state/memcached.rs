@@ -654,7 +654,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let mut cache = Cache::new(&addr, "p", 30).unwrap();
-        let k = "p:health:a".to_owned();
+        let k = "p:health:a|m".to_owned();
         let kept = Reading::parse("p", &k, "0 1").unwrap();
         cache.seen.insert(k.clone(), kept.clone());
         let first = cache.fetch(std::slice::from_ref(&k));

@@ -18,14 +18,14 @@ use crate::util::{init_db, BIN};
 
 /// A UDP SIP endpoint that answers every OPTIONS with 200 OK after
 /// `delay`. Stops when dropped.
-struct Responder {
-    addr: SocketAddr,
+pub(crate) struct Responder {
+    pub(crate) addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Responder {
-    fn start(addr: &str, delay: Duration) -> Self {
+    pub(crate) fn start(addr: &str, delay: Duration) -> Self {
         let sock = UdpSocket::bind(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -73,7 +73,7 @@ impl Drop for Responder {
 
 /// A loopback UDP port with nothing behind it: probes see ICMP port
 /// unreachable at once.
-fn closed_port() -> SocketAddr {
+pub(crate) fn closed_port() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -82,7 +82,7 @@ fn closed_port() -> SocketAddr {
 
 /// The example with every target unprobed, plus the loopback network, so
 /// each test configures just the targets it drives.
-fn db(dir: &TempDir) -> PathBuf {
+pub(crate) fn db(dir: &TempDir) -> PathBuf {
     let db = dir.path().join("ha.db");
     init_db(&db, &["sql/example.sql"]);
     sql(
@@ -93,7 +93,7 @@ fn db(dir: &TempDir) -> PathBuf {
     db
 }
 
-fn sql(db: &Path, batch: &str) {
+pub(crate) fn sql(db: &Path, batch: &str) {
     Connection::open(db).unwrap().execute_batch(batch).unwrap();
 }
 
@@ -120,7 +120,7 @@ fn monitor_once(db: &Path, timeout_ms: u32) -> (Output, Duration) {
     (out, took)
 }
 
-fn status(db: &Path) -> String {
+pub(crate) fn status(db: &Path) -> String {
     let out = Command::new(BIN)
         .args(["status", "--db"])
         .arg(db)
@@ -130,7 +130,7 @@ fn status(db: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
+pub(crate) fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
     let bin = Path::new(BIN).canonicalize().unwrap();
     let command = format!(
         "{} --db {} --algorithm {algorithm}",
@@ -141,7 +141,7 @@ fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
 }
 
 /// `prio weight target` for each SRV record, lowest priority first.
-fn srv(r: &DigResult) -> Vec<(u16, u16, String)> {
+pub(crate) fn srv(r: &DigResult) -> Vec<(u16, u16, String)> {
     let mut v: Vec<_> = r
         .answer()
         .iter()
@@ -158,7 +158,10 @@ fn srv(r: &DigResult) -> Vec<(u16, u16, String)> {
     v
 }
 
-fn find<'a>(answer: &'a [(u16, u16, String)], target: &str) -> Option<&'a (u16, u16, String)> {
+pub(crate) fn find<'a>(
+    answer: &'a [(u16, u16, String)],
+    target: &str,
+) -> Option<&'a (u16, u16, String)> {
     answer.iter().find(|(_, _, t)| t == target)
 }
 

@@ -11,7 +11,7 @@ use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
 use crate::pdns::{find_tool, require, TempDir};
-use crate::util::{init_db, Pipe, BIN};
+use crate::util::{init_db, run_ok, Pipe};
 
 /// Worst single lookup tolerated while memcached misbehaves: far under
 /// pdns's 2000 ms pipe-timeout, far over the 10 ms memcached timeout.
@@ -110,17 +110,13 @@ fn node_db(dir: &TempDir, name: &str) -> PathBuf {
 
 /// `pdns-ha metric ...` against `db`, published to `servers`.
 fn metric(db: &Path, servers: &str, args: &[&str]) {
-    let out = Command::new(BIN)
-        .arg("metric")
-        .arg(args[0])
-        .args(["--db", db.to_str().unwrap(), "--memcached", servers])
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let db = db.to_str().unwrap();
+    run_ok(
+        &[
+            &["metric", args[0], "--db", db, "--memcached", servers],
+            &args[1..],
+        ]
+        .concat(),
     );
 }
 

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use pdns_ha::monitor::esl::{read_load, Load};
+use pdns_ha::monitor::esl::{read_load, read_status, Load};
 use pdns_ha::monitor::probe::{ProbeError, ProbeErrorKind};
 
 use crate::esl_standin::{self, Config, Fault, StandIn};
@@ -461,4 +461,91 @@ fn standin_json_status_echoes_the_request() {
         )),
         "{all}"
     );
+}
+
+#[test]
+fn pause_and_readiness_are_read_as_freeswitch_writes_them() {
+    let s = standin(Fault::None);
+    let status = |s: &StandIn| read_status(&s.addr().to_string(), None, "ClueCon", T).unwrap();
+    let ready = status(&s);
+    assert!(ready.ready && ready.paused_inbound == Some(false));
+    assert_eq!(ready.refuses_calls(), None);
+    // `fsctl pause inbound`: status still says ready, pause_check says true.
+    s.set_paused(true, false);
+    let paused = status(&s);
+    assert!(paused.ready && paused.paused_inbound == Some(true));
+    assert_eq!(
+        paused.refuses_calls().as_deref(),
+        Some("freeswitch has inbound calls paused (fsctl pause inbound)")
+    );
+    // `fsctl pause`: both ways, and status says "not ready".
+    s.set_paused(true, true);
+    let stopped = status(&s);
+    assert!(!stopped.ready);
+    assert!(stopped.refuses_calls().unwrap().contains("not ready"));
+    // Outbound only: still takes calls.
+    s.set_paused(false, true);
+    assert_eq!(status(&s).refuses_calls(), None);
+    // Four readings, each asking pause_check after status (connections
+    // interleave in the stand-in's log, so count rather than compare order).
+    let cmds = commands_after(&s, 16);
+    let asked = |c: &str| cmds.iter().filter(|x| *x == c).count();
+    assert_eq!(
+        (asked("api status"), asked("api fsctl pause_check inbound")),
+        (4, 4),
+        "{cmds:?}"
+    );
+
+    // On the wire: a bare word without a newline, and "is not ready".
+    s.set_paused(true, true);
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let mut expect = |send: &str, want: &str| {
+        c.write_all(send.as_bytes()).unwrap();
+        let mut got = vec![0u8; want.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want, "after {send:?}");
+    };
+    expect(
+        "auth ClueCon\n\n",
+        "Content-Type: auth/request\n\nContent-Type: command/reply\nReply-Text: +OK accepted\n\n",
+    );
+    expect(
+        "api fsctl pause_check inbound\n\n",
+        "Content-Type: api/response\nContent-Length: 4\n\ntrue",
+    );
+    s.set_paused(false, false);
+    expect(
+        "api fsctl pause_check\n\n",
+        "Content-Type: api/response\nContent-Length: 5\n\nfalse",
+    );
+    s.set_paused(true, true);
+    let not_ready = esl_standin::status_text_ready(&Config::default(), 42, 1000, false);
+    assert!(not_ready.contains("\nFreeSWITCH (Version 1.10.12-release 64bit) is not ready\n"));
+    expect(
+        "api status\n\n",
+        &format!(
+            "Content-Type: api/response\nContent-Length: {}\n\n{not_ready}",
+            not_ready.len()
+        ),
+    );
+}
+
+#[test]
+fn a_refused_pause_check_keeps_the_load() {
+    let s = standin(Fault::DenyFsctl);
+    let status = read_status(&s.addr().to_string(), None, "ClueCon", T).unwrap();
+    assert_eq!(status.load.sessions, 42);
+    assert_eq!(status.paused_inbound, None);
+    assert_eq!(status.refuses_calls(), None);
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let want =
+        "Content-Type: auth/request\n\nContent-Type: command/reply\nReply-Text: +OK accepted\n\n\
+                Content-Type: command/reply\nReply-Text: -ERR permission denied\n\n";
+    c.write_all(b"auth ClueCon\n\napi fsctl pause_check inbound\n\n")
+        .unwrap();
+    let mut got = vec![0u8; want.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), want);
 }

@@ -5,7 +5,11 @@
 //! disconnect notice, `-ERR command not found` before auth, each `api/response` header block
 //! and body in two separate writes, mod_commands' `status` text with its plural forms and
 //! trailing spaces, and the unformatted `json status` object. Faults are injected per
-//! instance. It uses std only, so it can move into any test harness unchanged.
+//! instance. It can also be paused as `fsctl pause [inbound|outbound]` pauses FreeSWITCH:
+//! `status` then says "is not ready" when both directions are paused (`switch_core_ready()`
+//! in switch_core.c tests both flags), `json status` says `"systemStatus":"not ready"`, and
+//! `fsctl pause_check [inbound|outbound]` answers a bare `true` or `false` with no newline,
+//! as `ctl_function` in mod_commands.c writes it. It uses std only, so it can move into any test harness unchanged.
 //!
 //! One thread accepts; each connection gets its own thread, as in FreeSWITCH. Dropping the
 //! [`StandIn`] stops and joins them all.
@@ -51,6 +55,9 @@ pub enum Fault {
     BadContentLength,
     /// Sends 16 KiB of header lines that never end in a blank line, then waits.
     EndlessHeader,
+    /// `api fsctl …` is refused as a `userauth` API allow-list without fsctl refuses it:
+    /// `command/reply` with `-ERR permission denied` (`parse_command` in mod_event_socket.c).
+    DenyFsctl,
 }
 
 /// What the stand-in reports. `Default` reproduces the reference's 340-byte `status` example.
@@ -94,6 +101,8 @@ struct Shared {
     cfg: Config,
     sessions: AtomicU32,
     max_sessions: AtomicU32,
+    paused_inbound: AtomicBool,
+    paused_outbound: AtomicBool,
     stop: AtomicBool,
     accepted: AtomicU32,
     /// Every command received, in order, as its first line.
@@ -108,6 +117,8 @@ pub fn start(cfg: Config) -> StandIn {
     let shared = Arc::new(Shared {
         sessions: AtomicU32::new(cfg.sessions),
         max_sessions: AtomicU32::new(cfg.max_sessions),
+        paused_inbound: AtomicBool::new(false),
+        paused_outbound: AtomicBool::new(false),
         cfg,
         stop: AtomicBool::new(false),
         accepted: AtomicU32::new(0),
@@ -147,6 +158,15 @@ impl StandIn {
 
     pub fn set_max_sessions(&self, n: u32) {
         self.shared.max_sessions.store(n, Ordering::SeqCst);
+    }
+
+    /// As `fsctl pause inbound`, `fsctl pause outbound` (both: `fsctl pause`) and `fsctl
+    /// resume …` would leave FreeSWITCH.
+    pub fn set_paused(&self, inbound: bool, outbound: bool) {
+        self.shared.paused_inbound.store(inbound, Ordering::SeqCst);
+        self.shared
+            .paused_outbound
+            .store(outbound, Ordering::SeqCst);
     }
 
     /// The first line of every command received so far, across connections.
@@ -222,6 +242,9 @@ fn serve(stream: TcpStream, sh: &Shared) -> io::Result<()> {
             continue;
         }
         match command.strip_prefix("api ") {
+            Some(api) if api.starts_with("fsctl ") && sh.cfg.fault == Fault::DenyFsctl => {
+                conn.reply("-ERR permission denied")?
+            }
             Some(api) => conn.api_response(&api_body(sh, api))?,
             None => conn.reply("-ERR command not found")?,
         }
@@ -348,12 +371,21 @@ fn api_body(sh: &Shared, api: &str) -> String {
     }
     let sessions = sh.sessions.load(Ordering::SeqCst);
     let max = sh.max_sessions.load(Ordering::SeqCst);
+    let paused_in = sh.paused_inbound.load(Ordering::SeqCst);
+    let paused_out = sh.paused_outbound.load(Ordering::SeqCst);
+    let ready = !(paused_in && paused_out);
+    let word = |b: bool| if b { "true" } else { "false" }.to_string();
     match (name, arg) {
-        ("status", _) => status_text(&sh.cfg, sessions, max),
+        ("status", _) => status_text_ready(&sh.cfg, sessions, max, ready),
         ("json", arg) if arg.contains(r#""command":"status""#) => {
-            json_status(&sh.cfg, arg, sessions, max)
+            json_status(&sh.cfg, arg, sessions, max, ready)
         }
         ("fsctl", "max_sessions") => format!("+OK max sessions: {max}\n"),
+        // SCSC_PAUSE_CHECK without an argument is true when either direction is paused.
+        ("fsctl", "pause_check") => word(paused_in || paused_out),
+        ("fsctl", "pause_check inbound") => word(paused_in),
+        ("fsctl", "pause_check outbound") => word(paused_out),
+        ("fsctl", "ready_check") => word(ready),
         ("show", "channels count") => format!("\n{sessions} total.\n"),
         ("show", "calls count") => format!("\n{} total.\n", sessions / 2),
         ("json", _) => "-ERR the stand-in knows only json status\n".to_string(),
@@ -385,15 +417,21 @@ fn uptime(d: Duration) -> Uptime {
     }
 }
 
-/// `status_function` in mod_commands.c, with `nl` = "\n" as on the Event Socket.
+/// `status_function` in mod_commands.c, with `nl` = "\n" as on the Event Socket, of a
+/// server that is ready.
 pub fn status_text(cfg: &Config, sessions: u32, max: u32) -> String {
+    status_text_ready(cfg, sessions, max, true)
+}
+
+/// `status_function`; `ready` is `switch_core_ready()`.
+pub fn status_text_ready(cfg: &Config, sessions: u32, max: u32, ready: bool) -> String {
     let u = uptime(cfg.uptime);
     let s = |n: u64| if n == 1 { "" } else { "s" };
     let peak = cfg.peak.max(sessions);
     format!(
         "UP {} year{}, {} day{}, {} hour{}, {} minute{}, {} second{}, \
          {} millisecond{}, {} microsecond{}\n\
-         FreeSWITCH (Version 1.10.12-release 64bit) is ready\n\
+         FreeSWITCH (Version 1.10.12-release 64bit) is {}\n\
          {} session(s) since startup\n\
          {sessions} session(s) - peak {peak}, last 5min {} \n\
          3 session(s) per Sec out of max 30, peak 9, last 5min 4 \n\
@@ -414,6 +452,7 @@ pub fn status_text(cfg: &Config, sessions: u32, max: u32) -> String {
         s(u.millis),
         u.micros,
         s(u.micros),
+        if ready { "ready" } else { "not ready" },
         cfg.since_startup,
         cfg.peak_5min,
     )
@@ -421,12 +460,12 @@ pub fn status_text(cfg: &Config, sessions: u32, max: u32) -> String {
 
 /// `json {"command":"status",…}`: cJSON_PrintUnformatted of the request object with
 /// `status` and `response` appended, as `json_status_function` builds it.
-fn json_status(cfg: &Config, request: &str, sessions: u32, max: u32) -> String {
+fn json_status(cfg: &Config, request: &str, sessions: u32, max: u32, ready: bool) -> String {
     let u = uptime(cfg.uptime);
     let echoed = request.trim().trim_end_matches('}');
     format!(
         concat!(
-            r#"{},"status":"success","response":{{"systemStatus":"ready","#,
+            r#"{},"status":"success","response":{{"systemStatus":"{}","#,
             r#""uptime":{{"years":{},"days":{},"hours":{},"minutes":{},"seconds":{},"#,
             r#""milliseconds":{},"microseconds":{}}},"version":"1.10.12-release 64bit","#,
             r#""sessions":{{"count":{{"total":{},"active":{},"peak":{},"peak5Min":{},"#,
@@ -435,6 +474,7 @@ fn json_status(cfg: &Config, request: &str, sessions: u32, max: u32) -> String {
             r#""stackSizeKB":{{"current":240,"max":8192}}}}}}"#,
         ),
         echoed,
+        if ready { "ready" } else { "not ready" },
         u.years,
         u.days,
         u.hours,

@@ -7,6 +7,7 @@ mod esl;
 mod esl_standin;
 mod faults;
 mod golden;
+mod health;
 mod kamailio;
 mod keepalive;
 mod live;

@@ -14,18 +14,18 @@ use rusqlite::Connection;
 
 use crate::esl_standin::{self, Config, Fault};
 use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
-use crate::util::{init_db, BIN};
+use crate::util::{init_db, run_ok, BIN};
 
 /// A UDP SIP endpoint that answers every OPTIONS with 200 OK after
 /// `delay`. Stops when dropped.
-struct Responder {
-    addr: SocketAddr,
+pub(crate) struct Responder {
+    pub(crate) addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Responder {
-    fn start(addr: &str, delay: Duration) -> Self {
+    pub(crate) fn start(addr: &str, delay: Duration) -> Self {
         let sock = UdpSocket::bind(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -73,7 +73,7 @@ impl Drop for Responder {
 
 /// A loopback UDP port with nothing behind it: probes see ICMP port
 /// unreachable at once.
-fn closed_port() -> SocketAddr {
+pub(crate) fn closed_port() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -82,7 +82,7 @@ fn closed_port() -> SocketAddr {
 
 /// The example with every target unprobed, plus the loopback network, so
 /// each test configures just the targets it drives.
-fn db(dir: &TempDir) -> PathBuf {
+pub(crate) fn db(dir: &TempDir) -> PathBuf {
     let db = dir.path().join("ha.db");
     init_db(&db, &["sql/example.sql"]);
     sql(
@@ -93,44 +93,23 @@ fn db(dir: &TempDir) -> PathBuf {
     db
 }
 
-fn sql(db: &Path, batch: &str) {
+pub(crate) fn sql(db: &Path, batch: &str) {
     Connection::open(db).unwrap().execute_batch(batch).unwrap();
 }
 
 fn monitor_once(db: &Path, timeout_ms: u32) -> (Output, Duration) {
     let start = Instant::now();
-    let out = Command::new(BIN)
-        .args([
-            "monitor",
-            "--once",
-            "--timeout",
-            &timeout_ms.to_string(),
-            "--db",
-        ])
-        .arg(db)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "monitor --once: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, took)
+    let timeout = timeout_ms.to_string();
+    let db = db.to_str().unwrap();
+    let out = run_ok(&["monitor", "--once", "--timeout", &timeout, "--db", db]);
+    (out, start.elapsed())
 }
 
-fn status(db: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["status", "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
+pub(crate) fn status(db: &Path) -> String {
+    String::from_utf8(run_ok(&["status", "--db", db.to_str().unwrap()]).stdout).unwrap()
 }
 
-fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
+pub(crate) fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
     let bin = Path::new(BIN).canonicalize().unwrap();
     let command = format!(
         "{} --db {} --algorithm {algorithm}",
@@ -141,7 +120,7 @@ fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
 }
 
 /// `prio weight target` for each SRV record, lowest priority first.
-fn srv(r: &DigResult) -> Vec<(u16, u16, String)> {
+pub(crate) fn srv(r: &DigResult) -> Vec<(u16, u16, String)> {
     let mut v: Vec<_> = r
         .answer()
         .iter()
@@ -158,7 +137,10 @@ fn srv(r: &DigResult) -> Vec<(u16, u16, String)> {
     v
 }
 
-fn find<'a>(answer: &'a [(u16, u16, String)], target: &str) -> Option<&'a (u16, u16, String)> {
+pub(crate) fn find<'a>(
+    answer: &'a [(u16, u16, String)],
+    target: &str,
+) -> Option<&'a (u16, u16, String)> {
     answer.iter().find(|(_, _, t)| t == target)
 }
 

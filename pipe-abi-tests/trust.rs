@@ -160,11 +160,26 @@ fn forged_replayed_and_oversized_values_change_no_answer() {
     // The 266-byte key is hashed: published, read back, and it does not
     // switch sharing off for the other keys on its server.
     latency(&long, "3");
-    metric(&["health", "--target", "sip1.example.com", "down"]);
-    let captured = mc_get(mcd.port, "pdns-ha:health:sip1.example.com");
+    // Health is one key per monitor (issue 12); the site is monitor "site".
+    metric(&[
+        "health",
+        "--target",
+        "sip1.example.com",
+        "down",
+        "--monitor-id",
+        "site",
+    ]);
+    let captured = mc_get(mcd.port, "pdns-ha:health:sip1.example.com|site");
     assert!(captured.starts_with(b"v1 0 "), "sealed: {captured:?}");
     sleep(Duration::from_millis(20));
-    metric(&["health", "--target", "sip1.example.com", "up"]);
+    metric(&[
+        "health",
+        "--target",
+        "sip1.example.com",
+        "up",
+        "--monitor-id",
+        "site",
+    ]);
 
     let bin = Path::new(BIN).canonicalize().unwrap();
     let command = format!(
@@ -226,7 +241,7 @@ fn forged_replayed_and_oversized_values_change_no_answer() {
     // No MAC: sip7 down.
     mc_set(
         mcd.port,
-        "pdns-ha:health:sip7.example.com",
+        "pdns-ha:health:sip7.example.com|site",
         format!("0 {t}").as_bytes(),
     );
     // A wrong MAC: sip4 at 0 ms.
@@ -238,7 +253,7 @@ fn forged_replayed_and_oversized_values_change_no_answer() {
     let future = sealer.seal(&k, &format!("0 0 1 0 {}", t + 3600.0));
     mc_set(mcd.port, &k, future.as_bytes());
     // The old, authentic "sip1 down", written back.
-    mc_set(mcd.port, "pdns-ha:health:sip1.example.com", &captured);
+    mc_set(mcd.port, "pdns-ha:health:sip1.example.com|site", &captured);
     // 1 MB where sip7's latency was.
     mc_set(mcd.port, &lat("sip7.example.com"), &vec![b'9'; 1_000_000]);
 

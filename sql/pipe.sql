@@ -57,10 +57,15 @@ SELECT name FROM ha_targets;
 SELECT name, max_sessions FROM ha_targets WHERE max_sessions IS NOT NULL;
 
 -- name: health
-SELECT target, up, updated FROM ha_health;
+-- One row per target and monitor: the pipe counts the fresh verdicts.
+SELECT target, monitor, up, updated FROM ha_health;
 
 -- name: load
 SELECT target, sessions, max_sessions, updated FROM ha_load;
 
 -- name: latency
 SELECT network, target, ewma_ms, mean_ms, samples, updated FROM ha_latency;
+
+-- name: drains
+-- Hard state, but read with the readings: a drain must never reload zones.
+SELECT target, reason, since FROM ha_drain;

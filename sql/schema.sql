@@ -102,7 +102,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS namealgoindex ON tsigkeys(name, algorithm);
 CREATE TABLE IF NOT EXISTS ha_targets (
   name                  TEXT PRIMARY KEY COLLATE NOCASE,
   -- How the monitor checks health and latency. 'sip-udp' and 'sip-tcp' send
-  -- SIP OPTIONS (any final response means up), 'tcp' only connects.
+  -- SIP OPTIONS (up only if the answer's code is accepted, see
+  -- probe_ok_codes), 'tcp' only connects.
   probe                 TEXT NOT NULL DEFAULT 'sip-udp'
                         CHECK (probe IN ('none', 'sip-udp', 'sip-tcp', 'tcp')),
   -- host:port to probe; NULL means the target name on port 5060.
@@ -115,7 +116,22 @@ CREATE TABLE IF NOT EXISTS ha_targets (
   -- FreeSWITCH Event Socket host:port, or Kamailio JSON-RPC http:// URL.
   load_address          TEXT DEFAULT NULL,
   -- Event Socket password. Never logged, never shown by status or CMD.
-  load_secret           TEXT DEFAULT NULL
+  load_secret           TEXT DEFAULT NULL,
+  -- SIP response codes that mean "up" for this target's OPTIONS probe:
+  -- codes and classes, comma-separated, e.g. '200,401,404' for a server that
+  -- challenges or rejects unknown callers, or '2xx,405'. NULL means '2xx'.
+  -- Anything else (503 above all) means unavailable. Added after the first
+  -- release: `pdns-ha init` adds it to older databases (see ops/init.rs).
+  probe_ok_codes        TEXT DEFAULT NULL
+);
+
+-- Hard state: targets an operator took out of service (`pdns-ha drain`).
+-- Every algorithm leaves a drained target out, whatever the probes say; only
+-- `pdns-ha undrain` brings it back.
+CREATE TABLE IF NOT EXISTS ha_drain (
+  target                TEXT PRIMARY KEY COLLATE NOCASE,
+  reason                TEXT NOT NULL DEFAULT '',
+  since                 REAL NOT NULL
 );
 
 -- Known client networks for least-latency, matched by longest prefix.
@@ -127,21 +143,28 @@ CREATE TABLE IF NOT EXISTS ha_networks (
 -- Soft state below: written by `pdns-ha monitor` and `pdns-ha metric`, read by
 -- the pipe. `updated` is Unix time in seconds; older than --stale-after means
 -- unknown.
+-- One row per target and monitor (`monitor --monitor-id`, the host name by
+-- default): a target is down only when most monitors with fresh rows say so.
 CREATE TABLE IF NOT EXISTS ha_health (
-  target                TEXT PRIMARY KEY COLLATE NOCASE,
+  target                TEXT NOT NULL COLLATE NOCASE,
+  monitor               TEXT NOT NULL DEFAULT '',
   up                    INTEGER NOT NULL CHECK (up IN (0, 1)),
   -- Consecutive raw probe results against the current state, so anti-flap
   -- thresholds hold across `monitor --once` runs.
   ok_streak             INTEGER NOT NULL DEFAULT 0,
   fail_streak           INTEGER NOT NULL DEFAULT 0,
-  updated               REAL NOT NULL
+  updated               REAL NOT NULL,
+  PRIMARY KEY (target, monitor)
 );
 
 CREATE TABLE IF NOT EXISTS ha_load (
   target                TEXT PRIMARY KEY COLLATE NOCASE,
   sessions              INTEGER NOT NULL CHECK (sessions >= 0),
   max_sessions          INTEGER DEFAULT NULL CHECK (max_sessions IS NULL OR max_sessions > 0),
-  updated               REAL NOT NULL
+  updated               REAL NOT NULL,
+  -- Which monitor (or `metric --monitor-id`) wrote it: a measurement, so the
+  -- newest wins, but status says whose it is.
+  monitor               TEXT DEFAULT NULL
 );
 
 -- Latency from a client network ('*' = measured from the monitor's host,
@@ -154,6 +177,8 @@ CREATE TABLE IF NOT EXISTS ha_latency (
   samples               INTEGER NOT NULL CHECK (samples > 0),
   timeouts              INTEGER NOT NULL DEFAULT 0,
   updated               REAL NOT NULL,
+  -- Which monitor took the latest sample.
+  monitor               TEXT DEFAULT NULL,
   PRIMARY KEY (network, target)
 );
 

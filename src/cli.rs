@@ -20,7 +20,8 @@ usage:
                  [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
-                  [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
+                  [--once] [--stale-after SECS] [--monitor-id ID] [--workers N]
+                  [--metrics-listen ADDR:PORT] [MEMCACHED]
   pdns-ha observe --db PATH --target NAME [--kamailio URL] [--tcp-ports P,P...]
                   [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
                   [--once] [--stale-after SECS] [MEMCACHED]
@@ -29,18 +30,21 @@ usage:
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
-                 (metric also takes --stale-after SECS and MEMCACHED)
+                 (metric also takes --stale-after SECS, --monitor-id ID and MEMCACHED)
+  pdns-ha drain   --db PATH --target NAME [--reason TEXT] [MEMCACHED]
+  pdns-ha undrain --db PATH --target NAME [MEMCACHED]
   pdns-ha status  --db PATH [--stale-after SECS] [--max-clock-skew SECS] [MEMCACHED]
   pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] [--max-clock-skew SECS]
                   [MEMCACHED] QNAME [QTYPE]
   pdns-ha --help | --version
-MEMCACHED (pipe, monitor, observe, metric, status, explain):
+MEMCACHED (pipe, monitor, observe, metric, drain, undrain, status, explain):
   --memcached HOST:PORT[,HOST:PORT...] [--memcached-prefix P] [--memcached-key-file PATH]
 
 pipe is what pdns.conf runs:
   pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
 Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
---timeout 1000, --down-after 3, --up-after 2, --max-clock-skew 5 (pipe, status, explain);
+--timeout 1000, --down-after 3, --up-after 2, --max-clock-skew 5 (pipe, status, explain),
+--monitor-id the host name, --workers 32;
 observe: --interval 30, --timeout 5000, --max-age 180, --min-callers 3.
 --memcached-key-file: a secret (16+ bytes, mode 0600) shared by every writer and pipe;
 values are then sealed with HMAC-SHA256 and unsealed ones ignored.
@@ -165,6 +169,16 @@ impl Flags {
         })
     }
 
+    fn monitor_id(&self) -> Result<String, String> {
+        match self.get("monitor-id") {
+            None => Ok(crate::state::writer::default_monitor_id()),
+            Some(id) if crate::state::reading::valid_monitor_id(id) => Ok(id.to_owned()),
+            Some(id) => Err(format!(
+                "--monitor-id {id:?}: needs 1 to 64 visible characters, no '|'"
+            )),
+        }
+    }
+
     fn cache(&self) -> Result<Option<CacheOptions>, String> {
         let prefix = self
             .get("memcached-prefix")
@@ -246,6 +260,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "down-after",
                     "up-after",
                     "stale-after",
+                    "monitor-id",
+                    "workers",
                     "metrics-listen",
                 ][..],
                 &MEMCACHED_FLAGS,
@@ -267,6 +283,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 },
                 once: f.has("once"),
                 cache: f.cache()?,
+                monitor_id: f.monitor_id()?,
+                workers: count("workers", 32)? as usize,
                 metrics_listen: f
                     .get("metrics-listen")
                     .map(|v| {
@@ -277,6 +295,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }))
         }
         "observe" => parse_observe(rest),
+        "drain" | "undrain" => {
+            let mut own = [&["db", "target", "stale-after"][..], &MEMCACHED_FLAGS].concat();
+            if cmd == "drain" {
+                own.push("reason");
+            }
+            let f = Flags::parse(cmd, &own, &[], rest)?;
+            f.positional(cmd, 0, 0, "")?;
+            Ok(Command::Drain {
+                db: f.db()?,
+                target: f.need("target", "NAME")?.to_owned(),
+                reason: (cmd == "drain").then(|| f.get("reason").unwrap_or("").to_owned()),
+                cache: f.cache()?,
+            })
+        }
         "metric" => parse_metric(rest),
         "status" => {
             let known = [
@@ -380,7 +412,7 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
 
 /// Flags every `metric` takes besides its own.
 fn metric_flags(own: &[&'static str]) -> Vec<&'static str> {
-    [own, &["db", "stale-after"], &MEMCACHED_FLAGS].concat()
+    [own, &["db", "stale-after", "monitor-id"], &MEMCACHED_FLAGS].concat()
 }
 
 fn parse_metric(args: &[String]) -> Result<Command, String> {
@@ -447,6 +479,7 @@ fn parse_metric(args: &[String]) -> Result<Command, String> {
         db: f.db()?,
         metric,
         cache: f.cache()?,
+        monitor_id: f.monitor_id()?,
     })
 }
 
@@ -542,6 +575,31 @@ mod tests {
     }
 
     #[test]
+    fn drain_and_undrain() {
+        assert_eq!(
+            p("drain --db d --target sip1 --reason maintenance"),
+            Ok(Command::Drain {
+                db: "d".into(),
+                target: "sip1".into(),
+                reason: Some("maintenance".into()),
+                cache: None,
+            })
+        );
+        let Ok(Command::Drain { reason, .. }) = p("drain --db d --target sip1") else {
+            panic!()
+        };
+        assert_eq!(reason.as_deref(), Some(""));
+        let Ok(Command::Drain { reason, .. }) = p("undrain --db d --target sip1") else {
+            panic!()
+        };
+        assert_eq!(reason, None);
+        assert!(p("undrain --db d --target sip1 --reason x")
+            .unwrap_err()
+            .contains("--reason"));
+        assert!(p("drain --db d").unwrap_err().contains("--target"));
+    }
+
+    #[test]
     fn init_takes_scripts() {
         assert_eq!(
             p("init --db d.db a.sql b.sql"),
@@ -564,6 +622,7 @@ mod tests {
                     ms: 12.5
                 },
                 cache: None,
+                monitor_id: crate::state::writer::default_monitor_id(),
             })
         );
         // Ranges are the Writer's (metric.rs tests); here, only numbers.
@@ -647,6 +706,14 @@ mod tests {
             panic!()
         };
         assert!(m.once);
+        assert_eq!(m.workers, 32);
+        let Ok(Command::Monitor(m2)) = p("monitor --db d --monitor-id site-b --workers 4") else {
+            panic!()
+        };
+        assert_eq!((m2.monitor_id.as_str(), m2.workers), ("site-b", 4));
+        assert!(p("monitor --db d --monitor-id a|b")
+            .unwrap_err()
+            .contains("--monitor-id"));
         assert_eq!(m.timeout, Duration::from_millis(200));
         assert_eq!(
             m.anti_flap,

@@ -68,6 +68,11 @@ pub struct MonitorOptions {
     pub anti_flap: AntiFlap,
     pub once: bool,
     pub cache: Option<CacheOptions>,
+    /// Whose verdicts these are: several monitors vote (`--monitor-id`).
+    pub monitor_id: String,
+    /// Threads for blocking probes (TCP, Event Socket, JSON-RPC); UDP
+    /// probes all run on the main thread.
+    pub workers: usize,
     /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -124,6 +129,15 @@ pub enum Command {
     Metric {
         db: PathBuf,
         metric: Metric,
+        cache: Option<CacheOptions>,
+        /// Whose verdict `metric health` is.
+        monitor_id: String,
+    },
+    /// `drain`: `reason: Some`; `undrain`: `None`.
+    Drain {
+        db: PathBuf,
+        target: String,
+        reason: Option<String>,
         cache: Option<CacheOptions>,
     },
     /// `status` reads as the pipe does: `algorithm` and `dynamic_ttl` are

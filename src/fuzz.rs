@@ -286,8 +286,9 @@ fn fuzz_metric_input_and_shared_values() {
         "explain --db d --client 2001:db8::/56 _sip._udp.example.com SRV",
         "p:latency:198.51.100.0/24|sip1 1.5 2.5 9 0 1700000000.5",
         "p:load:sip1 42 - 1700000000",
-        "p:health:sip1 1 1700000000",
-        "p:health:sip1 v1 1 1700000000 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        "p:health:sip1|mon-a 1 1700000000",
+        "p:drain:sip1 1 1700000000 kernel upgrade",
+        "p:health:sip1|mon-a v1 1 1700000000 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())

@@ -24,7 +24,18 @@ fn main() -> ExitCode {
         }
         Ok(Command::Init { db, scripts }) => ops::init::run(&db, &scripts),
         Ok(Command::Pipe(opts)) => pipe(&opts),
-        Ok(Command::Metric { db, metric, cache }) => push_metric(&db, &metric, cache.as_ref()),
+        Ok(Command::Metric {
+            db,
+            metric,
+            cache,
+            monitor_id,
+        }) => push_metric(&db, &metric, cache.as_ref(), &monitor_id),
+        Ok(Command::Drain {
+            db,
+            target,
+            reason,
+            cache,
+        }) => drain(&db, &target, reason.as_deref(), cache.as_ref()),
         Ok(Command::Status(opts)) => {
             validate::set_max_skew(opts.max_clock_skew);
             ops::report::status(&opts)
@@ -86,12 +97,44 @@ fn cache(opts: Option<&CacheOptions>) -> Result<Option<memcached::Cache>, String
     opts.map(CacheOptions::connect).transpose()
 }
 
+/// `drain` (with a reason) or `undrain` (without); says what it did, since
+/// an operator runs it by hand.
+fn drain(
+    db: &std::path::Path,
+    target: &str,
+    reason: Option<&str>,
+    cache_opts: Option<&CacheOptions>,
+) -> Result<(), String> {
+    let w = writer::Writer::open(db, cache(cache_opts)?)?;
+    let target = w.target(target)?;
+    let shared = if cache_opts.is_some() {
+        " here and in memcached"
+    } else {
+        ""
+    };
+    let line = match reason {
+        Some(reason) => {
+            w.drain(&target, reason)?;
+            format!("{target}: drained{shared}; every answer leaves it out until undrain")
+        }
+        None => match w.undrain(&target)? {
+            true => format!("{target}: undrained{shared}; probes decide again"),
+            false if cache_opts.is_some() => {
+                format!("{target}: was not drained here; undrain sent to memcached anyway")
+            }
+            false => format!("{target}: was not drained; nothing to do"),
+        },
+    };
+    writeln!(io::stdout(), "{line}").map_err(|e| e.to_string())
+}
+
 fn push_metric(
     db: &std::path::Path,
     m: &Metric,
     cache_opts: Option<&CacheOptions>,
+    monitor_id: &str,
 ) -> Result<(), String> {
-    let w = writer::Writer::open(db, cache(cache_opts)?)?;
+    let w = writer::Writer::open(db, cache(cache_opts)?)?.with_monitor(monitor_id);
     match m {
         Metric::Latency {
             network,

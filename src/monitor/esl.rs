@@ -19,13 +19,23 @@
 //! → exit\n\n
 //! ```
 //!
+//! [`read_status`] then asks whether inbound calls are paused (`fsctl pause inbound`, which
+//! `status` does not show: it says "not ready" only when inbound *and* outbound are paused,
+//! `switch_core_ready()` in switch_core.c). mod_commands answers with a bare word, no newline:
+//!
+//! ```text
+//! → api fsctl pause_check inbound\n\n
+//! ← Content-Type: api/response\nContent-Length: 5\n\n
+//! ← false                                                 (or "true", Content-Length 4)
+//! ```
+//!
 //! A wrong password gets `Reply-Text: -ERR invalid`, a `text/disconnect-notice`, and a close.
 //! An inbound ACL that refuses us sends `text/rude-rejection` instead of `auth/request`.
 //! When `status` answers `-ERR …` or text without the session line, the same connection asks
 //! `api json {"command":"status","data":""}` and reads `response.sessions.count.active` (the
 //! current count; `total` is the count since startup) and `.limit`.
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use super::probe::{json_str, json_u32, printable, Deadline, ProbeError, ProbeErrorKind};
@@ -45,26 +55,76 @@ pub struct Load {
     pub max_sessions: Option<u32>,
 }
 
+/// Whether FreeSWITCH takes new calls, besides its load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub load: Load,
+    /// `status` said "is ready": not shutting down, not paused both ways (`fsctl pause`).
+    pub ready: bool,
+    /// `fsctl pause_check inbound`; `None` when the server would not say (an API allow-list
+    /// without fsctl, an old version): then only `ready` counts.
+    pub paused_inbound: Option<bool>,
+}
+
+impl Status {
+    /// Why new calls would be refused, if they would: not ready, paused, or full.
+    pub fn refuses_calls(&self) -> Option<String> {
+        if !self.ready {
+            Some("freeswitch says it is not ready (paused or shutting down)".into())
+        } else if self.paused_inbound == Some(true) {
+            Some("freeswitch has inbound calls paused (fsctl pause inbound)".into())
+        } else {
+            None
+        }
+    }
+}
+
 /// Reads the current load from the Event Socket at `addr` (`host:port`, usually port 8021).
 ///
 /// The whole exchange, connect included, takes at most `timeout`. Every failure is an
 /// error, never a zero load.
 pub fn read_load(addr: &str, password: &str, timeout: Duration) -> Result<Load, ProbeError> {
+    exchange(addr, None, password, timeout, false).map(|s| s.load)
+}
+
+/// As [`read_load`], and also whether the server takes new calls. `via` is the address to
+/// connect to when the caller resolved `addr` itself (within its own deadline).
+pub fn read_status(
+    addr: &str,
+    via: Option<SocketAddr>,
+    password: &str,
+    timeout: Duration,
+) -> Result<Status, ProbeError> {
+    exchange(addr, via, password, timeout, true)
+}
+
+fn exchange(
+    addr: &str,
+    via: Option<SocketAddr>,
+    password: &str,
+    timeout: Duration,
+    pause_check: bool,
+) -> Result<Status, ProbeError> {
     let d = Deadline::new(addr, timeout);
     if password.contains(['\n', '\r']) {
         // A line break would end the `auth` command early and send the rest as commands.
         return Err(d.err(ProbeErrorKind::BadTarget("password contains a line break")));
     }
-    let stream = d.connect(addr)?;
+    let stream = match via {
+        Some(a) => d.connect_addr(a)?,
+        None => d.connect(addr)?,
+    };
     let mut conn = Conn {
         d,
         stream,
         buf: Vec::new(),
     };
-    let load = conn.authenticate(password).and_then(|()| conn.load());
+    let status = conn
+        .authenticate(password)
+        .and_then(|()| conn.status(pause_check));
     // Polite goodbye so the server logs a clean exit; whether it arrives changes nothing.
     let _ = conn.send("exit\n\n", "sending exit");
-    load
+    status
 }
 
 /// One parsed server message: its header block and, if `Content-Length` was given, its body.
@@ -110,10 +170,38 @@ impl Conn<'_> {
         }
     }
 
-    fn load(&mut self) -> Result<Load, ProbeError> {
+    fn status(&mut self, pause_check: bool) -> Result<Status, ProbeError> {
+        let (load, ready) = self.load()?;
+        // The load is read by now: a server that will not answer this (a
+        // `userauth` API allow-list without fsctl answers a command/reply
+        // `-ERR permission denied`, an old version `-ERR …`) still gave it.
+        let paused_inbound = match pause_check {
+            true => match self.api("fsctl pause_check inbound") {
+                Ok(body) if body == b"true" => Some(true),
+                Ok(body) if body == b"false" => Some(false),
+                Ok(other) => {
+                    let shown = printable(&other, 80);
+                    log::debug!("{}: pause_check answered \"{shown}\"", self.d.peer());
+                    None
+                }
+                Err(e) => {
+                    log::debug!("{}: pause_check: {e}", self.d.peer());
+                    None
+                }
+            },
+            false => None,
+        };
+        Ok(Status {
+            load,
+            ready,
+            paused_inbound,
+        })
+    }
+
+    fn load(&mut self) -> Result<(Load, bool), ProbeError> {
         let status = self.api("status")?;
         if let Some(load) = parse_status(&status) {
-            return Ok(load);
+            return Ok((load, says_ready(&status)));
         }
         let status_said = if status.starts_with(b"-") {
             format!("api status answered \"{}\"", printable(&status, 80))
@@ -122,14 +210,21 @@ impl Conn<'_> {
         };
         log::debug!("{}: {status_said}; trying api json status", self.d.peer());
         let json = self.api(r#"json {"command":"status","data":""}"#)?;
-        parse_json_status(&json).map_err(|json_said| {
-            let kind = if status.starts_with(b"-") || json.starts_with(b"-") {
-                ProbeErrorKind::Remote
-            } else {
-                ProbeErrorKind::Protocol
-            };
-            self.d.err(kind(format!("{status_said}; {json_said}")))
-        })
+        let ready = json_str(
+            &String::from_utf8_lossy(&json),
+            &["response", "systemStatus"],
+        )
+        .is_none_or(|s| s == "ready");
+        parse_json_status(&json)
+            .map(|l| (l, ready))
+            .map_err(|json_said| {
+                let kind = if status.starts_with(b"-") || json.starts_with(b"-") {
+                    ProbeErrorKind::Remote
+                } else {
+                    ProbeErrorKind::Protocol
+                };
+                self.d.err(kind(format!("{status_said}; {json_said}")))
+            })
     }
 
     /// Runs `api <command>` and returns the body of its `api/response`.
@@ -259,6 +354,15 @@ fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
             None
         }
     })
+}
+
+/// The second line of `api status`: `FreeSWITCH (Version …) is ready` or `… is not ready`.
+/// Without the line (a changed format) the server counts as ready: only an explicit "not
+/// ready" takes it out.
+fn says_ready(body: &[u8]) -> bool {
+    !String::from_utf8_lossy(body)
+        .lines()
+        .any(|l| l.starts_with("FreeSWITCH (Version ") && l.trim_end().ends_with(" is not ready"))
 }
 
 /// Reads `api status` output (`status_function` in mod_commands.c). Only two lines matter,

@@ -7,10 +7,10 @@
 //! → POST /RPC HTTP/1.0\r\n
 //!   Host: 127.0.0.1:5060\r\n
 //!   Content-Type: application/json\r\n
-//!   Content-Length: 52\r\n
+//!   Content-Length: 65\r\n
 //!   Connection: close\r\n
 //!   \r\n
-//!   {"jsonrpc":"2.0","method":"dlg.stats_active","id":1}
+//!   {"jsonrpc":"2.0","method":"dlg.stats_active","params":[1],"id":1}
 //! ← HTTP/1.0 200 OK\r\n
 //!   Sia: SIP/2.0/TCP 127.0.0.1:44068\r\n
 //!   Content-Type: application/json\r\n
@@ -26,12 +26,16 @@
 //! status taken from it, e.g. `HTTP/1.0 500 Method Not Found` and
 //! `{"error":{"code":500,"message":"Method Not Found"}}` when the dialog module is absent.
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use super::probe::ProbeErrorKind;
 use super::probe::{json_lookup, json_str, json_u32, printable, Deadline, ProbeError};
 
+/// `params: [1]` for `dlg.stats_active` is dialog.c's "own dialogs" flag: in a DMQ cluster
+/// every node also holds the other nodes' dialogs (replicated for failover), and without the
+/// flag it counts those too, so each node would report the whole cluster's calls as its own.
+const LOCAL_ONLY: &str = "[1]";
 /// Real header blocks are about 200 bytes.
 const MAX_HEADER: usize = 8 * 1024;
 /// The reply is about 130 bytes; anything huge is not the reply we asked for.
@@ -49,7 +53,30 @@ const MAX_BODY: usize = 64 * 1024;
 ///
 /// The whole exchange, connect included, takes at most `timeout`.
 pub fn read_active_dialogs(url: &str, timeout: Duration) -> Result<u32, ProbeError> {
-    let body = call(url, "dlg.stats_active", MAX_BODY, timeout)?;
+    read_active_dialogs_via(url, None, timeout)
+}
+
+/// `host:port` that [`read_active_dialogs`] connects to for `url`, for a caller that
+/// resolves names itself; `None` for a URL it would refuse.
+pub fn connect_target(url: &str) -> Option<String> {
+    Target::parse(url).ok().map(|t| t.connect_to)
+}
+
+/// As [`read_active_dialogs`], connecting to `via` (the URL's host, already resolved) when
+/// given; the Host header still names the URL's host.
+pub fn read_active_dialogs_via(
+    url: &str,
+    via: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<u32, ProbeError> {
+    let body = call_with(
+        url,
+        via,
+        "dlg.stats_active",
+        Some(LOCAL_ONLY),
+        MAX_BODY,
+        timeout,
+    )?;
     json_u32(&body, &["result", "all"]).ok_or_else(|| {
         let shown = printable(body.as_bytes(), 80);
         // `call` has refused URLs with credentials, so the URL is fit for a message.
@@ -68,6 +95,18 @@ pub(crate) fn call(
     max_body: usize,
     timeout: Duration,
 ) -> Result<String, ProbeError> {
+    call_with(url, None, method, None, max_body, timeout)
+}
+
+/// As [`call`], with `params` (a JSON array, sent as is) and connecting to `via` when given.
+fn call_with(
+    url: &str,
+    via: Option<SocketAddr>,
+    method: &str,
+    params: Option<&str>,
+    max_body: usize,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
     let target = match Target::parse(url) {
         Ok(target) => target,
         Err((peer, why)) => {
@@ -75,8 +114,12 @@ pub(crate) fn call(
         }
     };
     let d = Deadline::new(&target.peer, timeout);
-    let mut stream = d.connect(&target.connect_to)?;
-    let request_body = format!(r#"{{"jsonrpc":"2.0","method":"{method}","id":1}}"#);
+    let mut stream = match via {
+        Some(addr) => d.connect_addr(addr)?,
+        None => d.connect(&target.connect_to)?,
+    };
+    let params = params.map_or(String::new(), |p| format!(r#","params":{p}"#));
+    let request_body = format!(r#"{{"jsonrpc":"2.0","method":"{method}"{params},"id":1}}"#);
     let request = format!(
         "POST {} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{request_body}",

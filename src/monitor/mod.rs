@@ -1,18 +1,32 @@
 //! `pdns-ha monitor`: polls every `ha_targets` row on an interval (health
-//! and latency by SIP OPTIONS or TCP connect, load from FreeSWITCH or
-//! Kamailio) and writes timestamped readings. Every probe of a round runs
-//! in its own thread, so one slow or dead target delays the others by at
-//! most one probe timeout; a round is written in one transaction, so the
-//! pipe never reads half of one.
+//! and latency by SIP OPTIONS or TCP connect, load and readiness from
+//! FreeSWITCH or Kamailio) and writes timestamped readings, each health
+//! verdict under this monitor's id (`--monitor-id`, the host name by
+//! default) so that several monitors vote instead of overwriting each other.
+//!
+//! A round: resolve every name within one probe timeout ([`resolve`]), run
+//! the probes with bounded concurrency ([`pool`]), then write the round in
+//! one transaction, so the pipe never reads half of one.
+//!
+//! What counts as a failed health check:
+//! - a SIP answer whose code the target does not accept (`probe_ok_codes`,
+//!   2xx by default), silence, or a refused connection;
+//! - a FreeSWITCH that says it is not ready or has inbound calls paused.
+//!
+//! What does not: a name that does not resolve, or this host running out of
+//! sockets or threads. Those are logged as what they are, and the target
+//! keeps its last state (unknown once stale).
 
 pub mod esl;
 pub mod kamailio;
 pub mod openmetrics;
+pub mod pool;
 pub mod probe;
+pub mod resolve;
 pub mod sip_options;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,6 +38,11 @@ use crate::state::reading::{unix_now, ANY_NETWORK};
 use crate::state::writer::Writer;
 use crate::text::shown;
 use openmetrics::{Figures, LatencyFigure, Stamped};
+
+use self::pool::Degraded;
+use self::probe::ProbeError;
+use self::resolve::{Lookup, Resolver};
+use self::sip_options::{AcceptCodes, Answer};
 
 /// SIP's default port, for targets without a `probe_address`.
 const SIP_PORT: u16 = 5060;
@@ -43,6 +62,17 @@ enum LoadSource {
     Kamailio { url: String },
 }
 
+impl LoadSource {
+    /// The `host:port` to resolve before reading the load.
+    fn connect_to(&self) -> Option<String> {
+        match self {
+            LoadSource::None => None,
+            LoadSource::FreeSwitch { addr, .. } => Some(addr.clone()),
+            LoadSource::Kamailio { url } => kamailio::connect_target(url),
+        }
+    }
+}
+
 /// One `ha_targets` row, as the monitor needs it.
 #[derive(Clone)]
 struct Target {
@@ -50,15 +80,31 @@ struct Target {
     probe: Probe,
     /// host:port.
     probe_address: String,
+    accept: AcceptCodes,
     load: LoadSource,
 }
 
+/// What a health probe found: a SIP answer (accepted or not), a bare TCP
+/// handshake's time, or why there was no answer.
+enum Checked {
+    Sip(Answer),
+    Connected(Duration),
+    Failed(ProbeError),
+}
+
+/// What a load source said: FreeSWITCH's readiness comes with its load.
+struct LoadReading {
+    sessions: u32,
+    max: Option<u32>,
+    /// Why the server refuses new calls, if it does.
+    refuses: Option<String>,
+}
+
 /// What one round found out about a target. `None`: not measured.
+#[derive(Default)]
 struct Reading {
-    /// Round-trip time, or why the probe failed.
-    health: Option<Result<Duration, probe::ProbeError>>,
-    /// Sessions and, when the source reports it, capacity.
-    load: Option<Result<(u32, Option<u32>), probe::ProbeError>>,
+    health: Option<Checked>,
+    load: Option<Result<LoadReading, ProbeError>>,
 }
 
 fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, String> {
@@ -78,6 +124,16 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
                 true => format!("[{}]:{SIP_PORT}", r.name),
                 false => format!("{}:{SIP_PORT}", r.name),
             });
+        let accept = match AcceptCodes::parse(r.probe_ok_codes.as_deref()) {
+            Ok(a) => {
+                reported.fine(&r.name, "configuration");
+                a
+            }
+            Err(e) => {
+                reported.problem(&r.name, "configuration", &format!("{e}; using 2xx"));
+                AcceptCodes::default()
+            }
+        };
         let load = match (r.load_source.as_str(), r.load_address) {
             ("freeswitch", Some(addr)) => LoadSource::FreeSwitch {
                 addr,
@@ -99,77 +155,161 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
             name: r.name,
             probe,
             probe_address,
+            accept,
             load,
         });
     }
     Ok(targets)
 }
 
-fn resolve(addr: &str) -> Result<SocketAddr, probe::ProbeError> {
-    let unusable = || probe::ProbeError {
-        peer: addr.to_owned(),
-        kind: probe::ProbeErrorKind::BadTarget("not an address:port that resolves"),
-    };
-    addr.to_socket_addrs()
-        .map_err(|_| unusable())?
-        .next()
-        .ok_or_else(unusable)
+/// A blocking probe for the worker pool.
+#[derive(Clone, Copy)]
+enum Job {
+    Health(usize, SocketAddr),
+    Load(usize, Option<SocketAddr>),
 }
 
-fn check_health(t: &Target, timeout: Duration) -> Option<Result<Duration, probe::ProbeError>> {
-    let run = |addr: SocketAddr| -> Result<Duration, probe::ProbeError> {
-        match t.probe {
-            Probe::SipUdp => sip_options::probe_udp(addr, timeout),
-            Probe::SipTcp => sip_options::probe_tcp_sip(addr, timeout),
-            _ => sip_options::probe_tcp_connect(addr, timeout),
-        }
-    };
-    if t.probe == Probe::None {
-        return None;
+fn run_job(job: Job, targets: &[Target], timeout: Duration) -> Reading {
+    match job {
+        Job::Health(i, addr) => Reading {
+            health: Some(match targets[i].probe {
+                Probe::SipTcp => match sip_options::probe_tcp_sip(addr, timeout) {
+                    Ok(a) => Checked::Sip(a),
+                    Err(e) => Checked::Failed(e),
+                },
+                _ => match sip_options::probe_tcp_connect(addr, timeout) {
+                    Ok(rtt) => Checked::Connected(rtt),
+                    Err(e) => Checked::Failed(e),
+                },
+            }),
+            load: None,
+        },
+        Job::Load(i, via) => Reading {
+            health: None,
+            load: Some(read_load(&targets[i].load, via, timeout)),
+        },
     }
-    Some(resolve(&t.probe_address).and_then(run))
 }
 
 fn read_load(
-    t: &Target,
+    source: &LoadSource,
+    via: Option<SocketAddr>,
     timeout: Duration,
-) -> Option<Result<(u32, Option<u32>), probe::ProbeError>> {
-    Some(match &t.load {
-        LoadSource::None => return None,
-        LoadSource::FreeSwitch { addr, password } => {
-            esl::read_load(addr, password, timeout).map(|l| (l.sessions, l.max_sessions))
-        }
+) -> Result<LoadReading, ProbeError> {
+    match source {
+        LoadSource::None => Err(ProbeError {
+            peer: String::new(),
+            kind: probe::ProbeErrorKind::BadTarget("no load source"),
+        }),
+        LoadSource::FreeSwitch { addr, password } => esl::read_status(addr, via, password, timeout)
+            .map(|s| LoadReading {
+                sessions: s.load.sessions,
+                max: s.load.max_sessions,
+                refuses: s.refuses_calls(),
+            }),
         LoadSource::Kamailio { url } => {
-            kamailio::read_active_dialogs(url, timeout).map(|n| (n, None))
+            kamailio::read_active_dialogs_via(url, via, timeout).map(|n| LoadReading {
+                sessions: n,
+                max: None,
+                refuses: None,
+            })
         }
-    })
+    }
 }
 
-/// Runs every probe of a round at once and waits for all of them.
-fn poll(targets: &[Target], timeout: Duration) -> Vec<Reading> {
-    thread::scope(|s| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|t| {
-                (
-                    s.spawn(move || check_health(t, timeout)),
-                    s.spawn(move || read_load(t, timeout)),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(h, l)| Reading {
-                health: h.join().unwrap_or(None),
-                load: l.join().unwrap_or_else(|_| {
-                    Some(Err(probe::ProbeError {
-                        peer: "load probe".into(),
-                        kind: probe::ProbeErrorKind::Protocol("panicked".into()),
-                    }))
-                }),
-            })
-            .collect()
-    })
+/// Runs every probe of a round: names first (bounded by one timeout), then
+/// UDP probes all at once on this thread while the pool runs the rest.
+fn poll(
+    targets: &[Target],
+    opts: &MonitorOptions,
+    resolver: &mut Resolver,
+    reported: &mut Reported,
+    degraded: &mut Degraded,
+) -> Vec<Reading> {
+    let timeout = opts.timeout;
+    let mut names: Vec<&str> = Vec::new();
+    let load_to: Vec<Option<String>> = targets.iter().map(|t| t.load.connect_to()).collect();
+    for (t, l) in targets.iter().zip(&load_to) {
+        if t.probe != Probe::None {
+            names.push(&t.probe_address);
+        }
+        if let Some(l) = l {
+            names.push(l);
+        }
+    }
+    let found = resolver.resolve_all(&names, timeout);
+    let mut lookup = |t: &Target, name: &str, what: &'static str| -> Option<SocketAddr> {
+        let Lookup { addr, problem } = found.get(name).cloned().unwrap_or_default();
+        match problem {
+            Some(p) => {
+                let kept = match addr {
+                    Some(a) => format!("probing the last address it had, {a}"),
+                    None => "keeping the last state".into(),
+                };
+                let msg = format!(
+                    "resolving {name}: {p} (a resolver or configuration problem, not the \
+                     server; {kept})"
+                );
+                reported.problem(&t.name, what, &msg);
+            }
+            None => reported.fine(&t.name, what),
+        }
+        addr
+    };
+
+    let mut readings: Vec<Reading> = targets.iter().map(|_| Reading::default()).collect();
+    let mut udp: Vec<(usize, SocketAddr)> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        if t.probe != Probe::None {
+            match (lookup(t, &t.probe_address, "resolving"), &t.probe) {
+                (None, _) => {}
+                (Some(a), Probe::SipUdp) => udp.push((i, a)),
+                (Some(a), _) => jobs.push(Job::Health(i, a)),
+            }
+        }
+        match &load_to[i] {
+            // Not resolved within the timeout: no reading this round, so the
+            // last load stands until it is stale.
+            Some(l) => {
+                if let Some(via) = lookup(t, l, "resolving load") {
+                    jobs.push(Job::Load(i, Some(via)));
+                }
+            }
+            // A URL the client refuses: it says why.
+            None if t.load != LoadSource::None => jobs.push(Job::Load(i, None)),
+            None => {}
+        }
+    }
+    let addrs: Vec<SocketAddr> = udp.iter().map(|(_, a)| *a).collect();
+    let window = pool::udp_window(opts.workers);
+    let mut udp_degraded = Degraded::default();
+    let (done, udp_results) = pool::run_blocking(
+        jobs.len(),
+        opts.workers,
+        |k| run_job(jobs[k], targets, timeout),
+        || pool::udp_many(&addrs, timeout, window, &mut udp_degraded),
+        degraded,
+    );
+    degraded.0.extend(udp_degraded.0);
+    for ((i, _), r) in udp.iter().zip(udp_results) {
+        readings[*i].health = Some(match r {
+            Ok(a) => Checked::Sip(a),
+            Err(e) => Checked::Failed(e),
+        });
+    }
+    for (job, r) in jobs.iter().zip(done) {
+        let i = match job {
+            Job::Health(i, _) | Job::Load(i, _) => *i,
+        };
+        if r.health.is_some() {
+            readings[i].health = r.health;
+        }
+        if r.load.is_some() {
+            readings[i].load = r.load;
+        }
+    }
+    readings
 }
 
 /// Per-target problems already logged, so a dead target is reported when
@@ -193,6 +333,51 @@ impl Reported {
     }
 }
 
+/// The health verdict of one round for one target: `Some((ok, why))`, or
+/// `None` when nothing was learnt (not probed, or the failure was ours).
+fn verdict(t: &Target, r: &Reading, reported: &mut Reported) -> Option<(bool, String)> {
+    let mut v = match &r.health {
+        None => None,
+        Some(Checked::Sip(a)) if t.accept.accepts(a.code) => {
+            reported.fine(&t.name, "health");
+            Some((true, format!("answered {a}")))
+        }
+        Some(Checked::Sip(a)) => {
+            let why = format!(
+                "{}: answered {a}, not in the accepted codes ({})",
+                t.probe_address, t.accept
+            );
+            reported.problem(&t.name, "health", &why);
+            Some((false, why))
+        }
+        Some(Checked::Connected(_)) => {
+            reported.fine(&t.name, "health");
+            Some((true, "connected".into()))
+        }
+        Some(Checked::Failed(e)) if e.is_resource_shortage() => {
+            reported.problem(&t.name, "health", &format!("not probed: {e}"));
+            None
+        }
+        Some(Checked::Failed(e)) => {
+            let why = e.to_string();
+            reported.problem(&t.name, "health", &why);
+            Some((false, why))
+        }
+    };
+    // A server that refuses new calls is unavailable, whatever OPTIONS says.
+    if let Some(Ok(LoadReading {
+        refuses: Some(why), ..
+    })) = &r.load
+    {
+        reported.problem(&t.name, "availability", why);
+        v = Some((false, why.clone()));
+    } else if matches!(r.load, Some(Ok(_))) {
+        reported.fine(&t.name, "availability");
+        v = v.or(Some((true, "takes calls".into())));
+    }
+    v
+}
+
 fn write_round(
     w: &Writer,
     targets: &[Target],
@@ -202,53 +387,78 @@ fn write_round(
     figures: &Mutex<Figures>,
 ) -> Result<(), String> {
     let now = unix_now();
+    // Decided before the transaction, which holds the write lock.
+    let verdicts: Vec<_> = targets
+        .iter()
+        .zip(readings)
+        .map(|(t, r)| verdict(t, r, reported))
+        .collect();
+    let drained: std::collections::HashSet<String> =
+        w.drains()?.into_iter().map(|d| d.target).collect();
     let mut f = figures.lock().unwrap_or_else(|p| p.into_inner());
     f.retain_targets(targets.iter().map(|t| t.name.as_str()));
-    w.transaction(|w| {
-        for (t, r) in targets.iter().zip(readings) {
+    let changes = w.transaction(|w| {
+        let mut changes = Vec::new();
+        for ((t, r), v) in targets.iter().zip(readings).zip(&verdicts) {
+            let x = f.targets.entry(t.name.clone()).or_default();
+            x.drained = drained.contains(&t.name);
+            if let Some((ok, why)) = v {
+                let (before, after) = w.probe(&t.name, *ok, opts.anti_flap)?;
+                x.health = Some(Stamped {
+                    value: after,
+                    at: now,
+                });
+                if before.is_some_and(|b| b != after) || (before.is_none() && !after) {
+                    changes.push((t.name.clone(), after, why.clone()));
+                }
+            }
+            let rtt = match &r.health {
+                Some(Checked::Sip(a)) if t.accept.accepts(a.code) => Some(a.rtt),
+                Some(Checked::Connected(rtt)) => Some(*rtt),
+                _ => None,
+            };
+            if let Some(rtt) = rtt {
+                // The round trip just measured (the pipe ranks by the stored EWMA).
+                x.latency = vec![LatencyFigure {
+                    network: ANY_NETWORK.into(),
+                    source: "monitor".into(),
+                    seconds: rtt.as_secs_f64(),
+                    at: now,
+                }];
+            }
             match &r.health {
-                None => {}
-                Some(Ok(rtt)) => {
-                    reported.fine(&t.name, "health");
-                    let up = w.probe(&t.name, true, opts.anti_flap)?;
+                Some(Checked::Sip(a)) if !t.accept.accepts(a.code) => {
+                    let kind = probe::ProbeErrorKind::Remote(format!("answered {a}"));
+                    f.probe_error(&t.name, "health", &kind);
+                }
+                Some(Checked::Failed(e)) => f.probe_error(&t.name, "health", &e.kind),
+                _ => {}
+            }
+            match &r.health {
+                Some(Checked::Sip(a)) if t.accept.accepts(a.code) => {
+                    w.latency(ANY_NETWORK, &t.name, a.rtt.as_secs_f64() * 1000.0)?;
+                }
+                Some(Checked::Connected(rtt)) => {
                     w.latency(ANY_NETWORK, &t.name, rtt.as_secs_f64() * 1000.0)?;
-                    let x = f.targets.entry(t.name.clone()).or_default();
-                    x.health = Some(Stamped { value: up, at: now });
-                    // The round trip just measured (the pipe ranks by the stored EWMA).
-                    x.latency = vec![LatencyFigure {
-                        network: ANY_NETWORK.into(),
-                        source: "monitor".into(),
-                        seconds: rtt.as_secs_f64(),
-                        at: now,
-                    }];
                 }
-                Some(Err(e)) => {
-                    reported.problem(&t.name, "health", &e.to_string());
-                    f.probe_error(&t.name, "health", &e.kind);
-                    let up = w.probe(&t.name, false, opts.anti_flap)?;
-                    if !up {
-                        info!("{}: down", shown(&t.name));
-                    }
-                    let x = f.targets.entry(t.name.clone()).or_default();
-                    x.health = Some(Stamped { value: up, at: now });
-                    // Only silence counts as a timeout; a wrong answer is
-                    // a failure but says nothing about the round trip.
-                    if e.is_unreachable() {
-                        w.latency_timeout(ANY_NETWORK, &t.name)?;
-                    }
+                // Only silence counts as a timeout; a wrong answer is a
+                // failure but says nothing about the round trip.
+                Some(Checked::Failed(e)) if e.is_unreachable() => {
+                    w.latency_timeout(ANY_NETWORK, &t.name)?;
                 }
+                _ => {}
             }
             match &r.load {
                 None => {}
-                Some(Ok((sessions, max))) => {
+                Some(Ok(l)) => {
                     reported.fine(&t.name, "load");
-                    w.load(&t.name, *sessions, *max)?;
+                    w.load(&t.name, l.sessions, l.max)?;
                     let x = f.targets.entry(t.name.clone()).or_default();
                     x.sessions = Some(Stamped {
-                        value: *sessions,
+                        value: l.sessions,
                         at: now,
                     });
-                    x.capacity = max.or(x.capacity);
+                    x.capacity = l.max.or(x.capacity);
                 }
                 // Unknown, never zero: an unreadable server is not idle.
                 Some(Err(e)) => {
@@ -259,14 +469,23 @@ fn write_round(
                 }
             }
         }
-        Ok(())
-    })
+        Ok(changes)
+    })?;
+    for (name, up, why) in changes {
+        match up {
+            true => warn!("{}: up again ({})", shown(&name), shown(&why)),
+            false => warn!("{}: down ({})", shown(&name), shown(&why)),
+        }
+    }
+    Ok(())
 }
 
 pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
-    let w = Writer::open(&opts.db, cache)?;
+    let w = Writer::open(&opts.db, cache)?.with_monitor(&opts.monitor_id);
+    info!("monitor {} starting", shown(w.monitor()));
     let mut reported = Reported::default();
+    let mut resolver = Resolver::default();
     let figures = Arc::new(Mutex::new(Figures::default()));
     if let Some(addr) = opts.metrics_listen {
         openmetrics::serve(addr, Arc::clone(&figures))?;
@@ -274,8 +493,15 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     loop {
         let start = Instant::now();
+        w.register_monitor();
         let targets = read_targets(&w, &mut reported)?;
-        let readings = poll(&targets, opts.timeout);
+        let mut degraded = Degraded::default();
+        let readings = poll(&targets, opts, &mut resolver, &mut reported, &mut degraded);
+        let probed = start.elapsed();
+        match degraded.0.is_empty() {
+            true => reported.fine("monitor", "round"),
+            false => reported.problem("monitor", "round", &degraded.0.join("; ")),
+        }
         if let Err(e) = write_round(&w, &targets, &readings, opts, &mut reported, &figures) {
             // The next round tries again; a monitor that stops is worse
             // than one that missed a write.
@@ -285,8 +511,9 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             warn!("writing readings: {e}");
         }
         info!(
-            "polled {} targets in {:.0?}",
+            "polled {} targets in {:.2?} (written after {:.2?})",
             targets.len(),
+            probed,
             start.elapsed()
         );
         if let Ok(mut f) = figures.lock() {
@@ -297,5 +524,114 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             return Ok(());
         }
         thread::sleep(interval.saturating_sub(start.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn target(codes: Option<&str>) -> Target {
+        Target {
+            name: "sip1.example.com".into(),
+            probe: Probe::SipUdp,
+            probe_address: "192.0.2.11:5060".into(),
+            accept: AcceptCodes::parse(codes).unwrap(),
+            load: LoadSource::None,
+        }
+    }
+
+    fn sip(code: u16, reason: &str) -> Option<Checked> {
+        Some(Checked::Sip(Answer {
+            rtt: Duration::from_millis(3),
+            code,
+            reason: reason.into(),
+        }))
+    }
+
+    fn failed(kind: io::ErrorKind, raw: Option<i32>) -> Option<Checked> {
+        let source = match raw {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::from(kind),
+        };
+        Some(Checked::Failed(ProbeError {
+            peer: "192.0.2.11:5060".into(),
+            kind: probe::ProbeErrorKind::Io {
+                during: "binding",
+                source,
+            },
+        }))
+    }
+
+    fn load(refuses: Option<&str>) -> Option<Result<LoadReading, ProbeError>> {
+        Some(Ok(LoadReading {
+            sessions: 3,
+            max: Some(10),
+            refuses: refuses.map(str::to_owned),
+        }))
+    }
+
+    fn verdict_of(
+        t: &Target,
+        health: Option<Checked>,
+        load: Option<Result<LoadReading, ProbeError>>,
+    ) -> Option<(bool, String)> {
+        verdict(t, &Reading { health, load }, &mut Reported::default())
+    }
+
+    #[test]
+    fn a_verdict_follows_the_accepted_codes() {
+        let strict = target(None);
+        let lenient = target(Some("200,401,404"));
+        assert_eq!(
+            verdict_of(&strict, sip(200, "OK"), None).map(|v| v.0),
+            Some(true)
+        );
+        let (up, why) = verdict_of(&strict, sip(503, "Maximum Calls In Progress"), None).unwrap();
+        assert!(!up);
+        assert_eq!(
+            why,
+            "192.0.2.11:5060: answered 503 Maximum Calls In Progress, not in the accepted codes (2xx)"
+        );
+        assert_eq!(
+            verdict_of(&strict, sip(404, "Not Found"), None).map(|v| v.0),
+            Some(false)
+        );
+        assert_eq!(
+            verdict_of(&lenient, sip(404, "Not Found"), None).map(|v| v.0),
+            Some(true)
+        );
+        assert_eq!(
+            verdict_of(&lenient, sip(503, "Busy"), None).map(|v| v.0),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn our_own_shortage_is_no_verdict_but_a_refusal_is_down() {
+        let t = target(None);
+        assert_eq!(
+            verdict_of(&t, failed(io::ErrorKind::Other, Some(libc::EMFILE)), None),
+            None
+        );
+        let refused = verdict_of(&t, failed(io::ErrorKind::ConnectionRefused, None), None);
+        assert_eq!(refused.map(|v| v.0), Some(false));
+        assert_eq!(verdict_of(&t, None, None), None);
+    }
+
+    #[test]
+    fn a_server_refusing_calls_is_down_whatever_options_says() {
+        let t = target(None);
+        let paused = verdict_of(&t, sip(200, "OK"), load(Some("paused"))).unwrap();
+        assert_eq!(paused, (false, "paused".to_owned()));
+        // Load alone (probe 'none'): taking calls is up.
+        assert_eq!(verdict_of(&t, None, load(None)).map(|v| v.0), Some(true));
+        // An unreadable load source says nothing about health.
+        let refused = ProbeError {
+            peer: "192.0.2.11:8021".into(),
+            kind: probe::ProbeErrorKind::AuthRejected,
+        };
+        assert_eq!(verdict_of(&t, None, Some(Err(refused))), None);
     }
 }

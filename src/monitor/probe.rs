@@ -63,6 +63,20 @@ impl ProbeError {
     }
 }
 
+impl ProbeError {
+    /// True when this host ran out of something (file descriptors, buffers, memory): the
+    /// peer was never asked, so the probe says nothing about it.
+    pub fn is_resource_shortage(&self) -> bool {
+        match &self.kind {
+            ProbeErrorKind::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for ProbeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let peer = &self.peer;
@@ -188,6 +202,17 @@ impl<'a> Deadline<'a> {
             Some(e) => self.io_err("connecting", e),
             None => self.err(ProbeErrorKind::BadTarget("name resolves to no address")),
         })
+    }
+
+    /// Connects to an address already resolved; `peer` still names it in messages.
+    pub(crate) fn connect_addr(&self, addr: SocketAddr) -> Result<TcpStream, ProbeError> {
+        let left = self.remaining("connecting")?;
+        let stream =
+            TcpStream::connect_timeout(&addr, left).map_err(|e| self.io_err("connecting", e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| self.io_err("connecting", e))?;
+        Ok(stream)
     }
 
     /// One `read` bounded by the time left. `Ok(0)` is end of stream.

@@ -17,13 +17,22 @@
 //! \r\n
 //! ```
 //!
-//! Any final response (200 to 699) whose Call-ID and CSeq match means the SIP stack is alive
-//! and answering, so 404, 483 or 501 count as up, as for Kamailio's dispatcher with
-//! `ds_ping_reply_codes` open. 1xx responses only mean "wait". The round trip is measured
-//! from the first send to the final response, so a retransmission shows up as latency.
+//! The probe returns the first final response (200 to 699) whose Call-ID and CSeq match, with
+//! its code and reason phrase; 1xx responses only mean "wait". Whether that answer means "up"
+//! is the target's [`AcceptCodes`] (`ha_targets.probe_ok_codes`): 2xx by default, as
+//! Kamailio's dispatcher counts only 200 unless `ds_ping_reply_codes` adds more. A 503 is a
+//! server saying "not me now" (FreeSWITCH sends `503 Maximum Calls In Progress` when full,
+//! paused or its profile is down), and RFC 3263 sends clients on to the next server, so it
+//! is never up unless listed. The round trip is measured from the first send to the final
+//! response, so a retransmission shows up as latency.
+//!
+//! [`UdpProbe`] is the UDP probe as a state machine on a non-blocking socket, so that one
+//! thread can keep thousands of probes in flight (`monitor::pool`); [`probe_udp`] drives one.
 
-use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+use std::fmt;
+use std::io::ErrorKind::{Interrupted, WouldBlock};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,59 +47,216 @@ const MAX_TCP_READ: usize = 64 * 1024;
 
 const WAITING: &str = "waiting for a final response";
 
-/// Probes `addr` with SIP OPTIONS over UDP and returns the round-trip time.
+/// A final response to our OPTIONS: how long it took, and what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub rtt: Duration,
+    pub code: u16,
+    /// The reason phrase, made printable (peer text).
+    pub reason: String,
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.reason)
+    }
+}
+
+/// The response codes that mean "up" for one target: single codes and whole classes
+/// (`2xx`), written `200,401,404` or `2xx,405` in `ha_targets.probe_ok_codes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptCodes {
+    /// Inclusive ranges; `2xx` is 200..=299.
+    ranges: Vec<(u16, u16)>,
+    text: String,
+}
+
+impl Default for AcceptCodes {
+    fn default() -> Self {
+        AcceptCodes {
+            ranges: vec![(200, 299)],
+            text: "2xx".into(),
+        }
+    }
+}
+
+impl AcceptCodes {
+    /// Parses a list; `None` or blank is the default, 2xx.
+    pub fn parse(list: Option<&str>) -> Result<AcceptCodes, String> {
+        let Some(list) = list.filter(|l| !l.trim().is_empty()) else {
+            return Ok(AcceptCodes::default());
+        };
+        let mut ranges = Vec::new();
+        for item in list.split(',').map(str::trim) {
+            // Single quotes: the log escapes double ones.
+            let bad = || {
+                format!(
+                    "probe_ok_codes '{list}': '{item}' is not a code 200-699 or a class like 2xx"
+                )
+            };
+            let range = match item.as_bytes() {
+                [c @ b'2'..=b'6', b'x' | b'X', b'x' | b'X'] => {
+                    let base = u16::from(c - b'0') * 100;
+                    (base, base + 99)
+                }
+                _ => {
+                    let code: u16 = item.parse().map_err(|_| bad())?;
+                    if !(200..700).contains(&code) {
+                        return Err(bad());
+                    }
+                    (code, code)
+                }
+            };
+            ranges.push(range);
+        }
+        Ok(AcceptCodes {
+            ranges,
+            text: list.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+        })
+    }
+
+    pub fn accepts(&self, code: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+impl fmt::Display for AcceptCodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Probes `addr` with SIP OPTIONS over UDP and returns the final answer.
 ///
 /// The socket is connected, so an ICMP port-unreachable comes back as `connection refused`
 /// at once and a closed port is "down" without waiting for the timeout. A connected socket
 /// also only accepts datagrams from `addr`: a server that answers from another address or
 /// port (allowed by RFC 3261 §18.2.2, rare in practice) looks dead to this probe.
-pub fn probe_udp(addr: SocketAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-    let peer = addr.to_string();
-    let d = Deadline::new(&peer, timeout);
-    let any: IpAddr = match addr {
-        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    };
-    let sock = UdpSocket::bind((any, 0)).map_err(|e| d.io_err("binding", e))?;
-    sock.connect(addr).map_err(|e| d.io_err("connecting", e))?;
-    let local = sock.local_addr().map_err(|e| d.io_err("connecting", e))?;
-    let ids = Ids::new(local);
-    let request = options_request("UDP", local, addr, &ids);
-
-    let start = Instant::now();
-    let mut next_send = start;
-    let mut interval = T1;
+pub fn probe_udp(addr: SocketAddr, timeout: Duration) -> Result<Answer, ProbeError> {
+    let mut probe = UdpProbe::start(addr, timeout)?;
     let mut buf = vec![0u8; 65536];
     loop {
-        if Instant::now() >= next_send {
-            sock.send(request.as_bytes())
-                .map_err(|e| d.io_err("sending options", e))?;
-            next_send += interval;
-            interval = (interval * 2).min(T2);
+        let wait = probe.wake_at().saturating_duration_since(Instant::now());
+        let mut fds = [libc::pollfd {
+            fd: probe.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = wait.as_millis().clamp(0, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the length given.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms.max(1)) };
+        if ready > 0 {
+            if let Some(done) = probe.readable(&mut buf) {
+                return done;
+            }
         }
-        let left = d.remaining(WAITING)?;
-        let wait = left.min(next_send.saturating_duration_since(Instant::now()));
-        if wait.is_zero() {
-            continue;
+        if let Some(done) = probe.tick(Instant::now()) {
+            return done;
         }
-        sock.set_read_timeout(Some(wait))
-            .map_err(|e| d.io_err(WAITING, e))?;
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                if is_final_answer(&buf[..n], &ids) {
-                    return Ok(start.elapsed());
+    }
+}
+
+/// One UDP OPTIONS probe in flight on a non-blocking connected socket: the caller polls
+/// [`fd`](Self::fd) and calls [`readable`](Self::readable) when it is, and
+/// [`tick`](Self::tick) by [`wake_at`](Self::wake_at) for retransmissions and the deadline.
+pub struct UdpProbe {
+    sock: UdpSocket,
+    peer: String,
+    request: String,
+    ids: Ids,
+    timeout: Duration,
+    start: Instant,
+    next_send: Instant,
+    interval: Duration,
+}
+
+impl UdpProbe {
+    /// Opens the socket and sends the first request. Fails at once for a socket that cannot
+    /// be had (`too many open files` among others: the caller may retry later).
+    pub fn start(addr: SocketAddr, timeout: Duration) -> Result<UdpProbe, ProbeError> {
+        let peer = addr.to_string();
+        let d = Deadline::new(&peer, timeout);
+        let any: IpAddr = match addr {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let sock = UdpSocket::bind((any, 0)).map_err(|e| d.io_err("binding", e))?;
+        sock.connect(addr).map_err(|e| d.io_err("connecting", e))?;
+        sock.set_nonblocking(true)
+            .map_err(|e| d.io_err("connecting", e))?;
+        let local = sock.local_addr().map_err(|e| d.io_err("connecting", e))?;
+        let ids = Ids::new(local);
+        let request = options_request("UDP", local, addr, &ids);
+        let start = Instant::now();
+        let mut probe = UdpProbe {
+            sock,
+            peer,
+            request,
+            ids,
+            timeout,
+            start,
+            next_send: start,
+            interval: T1,
+        };
+        match probe.tick(start) {
+            Some(Err(e)) => Err(e),
+            _ => Ok(probe),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// The next moment [`tick`](Self::tick) has something to do.
+    pub fn wake_at(&self) -> Instant {
+        self.next_send.min(self.start + self.timeout)
+    }
+
+    fn deadline(&self) -> Deadline<'_> {
+        Deadline::new(&self.peer, self.timeout)
+    }
+
+    /// Sends when a (re)transmission is due; ends the probe at its deadline.
+    pub fn tick(&mut self, now: Instant) -> Option<Result<Answer, ProbeError>> {
+        if now >= self.start + self.timeout {
+            return Some(Err(self.deadline().timeout_err(WAITING)));
+        }
+        if now >= self.next_send {
+            if let Err(e) = self.sock.send(self.request.as_bytes()) {
+                if e.kind() != WouldBlock {
+                    return Some(Err(self.deadline().io_err("sending options", e)));
                 }
             }
-            // Retransmission time or the deadline; the loop head sorts out which.
-            Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => {}
-            Err(e) => return Err(d.io_err(WAITING, e)),
+            self.next_send += self.interval;
+            self.interval = (self.interval * 2).min(T2);
+        }
+        None
+    }
+
+    /// Reads every datagram waiting; the final answer to our request ends the probe.
+    pub fn readable(&mut self, buf: &mut [u8]) -> Option<Result<Answer, ProbeError>> {
+        loop {
+            match self.sock.recv(buf) {
+                Ok(n) => {
+                    if let Some((code, reason)) = final_answer(&buf[..n], &self.ids) {
+                        let rtt = self.start.elapsed();
+                        return Some(Ok(Answer { rtt, code, reason }));
+                    }
+                }
+                Err(e) if matches!(e.kind(), WouldBlock) => return None,
+                Err(e) if matches!(e.kind(), Interrupted) => {}
+                Err(e) => return Some(Err(self.deadline().io_err(WAITING, e))),
+            }
         }
     }
 }
 
 /// Probes `addr` with SIP OPTIONS over TCP. The round trip excludes the TCP handshake, so it
 /// compares with [`probe_udp`]; use [`probe_tcp_connect`] for the handshake alone.
-pub fn probe_tcp_sip(addr: SocketAddr, timeout: Duration) -> Result<Duration, ProbeError> {
+pub fn probe_tcp_sip(addr: SocketAddr, timeout: Duration) -> Result<Answer, ProbeError> {
     let peer = addr.to_string();
     let d = Deadline::new(&peer, timeout);
     let mut stream = d.connect(&peer)?;
@@ -108,8 +274,9 @@ pub fn probe_tcp_sip(addr: SocketAddr, timeout: Duration) -> Result<Duration, Pr
         // responses) are skipped.
         while let Some(len) = sip_message_len(&buf) {
             let message: Vec<u8> = buf.drain(..len).collect();
-            if is_final_answer(&message, &ids) {
-                return Ok(start.elapsed());
+            if let Some((code, reason)) = final_answer(&message, &ids) {
+                let rtt = start.elapsed();
+                return Ok(Answer { rtt, code, reason });
             }
         }
         let n = d.read(&mut stream, &mut chunk, WAITING)?;
@@ -196,20 +363,16 @@ fn options_request(transport: &str, local: SocketAddr, remote: SocketAddr, ids: 
     )
 }
 
-/// True if `message` is a final response (200–699) to our request. Responses to other
-/// requests (a late answer to an earlier probe from the same port, a confused peer) carry
-/// another Call-ID or CSeq and are ignored, as are requests and garbage.
-fn is_final_answer(message: &[u8], ids: &Ids) -> bool {
+/// The code and reason phrase if `message` is a final response (200–699) to our request.
+/// Responses to other requests (a late answer to an earlier probe from the same port, a
+/// confused peer) carry another Call-ID or CSeq and are ignored, as are requests and garbage.
+fn final_answer(message: &[u8], ids: &Ids) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(message);
     let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
     let status_line = lines.next().unwrap_or("");
-    let Some(rest) = status_line.strip_prefix("SIP/2.0 ") else {
-        return false;
-    };
-    let code: u16 = match rest.get(..3).map(str::parse) {
-        Some(Ok(code)) => code,
-        _ => return false,
-    };
+    let rest = status_line.strip_prefix("SIP/2.0 ")?;
+    let code: u16 = rest.get(..3)?.parse().ok()?;
+    let reason = printable(rest.get(3..).unwrap_or("").as_bytes(), 60);
     let mut call_id_ok = false;
     let mut cseq_ok = false;
     for line in lines.take_while(|l| !l.is_empty()) {
@@ -225,7 +388,7 @@ fn is_final_answer(message: &[u8], ids: &Ids) -> bool {
             cseq_ok = words.next() == Some("1") && words.next() == Some("OPTIONS");
         }
     }
-    (200..700).contains(&code) && call_id_ok && cseq_ok
+    ((200..700).contains(&code) && call_id_ok && cseq_ok).then_some((code, reason))
 }
 
 /// Length of the first complete SIP message in a TCP stream buffer (header block plus

@@ -57,11 +57,11 @@ fn origin(store: &Store, want: impl Fn(&Reading) -> bool) -> &'static str {
     }
 }
 
-fn health_origin(store: &Store, target: &str, h: &Health) -> &'static str {
-    origin(
-        store,
-        |r| matches!(r, Reading::Health { target: t, h: x } if target_key(t) == target && x == h),
-    )
+fn health_origin(store: &Store, target: &str, monitor: &str, h: &Health) -> &'static str {
+    origin(store, |r| {
+        matches!(r, Reading::Health { target: t, monitor: m, h: x }
+            if target_key(t) == target && m == monitor && x == h)
+    })
 }
 
 fn load_origin(store: &Store, target: &str, l: &Load) -> &'static str {
@@ -180,11 +180,7 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         .collect();
     for name in metrics.targets() {
         let name = &**name;
-        let health = metrics.health(name).map_or("unknown".into(), |h| {
-            let state = if h.up { "up" } else { "DOWN" };
-            let from = health_origin(&store, name, &h);
-            format!("{state} {} ({from})", stale(h.updated))
-        });
+        let health = health_cell(&store, name, now, f64::from(stale_after), &stale);
         let load = metrics.load(name).map_or("-".into(), |l| {
             let max = l.max_sessions.or(metrics.capacity(name));
             let max = max.map_or("?".into(), |m| m.to_string());
@@ -225,12 +221,28 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
             latency.join("; ")
         };
         // The address, never the secret: status output ends up in tickets.
-        let source = match how.get(name) {
+        let mut source = match how.get(name) {
             None => "?".into(),
             Some((probe, kind, _)) if kind == "none" => format!("probe {probe}"),
             Some((probe, kind, a)) if a.is_empty() => format!("probe {probe}, {kind}"),
             Some((probe, kind, a)) => format!("probe {probe}, {kind} {a}"),
         };
+        // Whose readings these are, when several monitors write.
+        let mut by: Vec<String> = conn
+            .prepare(
+                "SELECT monitor FROM ha_load WHERE target = ?1 AND monitor IS NOT NULL
+                 UNION SELECT monitor FROM ha_latency WHERE target = ?1 AND monitor IS NOT NULL",
+            )
+            .and_then(|mut s| s.query_map([name], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        by.extend(metrics.health(name).map(|(m, _)| m.to_owned()));
+        by.retain(|m| !m.is_empty());
+        by.sort();
+        by.dedup();
+        if !by.is_empty() {
+            let by: Vec<String> = by.iter().map(|m| shown(m)).collect();
+            source = format!("{source}; by {}", by.join(", "));
+        }
         rows.push(vec![shown(name), health, load, latency, source]);
     }
     let mut out = table(&rows);
@@ -251,10 +263,61 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn why(w: Why) -> String {
+/// The health column, as the pipe sees it (SQLite and memcached): the
+/// verdict, and each monitor's word with where it came from when several
+/// monitor the target; an operator's drain first, since it beats them all.
+fn health_cell(
+    store: &Store,
+    target: &str,
+    now: f64,
+    stale_after: f64,
+    stale: &dyn Fn(f64) -> String,
+) -> String {
+    let metrics = store.metrics();
+    let votes: Vec<(&str, Health)> = metrics.health(target).collect();
+    let word = |up: bool| if up { "up" } else { "DOWN" };
+    let mut cell = match votes.as_slice() {
+        [] => "unknown".to_owned(),
+        [(m, h)] => {
+            let from = health_origin(store, target, m, h);
+            format!("{} {} ({from})", word(h.up), stale(h.updated))
+        }
+        _ => {
+            let fresh: Vec<_> = votes
+                .iter()
+                .filter(|(_, h)| now - h.updated <= stale_after)
+                .collect();
+            let down = fresh.iter().filter(|(_, h)| !h.up).count();
+            let verdict = match fresh.len() {
+                0 => "unknown",
+                n if down * 2 > n => "DOWN",
+                _ => "up",
+            };
+            let each: Vec<String> = votes
+                .iter()
+                .map(|(m, h)| {
+                    let from = health_origin(store, target, m, h);
+                    format!("{} {} {} ({from})", shown(m), word(h.up), stale(h.updated))
+                })
+                .collect();
+            format!(
+                "{verdict} ({down} of {} fresh say down: {})",
+                fresh.len(),
+                each.join(", ")
+            )
+        }
+    };
+    if let Some(d) = metrics.drain(target) {
+        cell = format!("drained: {}; {cell}", shown(&d.reason));
+    }
+    cell
+}
+
+fn why(w: Why, drain: Option<&str>) -> String {
     match w {
         Why::Static => "as stored".into(),
         Why::Down => "left out: down".into(),
+        Why::Drained => format!("left out: drained: {}", drain.unwrap_or("")),
         Why::Latency {
             ms,
             from_any: false,
@@ -264,7 +327,10 @@ fn why(w: Why) -> String {
         Why::Load { sessions, max } => {
             format!("{sessions}/{max} sessions, {} free", max - sessions)
         }
-        Why::Full { sessions, max } => format!("{sessions}/{max} sessions: full, behind its tier"),
+        // least-load: behind its tier; least-latency: behind every other.
+        Why::Full { sessions, max } => {
+            format!("{sessions}/{max} sessions: full, served after the others")
+        }
         Why::UnknownLoad => "no fresh load or no capacity known".into(),
     }
 }
@@ -336,16 +402,22 @@ pub fn explain(
                 let place = p
                     .place
                     .map_or("-".into(), |(prio, w)| format!("prio {prio} weight {w}"));
+                let drain = metrics.drain(target).map(|d| shown(&d.reason));
                 rows.push(vec![
                     format!("  {}", shown(target)),
                     place,
-                    why(p.why),
+                    why(p.why, drain.as_deref()),
                     reading_from(&store, p.why, network, target),
                 ]);
             }
             let _ = write!(out, "{}", table(&rows));
             if outcome.fail_open {
-                let _ = writeln!(out, "  every target is down: all served (fail open)");
+                let _ = writeln!(
+                    out,
+                    "  every target is down or drained: all not drained served (fail open)"
+                );
+            } else if outcome.all_drained {
+                let _ = writeln!(out, "  every target is drained: all served (fail open)");
             }
         }
     }
@@ -359,18 +431,32 @@ pub fn explain(
 fn reading_from(store: &Store, why: Why, network: Option<&str>, target: &str) -> String {
     let m = store.metrics();
     let from = match why {
-        Why::Down => m.health(target).map(|h| health_origin(store, target, &h)),
+        Why::Down => {
+            let mut from: Vec<&str> = m
+                .health(target)
+                .map(|(mon, h)| health_origin(store, target, mon, &h))
+                .collect();
+            from.sort_unstable();
+            from.dedup();
+            (!from.is_empty()).then(|| from.join(" and "))
+        }
+        Why::Drained => Some(
+            origin(store, |r| {
+                matches!(r, Reading::Drain { target: t, reason: Some(_), .. } if target_key(t) == target)
+            })
+            .to_owned(),
+        ),
         Why::Latency { from_any, .. } => {
             let net = match from_any {
                 true => ANY_NETWORK,
                 false => network.unwrap_or(ANY_NETWORK),
             };
             m.latency(net, target)
-                .map(|l| latency_origin(store, net, target, &l))
+                .map(|l| latency_origin(store, net, target, &l).to_owned())
         }
-        Why::Load { .. } | Why::Full { .. } => {
-            m.load(target).map(|l| load_origin(store, target, &l))
-        }
+        Why::Load { .. } | Why::Full { .. } => m
+            .load(target)
+            .map(|l| load_origin(store, target, &l).to_owned()),
         Why::Static | Why::Unmeasured | Why::UnknownLoad => None,
     };
     from.map_or(String::new(), |f| format!("({f})"))

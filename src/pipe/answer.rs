@@ -89,7 +89,10 @@ impl Ranker {
         let Some(first) = rrset.first() else {
             return Ok(Decision::AsStored);
         };
-        if self.algorithm == Algorithm::Static || !first.rtype.is_rankable() || rrset.len() < 2 {
+        // Static answers go out as stored unless an operator drained a
+        // target, which every algorithm must leave out.
+        let as_is = self.algorithm == Algorithm::Static && !metrics.any_drained();
+        if as_is || !first.rtype.is_rankable() || rrset.len() < 2 {
             rrset.iter().try_for_each(|r| emit(&as_stored(r)))?;
             return Ok(Decision::AsStored);
         }
@@ -114,7 +117,9 @@ impl Ranker {
         let outcome = select::select(self.algorithm, &cands, metrics, &cx, &mut self.placed);
         self.cands = recycle(cands);
         if outcome.fail_open {
-            self.log_fail_open(first.name);
+            self.log_fail_open(first.name, "down: answering with all those not drained");
+        } else if outcome.all_drained {
+            self.log_fail_open(first.name, "drained: answering with all of them");
         }
         let is_srv = first.rtype == RType::Srv;
         let best = self
@@ -151,14 +156,14 @@ impl Ranker {
         &self.placed
     }
 
-    fn log_fail_open(&mut self, name: &str) {
+    fn log_fail_open(&mut self, name: &str, what: &str) {
         let now = Instant::now();
         if self
             .fail_open_logged
             .is_none_or(|t| now.duration_since(t) >= FAIL_OPEN_LOG_EVERY)
         {
             warn!(
-                "every target of {} is down: answering with all of them (fail open)",
+                "every target of {} is {what} (fail open)",
                 crate::text::shown(name)
             );
             self.fail_open_logged = Some(now);

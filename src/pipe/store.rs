@@ -23,8 +23,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::pipe::zone::{is_apex, Builder, Row, Skip, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
-use crate::state::reading::{health_key, latency_key, load_key, Reading};
-use crate::state::reading::{unix_now, Health, Latency, Load, ANY_NETWORK};
+use crate::state::reading::{drain_key, health_key, latency_key, load_key, Reading};
+use crate::state::reading::{unix_now, Drain, Health, Latency, Load, ANY_NETWORK};
 use crate::state::validate::Clock;
 use crate::text::shown;
 
@@ -133,6 +133,9 @@ pub struct Store {
     cache: Option<Cache>,
     /// The readings last fetched from memcached.
     overlay: Vec<Reading>,
+    /// The monitors publishing health, as last read from memcached; kept
+    /// while the list's server is unreachable.
+    monitors: Vec<String>,
     next_fetch: Instant,
     /// Rows left out of the whole index, and of the readings; their
     /// reasons are logged again only when a count changes, not on every
@@ -189,6 +192,7 @@ impl Store {
             metrics: Metrics::default(),
             cache: None,
             overlay: Vec::new(),
+            monitors: Vec::new(),
             next_fetch: now,
             skipped_zones: Skipped::default(),
             skipped_readings: Skipped::default(),
@@ -364,11 +368,16 @@ impl Store {
         self
     }
 
-    /// Fetches every reading the answers could use: health and load per
-    /// target, latency per target from each known network and from `*`.
+    /// Fetches every reading the answers could use: each monitor's health,
+    /// the drain and the load per target, latency per target from each known
+    /// network and from `*`.
     fn fetch(&mut self, now: Instant) {
         self.next_fetch = now + FETCH_EVERY;
         let Some(cache) = &mut self.cache else { return };
+        if let Some(ids) = cache.monitors() {
+            self.monitors = ids;
+        }
+        let monitors = &self.monitors;
         let p = &cache.prefix;
         let mut keys = Vec::new();
         let networks = self
@@ -378,13 +387,27 @@ impl Store {
             .map(|n| &*n.cidr)
             .chain([ANY_NETWORK]);
         for t in self.base.targets() {
-            keys.push(health_key(p, t));
+            keys.extend(monitors.iter().map(|m| health_key(p, t, m)));
+            keys.push(drain_key(p, t));
             keys.push(load_key(p, t));
         }
         for n in networks {
             keys.extend(self.base.targets().iter().map(|t| latency_key(p, n, t)));
         }
-        self.overlay = cache.fetch(&keys);
+        let fresh = cache.fetch(&keys);
+        // A drain is hard state: a miss (memcached restarted, or down and in
+        // back-off) never undoes one seen before; only an undrain does.
+        let kept: Vec<Reading> = std::mem::take(&mut self.overlay)
+            .into_iter()
+            .filter(|old| match old {
+                Reading::Drain { target, .. } => !fresh
+                    .iter()
+                    .any(|r| matches!(r, Reading::Drain { target: t, .. } if t == target)),
+                _ => false,
+            })
+            .collect();
+        self.overlay = fresh;
+        self.overlay.extend(kept);
         self.rebuild();
     }
 
@@ -680,11 +703,11 @@ fn load_metrics(
     })?;
     each_row(tx, "ha_health", "health", skipped, |r| {
         let h = Health {
-            up: col(r, 1)?,
-            updated: col(r, 2)?,
+            up: col(r, 2)?,
+            updated: col(r, 3)?,
         };
         valid(clock.health(&h))?;
-        m.add_health(&col::<String>(r, 0)?, h);
+        m.add_health(&col::<String>(r, 0)?, &col::<String>(r, 1)?, h);
         Ok(())
     })?;
     each_row(tx, "ha_load", "load", skipped, |r| {
@@ -712,6 +735,15 @@ fn load_metrics(
         m.add_latency(&col::<String>(r, 0)?, &col::<String>(r, 1)?, l);
         Ok(())
     })?;
+    each_row(tx, "ha_drain", "drains", skipped, |r| {
+        let d = Drain {
+            reason: col::<String>(r, 1)?.into(),
+            since: col(r, 2)?,
+        };
+        valid(clock.updated(d.since))?;
+        m.add_drain(&col::<String>(r, 0)?, d);
+        Ok(())
+    })?;
     Ok(m.finish())
 }
 
@@ -728,7 +760,15 @@ fn each_row(
     if !table_exists(tx, table)? {
         return Ok(());
     }
-    let mut stmt = tx.prepare_cached(named(statement))?;
+    // A table of an older layout (a column added since) must not stop the
+    // zones from loading; `pdns-ha init` upgrades it.
+    let mut stmt = match tx.prepare_cached(named(statement)) {
+        Ok(stmt) => stmt,
+        Err(e) => {
+            skipped.push(|| format!("table {table}: {e} (run pdns-ha init to upgrade it)"));
+            return Ok(());
+        }
+    };
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         if let Err(why) = f(r) {
@@ -779,6 +819,7 @@ mod tests {
             "health",
             "load",
             "latency",
+            "drains",
         ] {
             let sql = named(name);
             assert!(sql.contains("SELECT"), "no statement named {name}");

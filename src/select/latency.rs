@@ -1,7 +1,9 @@
 //! least-latency: targets ranked by measured latency from the client's
-//! network, near-equal ones sharing a rank.
+//! network, near-equal ones sharing a rank. A target that reports itself full
+//! (fresh load at or over its capacity) refuses new calls, so it goes behind
+//! every other served target, however close it is.
 
-use super::{rank_prio, stored, Candidate, Context, Outcome, Placed, Why};
+use super::{rank_prio, stored, Candidate, Context, Exclude, Outcome, Placed, Why};
 use crate::state::index::Metrics;
 use crate::state::reading::ANY_NETWORK;
 
@@ -19,7 +21,7 @@ pub fn select(
     let Some(net) = m.network_for(cx.client) else {
         // Unknown network: the stored answer for this client, but scoped
         // to its own prefix so that pdns never hands it to a known network.
-        stored(cands, out, Why::Static, Some((m, cx)));
+        stored(cands, out, Why::Static, Exclude::DrainedAndDown, m, cx);
         return Outcome {
             scopebits: cx.client.prefix,
             ..Outcome::default()
@@ -44,10 +46,20 @@ pub fn select(
                 from_any: true,
             })
     };
+    let full = |t: &str| {
+        let l = m.load(t).filter(|l| cx.fresh(l.updated))?;
+        let max = l.max_sessions.or_else(|| m.capacity(t))?;
+        (l.sessions >= max).then_some(Why::Full {
+            sessions: l.sessions,
+            max,
+        })
+    };
     for (idx, c) in cands.iter().enumerate() {
-        let why = match cx.down(m, c.target) {
-            true => Why::Down,
-            false => latency(c.target).unwrap_or(Why::Unmeasured),
+        let why = match cx.excluded(m, c.target) {
+            Some(out) => out,
+            None => full(c.target)
+                .or_else(|| latency(c.target))
+                .unwrap_or(Why::Unmeasured),
         };
         out.push(Placed {
             idx,
@@ -56,7 +68,7 @@ pub fn select(
         });
     }
     if !out.iter().any(|p| matches!(p.why, Why::Latency { .. })) {
-        stored(cands, out, Why::Unmeasured, Some((m, cx)));
+        stored(cands, out, Why::Unmeasured, Exclude::DrainedAndDown, m, cx);
         return scoped;
     }
     // Measured first by latency, then unmeasured by stored priority, then
@@ -67,7 +79,8 @@ pub fn select(
     };
     let class = |p: &Placed| match p.why {
         Why::Latency { .. } => 0,
-        Why::Down => 2,
+        Why::Full { .. } => 2,
+        w if w.is_out() => 3,
         _ => 1,
     };
     out.sort_by(|a, b| {
@@ -83,8 +96,9 @@ pub fn select(
     for p in out.iter_mut() {
         let c = &cands[p.idx];
         let group = match p.why {
-            Why::Down => continue,
+            w if w.is_out() => continue,
             Why::Latency { ms, .. } => Group::Measured(ms),
+            Why::Full { .. } => Group::Full,
             _ => Group::Unmeasured(c.prio),
         };
         match leader {
@@ -107,6 +121,7 @@ pub fn select(
 enum Group {
     Measured(f64),
     Unmeasured(i64),
+    Full,
 }
 
 impl Group {
@@ -116,6 +131,7 @@ impl Group {
                 ms <= lead * (1.0 + TOLERANCE_REL) + TOLERANCE_MS
             }
             (Group::Unmeasured(a), Group::Unmeasured(b)) => a == b,
+            (Group::Full, Group::Full) => true,
             _ => false,
         }
     }

@@ -2,7 +2,7 @@
 //! intent); within a tier, weights follow free capacity, and a target at
 //! capacity moves behind its tier.
 
-use super::{rank_prio, stored, Candidate, Context, Outcome, Placed, Why};
+use super::{rank_prio, stored, Candidate, Context, Exclude, Outcome, Placed, Why};
 use crate::state::index::Metrics;
 
 /// The largest SRV weight.
@@ -15,8 +15,8 @@ pub fn select(
     out: &mut Vec<Placed>,
 ) -> Outcome {
     let why_of = |c: &Candidate<'_>| {
-        if cx.down(m, c.target) {
-            return Why::Down;
+        if let Some(out) = cx.excluded(m, c.target) {
+            return out;
         }
         let Some(l) = m.load(c.target).filter(|l| cx.fresh(l.updated)) else {
             return Why::UnknownLoad;
@@ -42,25 +42,25 @@ pub fn select(
         .iter()
         .any(|p| matches!(p.why, Why::Load { .. } | Why::Full { .. }))
     {
-        stored(cands, out, Why::UnknownLoad, Some((m, cx)));
+        stored(cands, out, Why::UnknownLoad, Exclude::DrainedAndDown, m, cx);
         return Outcome::default();
     }
     // Tier by tier: those with room (most free first), then the full ones;
     // the left-out go last.
     out.sort_by(|a, b| {
-        (a.why == Why::Down)
-            .cmp(&(b.why == Why::Down))
+        (a.why.is_out())
+            .cmp(&b.why.is_out())
             .then(cands[a.idx].prio.cmp(&cands[b.idx].prio))
             .then(is_full(a).cmp(&is_full(b)))
             .then(free(b).cmp(&free(a)))
     });
     let mut rank = 0;
     let mut start = 0;
-    while start < out.len() && out[start].why != Why::Down {
+    while start < out.len() && !out[start].why.is_out() {
         let tier = cands[out[start].idx].prio;
         let len = out[start..]
             .iter()
-            .take_while(|p| p.why != Why::Down && cands[p.idx].prio == tier)
+            .take_while(|p| !p.why.is_out() && cands[p.idx].prio == tier)
             .count();
         let members = &mut out[start..start + len];
         let open = members.iter().filter(|p| !is_full(p)).count();

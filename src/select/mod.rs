@@ -72,11 +72,32 @@ impl Context {
         self.now - updated <= self.stale_after
     }
 
-    /// Fresh health says down. Unknown or stale health is not down: an
-    /// unmeasured target is served, never dropped on a guess.
-    fn down(&self, m: &Metrics, target: &str) -> bool {
-        m.health(target)
-            .is_some_and(|h| !h.up && self.fresh(h.updated))
+    /// Most monitors with a fresh verdict say down: more than half of them,
+    /// so one monitor cut off from a server cannot take it out of the
+    /// answer, and a tie keeps it in. With one monitor this is its verdict.
+    /// Unknown or stale health is not down: an unmeasured target is served,
+    /// never dropped on a guess.
+    pub fn down(&self, m: &Metrics, target: &str) -> bool {
+        let (mut fresh, mut down) = (0u32, 0u32);
+        for (_, h) in m.health(target) {
+            if self.fresh(h.updated) {
+                fresh += 1;
+                down += u32::from(!h.up);
+            }
+        }
+        down * 2 > fresh
+    }
+
+    /// Why a target must stay out of the answer, if it must: the operator's
+    /// drain first (hard state beats every probe), then health.
+    fn excluded(&self, m: &Metrics, target: &str) -> Option<Why> {
+        if m.drain(target).is_some() {
+            Some(Why::Drained)
+        } else if self.down(m, target) {
+            Some(Why::Down)
+        } else {
+            None
+        }
     }
 }
 
@@ -85,8 +106,10 @@ impl Context {
 pub enum Why {
     /// As stored.
     Static,
-    /// Left out: fresh health says down.
+    /// Left out: most fresh monitors say down.
     Down,
+    /// Left out: an operator drained it (`pdns-ha drain`).
+    Drained,
     /// Ranked by this latency (ms), from the client's network or, when
     /// `from_any` is set, from the monitor host's `*` samples.
     Latency { ms: f64, from_any: bool },
@@ -119,8 +142,26 @@ pub struct Outcome {
     /// best group of addresses alone. (The TTL cap applies to every
     /// answer of a ranking algorithm, dynamic or not: see `Ranker::write`.)
     pub dynamic: bool,
-    /// Every candidate was down: the stored set is served as is.
+    /// Every candidate not drained was down: those are served as stored.
     pub fail_open: bool,
+    /// Every candidate was drained: the stored set is served as is, since
+    /// an empty answer is worse than a server in maintenance.
+    pub all_drained: bool,
+}
+
+impl Why {
+    /// Left out of the answer.
+    pub fn is_out(self) -> bool {
+        matches!(self, Why::Down | Why::Drained)
+    }
+}
+
+/// What `stored` leaves out.
+#[derive(Clone, Copy, PartialEq)]
+enum Exclude {
+    Nothing,
+    Drained,
+    DrainedAndDown,
 }
 
 /// Orders `cands` for the client; `out` receives one entry per candidate,
@@ -134,12 +175,25 @@ pub fn select(
     out: &mut Vec<Placed>,
 ) -> Outcome {
     out.clear();
-    if alg == Algorithm::Static || cands.is_empty() {
-        stored(cands, out, Why::Static, None);
+    if cands.is_empty() {
         return Outcome::default();
     }
-    if cands.iter().all(|c| cx.down(m, c.target)) {
-        stored(cands, out, Why::Static, None);
+    if cands.iter().all(|c| m.drain(c.target).is_some()) {
+        stored(cands, out, Why::Static, Exclude::Nothing, m, cx);
+        return Outcome {
+            all_drained: true,
+            ..Outcome::default()
+        };
+    }
+    // Static ignores the probes (clients choose), never the operator.
+    if alg == Algorithm::Static {
+        stored(cands, out, Why::Static, Exclude::Drained, m, cx);
+        return Outcome::default();
+    }
+    // Fail open among the targets not drained: "down" may be the monitors'
+    // mistake, a drain is an operator's decision.
+    if cands.iter().all(|c| cx.excluded(m, c.target).is_some()) {
+        stored(cands, out, Why::Static, Exclude::Drained, m, cx);
         return Outcome {
             fail_open: true,
             ..Outcome::default()
@@ -151,22 +205,27 @@ pub fn select(
     }
 }
 
-/// The stored order and priorities, each marked `why`; with `health`,
-/// targets that fresh readings say are down are left out.
+/// The stored order and priorities, each marked `why`, less what `exclude`
+/// leaves out.
 fn stored(
     cands: &[Candidate<'_>],
     out: &mut Vec<Placed>,
     why: Why,
-    health: Option<(&Metrics, &Context)>,
+    exclude: Exclude,
+    m: &Metrics,
+    cx: &Context,
 ) {
     out.clear();
     out.extend(cands.iter().enumerate().map(|(idx, c)| {
-        let down = health.is_some_and(|(m, cx)| cx.down(m, c.target));
-        let why = if down { Why::Down } else { why };
+        let out = match exclude {
+            Exclude::Nothing => None,
+            Exclude::Drained => m.drain(c.target).map(|_| Why::Drained),
+            Exclude::DrainedAndDown => cx.excluded(m, c.target),
+        };
         Placed {
             idx,
-            place: (!down).then_some((c.prio, c.weight)),
-            why,
+            place: out.is_none().then_some((c.prio, c.weight)),
+            why: out.unwrap_or(why),
         }
     }));
     out.sort_by_key(|p| p.place.is_none());

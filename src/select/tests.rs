@@ -75,6 +75,7 @@ fn static_is_as_stored() {
     let mut m = networks();
     m.add_health(
         "sip1.example.com",
+        "mon-a",
         Health {
             up: false,
             updated: NOW,
@@ -98,6 +99,7 @@ fn least_latency_ranks_by_the_clients_network() {
     }
     m.add_health(
         "sip3.example.com",
+        "mon-a",
         Health {
             up: false,
             updated: NOW - 2.0,
@@ -124,7 +126,8 @@ fn least_latency_ranks_by_the_clients_network() {
         Outcome {
             scopebits: 24,
             dynamic: true,
-            fail_open: false
+            fail_open: false,
+            all_drained: false,
         }
     );
 
@@ -152,6 +155,7 @@ fn least_latency_without_fresh_samples_or_network_is_static() {
     lat(&mut m, "198.51.100.0/24", 8, 1.0, 31.0);
     m.add_health(
         "sip1.example.com",
+        "mon-a",
         Health {
             up: false,
             updated: NOW - 60.0,
@@ -166,7 +170,8 @@ fn least_latency_without_fresh_samples_or_network_is_static() {
         Outcome {
             scopebits: 24,
             dynamic: false,
-            fail_open: false
+            fail_open: false,
+            all_drained: false,
         }
     );
 
@@ -182,6 +187,7 @@ fn everything_down_fails_open() {
     for t in 1..=8 {
         m.add_health(
             &format!("sip{t}.example.com"),
+            "mon-a",
             Health {
                 up: false,
                 updated: NOW,
@@ -217,6 +223,7 @@ fn least_load_weights_free_capacity_within_tiers() {
     m.add_capacity("sip6.example.com", 500);
     m.add_health(
         "sip8.example.com",
+        "mon-a",
         Health {
             up: false,
             updated: NOW,
@@ -241,7 +248,8 @@ fn least_load_weights_free_capacity_within_tiers() {
         Outcome {
             scopebits: 0,
             dynamic: true,
-            fail_open: false
+            fail_open: false,
+            all_drained: false,
         }
     );
 }
@@ -271,4 +279,116 @@ fn least_load_scales_big_capacities_and_falls_back_when_unknown() {
     let (lines, o) = run(Algorithm::LeastLoad, &networks().finish(), "192.0.2.1");
     assert_eq!(lines[0], "sip1 10 50");
     assert!(!o.dynamic);
+}
+
+fn health(m: &mut Metrics, target: u8, monitor: &str, up: bool, age: f64) {
+    let h = Health {
+        up,
+        updated: NOW - age,
+    };
+    m.add_health(&format!("sip{target}.example.com"), monitor, h);
+}
+
+fn drain(m: &mut Metrics, target: u8) {
+    let d = crate::state::reading::Drain {
+        reason: "maintenance".into(),
+        since: NOW,
+    };
+    m.add_drain(&format!("sip{target}.example.com"), d);
+}
+
+#[test]
+fn down_takes_a_majority_of_fresh_monitors() {
+    let mut m = networks();
+    // sip1: one of three says down. sip2: two of three. sip3: one of two
+    // (a tie keeps it). sip4: one fresh "down", the other two stale.
+    for (t, votes) in [
+        (1, [false, true, true]),
+        (2, [false, false, true]),
+        (4, [false, true, true]),
+    ] {
+        for (mon, up) in ["a", "b", "c"].iter().zip(votes) {
+            let age = if t == 4 && up { 60.0 } else { 1.0 };
+            health(&mut m, t, mon, up, age);
+        }
+    }
+    health(&mut m, 3, "a", false, 1.0);
+    health(&mut m, 3, "b", true, 1.0);
+    let m = m.finish();
+    let c = cx("192.0.2.1");
+    let down: Vec<bool> = (1..=4)
+        .map(|t| c.down(&m, &format!("sip{t}.example.com")))
+        .collect();
+    assert_eq!(down, [false, true, false, true]);
+}
+
+#[test]
+fn a_drained_target_leaves_every_algorithm() {
+    let mut m = networks();
+    drain(&mut m, 1);
+    lat(&mut m, "192.0.2.0/24", 1, 1.0, 0.0);
+    lat(&mut m, "192.0.2.0/24", 2, 9.0, 0.0);
+    health(&mut m, 1, "a", true, 0.0);
+    let m = m.finish();
+    for alg in [
+        Algorithm::Static,
+        Algorithm::LeastLatency,
+        Algorithm::LeastLoad,
+    ] {
+        let (lines, o) = run(alg, &m, "192.0.2.1");
+        assert_eq!(lines.last().map(String::as_str), Some("sip1 -"), "{alg}");
+        assert_eq!(
+            lines.iter().filter(|l| l.ends_with(" -")).count(),
+            1,
+            "{alg}"
+        );
+        assert!(!o.fail_open && !o.all_drained, "{alg}");
+    }
+    let (lines, _) = run(Algorithm::Static, &m, "192.0.2.1");
+    assert_eq!(lines[0], "sip2 10 25", "static keeps stored places");
+}
+
+#[test]
+fn fail_open_serves_the_down_but_never_the_drained() {
+    let mut m = networks();
+    drain(&mut m, 1);
+    drain(&mut m, 2);
+    for t in 3..=8 {
+        health(&mut m, t, "a", false, 0.0);
+    }
+    let m = m.finish();
+    let (lines, o) = run(Algorithm::LeastLatency, &m, "192.0.2.1");
+    assert!(o.fail_open);
+    assert_eq!(&lines[6..], ["sip1 -", "sip2 -"]);
+    assert_eq!(lines[0], "sip3 10 25");
+
+    // Everything drained: an empty answer would be worse, so all are served.
+    let mut m = networks();
+    for t in 1..=8 {
+        drain(&mut m, t);
+    }
+    let m = m.finish();
+    for alg in [Algorithm::Static, Algorithm::LeastLoad] {
+        let (lines, o) = run(alg, &m, "192.0.2.1");
+        assert!(o.all_drained, "{alg}");
+        assert!(lines.iter().all(|l| !l.ends_with(" -")), "{alg}: {lines:?}");
+    }
+}
+
+#[test]
+fn least_latency_puts_a_full_target_last() {
+    let mut m = networks();
+    lat(&mut m, "192.0.2.0/24", 1, 1.0, 0.0);
+    lat(&mut m, "192.0.2.0/24", 2, 9.0, 0.0);
+    m.add_load(
+        "sip1.example.com",
+        Load {
+            sessions: 100,
+            max_sessions: Some(100),
+            updated: NOW,
+        },
+    );
+    let (lines, _) = run(Algorithm::LeastLatency, &m.finish(), "192.0.2.1");
+    assert_eq!(lines[0], "sip2 10 25");
+    assert_eq!(lines[7], "sip1 50 50", "{lines:?}");
 }

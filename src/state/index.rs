@@ -1,11 +1,12 @@
 //! Soft state as the pipe sees it: known client networks, target capacity,
-//! and the latest health, load and latency readings with their timestamps.
-//! Loaded with the zones, looked up by binary search without allocating.
+//! operators' drains, and the latest health (one verdict per monitor), load
+//! and latency readings with their timestamps. Loaded with the zones, looked
+//! up by binary search without allocating.
 
 use crate::dns::cmp_name;
 use crate::dns::Subnet;
 use crate::state::reading::Reading;
-use crate::state::reading::{target_key, Health, Latency, Load};
+use crate::state::reading::{target_key, Drain, Health, Latency, Load};
 
 /// A known client network from `ha_networks`.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +20,9 @@ pub struct Network {
 /// (network, target), the key of a latency reading.
 type NetworkTarget = (Box<str>, Box<str>);
 
+/// (target, monitor), the key of a health verdict.
+type TargetMonitor = (Box<str>, Box<str>);
+
 #[derive(Default, Debug, Clone)]
 pub struct Metrics {
     /// Every `ha_targets` name: what there is to fetch from memcached.
@@ -26,7 +30,9 @@ pub struct Metrics {
     /// Longest prefix first, so the first match is the best.
     networks: Vec<Network>,
     capacity: Vec<(Box<str>, u32)>,
-    health: Vec<(Box<str>, Health)>,
+    /// Sorted by target, then monitor: one target's verdicts are adjacent.
+    health: Vec<(TargetMonitor, Health)>,
+    drains: Vec<(Box<str>, Drain)>,
     load: Vec<(Box<str>, Load)>,
     /// Keyed by (network, target).
     latency: Vec<(NetworkTarget, Latency)>,
@@ -65,8 +71,13 @@ impl Metrics {
         self.capacity.push((target_key(target).into(), max));
     }
 
-    pub fn add_health(&mut self, target: &str, h: Health) {
-        self.health.push((target_key(target).into(), h));
+    pub fn add_health(&mut self, target: &str, monitor: &str, h: Health) {
+        self.health
+            .push(((target_key(target).into(), monitor.into()), h));
+    }
+
+    pub fn add_drain(&mut self, target: &str, d: Drain) {
+        self.drains.push((target_key(target).into(), d));
     }
 
     pub fn add_load(&mut self, target: &str, l: Load) {
@@ -110,12 +121,26 @@ impl Metrics {
             }
         }
         match r {
-            Reading::Health { target, h } => put(
+            Reading::Health { target, monitor, h } => put(
                 &mut self.health,
-                target_key(target).into(),
+                (target_key(target).into(), monitor.as_str().into()),
                 Some(*h),
                 h.updated,
                 |h| h.updated,
+            ),
+            Reading::Drain {
+                target,
+                reason,
+                updated,
+            } => put(
+                &mut self.drains,
+                target_key(target).into(),
+                reason.as_deref().map(|r| Drain {
+                    reason: r.into(),
+                    since: *updated,
+                }),
+                *updated,
+                |d| d.since,
             ),
             Reading::Load {
                 target,
@@ -143,6 +168,7 @@ impl Metrics {
             .sort_by_key(|n| std::cmp::Reverse(n.subnet.prefix));
         self.capacity.sort_by(|a, b| a.0.cmp(&b.0));
         self.health.sort_by(|a, b| a.0.cmp(&b.0));
+        self.drains.sort_by(|a, b| a.0.cmp(&b.0));
         self.load.sort_by(|a, b| a.0.cmp(&b.0));
         self.latency.sort_by(|a, b| a.0.cmp(&b.0));
         self
@@ -159,8 +185,23 @@ impl Metrics {
         find(&self.capacity, target).copied()
     }
 
-    pub fn health(&self, target: &str) -> Option<Health> {
-        find(&self.health, target).copied()
+    /// Every monitor's verdict on `target`, as (monitor, verdict).
+    pub fn health<'a>(&'a self, target: &'a str) -> impl Iterator<Item = (&'a str, Health)> + 'a {
+        let v = &self.health;
+        let start = v.partition_point(|((t, _), _)| cmp_name(t, target).is_lt());
+        v[start..]
+            .iter()
+            .take_while(move |((t, _), _)| cmp_name(t, target).is_eq())
+            .map(|((_, m), h)| (&**m, *h))
+    }
+
+    pub fn drain(&self, target: &str) -> Option<&Drain> {
+        find(&self.drains, target)
+    }
+
+    /// Whether any target is drained: the static answer's fast path.
+    pub fn any_drained(&self) -> bool {
+        !self.drains.is_empty()
     }
 
     pub fn load(&self, target: &str) -> Option<Load> {
@@ -212,16 +253,16 @@ mod tests {
         assert!(m.add_network("192.0.2.1", "host").is_ok());
     }
 
+    /// The one verdict of monitor `mon` on `target`.
+    fn verdict(m: &Metrics, target: &str, mon: &str) -> Option<Health> {
+        m.health(target).find(|(id, _)| *id == mon).map(|(_, h)| h)
+    }
+
     #[test]
     fn overlay_keeps_the_newest() {
         let mut m = Metrics::default();
-        m.add_health(
-            "sip1.example.com",
-            Health {
-                up: true,
-                updated: 10.0,
-            },
-        );
+        let h = |up, updated| Health { up, updated };
+        m.add_health("sip1.example.com", "a", h(true, 10.0));
         m.add_load(
             "sip1.example.com",
             Load {
@@ -231,33 +272,29 @@ mod tests {
             },
         );
         let mut m = m.finish();
-        let older = Health {
-            up: false,
-            updated: 9.0,
+        let health = |target: &str, monitor: &str, h: Health| Reading::Health {
+            target: target.into(),
+            monitor: monitor.into(),
+            h,
         };
-        m.overlay(&Reading::Health {
-            target: "sip1.example.com".into(),
-            h: older,
-        });
-        assert!(m.health("sip1.example.com").unwrap().up, "older loses");
-        let newer = Health {
-            up: false,
-            updated: 11.0,
-        };
-        m.overlay(&Reading::Health {
-            target: "SIP1.example.com.".into(),
-            h: newer,
-        });
-        assert!(!m.health("sip1.example.com").unwrap().up, "newer wins");
-        m.overlay(&Reading::Health {
-            target: "sip2.example.com".into(),
-            h: newer,
-        });
-        m.overlay(&Reading::Health {
-            target: "a.example.com".into(),
-            h: newer,
-        });
-        assert!(m.health("sip2.example.com").is_some() && m.health("a.example.com").is_some());
+        m.overlay(&health("sip1.example.com", "a", h(false, 9.0)));
+        assert!(
+            verdict(&m, "sip1.example.com", "a").unwrap().up,
+            "older loses"
+        );
+        m.overlay(&health("SIP1.example.com.", "a", h(false, 11.0)));
+        assert!(
+            !verdict(&m, "sip1.example.com", "a").unwrap().up,
+            "newer wins"
+        );
+        // Another monitor's verdict sits beside it, never over it.
+        m.overlay(&health("sip1.example.com", "b", h(true, 12.0)));
+        assert_eq!(m.health("sip1.example.com").count(), 2);
+        assert!(!verdict(&m, "sip1.example.com", "a").unwrap().up);
+        m.overlay(&health("sip2.example.com", "a", h(false, 11.0)));
+        m.overlay(&health("a.example.com", "a", h(false, 11.0)));
+        assert_eq!(m.health("sip2.example.com").count(), 1);
+        assert_eq!(m.health("a.example.com").count(), 1);
         m.overlay(&Reading::Load {
             target: "sip1.example.com".into(),
             load: None,
@@ -283,15 +320,45 @@ mod tests {
     }
 
     #[test]
-    fn lookups_by_target() {
+    fn drains_newest_word_wins() {
         let mut m = Metrics::default();
-        m.add_health(
-            "Sip1.Example.com.",
-            Health {
-                up: false,
-                updated: 1.0,
+        m.add_drain(
+            "sip1.example.com",
+            Drain {
+                reason: "disk".into(),
+                since: 10.0,
             },
         );
+        let mut m = m.finish();
+        let drain = |reason: Option<&str>, updated| Reading::Drain {
+            target: "sip1.example.com".into(),
+            reason: reason.map(str::to_owned),
+            updated,
+        };
+        m.overlay(&drain(None, 9.0));
+        assert_eq!(
+            &*m.drain("SIP1.example.com").unwrap().reason,
+            "disk",
+            "an older undrain loses"
+        );
+        m.overlay(&drain(None, 11.0));
+        assert!(
+            m.drain("sip1.example.com").is_none(),
+            "a newer undrain wins"
+        );
+        m.overlay(&drain(Some("again"), 12.0));
+        assert_eq!(&*m.drain("sip1.example.com").unwrap().reason, "again");
+        assert!(m.any_drained());
+    }
+
+    #[test]
+    fn lookups_by_target() {
+        let mut m = Metrics::default();
+        let h = |up, updated| Health { up, updated };
+        m.add_health("Sip1.Example.com.", "a", h(false, 1.0));
+        m.add_health("sip1.example.com", "b", h(true, 1.0));
+        m.add_health("sip10.example.com", "a", h(true, 1.0));
+        m.add_health("sip0.example.com", "a", h(true, 1.0));
         m.add_latency(
             "*",
             "sip2.example.com",
@@ -302,15 +369,17 @@ mod tests {
                 updated: 2.0,
             },
         );
-        let up = Health {
-            up: true,
-            updated: 1.0,
-        };
-        m.add_health("2001:DB8:0::1", up);
+        m.add_health("2001:DB8:0::1", "a", h(true, 1.0));
         let m = m.finish();
-        assert!(!m.health("sip1.example.com").unwrap().up);
-        assert!(!m.health("SIP1.example.COM").unwrap().up);
-        assert!(m.health("2001:db8::1").unwrap().up);
+        let ids = |t: &str| {
+            m.health(t)
+                .map(|(id, h)| format!("{id}:{}", h.up))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("sip1.example.com"), ["a:false", "b:true"]);
+        assert_eq!(ids("SIP1.example.COM"), ["a:false", "b:true"]);
+        assert_eq!(ids("2001:db8::1"), ["a:true"]);
+        assert!(ids("sip9.example.com").is_empty());
         assert_eq!(m.latency("*", "sip2.example.com").unwrap().samples, 3);
         assert!(m.latency("192.0.2.0/24", "sip2.example.com").is_none());
     }

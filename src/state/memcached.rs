@@ -9,7 +9,9 @@
 //! space-separated text, `updated` in Unix seconds:
 //!
 //! ```text
-//! PREFIX:health:TARGET            up(0|1) updated
+//! PREFIX:monitors                 MONITOR_ID MONITOR_ID ...  (who publishes health; no expiry)
+//! PREFIX:health:TARGET|MONITOR    up(0|1) updated           (one monitor's verdict)
+//! PREFIX:drain:TARGET             1 since REASON...|0 updated (no expiry: hard state)
 //! PREFIX:load:TARGET              sessions max|- updated     (- - updated: unknown since then)
 //! PREFIX:latency:NETWORK|TARGET   ewma_ms mean_ms samples timeouts updated
 //! ```
@@ -31,7 +33,7 @@ use log::warn;
 use memcache::exp::{Error, Get, Meta, MetaClient, Ttl};
 
 use crate::state::auth::{self, wire_key, Key, Unsealed, MAX_VALUE};
-use crate::state::reading::Reading;
+use crate::state::reading::{monitors_key, valid_monitor_id, Reading};
 use crate::state::validate::{Clock, Invalid};
 use crate::text::shown;
 
@@ -132,6 +134,7 @@ fn updated(r: &Reading) -> f64 {
         Reading::Health { h, .. } => h.updated,
         Reading::Load { updated, .. } => *updated,
         Reading::Latency { l, .. } => l.updated,
+        Reading::Drain { updated, .. } => *updated,
     }
 }
 
@@ -151,6 +154,8 @@ struct Server {
     /// Skipped until then after a failure.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Exchanges that failed as an outage (refused, timed out, broken).
+    failures: u64,
 }
 
 impl Server {
@@ -159,6 +164,7 @@ impl Server {
     }
 
     fn failed(&mut self, now: Instant, what: &str) {
+        self.failures += 1;
         if self.retry_at.is_none() {
             warn!(
                 "memcached {}: {what}; using SQLite alone, retrying in the background",
@@ -230,6 +236,7 @@ impl Cache {
                 client,
                 retry_at: None,
                 backoff: BACKOFF_START,
+                failures: 0,
             });
         }
         if servers.is_empty() || list.trim().is_empty() {
@@ -271,6 +278,12 @@ impl Cache {
         self.key.is_some()
     }
 
+    /// Exchanges with a server that failed as an outage, over all servers:
+    /// with back-off, a server that stays down costs one every few seconds.
+    pub fn failures(&self) -> u64 {
+        self.servers.iter().map(|s| s.failures).sum()
+    }
+
     pub fn rejects(&self) -> Rejects {
         self.rejects
     }
@@ -294,12 +307,13 @@ impl Cache {
         if !server.usable(now) {
             return;
         }
-        match server
-            .client
-            .set(&wire, value)
-            .ttl(Ttl::from(self.ttl))
-            .send()
-        {
+        // A drain is the operator's word and holds until undrained; an
+        // undrain must outlive any copy of the drain it overrides.
+        let ttl = match r {
+            Reading::Drain { .. } => Ttl::NEVER,
+            _ => Ttl::from(self.ttl),
+        };
+        match server.client.set(&wire, value).ttl(ttl).send() {
             Ok(_) => server.worked(),
             Err(e) if is_outage(&e) => server.failed(now, &e.to_string()),
             // This key or value only: the server is fine for the others.
@@ -313,6 +327,74 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// Adds `id` to the list of monitors that publish health, unless it is
+    /// there. Run every round, so a restarted memcached learns it again.
+    pub fn register_monitor(&mut self, id: &str) {
+        let key = wire_key(&self.prefix, &monitors_key(&self.prefix)).into_owned();
+        let now = Instant::now();
+        let s = self.server_of(&key);
+        let server = &mut self.servers[s];
+        if !server.usable(now) {
+            return;
+        }
+        let listed = match server.client.get(&key).send() {
+            Ok(g) => g.value.unwrap_or_default(),
+            Err(e) => return server.failed(now, &e.to_string()),
+        };
+        if String::from_utf8_lossy(&listed).split(' ').any(|m| m == id) {
+            return server.worked();
+        }
+        // `add` when the list is missing, `append` when another monitor
+        // created it first: ids are never lost to a race, at worst listed
+        // twice, which readers ignore.
+        let added = server.client.set(&key, id).ttl(Ttl::NEVER).add().send();
+        let result = match added {
+            Ok(r) if r.applied() => Ok(()),
+            Ok(_) => server
+                .client
+                .set(&key, format!(" {id}"))
+                .append()
+                .send()
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => server.worked(),
+            Err(e) => server.failed(now, &e.to_string()),
+        }
+    }
+
+    /// The monitors that publish health, as listed in memcached; `None`
+    /// when the list cannot be read (its server is down), so the caller can
+    /// keep the last list rather than forget every monitor's verdicts.
+    pub fn monitors(&mut self) -> Option<Vec<String>> {
+        let key = wire_key(&self.prefix, &monitors_key(&self.prefix)).into_owned();
+        let now = Instant::now();
+        let s = self.server_of(&key);
+        let server = &mut self.servers[s];
+        if !server.usable(now) {
+            return None;
+        }
+        let listed = match server.client.get(&key).send() {
+            Ok(g) => {
+                server.worked();
+                g.value.unwrap_or_default()
+            }
+            Err(e) => {
+                server.failed(now, &e.to_string());
+                return None;
+            }
+        };
+        let mut ids: Vec<String> = String::from_utf8_lossy(&listed)
+            .split(' ')
+            .filter(|m| valid_monitor_id(m))
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Some(ids)
     }
 
     /// Judges one fetched value for the logical `key`.
@@ -526,7 +608,7 @@ mod tests {
             now: 1000.0,
             max_skew: 5.0,
         };
-        let k = "p:health:a";
+        let k = "p:health:a|m";
         let judge = |c: &Cache, v: &str| c.judge(k, v.as_bytes(), &clock);
         assert!(judge(&cache, &key.seal(k, "1 990")).is_ok());
         assert_eq!(judge(&cache, "1 990"), Err(Reject::Unauthenticated));
@@ -534,7 +616,7 @@ mod tests {
         assert_eq!(judge(&cache, &other.seal(k, "1 990")), Err(Reject::BadMac));
         // Sealed for another key: moved values do not verify.
         assert_eq!(
-            judge(&cache, &key.seal("p:health:b", "1 990")),
+            judge(&cache, &key.seal("p:health:b|m", "1 990")),
             Err(Reject::BadMac)
         );
         assert_eq!(
@@ -582,7 +664,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let mut cache = Cache::new(&addr, "p", 30).unwrap();
-        let k = "p:health:a".to_owned();
+        let k = "p:health:a|m".to_owned();
         let kept = Reading::parse("p", &k, "0 1").unwrap();
         cache.seen.insert(k.clone(), kept.clone());
         let first = cache.fetch(std::slice::from_ref(&k));
@@ -606,6 +688,7 @@ mod tests {
             cache.fetch(&keys);
             cache.publish(&Reading::Health {
                 target: "a".into(),
+                monitor: "m".into(),
                 h: Health {
                     up: true,
                     updated: 1.0,

@@ -54,12 +54,36 @@ pub fn target_key(name: &str) -> String {
     }
 }
 
+/// An operator's drain (`pdns-ha drain`): hard state that beats every probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drain {
+    pub reason: Box<str>,
+    /// When it was set, Unix seconds: the newer of a drain and an undrain
+    /// wins between SQLite and memcached.
+    pub since: f64,
+}
+
+/// Monitor ids and drain reasons travel inside keys and space-separated
+/// values: one line of visible characters, no `|` (the key separator).
+pub fn valid_monitor_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
+}
+
 /// One reading as it travels through memcached.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reading {
+    /// One monitor's verdict on a target (after its anti-flap).
     Health {
         target: String,
+        monitor: String,
         h: Health,
+    },
+    /// `reason: Some`: drained since `updated`; `None`: undrained at
+    /// `updated`, which must override an older drain anywhere.
+    Drain {
+        target: String,
+        reason: Option<String>,
+        updated: f64,
     },
     /// `load: None`: the load became unknown at `updated` (the source could
     /// not be read), which must override older readings elsewhere.
@@ -79,7 +103,10 @@ pub enum Reading {
 impl Reading {
     pub fn key(&self, prefix: &str) -> String {
         match self {
-            Self::Health { target, .. } => health_key(prefix, target),
+            Self::Health {
+                target, monitor, ..
+            } => health_key(prefix, target, monitor),
+            Self::Drain { target, .. } => drain_key(prefix, target),
             Self::Load { target, .. } => load_key(prefix, target),
             Self::Latency {
                 network, target, ..
@@ -90,6 +117,16 @@ impl Reading {
     pub fn value(&self) -> String {
         match self {
             Self::Health { h, .. } => format!("{} {}", u8::from(h.up), h.updated),
+            Self::Drain {
+                reason: Some(reason),
+                updated,
+                ..
+            } => format!("1 {updated} {reason}"),
+            Self::Drain {
+                reason: None,
+                updated,
+                ..
+            } => format!("0 {updated}"),
             Self::Load { load: Some(l), .. } => {
                 let max = l.max_sessions.map_or("-".to_owned(), |m| m.to_string());
                 format!("{} {max} {}", l.sessions, l.updated)
@@ -115,7 +152,22 @@ impl Reading {
         let f: Vec<&str> = value.split(' ').collect();
         let num = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
         let int = |s: &str| s.parse::<u32>().ok();
-        if let Some(target) = rest.strip_prefix("health:") {
+        if let Some(target) = rest.strip_prefix("drain:") {
+            let mut parts = value.splitn(3, ' ');
+            let (flag, updated) = (parts.next()?, num(parts.next()?)?);
+            let reason = match (flag, parts.next()) {
+                ("1", reason) => Some(reason.unwrap_or("").to_owned()),
+                ("0", None) => None,
+                _ => return None,
+            };
+            return Some(Self::Drain {
+                target: target.into(),
+                reason,
+                updated,
+            });
+        }
+        if let Some(key) = rest.strip_prefix("health:") {
+            let (target, monitor) = key.split_once('|')?;
             let [up, updated] = f[..] else { return None };
             let up = match up {
                 "1" => true,
@@ -124,6 +176,7 @@ impl Reading {
             };
             return Some(Self::Health {
                 target: target.into(),
+                monitor: monitor.into(),
                 h: Health {
                     up,
                     updated: num(updated)?,
@@ -174,8 +227,18 @@ impl Reading {
     }
 }
 
-pub fn health_key(prefix: &str, target: &str) -> String {
-    format!("{prefix}:health:{target}")
+pub fn health_key(prefix: &str, target: &str, monitor: &str) -> String {
+    format!("{prefix}:health:{target}|{monitor}")
+}
+
+pub fn drain_key(prefix: &str, target: &str) -> String {
+    format!("{prefix}:drain:{target}")
+}
+
+/// The ids of the monitors that publish health, space-separated: the pipe
+/// reads it to know which `health:TARGET|MONITOR` keys to fetch.
+pub fn monitors_key(prefix: &str) -> String {
+    format!("{prefix}:monitors")
 }
 
 pub fn load_key(prefix: &str, target: &str) -> String {
@@ -195,10 +258,21 @@ mod tests {
         let readings = [
             Reading::Health {
                 target: "sip1.example.com".into(),
+                monitor: "mon-a.example.net".into(),
                 h: Health {
                     up: false,
                     updated: 1.5,
                 },
+            },
+            Reading::Drain {
+                target: "sip2.example.com".into(),
+                reason: Some("kernel upgrade, ticket 42".into()),
+                updated: 7.0,
+            },
+            Reading::Drain {
+                target: "sip2.example.com".into(),
+                reason: None,
+                updated: 8.0,
             },
             Reading::Load {
                 target: "sip1.example.com".into(),
@@ -243,20 +317,24 @@ mod tests {
                 "{key} = {value}"
             );
         }
-        assert_eq!(health_key("p", "a"), "p:health:a");
+        assert_eq!(health_key("p", "a", "m"), "p:health:a|m");
     }
 
     #[test]
     fn malformed_values_are_misses() {
         for (key, value) in [
-            ("p:health:a", "2 1.0"),
-            ("p:health:a", "1"),
+            ("p:health:a|m", "2 1.0"),
+            ("p:health:a|m", "1"),
+            ("p:health:a", "1 1.0"),
+            ("p:drain:a", "0 1.0 reason"),
+            ("p:drain:a", "2 1.0"),
+            ("p:drain:a", "1"),
             ("p:load:a", "x - 1"),
             ("p:load:a", "1 2 -5"),
             ("p:latency:*|a", "1 2 3 4"),
             ("p:latency:*|a", "nan 2 3 4 5"),
             ("p:latency:*:a", "1 2 3 4 5"),
-            ("q:health:a", "1 1"),
+            ("q:health:a|m", "1 1"),
             ("p:other:a", "1 1"),
         ] {
             assert_eq!(Reading::parse("p", key, value), None, "{key} = {value}");

@@ -144,6 +144,7 @@ impl Clock {
                 self.latency(l)?;
                 count(*timeouts)
             }
+            Reading::Drain { updated, .. } => self.updated(*updated),
         }
     }
 }

@@ -40,7 +40,35 @@ pub struct Writer {
     conn: Connection,
     /// Where readings are also published for the other DNS nodes.
     cache: RefCell<Option<Cache>>,
+    /// Whose health verdicts these are (`--monitor-id`).
+    monitor: String,
+    /// Whether this process listed `monitor` in memcached yet.
+    registered: std::cell::Cell<bool>,
 }
+
+/// The default `--monitor-id`: this host's name, so that monitors on
+/// different hosts never share a vote by accident.
+pub fn default_monitor_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
+    match rc == 0 && crate::state::reading::valid_monitor_id(&name) {
+        true => name,
+        false => "monitor".to_owned(),
+    }
+}
+
+/// A drain as `status` and `drain` show it.
+pub struct DrainRow {
+    pub target: String,
+    pub reason: String,
+    pub since: f64,
+}
+
+/// Longest drain reason kept: a ticket reference, not an essay.
+pub const MAX_REASON: usize = 200;
 
 /// An `ha_targets` row as the monitor reads it.
 pub struct TargetRow {
@@ -50,6 +78,7 @@ pub struct TargetRow {
     pub load_source: String,
     pub load_address: Option<String>,
     pub load_secret: Option<String>,
+    pub probe_ok_codes: Option<String>,
 }
 
 impl Writer {
@@ -78,10 +107,57 @@ impl Writer {
                 db.display()
             ));
         }
+        // A database made by an older pdns-ha: say how to upgrade it rather
+        // than fail on the first statement that names a newer column.
+        let newest = [
+            ("ha_targets", "probe_ok_codes"),
+            ("ha_health", "monitor"),
+            ("ha_load", "monitor"),
+            ("ha_latency", "monitor"),
+        ];
+        for (table, column) in newest {
+            let has: bool = conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
+                    |r| r.get(0),
+                )
+                .map_err(at)?;
+            if !has {
+                return Err(format!(
+                    "database {}: made by an older pdns-ha ({table} has no {column}); \
+                     run pdns-ha init --db {} to upgrade it",
+                    db.display(),
+                    db.display()
+                ));
+            }
+        }
         Ok(Self {
             conn,
             cache: RefCell::new(cache),
+            monitor: default_monitor_id(),
+            registered: std::cell::Cell::new(false),
         })
+    }
+
+    /// Health verdicts from now on are `id`'s.
+    pub fn with_monitor(mut self, id: &str) -> Self {
+        id.clone_into(&mut self.monitor);
+        self
+    }
+
+    pub fn monitor(&self) -> &str {
+        &self.monitor
+    }
+
+    /// Lists this monitor in memcached, so the pipes fetch its verdicts.
+    /// The monitor does it every round, so a restarted memcached learns it
+    /// again; `metric health` once, before its first verdict.
+    pub fn register_monitor(&self) {
+        if let Some(c) = self.cache.borrow_mut().as_mut() {
+            c.register_monitor(&self.monitor);
+            self.registered.set(true);
+        }
     }
 
     fn publish(&self, r: Reading) {
@@ -100,7 +176,8 @@ impl Writer {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, probe, probe_address, load_source, load_address, load_secret
+                "SELECT name, probe, probe_address, load_source, load_address, load_secret,
+                        probe_ok_codes
                  FROM ha_targets ORDER BY name",
             )
             .map_err(|e| e.to_string())?;
@@ -113,6 +190,7 @@ impl Writer {
                     load_source: r.get(3)?,
                     load_address: r.get(4)?,
                     load_secret: r.get(5)?,
+                    probe_ok_codes: r.get(6)?,
                 })
             })
             .map_err(|e| e.to_string())?;
@@ -234,11 +312,12 @@ impl Writer {
         let updated = unix_now();
         self.conn
             .execute(
-                "INSERT INTO ha_latency (network, target, mean_ms, ewma_ms, samples, timeouts, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+                "INSERT INTO ha_latency
+                   (network, target, mean_ms, ewma_ms, samples, timeouts, updated, monitor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)
                  ON CONFLICT (network, target) DO UPDATE SET
-                   mean_ms = ?3, ewma_ms = ?4, samples = ?5, updated = ?6",
-                params![network, target, mean, ewma, n, updated],
+                   mean_ms = ?3, ewma_ms = ?4, samples = ?5, updated = ?6, monitor = ?7",
+                params![network, target, mean, ewma, n, updated, self.monitor],
             )
             .map_err(|e| e.to_string())?;
         let l = Latency {
@@ -274,9 +353,9 @@ impl Writer {
         let updated = unix_now();
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO ha_load (target, sessions, max_sessions, updated)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![target, sessions, max, updated],
+                "INSERT OR REPLACE INTO ha_load (target, sessions, max_sessions, updated, monitor)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![target, sessions, max, updated, self.monitor],
             )
             .map_err(|e| e.to_string())?;
         let load = Some(Load {
@@ -307,7 +386,10 @@ impl Writer {
         Ok(())
     }
 
-    /// The operator's word: set at once, no anti-flap.
+    /// The operator's word: set at once, no anti-flap. It is this monitor
+    /// id's verdict (the host name unless `--monitor-id` says otherwise), so
+    /// the next probe rounds of a monitor with the same id move it again;
+    /// `drain` is what sticks.
     pub fn health(&self, target: &str, up: bool) -> Result<(), String> {
         self.set_health(target, up, 0, 0)
     }
@@ -316,30 +398,99 @@ impl Writer {
         let updated = unix_now();
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO ha_health (target, up, ok_streak, fail_streak, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![target, up, oks, fails, updated],
+                "INSERT OR REPLACE INTO ha_health
+                   (target, monitor, up, ok_streak, fail_streak, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![target, self.monitor, up, oks, fails, updated],
             )
             .map_err(|e| e.to_string())?;
+        if !self.registered.get() {
+            self.register_monitor();
+        }
         self.publish(Reading::Health {
             target: target.to_owned(),
+            monitor: self.monitor.clone(),
             h: Health { up, updated },
         });
         Ok(())
     }
 
+    /// Takes `target` out of every answer until `undrain`: hard state in
+    /// SQLite, and in memcached (without expiry) for the other nodes.
+    pub fn drain(&self, target: &str, reason: &str) -> Result<(), String> {
+        if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+            return Err(format!(
+                "--reason: at most {MAX_REASON} bytes on one line, got {} bytes",
+                reason.len()
+            ));
+        }
+        let since = unix_now();
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_drain (target, reason, since) VALUES (?1, ?2, ?3)",
+                params![target, reason, since],
+            )
+            .map_err(|e| e.to_string())?;
+        self.publish(Reading::Drain {
+            target: target.to_owned(),
+            reason: Some(reason.to_owned()),
+            updated: since,
+        });
+        Ok(())
+    }
+
+    /// Ends a drain here and, through memcached, on every node: the
+    /// undrain is newer than any copy of the drain.
+    pub fn undrain(&self, target: &str) -> Result<bool, String> {
+        let removed = self
+            .conn
+            .execute("DELETE FROM ha_drain WHERE target = ?1", [target])
+            .map_err(|e| e.to_string())?;
+        self.publish(Reading::Drain {
+            target: target.to_owned(),
+            reason: None,
+            updated: unix_now(),
+        });
+        Ok(removed > 0)
+    }
+
+    pub fn drains(&self) -> Result<Vec<DrainRow>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target, reason, since FROM ha_drain ORDER BY target")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DrainRow {
+                    target: r.get(0)?,
+                    reason: r.get(1)?,
+                    since: r.get(2)?,
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
     /// One probe result, through the anti-flap thresholds. Returns the
-    /// state after it. A target with no state yet takes the first result.
-    pub fn probe(&self, target: &str, ok: bool, t: AntiFlap) -> Result<bool, String> {
+    /// state before (`None`: no state yet) and after it. A target with no
+    /// state yet takes the first result.
+    pub fn probe(
+        &self,
+        target: &str,
+        ok: bool,
+        t: AntiFlap,
+    ) -> Result<(Option<bool>, bool), String> {
         let old: Option<(bool, u32, u32)> = self
             .conn
             .query_row(
-                "SELECT up, ok_streak, fail_streak FROM ha_health WHERE target = ?1",
-                [target],
+                "SELECT up, ok_streak, fail_streak FROM ha_health
+                 WHERE target = ?1 AND monitor = ?2",
+                [target, &self.monitor],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(|e| e.to_string())?;
+        let before = old.map(|(up, _, _)| up);
         let (up, oks, fails) = match (old, ok) {
             (None, _) => (ok, u32::from(ok), u32::from(!ok)),
             (Some((up, oks, _)), true) => {
@@ -352,7 +503,7 @@ impl Writer {
             }
         };
         self.set_health(target, up, oks, fails)?;
-        Ok(up)
+        Ok((before, up))
     }
 }
 
@@ -372,6 +523,8 @@ mod tests {
         Writer {
             conn,
             cache: RefCell::new(None),
+            monitor: "test".into(),
+            registered: std::cell::Cell::new(false),
         }
     }
 
@@ -439,7 +592,7 @@ mod tests {
         let seq = |w: &Writer, results: &[bool]| -> Vec<bool> {
             results
                 .iter()
-                .map(|&ok| w.probe("sip1.example.com", ok, t).unwrap())
+                .map(|&ok| w.probe("sip1.example.com", ok, t).unwrap().1)
                 .collect()
         };
         assert_eq!(seq(&w, &[true]), [true], "the first result decides");

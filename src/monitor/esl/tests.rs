@@ -62,3 +62,12 @@ fn parse_json_status_reads_active_not_total() {
 }
 
 // The stand-in itself: byte-exact bodies and dialogue.
+
+#[test]
+fn ready_line_decides_readiness() {
+    let ready = b"FreeSWITCH (Version 1.10.12-release 64bit) is ready\n";
+    let not_ready = b"FreeSWITCH (Version 1.10.12-release 64bit) is not ready\n";
+    assert!(says_ready(ready));
+    assert!(!says_ready(not_ready));
+    assert!(says_ready(b"42 session(s) - peak 57, last 5min 44 \n"));
+}

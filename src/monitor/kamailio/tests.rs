@@ -12,7 +12,7 @@ use super::*;
 const T: Duration = Duration::from_millis(1000);
 
 /// What `read_active_dialogs` sends, byte for byte.
-const REQUEST_BODY: &str = r#"{"jsonrpc":"2.0","method":"dlg.stats_active","id":1}"#;
+const REQUEST_BODY: &str = r#"{"jsonrpc":"2.0","method":"dlg.stats_active","params":[1],"id":1}"#;
 
 const KAMAILIO_OK: &str = "HTTP/1.0 200 OK\r\nSia: SIP/2.0/TCP 127.0.0.1:44068\r\n\
     Content-Type: application/json\r\nServer: kamailio (5.6.3 (x86_64/linux))\r\n\
@@ -98,8 +98,8 @@ fn reads_all_from_kamailios_exact_reply_without_waiting_for_close() {
         String::from_utf8(request.recv().unwrap()).unwrap(),
         format!(
             "POST /RPC HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-             Content-Length: 52\r\nConnection: close\r\n\r\n\
-             {{\"jsonrpc\":\"2.0\",\"method\":\"dlg.stats_active\",\"id\":1}}"
+             Content-Length: 65\r\nConnection: close\r\n\r\n\
+             {{\"jsonrpc\":\"2.0\",\"method\":\"dlg.stats_active\",\"params\":[1],\"id\":1}}"
         )
     );
 }

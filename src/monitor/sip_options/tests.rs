@@ -127,7 +127,7 @@ fn closed_udp_port() -> SocketAddr {
 #[test]
 fn udp_answer_gives_the_round_trip() {
     let r = udp_responder(Script::Answer(200, 30 * MS));
-    let rtt = probe_udp(r.addr, T).unwrap();
+    let rtt = probe_udp(r.addr, T).unwrap().rtt;
     assert!(rtt >= 30 * MS && rtt < 150 * MS, "{rtt:?}");
 }
 
@@ -180,17 +180,34 @@ fn udp_request_is_well_formed_and_unique() {
 }
 
 #[test]
-fn any_final_response_means_up() {
-    for code in [200, 404, 483, 501, 603] {
+fn any_final_response_is_an_answer_with_its_code() {
+    for code in [200, 404, 483, 501, 503, 603] {
         let r = udp_responder(Script::Answer(code, Duration::ZERO));
-        assert!(probe_udp(r.addr, T).is_ok(), "{code}");
+        assert_eq!(probe_udp(r.addr, T).unwrap().code, code);
+    }
+}
+
+#[test]
+fn accepted_codes() {
+    let default = AcceptCodes::parse(None).unwrap();
+    assert_eq!(default, AcceptCodes::default());
+    assert!(default.accepts(200) && default.accepts(202) && !default.accepts(503));
+    assert!(!default.accepts(404));
+    let listed = AcceptCodes::parse(Some(" 200, 401,404 ")).unwrap();
+    assert!(listed.accepts(401) && listed.accepts(404) && !listed.accepts(202));
+    assert_eq!(listed.to_string(), "200,401,404");
+    let classes = AcceptCodes::parse(Some("2xx,4XX")).unwrap();
+    assert!(classes.accepts(299) && classes.accepts(486) && !classes.accepts(503));
+    assert_eq!(AcceptCodes::parse(Some("  ")).unwrap(), default);
+    for bad in ["200,abc", "1xx", "100", "700", "2x", "7xx", "200,,404"] {
+        assert!(AcceptCodes::parse(Some(bad)).is_err(), "{bad}");
     }
 }
 
 #[test]
 fn provisional_response_keeps_waiting() {
     let r = udp_responder(Script::TryingThen(50 * MS));
-    let rtt = probe_udp(r.addr, T).unwrap();
+    let rtt = probe_udp(r.addr, T).unwrap().rtt;
     assert!(rtt >= 50 * MS, "{rtt:?}");
 }
 
@@ -210,14 +227,14 @@ fn only_100_trying_is_a_timeout() {
 #[test]
 fn responses_to_other_requests_are_ignored() {
     let r = udp_responder(Script::DecoysFirst(40 * MS));
-    let rtt = probe_udp(r.addr, T).unwrap();
+    let rtt = probe_udp(r.addr, T).unwrap().rtt;
     assert!(rtt >= 40 * MS, "answered by a decoy after {rtt:?}");
 }
 
 #[test]
 fn lost_request_is_retransmitted_after_t1() {
     let r = udp_responder(Script::DropFirst);
-    let rtt = probe_udp(r.addr, T).unwrap();
+    let rtt = probe_udp(r.addr, T).unwrap().rtt;
     assert!(rtt >= T1 && rtt < T1 + 150 * MS, "{rtt:?}");
     assert_eq!(r.requests.lock().unwrap().len(), 2);
     // Below T1 there is no retransmission: the loss costs the probe.
@@ -288,7 +305,7 @@ fn tcp_sip_skips_keepalives_provisionals_and_bodies() {
             response(request, 404, None, None),
         ]
     });
-    let rtt = probe_tcp_sip(addr, T).unwrap();
+    let rtt = probe_tcp_sip(addr, T).unwrap().rtt;
     assert!(rtt >= 15 * MS && rtt < 200 * MS, "{rtt:?}");
     server.join().unwrap();
 }
@@ -351,23 +368,24 @@ fn final_answer_matching() {
     let ids = Ids::new(local);
     let request = options_request("UDP", local, "127.0.0.1:5060".parse().unwrap(), &ids);
     let ok = response(&request, 200, None, None);
-    assert!(is_final_answer(ok.as_bytes(), &ids));
+    assert_eq!(
+        final_answer(ok.as_bytes(), &ids),
+        Some((200, "Scripted".into()))
+    );
     // Compact Call-ID and spaced CSeq are the same thing.
     let compact = ok
         .replace("Call-ID:", "i:")
         .replace("CSeq: 1 OPTIONS", "CSeq:  1   OPTIONS");
-    assert!(is_final_answer(compact.as_bytes(), &ids));
-    assert!(!is_final_answer(
-        response(&request, 180, None, None).as_bytes(),
-        &ids
-    ));
-    assert!(!is_final_answer(
+    assert!(final_answer(compact.as_bytes(), &ids).is_some());
+    assert!(final_answer(response(&request, 180, None, None).as_bytes(), &ids).is_none());
+    assert!(final_answer(
         response(&request, 200, None, Some("1 INVITE")).as_bytes(),
         &ids
-    ));
-    assert!(!is_final_answer(b"SIP/2.0 2", &ids));
-    assert!(!is_final_answer(b"\xff\xfe garbage", &ids));
-    assert!(!is_final_answer(request.as_bytes(), &ids));
+    )
+    .is_none());
+    assert!(final_answer(b"SIP/2.0 2", &ids).is_none());
+    assert!(final_answer(b"\xff\xfe garbage", &ids).is_none());
+    assert!(final_answer(request.as_bytes(), &ids).is_none());
 }
 
 #[test]

@@ -18,8 +18,9 @@ use crate::util::{init_db, run_ok, Pipe};
 const LOOKUP_BOUND: Duration = Duration::from_millis(250);
 
 /// How long shared readings may take to show: one fetch interval (1 s),
-/// or the longest back-off (5 s) after an outage, plus CI noise.
-const SHARED_WITHIN: Duration = Duration::from_secs(8);
+/// or the longest back-off (5 s) after an outage, plus a margin for a
+/// loaded 2-core machine (processes started by the test run slowly there).
+const SHARED_WITHIN: Duration = Duration::from_secs(12);
 
 pub struct Memcached {
     child: Child,

@@ -25,7 +25,7 @@ use crate::config::{CacheOptions, ObserveOptions};
 use crate::dns::Subnet;
 use crate::monitor::Reported;
 use crate::state::index::Metrics;
-use crate::state::reading::unix_now;
+use crate::state::reading::{unix_now, Source};
 use crate::state::writer::Writer;
 
 use aggregate::{aggregate, Policy, Sample};
@@ -98,7 +98,10 @@ fn round(
     }
     w.transaction(|w| {
         for f in &figures {
-            w.latency(&f.network, target, f.ms)?;
+            // The callers behind the figure are its weight when the pipe fuses
+            // it with the other sources of this network.
+            let callers = u32::try_from(f.callers).unwrap_or(u32::MAX);
+            w.latency(&f.network, target, Source::Observe, f.ms, Some(callers))?;
         }
         Ok(())
     })?;

@@ -1,7 +1,7 @@
 //! Unit tests of the algorithms on the enterprise SRV example.
 
 use super::*;
-use crate::state::reading::{Health, Latency, Load};
+use crate::state::reading::{Health, Latency, Load, Source};
 
 const NOW: f64 = 1_000_000.0;
 
@@ -39,8 +39,9 @@ fn lat(m: &mut Metrics, net: &str, target: u8, ms: f64, age: f64) {
         mean_ms: ms,
         samples: 5,
         updated: NOW - age,
+        callers: None,
     };
-    m.add_latency(net, &format!("sip{target}.example.com"), l);
+    m.add_latency(net, &format!("sip{target}.example.com"), Source::Metric, l);
 }
 
 fn cx(client: &str) -> Context {
@@ -391,4 +392,54 @@ fn least_latency_puts_a_full_target_last() {
     let (lines, _) = run(Algorithm::LeastLatency, &m.finish(), "192.0.2.1");
     assert_eq!(lines[0], "sip2 10 25");
     assert_eq!(lines[7], "sip1 50 50", "{lines:?}");
+}
+
+/// Two sources disagree on one (network, target): the fused figure is their
+/// mean weighted by min(callers or samples, 10) and freshness, and it is
+/// what ranks (see `latency`'s module docs).
+#[test]
+fn least_latency_fuses_sources_by_weight_and_freshness() {
+    use super::latency::{fuse, weight};
+    let l = |ms: f64, samples, callers, age: f64| Latency {
+        ewma_ms: ms,
+        mean_ms: ms,
+        samples,
+        updated: NOW - age,
+        callers,
+    };
+    // observe: 40 ms from 12 callers (weighs 10), just written; a vantage
+    // monitor: 10 ms from 2 probes (weighs 2), 15 s old (3/4 of that).
+    let seen = l(40.0, 50, Some(12), 0.0);
+    let probed = l(10.0, 2, None, 15.0);
+    assert_eq!(weight(&seen, NOW, 30.0), Some(10.0));
+    assert_eq!(weight(&probed, NOW, 30.0), Some(1.5));
+    let f = fuse(
+        [(Source::Observe, seen), (Source::Monitor, probed)].into_iter(),
+        NOW,
+        30.0,
+    )
+    .unwrap();
+    assert_eq!(f.sources, 2);
+    assert!((f.ms - 415.0 / 11.5).abs() < 1e-9, "{}", f.ms);
+    // A stale source takes no part; with none fresh there is no figure.
+    let old = l(1.0, 100, None, 31.0);
+    assert_eq!(weight(&old, NOW, 30.0), None);
+    let f = fuse(
+        [(Source::Metric, old), (Source::Monitor, probed)].into_iter(),
+        NOW,
+        30.0,
+    );
+    assert_eq!(f.map(|f| (f.ms, f.sources)), Some((10.0, 1)));
+    assert_eq!(fuse([(Source::Metric, old)].into_iter(), NOW, 30.0), None);
+
+    // In the ranking: sip1 is fused to 36.1 ms, so sip4 (25 ms, one source)
+    // beats it by more than the tolerance; the probe alone would have put
+    // sip1 first.
+    let mut m = networks();
+    m.add_latency("192.0.2.0/24", "sip1.example.com", Source::Observe, seen);
+    m.add_latency("192.0.2.0/24", "sip1.example.com", Source::Monitor, probed);
+    lat(&mut m, "192.0.2.0/24", 4, 25.0, 0.0);
+    let m = m.finish();
+    let (lines, _) = run(Algorithm::LeastLatency, &m, "192.0.2.9");
+    assert_eq!(&lines[..2], ["sip4 10 20", "sip1 20 50"]);
 }

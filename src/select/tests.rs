@@ -443,3 +443,70 @@ fn least_latency_fuses_sources_by_weight_and_freshness() {
     let (lines, _) = run(Algorithm::LeastLatency, &m, "192.0.2.9");
     assert_eq!(&lines[..2], ["sip4 10 20", "sip1 20 50"]);
 }
+
+/// Counts the heap allocations made by the current thread, so the test
+/// below can say the ranking path makes none (other tests run on other
+/// threads and do not disturb the count).
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        pub static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    // SAFETY: every call is passed to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCS.with(|n| n.set(n.get() + 1));
+            // SAFETY: the caller's guarantees are System's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+}
+
+/// The fused ranking stays on the lookup path's budget: no allocation per
+/// answer, with three sources per (network, target) and the `*` fallback.
+#[test]
+fn least_latency_with_fusion_does_not_allocate() {
+    let mut m = networks();
+    for (t, ms) in [(1, 40.0), (2, 9.0), (4, 20.0)] {
+        for (source, callers) in [
+            (Source::Observe, Some(7)),
+            (Source::Monitor, None),
+            (Source::Metric, None),
+        ] {
+            let l = Latency {
+                ewma_ms: ms,
+                mean_ms: ms,
+                samples: 4,
+                updated: NOW - 3.0,
+                callers,
+            };
+            m.add_latency("192.0.2.0/24", &format!("sip{t}.example.com"), source, l);
+        }
+        lat(&mut m, "*", t + 4, ms, 1.0);
+    }
+    let m = m.finish();
+    let cands = example();
+    let cx = cx("192.0.2.9");
+    let mut out = Vec::with_capacity(cands.len());
+    let before = counting::ALLOCS.with(|n| n.get());
+    for _ in 0..100 {
+        out.clear();
+        select(Algorithm::LeastLatency, &cands, &m, &cx, &mut out);
+    }
+    let after = counting::ALLOCS.with(|n| n.get());
+    assert_eq!(after - before, 0);
+    assert_eq!(cands[out[0].idx].target, "sip2.example.com");
+    assert!(matches!(out[0].why, Why::Latency { ms, from_any: false } if (ms - 9.0).abs() < 1e-9));
+}

@@ -316,7 +316,10 @@ fn forged_replayed_and_oversized_values_change_no_answer() {
     // and --stale-after bounds what a fresh one can be fed (README).
     assert!(row("sip1.example.com").contains("(memcached)"), "{out}");
     assert!(!row("sip4.example.com").contains("0.0/"), "forged: {out}");
-    assert!(row(&long).contains("site-b: 3.0 ms = metric 3.0/3.0"), "{out}");
+    assert!(
+        row(&long).contains("site-b: 3.0 ms = metric 3.0/3.0"),
+        "{out}"
+    );
     assert!(out.contains("values ignored: "), "{out}");
     // Without --memcached: SQLite alone, where the node has no readings.
     let (_, plain, _) = run(&["status", "--db", node.to_str().unwrap()]);

@@ -3,6 +3,9 @@
 //! FreeSWITCH or Kamailio) and writes timestamped readings, each health
 //! verdict under this monitor's id (`--monitor-id`, the host name by
 //! default) so that several monitors vote instead of overwriting each other.
+//! Latency is source `monitor`, under network `*` (this host's view) or,
+//! with `--network`, under the known network this host sits in (a vantage
+//! point, issue 11); health is global either way.
 //!
 //! A round: resolve every name within one probe timeout ([`resolve`]), run
 //! the probes with bounded concurrency ([`pool`]), then write the round in

@@ -370,30 +370,20 @@ fn sources_written_on_two_hosts_fuse_on_a_dns_node() {
             near.addr, far.addr
         ),
     );
-    let out = Command::new(BIN)
-        .args([
-            "monitor",
-            "--once",
-            "--timeout",
-            "1000",
-            "--network",
-            "site-b",
-        ])
-        .args([
-            "--monitor-id",
-            "site-b-probe",
-            "--memcached",
-            &servers,
-            "--db",
-        ])
-        .arg(&vantage)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&[
+        "monitor",
+        "--once",
+        "--timeout",
+        "1000",
+        "--network",
+        "site-b",
+        "--monitor-id",
+        "site-b-probe",
+        "--memcached",
+        &servers,
+        "--db",
+        vantage.to_str().unwrap(),
+    ]);
     let log = dir.path().join("node.log");
     let mut p = pipe(&node, &servers, &log);
     until(&mut p, "the vantage probe alone", |srv| {
@@ -416,11 +406,8 @@ fn sources_written_on_two_hosts_fuse_on_a_dns_node() {
         srv.first().map(String::as_str) == Some("010 sip4")
     });
     assert_eq!(fused[1], "020 sip7", "{fused:?}");
-    let out = Command::new(BIN)
-        .args(["status", "--memcached", &servers, "--db"])
-        .arg(&node)
-        .output()
-        .unwrap();
+    let node_s = node.to_str().unwrap();
+    let out = run_ok(&["status", "--memcached", &servers, "--db", node_s]);
     let status = String::from_utf8_lossy(&out.stdout);
     let sip7 = status.lines().find(|l| l.starts_with("sip7")).unwrap();
     assert!(

@@ -24,3 +24,4 @@ mod scale;
 mod trust;
 mod udp_relay;
 mod util;
+mod vantage;

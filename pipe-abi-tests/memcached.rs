@@ -340,3 +340,81 @@ fn a_memcached_that_never_answers_costs_one_timeout() {
     drop(p);
     drop(holder);
 }
+
+/// Fusion across hosts (issue 11): a vantage monitor at site-b and an agent pushing with
+/// `metric` write different sources of the same (site-b, sip7) from their own SQLite files;
+/// a DNS node with no readings of its own fetches both keys and ranks by the fused figure.
+/// Either source alone would put sip7 first (the probe: about 1 ms; the push: the only
+/// measured target), the two together put sip4 first.
+#[test]
+fn sources_written_on_two_hosts_fuse_on_a_dns_node() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("memcached-fusion");
+    let mc = Memcached::start(Memcached::free_port());
+    let servers = format!("127.0.0.1:{}", mc.port);
+    let (vantage, agent, node) = (
+        node_db(&dir, "vantage.db"),
+        node_db(&dir, "agent.db"),
+        node_db(&dir, "node.db"),
+    );
+    let near = crate::monitor::Responder::start("127.0.0.1:0", Duration::ZERO);
+    let far = crate::monitor::Responder::start("127.0.0.1:0", Duration::from_millis(60));
+    crate::monitor::sql(
+        &vantage,
+        &format!(
+            "UPDATE ha_targets SET probe = 'none', load_source = 'none';
+             UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{}' WHERE name = 'sip7.example.com';
+             UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{}' WHERE name = 'sip4.example.com';",
+            near.addr, far.addr
+        ),
+    );
+    run_ok(&[
+        "monitor",
+        "--once",
+        "--timeout",
+        "1000",
+        "--network",
+        "site-b",
+        "--monitor-id",
+        "site-b-probe",
+        "--memcached",
+        &servers,
+        "--db",
+        vantage.to_str().unwrap(),
+    ]);
+    let log = dir.path().join("node.log");
+    let mut p = pipe(&node, &servers, &log);
+    until(&mut p, "the vantage probe alone", |srv| {
+        srv.first().map(String::as_str) == Some("010 sip7")
+    });
+    metric(
+        &agent,
+        &servers,
+        &[
+            "latency",
+            "--network",
+            "198.51.100.0/24",
+            "--target",
+            "sip7.example.com",
+            "--ms",
+            "200",
+        ],
+    );
+    let fused = until(&mut p, "probe and push fused", |srv| {
+        srv.first().map(String::as_str) == Some("010 sip4")
+    });
+    assert_eq!(fused[1], "020 sip7", "{fused:?}");
+    let node_s = node.to_str().unwrap();
+    let out = run_ok(&["status", "--memcached", &servers, "--db", node_s]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    let sip7 = status.lines().find(|l| l.starts_with("sip7")).unwrap();
+    assert!(
+        sip7.contains("site-b: ")
+            && sip7.contains(" = monitor ")
+            && sip7.contains(" + metric 200.0/200.0"),
+        "{status}"
+    );
+    assert_eq!(sip7.matches("(memcached)").count(), 3, "{status}");
+}

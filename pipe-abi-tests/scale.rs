@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pdns_ha::state::reading::Source;
 use pdns_ha::state::writer::Writer;
 use rusqlite::Connection;
 
@@ -72,8 +73,14 @@ fn writing_readings(db: &Path, every: Duration) -> (Arc<AtomicBool>, thread::Joi
         let w = Writer::open(&db, None).unwrap();
         let mut n = 0;
         while !flag.load(Ordering::Relaxed) && n < 200 {
-            w.latency("*", "sip1.example.com", 10.0 + f64::from(n % 7))
-                .unwrap();
+            w.latency(
+                "*",
+                "sip1.example.com",
+                Source::Monitor,
+                10.0 + f64::from(n % 7),
+                None,
+            )
+            .unwrap();
             n += 1;
             thread::sleep(every);
         }

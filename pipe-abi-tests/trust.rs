@@ -237,7 +237,7 @@ fn forged_replayed_and_oversized_values_change_no_answer() {
     let load = Load::start(&pdns);
     let t = now();
     let sealer = Key::new(SECRET.as_bytes()).unwrap();
-    let lat = |target: &str| format!("pdns-ha:latency:{SITE_B}|{target}");
+    let lat = |target: &str| format!("pdns-ha:latency:{SITE_B}|{target}|metric");
     // No MAC: sip7 down.
     mc_set(
         mcd.port,
@@ -245,12 +245,12 @@ fn forged_replayed_and_oversized_values_change_no_answer() {
         format!("0 {t}").as_bytes(),
     );
     // A wrong MAC: sip4 at 0 ms.
-    let forged = format!("v1 0 0 1 0 {t} {}", "ab".repeat(32));
+    let forged = format!("v1 0 0 1 0 {t} - {}", "ab".repeat(32));
     mc_set(mcd.port, &lat("sip4.example.com"), forged.as_bytes());
     // Correctly sealed (a writer with the key but a clock an hour fast):
     // sip1 at 0 ms, stamped in the future.
     let k = lat("sip1.example.com");
-    let future = sealer.seal(&k, &format!("0 0 1 0 {}", t + 3600.0));
+    let future = sealer.seal(&k, &format!("0 0 1 0 {} -", t + 3600.0));
     mc_set(mcd.port, &k, future.as_bytes());
     // The old, authentic "sip1 down", written back.
     mc_set(mcd.port, "pdns-ha:health:sip1.example.com|site", &captured);
@@ -316,7 +316,10 @@ fn forged_replayed_and_oversized_values_change_no_answer() {
     // and --stale-after bounds what a fresh one can be fed (README).
     assert!(row("sip1.example.com").contains("(memcached)"), "{out}");
     assert!(!row("sip4.example.com").contains("0.0/"), "forged: {out}");
-    assert!(row(&long).contains("site-b: 3.0/3.0"), "{out}");
+    assert!(
+        row(&long).contains("site-b: 3.0 ms = metric 3.0/3.0"),
+        "{out}"
+    );
     assert!(out.contains("values ignored: "), "{out}");
     // Without --memcached: SQLite alone, where the node has no readings.
     let (_, plain, _) = run(&["status", "--db", node.to_str().unwrap()]);

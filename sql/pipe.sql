@@ -64,7 +64,8 @@ SELECT target, monitor, up, updated FROM ha_health;
 SELECT target, sessions, max_sessions, updated FROM ha_load;
 
 -- name: latency
-SELECT network, target, ewma_ms, mean_ms, samples, updated FROM ha_latency;
+-- One row per network, target and source: the ranking fuses the sources.
+SELECT network, target, ewma_ms, mean_ms, samples, updated, source, callers FROM ha_latency;
 
 -- name: drains
 -- Hard state, but read with the readings: a drain must never reload zones.

@@ -168,18 +168,30 @@ CREATE TABLE IF NOT EXISTS ha_load (
 );
 
 -- Latency from a client network ('*' = measured from the monitor's host,
--- the fallback for networks without samples of their own).
+-- the fallback for networks without samples of their own), one row per
+-- source: 'observe' (round trips real callers saw), 'monitor' (probes, from
+-- a vantage host inside the network with `monitor --network`, or from the
+-- monitor's host for '*'), 'metric' (pushes, and rows written by hand).
+-- The pipe fuses the fresh rows of a (network, target) by callers or
+-- samples and age (README, "Where latency comes from"). The source became
+-- part of the key after the first release: `pdns-ha init` rebuilds an older
+-- table (see ops/init.rs).
 CREATE TABLE IF NOT EXISTS ha_latency (
   network               TEXT NOT NULL,
   target                TEXT NOT NULL COLLATE NOCASE,
+  source                TEXT NOT NULL DEFAULT 'metric'
+                        CHECK (source IN ('observe', 'monitor', 'metric')),
   mean_ms               REAL NOT NULL,
   ewma_ms               REAL NOT NULL,
   samples               INTEGER NOT NULL CHECK (samples > 0),
   timeouts              INTEGER NOT NULL DEFAULT 0,
   updated               REAL NOT NULL,
+  -- Distinct callers behind the latest figure (observe); NULL for probes
+  -- and pushes, which weigh by their sample count.
+  callers               INTEGER DEFAULT NULL CHECK (callers IS NULL OR callers > 0),
   -- Which monitor took the latest sample.
   monitor               TEXT DEFAULT NULL,
-  PRIMARY KEY (network, target)
+  PRIMARY KEY (network, target, source)
 );
 
 -- Change counters, one per kind of hard state, kept by triggers so that a

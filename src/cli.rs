@@ -263,6 +263,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "monitor-id",
                     "workers",
                     "metrics-listen",
+                    "network",
                 ][..],
                 &MEMCACHED_FLAGS,
             ]
@@ -292,6 +293,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                             .map_err(|_| format!("--metrics-listen needs ADDR:PORT, got {v:?}"))
                     })
                     .transpose()?,
+                network: f.get("network").map(str::to_owned),
             }))
         }
         "observe" => parse_observe(rest),
@@ -722,7 +724,11 @@ mod tests {
                 up_after: 2
             }
         );
-        assert_eq!(m.metrics_listen, None);
+        assert_eq!((m.metrics_listen, m.network), (None, None));
+        let Ok(Command::Monitor(m)) = p("monitor --db d --network site-b") else {
+            panic!()
+        };
+        assert_eq!(m.network.as_deref(), Some("site-b"));
         let Ok(Command::Monitor(m)) = p("monitor --db d --metrics-listen [::1]:9771") else {
             panic!()
         };

@@ -75,6 +75,10 @@ pub struct MonitorOptions {
     pub workers: usize,
     /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `--network`: the `ha_networks` name or CIDR this monitor's host sits
+    /// in (a vantage point). Its latency readings are that network's; without
+    /// it they are the monitor host's own (`*`). Health stays global.
+    pub network: Option<String>,
 }
 
 /// `pdns-ha observe`: round trips one SIP server sees, grouped by client network, written as

@@ -284,7 +284,7 @@ fn fuzz_metric_input_and_shared_values() {
         "metric load --db d --target sip1 --sessions 42 --max 1000 --memcached 127.0.0.1:11211",
         "metric health --db d --target sip1 down",
         "explain --db d --client 2001:db8::/56 _sip._udp.example.com SRV",
-        "p:latency:198.51.100.0/24|sip1 1.5 2.5 9 0 1700000000.5",
+        "p:latency:198.51.100.0/24|sip1|observe 1.5 2.5 9 0 1700000000.5 4",
         "p:load:sip1 42 - 1700000000",
         "p:health:sip1|mon-a 1 1700000000",
         "p:drain:sip1 1 1700000000 kernel upgrade",

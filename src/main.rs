@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
 use pdns_ha::pipe::{backend, store};
+use pdns_ha::state::reading::Source;
 use pdns_ha::state::{memcached, validate, writer};
 use pdns_ha::{cli, monitor, observe, ops};
 
@@ -140,7 +141,10 @@ fn push_metric(
             network,
             target,
             ms,
-        } => w.latency(&w.network(network)?, &w.target(target)?, *ms),
+        } => {
+            let (network, target) = (w.network(network)?, w.target(target)?);
+            w.latency(&network, &target, Source::Metric, *ms, None)
+        }
         Metric::Load {
             target,
             sessions,

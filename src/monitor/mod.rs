@@ -3,6 +3,9 @@
 //! FreeSWITCH or Kamailio) and writes timestamped readings, each health
 //! verdict under this monitor's id (`--monitor-id`, the host name by
 //! default) so that several monitors vote instead of overwriting each other.
+//! Latency is source `monitor`, under network `*` (this host's view) or,
+//! with `--network`, under the known network this host sits in (a vantage
+//! point, issue 11); health is global either way.
 //!
 //! A round: resolve every name within one probe timeout ([`resolve`]), run
 //! the probes with bounded concurrency ([`pool`]), then write the round in
@@ -34,7 +37,10 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use crate::config::{CacheOptions, MonitorOptions};
-use crate::state::reading::{unix_now, ANY_NETWORK};
+use crate::state::reading::{unix_now, Source, ANY_NETWORK};
+
+/// Every latency reading the monitor writes is a probe's.
+const MONITOR: Source = Source::Monitor;
 use crate::state::writer::Writer;
 use crate::text::shown;
 use openmetrics::{Figures, LatencyFigure, Stamped};
@@ -378,8 +384,11 @@ fn verdict(t: &Target, r: &Reading, reported: &mut Reported) -> Option<(bool, St
     v
 }
 
+/// `network`: where the latency readings belong, `*` or the vantage
+/// network of `--network`.
 fn write_round(
     w: &Writer,
+    network: &str,
     targets: &[Target],
     readings: &[Reading],
     opts: &MonitorOptions,
@@ -420,7 +429,7 @@ fn write_round(
             if let Some(rtt) = rtt {
                 // The round trip just measured (the pipe ranks by the stored EWMA).
                 x.latency = vec![LatencyFigure {
-                    network: ANY_NETWORK.into(),
+                    network: network.into(),
                     source: "monitor".into(),
                     seconds: rtt.as_secs_f64(),
                     at: now,
@@ -436,15 +445,21 @@ fn write_round(
             }
             match &r.health {
                 Some(Checked::Sip(a)) if t.accept.accepts(a.code) => {
-                    w.latency(ANY_NETWORK, &t.name, a.rtt.as_secs_f64() * 1000.0)?;
+                    w.latency(
+                        network,
+                        &t.name,
+                        MONITOR,
+                        a.rtt.as_secs_f64() * 1000.0,
+                        None,
+                    )?;
                 }
                 Some(Checked::Connected(rtt)) => {
-                    w.latency(ANY_NETWORK, &t.name, rtt.as_secs_f64() * 1000.0)?;
+                    w.latency(network, &t.name, MONITOR, rtt.as_secs_f64() * 1000.0, None)?;
                 }
                 // Only silence counts as a timeout; a wrong answer is a
                 // failure but says nothing about the round trip.
                 Some(Checked::Failed(e)) if e.is_unreachable() => {
-                    w.latency_timeout(ANY_NETWORK, &t.name)?;
+                    w.latency_timeout(network, &t.name, MONITOR)?;
                 }
                 _ => {}
             }
@@ -483,7 +498,17 @@ fn write_round(
 pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
     let w = Writer::open(&opts.db, cache)?.with_monitor(&opts.monitor_id);
-    info!("monitor {} starting", shown(w.monitor()));
+    // A vantage point: latency (and timeouts) from inside a known network.
+    // Checked once, at start: a typo must stop the monitor, not write `*`.
+    let network = match &opts.network {
+        Some(name) => w.vantage(name)?,
+        None => ANY_NETWORK.to_owned(),
+    };
+    info!(
+        "monitor {} starting, latency from {}",
+        shown(w.monitor()),
+        shown(&network)
+    );
     let mut reported = Reported::default();
     let mut resolver = Resolver::default();
     let figures = Arc::new(Mutex::new(Figures::default()));
@@ -502,7 +527,16 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             true => reported.fine("monitor", "round"),
             false => reported.problem("monitor", "round", &degraded.0.join("; ")),
         }
-        if let Err(e) = write_round(&w, &targets, &readings, opts, &mut reported, &figures) {
+        let written = write_round(
+            &w,
+            &network,
+            &targets,
+            &readings,
+            opts,
+            &mut reported,
+            &figures,
+        );
+        if let Err(e) = written {
             // The next round tries again; a monitor that stops is worse
             // than one that missed a write.
             if opts.once {

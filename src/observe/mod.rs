@@ -7,7 +7,8 @@
 //! once, with the median of its samples), groups them by `ha_networks` as the pipe does
 //! (longest prefix), and writes one latency sample per network that has enough distinct
 //! callers, through the same writer as `monitor` and `metric` (mean, EWMA, sample count,
-//! memcached). A network without enough callers this round gets nothing: its reading ages
+//! memcached), as source `observe` with its number of callers, which is what it weighs when
+//! the pipe fuses it with other sources of the same network ([`crate::select::latency`]). A network without enough callers this round gets nothing: its reading ages
 //! out rather than turning into a guess. A source that fails is logged once until it works
 //! again, and writes nothing; the target's other readings (health, load, `*`) are not
 //! touched.
@@ -25,7 +26,7 @@ use crate::config::{CacheOptions, ObserveOptions};
 use crate::dns::Subnet;
 use crate::monitor::Reported;
 use crate::state::index::Metrics;
-use crate::state::reading::unix_now;
+use crate::state::reading::{unix_now, Source};
 use crate::state::writer::Writer;
 
 use aggregate::{aggregate, Policy, Sample};
@@ -98,7 +99,10 @@ fn round(
     }
     w.transaction(|w| {
         for f in &figures {
-            w.latency(&f.network, target, f.ms)?;
+            // The callers behind the figure are its weight when the pipe fuses
+            // it with the other sources of this network.
+            let callers = u32::try_from(f.callers).unwrap_or(u32::MAX);
+            w.latency(&f.network, target, Source::Observe, f.ms, Some(callers))?;
         }
         Ok(())
     })?;

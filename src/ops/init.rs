@@ -25,7 +25,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 /// Soft-state tables whose key changed: (table, a column only the new shape
 /// has). Readings are disposable (the next monitor round writes them again),
 /// so an old-shaped table is dropped and the schema creates it anew.
-const RESHAPED: &[(&str, &str)] = &[("ha_health", "monitor")];
+const RESHAPED: &[(&str, &str)] = &[("ha_health", "monitor"), ("ha_latency", "source")];
 
 fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
@@ -124,7 +124,13 @@ mod tests {
           max_sessions INTEGER DEFAULT NULL, updated REAL NOT NULL);
         INSERT INTO ha_load (target, sessions, updated) VALUES ('sip1.example.com', 7, 1.0);
         INSERT INTO ha_targets (name) VALUES ('sip1.example.com');
-        INSERT INTO ha_health (target, up, updated) VALUES ('sip1.example.com', 1, 1.0);";
+        INSERT INTO ha_health (target, up, updated) VALUES ('sip1.example.com', 1, 1.0);
+        CREATE TABLE ha_latency (network TEXT NOT NULL, target TEXT NOT NULL COLLATE NOCASE,
+          mean_ms REAL NOT NULL, ewma_ms REAL NOT NULL, samples INTEGER NOT NULL,
+          timeouts INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+          PRIMARY KEY (network, target));
+        INSERT INTO ha_latency (network, target, mean_ms, ewma_ms, samples, updated)
+          VALUES ('*', 'sip1.example.com', 5, 5, 3, 1.0);";
 
     #[test]
     fn upgrade_keeps_targets_and_reshapes_readings() {
@@ -149,6 +155,18 @@ mod tests {
             })
             .unwrap();
         assert_eq!(kept, (7, None), "an added column keeps the rows");
+        // The latency key gained the source: the table is rebuilt with it,
+        // and two sources of one (network, target) now fit side by side.
+        let have = columns(&conn, "ha_latency").unwrap();
+        assert!(["source", "callers", "monitor"]
+            .iter()
+            .all(|c| have.contains(&(*c).to_owned())));
+        conn.execute_batch(
+            "INSERT INTO ha_latency (network, target, source, mean_ms, ewma_ms, samples, updated)
+             VALUES ('*', 'sip1.example.com', 'monitor', 5, 5, 3, 1.0),
+                    ('*', 'sip1.example.com', 'observe', 9, 9, 3, 1.0);",
+        )
+        .unwrap();
         let fresh = Connection::open_in_memory().unwrap();
         upgrade(&fresh).unwrap();
         assert_eq!(

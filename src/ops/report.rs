@@ -15,8 +15,11 @@ use crate::pipe::abi::QType;
 use crate::pipe::answer::{candidate, Decision, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
+use crate::select::latency::{fuse, weight};
 use crate::select::{Algorithm, Why};
-use crate::state::reading::{target_key, unix_now, Health, Latency, Load, Reading, ANY_NETWORK};
+use crate::state::reading::{
+    target_key, unix_now, Health, Latency, Load, Reading, Source, ANY_NETWORK,
+};
 use crate::text::shown;
 
 /// `3s`, `4m`, `2h`, `5d`.
@@ -71,11 +74,45 @@ fn load_origin(store: &Store, target: &str, l: &Load) -> &'static str {
     )
 }
 
-fn latency_origin(store: &Store, network: &str, target: &str, l: &Latency) -> &'static str {
+fn latency_origin(
+    store: &Store,
+    network: &str,
+    target: &str,
+    source: Source,
+    l: &Latency,
+) -> &'static str {
     origin(store, |r| {
-        matches!(r, Reading::Latency { network: n, target: t, l: x, .. }
-            if n == network && target_key(t) == target && x == l)
+        matches!(r, Reading::Latency { network: n, target: t, source: s, l: x, .. }
+            if n == network && target_key(t) == target && *s == source && x == l)
     })
+}
+
+/// One source's part in a fused figure: its EWMA/mean, what it weighs by
+/// (callers or samples), its timeouts, its weight under the fusion rule
+/// (none when stale), its age and where it was read from.
+fn latency_part(
+    store: &Store,
+    network: &str,
+    target: &str,
+    (source, l): (Source, Latency),
+    timeouts: Option<i64>,
+    (now, stale_after): (f64, f64),
+    stale: &dyn Fn(f64) -> String,
+) -> String {
+    let from = latency_origin(store, network, target, source, &l);
+    let callers = l
+        .callers
+        .map_or(String::new(), |c| format!("{c} callers, "));
+    let timeouts = timeouts.map_or("?".into(), |t| t.to_string());
+    let weight =
+        weight(&l, now, stale_after).map_or("no weight".into(), |w| format!("weight {w:.1}"));
+    format!(
+        "{source} {:.1}/{:.1} ({callers}{} samples, {timeouts} timeouts, {weight}) {} ({from})",
+        l.ewma_ms,
+        l.mean_ms,
+        l.samples,
+        stale(l.updated)
+    )
 }
 
 /// Rows the load left out, and values memcached sent that were ignored:
@@ -142,7 +179,7 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         "target".to_owned(),
         "health".into(),
         "load".into(),
-        "latency ewma/mean ms (samples, timeouts) by network".into(),
+        "latency by network: fused ms = each source's ewma/mean (callers, samples, timeouts, weight) age".into(),
         "probe and load source".into(),
     ]];
     // How each target is measured; a cell of the wrong type shows as "?"
@@ -164,10 +201,10 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
             how.insert(target_key(name), (text(1), text(2), text(3)));
         }
     }
-    let timeouts = |network: &str, target: &str| -> Option<i64> {
+    let timeouts = |network: &str, target: &str, source: Source| -> Option<i64> {
         conn.query_row(
-            "SELECT timeouts FROM ha_latency WHERE network = ?1 AND target = ?2",
-            [network, target],
+            "SELECT timeouts FROM ha_latency WHERE network = ?1 AND target = ?2 AND source = ?3",
+            [network, target, source.as_str()],
             |r| r.get(0),
         )
         .ok()
@@ -189,31 +226,36 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         });
         let mut latency = Vec::new();
         for (cidr, label) in &networks {
-            let Some(l) = metrics.latency(cidr, name) else {
+            let parts: Vec<(Source, Latency)> = metrics.latency(cidr, name).collect();
+            if parts.is_empty() {
                 continue;
-            };
-            let from = latency_origin(&store, cidr, name, &l);
-            let t = match from {
-                "memcached" => store.from_memcached().iter().find_map(|r| match r {
-                    Reading::Latency {
-                        network,
-                        target,
-                        timeouts,
-                        ..
-                    } if network == cidr && target_key(target) == name => Some(*timeouts as i64),
-                    _ => None,
-                }),
-                _ => timeouts(cidr, name),
-            };
-            latency.push(format!(
-                "{}: {:.1}/{:.1} ({}, {}) {} ({from})",
-                shown(label),
-                l.ewma_ms,
-                l.mean_ms,
-                l.samples,
-                t.map_or("?".into(), |t| t.to_string()),
-                stale(l.updated)
-            ));
+            }
+            let fused = fuse(parts.iter().copied(), now, f64::from(stale_after));
+            let each: Vec<String> = parts
+                .into_iter()
+                .map(|(source, l)| {
+                    let from = latency_origin(&store, cidr, name, source, &l);
+                    let t = match from {
+                        "memcached" => store.from_memcached().iter().find_map(|r| match r {
+                            Reading::Latency {
+                                network,
+                                target,
+                                source: s,
+                                timeouts,
+                                ..
+                            } if network == cidr && target_key(target) == name && *s == source => {
+                                Some(*timeouts as i64)
+                            }
+                            _ => None,
+                        }),
+                        _ => timeouts(cidr, name, source),
+                    };
+                    let clock = (now, f64::from(stale_after));
+                    latency_part(&store, cidr, name, (source, l), t, clock, &stale)
+                })
+                .collect();
+            let figure = fused.map_or("STALE".into(), |f| format!("{:.1} ms", f.ms));
+            latency.push(format!("{}: {figure} = {}", shown(label), each.join(" + ")));
         }
         let latency = if latency.is_empty() {
             "-".into()
@@ -407,7 +449,13 @@ pub fn explain(
                     format!("  {}", shown(target)),
                     place,
                     why(p.why, drain.as_deref()),
-                    reading_from(&store, p.why, network, target),
+                    reading_from(
+                        &store,
+                        p.why,
+                        network,
+                        target,
+                        (now, f64::from(opts.stale_after.0)),
+                    ),
                 ]);
             }
             let _ = write!(out, "{}", table(&rows));
@@ -427,8 +475,15 @@ pub fn explain(
         .map_err(|e| e.to_string())
 }
 
-/// Which store the reading behind a placement came from.
-fn reading_from(store: &Store, why: Why, network: Option<&str>, target: &str) -> String {
+/// Which store the reading behind a placement came from; for latency, each
+/// source fused into the figure.
+fn reading_from(
+    store: &Store,
+    why: Why,
+    network: Option<&str>,
+    target: &str,
+    (now, stale_after): (f64, f64),
+) -> String {
     let m = store.metrics();
     let from = match why {
         Why::Down => {
@@ -446,13 +501,29 @@ fn reading_from(store: &Store, why: Why, network: Option<&str>, target: &str) ->
             })
             .to_owned(),
         ),
+        // Each source that took part, with its weight and where it was read.
         Why::Latency { from_any, .. } => {
             let net = match from_any {
                 true => ANY_NETWORK,
                 false => network.unwrap_or(ANY_NETWORK),
             };
-            m.latency(net, target)
-                .map(|l| latency_origin(store, net, target, &l).to_owned())
+            let parts: Vec<String> = m
+                .latency(net, target)
+                .filter_map(|(source, l)| {
+                    let w = weight(&l, now, stale_after)?;
+                    let n = match l.callers {
+                        Some(c) => format!("{c} callers"),
+                        None => format!("{} samples", l.samples),
+                    };
+                    let from = latency_origin(store, net, target, source, &l);
+                    Some(format!(
+                        "{source} {:.1} ms, {n}, {} old, weight {w:.1}, {from}",
+                        l.ewma_ms,
+                        age(now - l.updated)
+                    ))
+                })
+                .collect();
+            (!parts.is_empty()).then(|| parts.join(" + "))
         }
         Why::Load { .. } | Why::Full { .. } => m
             .load(target)

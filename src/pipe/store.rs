@@ -2,7 +2,7 @@
 //! small database, per name for a large one), the soft-state readings, and
 //! the watch that notices a change.
 //!
-//! The watch is a [`Fingerprint`] of the file and its WAL, taken with `stat`
+//! The watch is a fingerprint (`Fingerprint`) of the file and its WAL, taken with `stat`
 //! every 250 ms: any commit changes it. A database held whole is then read
 //! through a connection opened for the read and closed after it, so a pipe
 //! process keeps none of SQLite's memory between changes (four or more pipe
@@ -29,7 +29,7 @@ use crate::pipe::zone::{is_apex, Builder, Row, Skip, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
 use crate::state::reading::{drain_key, health_key, latency_key, load_key, Reading};
-use crate::state::reading::{unix_now, Drain, Health, Latency, Load, ANY_NETWORK};
+use crate::state::reading::{unix_now, Drain, Health, Latency, Load, Source, ANY_NETWORK};
 use crate::state::validate::Clock;
 use crate::text::shown;
 
@@ -413,8 +413,8 @@ impl Store {
     }
 
     /// Fetches every reading the answers could use: each monitor's health,
-    /// the drain and the load per target, latency per target from each known
-    /// network and from `*`.
+    /// the drain and the load per target, latency per target and source from
+    /// each known network and from `*`. Still one batch per server.
     fn fetch(&mut self, now: Instant) {
         self.next_fetch = now + FETCH_EVERY;
         let Some(cache) = &mut self.cache else { return };
@@ -436,7 +436,9 @@ impl Store {
             keys.push(load_key(p, t));
         }
         for n in networks {
-            keys.extend(self.base.targets().iter().map(|t| latency_key(p, n, t)));
+            for t in self.base.targets() {
+                keys.extend(Source::ALL.map(|s| latency_key(p, n, t, s)));
+            }
         }
         let fresh = cache.fetch(&keys);
         // A drain is hard state: a miss (memcached restarted, or down and in
@@ -749,6 +751,7 @@ fn load_metrics(
 ) -> rusqlite::Result<Metrics> {
     let mut m = Metrics::default();
     let valid = |v: Result<(), crate::state::validate::Invalid>| v.map_err(|e| e.to_string());
+    let valid_source = |s: &str| crate::state::validate::source(s).map_err(|e| e.to_string());
     each_row(tx, "ha_networks", "networks", skipped, |r| {
         m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)
     })?;
@@ -784,14 +787,20 @@ fn load_metrics(
         Ok(())
     })?;
     each_row(tx, "ha_latency", "latency", skipped, |r| {
+        let callers = match col::<Option<i64>>(r, 7)? {
+            Some(_) => Some(count(r, 7)?),
+            None => None,
+        };
         let l = Latency {
             ewma_ms: col(r, 2)?,
             mean_ms: col(r, 3)?,
             samples: u64::from(count(r, 4)?),
             updated: col(r, 5)?,
+            callers,
         };
         valid(clock.latency(&l))?;
-        m.add_latency(&col::<String>(r, 0)?, &col::<String>(r, 1)?, l);
+        let source = valid_source(&col::<String>(r, 6)?)?;
+        m.add_latency(&col::<String>(r, 0)?, &col::<String>(r, 1)?, source, l);
         Ok(())
     })?;
     each_row(tx, "ha_drain", "drains", skipped, |r| {

@@ -2,10 +2,77 @@
 //! network, near-equal ones sharing a rank. A target that reports itself full
 //! (fresh load at or over its capacity) refuses new calls, so it goes behind
 //! every other served target, however close it is.
+//!
+//! # Fusion
+//!
+//! Several sources may measure the same (network, target): `observe` next
+//! to the server (real callers' round trips), `monitor --network` from a
+//! vantage host inside the network, `metric` pushes, and for `*` the
+//! monitor's own host. The figure a target is ranked by is their weighted
+//! mean ([`fuse`]):
+//!
+//! - only fresh readings count (no older than `--stale-after`);
+//! - each weighs `min(n, FUSE_CAP)`, where `n` is the distinct callers
+//!   behind an `observe` figure, or the sample count of a probe or push, so
+//!   one probe cannot outvote many callers, while a monitor's thousands of
+//!   samples cannot drown a well-attended network either;
+//! - times its freshness, `1 - age / (2 × stale_after)`: a reading about to
+//!   go stale counts half as much as one just written.
+//!
+//! The network's own readings are fused first; only when it has none fresh
+//! do the `*` readings (fused the same way) stand in. A lookup fuses at most
+//! three adjacent readings, without allocating.
 
 use super::{rank_prio, stored, Candidate, Context, Exclude, Outcome, Placed, Why};
 use crate::state::index::Metrics;
-use crate::state::reading::ANY_NETWORK;
+use crate::state::reading::{Latency, Source, ANY_NETWORK};
+
+/// The most callers or samples one reading weighs as: past ten, more of the
+/// same evidence says little more about the typical round trip.
+pub const FUSE_CAP: u64 = 10;
+
+/// The weight of one reading at `now`; `None` once it is stale.
+pub fn weight(l: &Latency, now: f64, stale_after: f64) -> Option<f64> {
+    let age = now - l.updated;
+    if age > stale_after {
+        return None;
+    }
+    let n = l.callers.map_or(l.samples, u64::from).clamp(1, FUSE_CAP) as f64;
+    let freshness = match stale_after > 0.0 {
+        true => 1.0 - age.max(0.0) / (2.0 * stale_after),
+        false => 1.0,
+    };
+    Some(n * freshness)
+}
+
+/// Fresh readings of one (network, target) fused into one figure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fused {
+    /// The weighted mean of the readings' EWMAs.
+    pub ms: f64,
+    /// How many sources took part.
+    pub sources: u32,
+}
+
+/// The fusion rule of the module docs, over one pair's readings.
+pub fn fuse(
+    readings: impl Iterator<Item = (Source, Latency)>,
+    now: f64,
+    stale_after: f64,
+) -> Option<Fused> {
+    let (mut sum, mut total, mut sources) = (0.0, 0.0, 0);
+    for (_, l) in readings {
+        if let Some(w) = weight(&l, now, stale_after) {
+            sum += w * l.ewma_ms;
+            total += w;
+            sources += 1;
+        }
+    }
+    (sources > 0).then(|| Fused {
+        ms: sum / total,
+        sources,
+    })
+}
 
 /// Two targets share a rank while the slower is within this fraction of
 /// the faster, plus `TOLERANCE_MS`: answers must not flap on jitter.
@@ -32,19 +99,16 @@ pub fn select(
         ..Outcome::default()
     };
     let latency = |t: &str| {
-        let fresh = |l: &crate::state::reading::Latency| cx.fresh(l.updated);
-        if let Some(l) = m.latency(&net.cidr, t).filter(fresh) {
+        if let Some(f) = fuse(m.latency(&net.cidr, t), cx.now, cx.stale_after) {
             return Some(Why::Latency {
-                ms: l.ewma_ms,
+                ms: f.ms,
                 from_any: false,
             });
         }
-        m.latency(ANY_NETWORK, t)
-            .filter(fresh)
-            .map(|l| Why::Latency {
-                ms: l.ewma_ms,
-                from_any: true,
-            })
+        fuse(m.latency(ANY_NETWORK, t), cx.now, cx.stale_after).map(|f| Why::Latency {
+            ms: f.ms,
+            from_any: true,
+        })
     };
     let full = |t: &str| {
         let l = m.load(t).filter(|l| cx.fresh(l.updated))?;

@@ -40,7 +40,7 @@ impl fmt::Display for Algorithm {
     }
 }
 
-mod latency;
+pub mod latency;
 mod load;
 
 use crate::dns::Subnet;

@@ -1,7 +1,7 @@
 //! Unit tests of the algorithms on the enterprise SRV example.
 
 use super::*;
-use crate::state::reading::{Health, Latency, Load};
+use crate::state::reading::{Health, Latency, Load, Source};
 
 const NOW: f64 = 1_000_000.0;
 
@@ -39,8 +39,9 @@ fn lat(m: &mut Metrics, net: &str, target: u8, ms: f64, age: f64) {
         mean_ms: ms,
         samples: 5,
         updated: NOW - age,
+        callers: None,
     };
-    m.add_latency(net, &format!("sip{target}.example.com"), l);
+    m.add_latency(net, &format!("sip{target}.example.com"), Source::Metric, l);
 }
 
 fn cx(client: &str) -> Context {
@@ -391,4 +392,121 @@ fn least_latency_puts_a_full_target_last() {
     let (lines, _) = run(Algorithm::LeastLatency, &m.finish(), "192.0.2.1");
     assert_eq!(lines[0], "sip2 10 25");
     assert_eq!(lines[7], "sip1 50 50", "{lines:?}");
+}
+
+/// Two sources disagree on one (network, target): the fused figure is their
+/// mean weighted by min(callers or samples, 10) and freshness, and it is
+/// what ranks (see `latency`'s module docs).
+#[test]
+fn least_latency_fuses_sources_by_weight_and_freshness() {
+    use super::latency::{fuse, weight};
+    let l = |ms: f64, samples, callers, age: f64| Latency {
+        ewma_ms: ms,
+        mean_ms: ms,
+        samples,
+        updated: NOW - age,
+        callers,
+    };
+    // observe: 40 ms from 12 callers (weighs 10), just written; a vantage
+    // monitor: 10 ms from 2 probes (weighs 2), 15 s old (3/4 of that).
+    let seen = l(40.0, 50, Some(12), 0.0);
+    let probed = l(10.0, 2, None, 15.0);
+    assert_eq!(weight(&seen, NOW, 30.0), Some(10.0));
+    assert_eq!(weight(&probed, NOW, 30.0), Some(1.5));
+    let f = fuse(
+        [(Source::Observe, seen), (Source::Monitor, probed)].into_iter(),
+        NOW,
+        30.0,
+    )
+    .unwrap();
+    assert_eq!(f.sources, 2);
+    assert!((f.ms - 415.0 / 11.5).abs() < 1e-9, "{}", f.ms);
+    // A stale source takes no part; with none fresh there is no figure.
+    let old = l(1.0, 100, None, 31.0);
+    assert_eq!(weight(&old, NOW, 30.0), None);
+    let f = fuse(
+        [(Source::Metric, old), (Source::Monitor, probed)].into_iter(),
+        NOW,
+        30.0,
+    );
+    assert_eq!(f.map(|f| (f.ms, f.sources)), Some((10.0, 1)));
+    assert_eq!(fuse([(Source::Metric, old)].into_iter(), NOW, 30.0), None);
+
+    // In the ranking: sip1 is fused to 36.1 ms, so sip4 (25 ms, one source)
+    // beats it by more than the tolerance; the probe alone would have put
+    // sip1 first.
+    let mut m = networks();
+    m.add_latency("192.0.2.0/24", "sip1.example.com", Source::Observe, seen);
+    m.add_latency("192.0.2.0/24", "sip1.example.com", Source::Monitor, probed);
+    lat(&mut m, "192.0.2.0/24", 4, 25.0, 0.0);
+    let m = m.finish();
+    let (lines, _) = run(Algorithm::LeastLatency, &m, "192.0.2.9");
+    assert_eq!(&lines[..2], ["sip4 10 20", "sip1 20 50"]);
+}
+
+/// Counts the heap allocations made by the current thread, so the test
+/// below can say the ranking path makes none (other tests run on other
+/// threads and do not disturb the count).
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        pub static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    // SAFETY: every call is passed to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCS.with(|n| n.set(n.get() + 1));
+            // SAFETY: the caller's guarantees are System's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+}
+
+/// The fused ranking stays on the lookup path's budget: no allocation per
+/// answer, with three sources per (network, target) and the `*` fallback.
+#[test]
+fn least_latency_with_fusion_does_not_allocate() {
+    let mut m = networks();
+    for (t, ms) in [(1, 40.0), (2, 9.0), (4, 20.0)] {
+        for (source, callers) in [
+            (Source::Observe, Some(7)),
+            (Source::Monitor, None),
+            (Source::Metric, None),
+        ] {
+            let l = Latency {
+                ewma_ms: ms,
+                mean_ms: ms,
+                samples: 4,
+                updated: NOW - 3.0,
+                callers,
+            };
+            m.add_latency("192.0.2.0/24", &format!("sip{t}.example.com"), source, l);
+        }
+        lat(&mut m, "*", t + 4, ms, 1.0);
+    }
+    let m = m.finish();
+    let cands = example();
+    let cx = cx("192.0.2.9");
+    let mut out = Vec::with_capacity(cands.len());
+    let before = counting::ALLOCS.with(|n| n.get());
+    for _ in 0..100 {
+        out.clear();
+        select(Algorithm::LeastLatency, &cands, &m, &cx, &mut out);
+    }
+    let after = counting::ALLOCS.with(|n| n.get());
+    assert_eq!(after - before, 0);
+    assert_eq!(cands[out[0].idx].target, "sip2.example.com");
+    assert!(matches!(out[0].why, Why::Latency { ms, from_any: false } if (ms - 9.0).abs() < 1e-9));
 }

@@ -6,7 +6,7 @@
 use crate::dns::cmp_name;
 use crate::dns::Subnet;
 use crate::state::reading::Reading;
-use crate::state::reading::{target_key, Drain, Health, Latency, Load};
+use crate::state::reading::{target_key, Drain, Health, Latency, Load, Source};
 
 /// A known client network from `ha_networks`.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,8 +17,9 @@ pub struct Network {
     pub name: Box<str>,
 }
 
-/// (network, target), the key of a latency reading.
-type NetworkTarget = (Box<str>, Box<str>);
+/// (network, target, source), the key of a latency reading: each source
+/// keeps its own, and the ranking fuses them.
+type NetworkTarget = (Box<str>, Box<str>, Source);
 
 /// (target, monitor), the key of a health verdict.
 type TargetMonitor = (Box<str>, Box<str>);
@@ -34,7 +35,7 @@ pub struct Metrics {
     health: Vec<(TargetMonitor, Health)>,
     drains: Vec<(Box<str>, Drain)>,
     load: Vec<(Box<str>, Load)>,
-    /// Keyed by (network, target).
+    /// Keyed by (network, target, source): one pair's sources are adjacent.
     latency: Vec<(NetworkTarget, Latency)>,
 }
 
@@ -84,9 +85,9 @@ impl Metrics {
         self.load.push((target_key(target).into(), l));
     }
 
-    pub fn add_latency(&mut self, network: &str, target: &str, l: Latency) {
+    pub fn add_latency(&mut self, network: &str, target: &str, source: Source, l: Latency) {
         self.latency
-            .push(((network.into(), target_key(target).into()), l));
+            .push(((network.into(), target_key(target).into(), source), l));
     }
 
     pub fn targets(&self) -> &[Box<str>] {
@@ -154,9 +155,13 @@ impl Metrics {
                 |l| l.updated,
             ),
             Reading::Latency {
-                network, target, l, ..
+                network,
+                target,
+                source,
+                l,
+                ..
             } => {
-                let key = (network.as_str().into(), target_key(target).into());
+                let key = (network.as_str().into(), target_key(target).into(), *source);
                 put(&mut self.latency, key, Some(*l), l.updated, |l| l.updated)
             }
         }
@@ -208,11 +213,21 @@ impl Metrics {
         find(&self.load, target).copied()
     }
 
-    pub fn latency(&self, network: &str, target: &str) -> Option<Latency> {
+    /// Every source's reading of (network, target), fresh or not, in
+    /// [`Source`] order; without allocating, as the ranking runs it per
+    /// candidate.
+    pub fn latency<'a>(
+        &'a self,
+        network: &'a str,
+        target: &'a str,
+    ) -> impl Iterator<Item = (Source, Latency)> + 'a {
         let v = &self.latency;
-        v.binary_search_by(|((n, t), _)| (**n).cmp(network).then_with(|| cmp_name(t, target)))
-            .ok()
-            .map(|i| v[i].1)
+        let key = move |n: &str, t: &str| (*n).cmp(network).then_with(|| cmp_name(t, target));
+        let start = v.partition_point(|((n, t, _), _)| key(n, t).is_lt());
+        v[start..]
+            .iter()
+            .take_while(move |((n, t, _), _)| key(n, t).is_eq())
+            .map(|((_, _, s), l)| (*s, *l))
     }
 }
 
@@ -309,14 +324,24 @@ mod tests {
             mean_ms: 1.0,
             samples: 1,
             updated: 1.0,
+            callers: None,
         };
-        m.overlay(&Reading::Latency {
+        let latency = |source, l| Reading::Latency {
             network: "*".into(),
             target: "sip1.example.com".into(),
+            source,
             l,
             timeouts: 0,
-        });
-        assert_eq!(m.latency("*", "sip1.example.com"), Some(l));
+        };
+        m.overlay(&latency(Source::Monitor, l));
+        // Another source's reading sits beside it, never over it.
+        let seen = Latency {
+            callers: Some(3),
+            ..l
+        };
+        m.overlay(&latency(Source::Observe, seen));
+        let all: Vec<_> = m.latency("*", "sip1.example.com").collect();
+        assert_eq!(all, [(Source::Observe, seen), (Source::Monitor, l)]);
     }
 
     #[test]
@@ -362,11 +387,13 @@ mod tests {
         m.add_latency(
             "*",
             "sip2.example.com",
+            Source::Metric,
             Latency {
                 ewma_ms: 5.0,
                 mean_ms: 6.0,
                 samples: 3,
                 updated: 2.0,
+                callers: None,
             },
         );
         m.add_health("2001:DB8:0::1", "a", h(true, 1.0));
@@ -380,7 +407,8 @@ mod tests {
         assert_eq!(ids("SIP1.example.COM"), ["a:false", "b:true"]);
         assert_eq!(ids("2001:db8::1"), ["a:true"]);
         assert!(ids("sip9.example.com").is_empty());
-        assert_eq!(m.latency("*", "sip2.example.com").unwrap().samples, 3);
-        assert!(m.latency("192.0.2.0/24", "sip2.example.com").is_none());
+        let first = m.latency("*", "SIP2.example.com").next().unwrap();
+        assert_eq!((first.0, first.1.samples), (Source::Metric, 3));
+        assert_eq!(m.latency("192.0.2.0/24", "sip2.example.com").count(), 0);
     }
 }

@@ -13,7 +13,7 @@
 //! PREFIX:health:TARGET|MONITOR    up(0|1) updated           (one monitor's verdict)
 //! PREFIX:drain:TARGET             1 since REASON...|0 updated (no expiry: hard state)
 //! PREFIX:load:TARGET              sessions max|- updated     (- - updated: unknown since then)
-//! PREFIX:latency:NETWORK|TARGET   ewma_ms mean_ms samples timeouts updated
+//! PREFIX:latency:NETWORK|TARGET|SOURCE   ewma_ms mean_ms samples timeouts updated callers|-
 //! ```
 //!
 //! With `--memcached-key-file` the values are sealed (`v1 VALUE MAC`) and

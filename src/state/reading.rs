@@ -29,6 +29,43 @@ pub struct Latency {
     pub mean_ms: f64,
     pub samples: u64,
     pub updated: f64,
+    /// Distinct callers behind the latest figure (`observe`); `None` for
+    /// probes and pushes, whose weight is their sample count.
+    pub callers: Option<u32>,
+}
+
+/// Who measured a latency reading. Several sources may describe the same
+/// (network, target); the pipe fuses their fresh readings
+/// ([`crate::select::latency::fuse`]), and `status` and `explain` name each one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// `pdns-ha observe`: round trips real callers saw (registrar
+    /// keepalives, the kernel's TCP RTT), next to the server.
+    Observe,
+    /// `pdns-ha monitor`: active probes, from a vantage host inside the
+    /// network (`--network`) or from the monitor's own host (`*`).
+    Monitor,
+    /// `pdns-ha metric latency`, or a row written by hand: the operator's
+    /// own agents.
+    Metric,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Observe, Source::Monitor, Source::Metric];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Observe => "observe",
+            Self::Monitor => "monitor",
+            Self::Metric => "metric",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Network key for samples measured from the monitor's own host, which
@@ -95,6 +132,7 @@ pub enum Reading {
     Latency {
         network: String,
         target: String,
+        source: Source,
         l: Latency,
         timeouts: u64,
     },
@@ -109,8 +147,11 @@ impl Reading {
             Self::Drain { target, .. } => drain_key(prefix, target),
             Self::Load { target, .. } => load_key(prefix, target),
             Self::Latency {
-                network, target, ..
-            } => latency_key(prefix, network, target),
+                network,
+                target,
+                source,
+                ..
+            } => latency_key(prefix, network, target, *source),
         }
     }
 
@@ -137,8 +178,9 @@ impl Reading {
                 ..
             } => format!("- - {updated}"),
             Self::Latency { l, timeouts, .. } => {
+                let callers = l.callers.map_or("-".to_owned(), |c| c.to_string());
                 format!(
-                    "{} {} {} {timeouts} {}",
+                    "{} {} {} {timeouts} {} {callers}",
                     l.ewma_ms, l.mean_ms, l.samples, l.updated
                 )
             }
@@ -208,8 +250,9 @@ impl Reading {
             });
         }
         // `|` appears in no CIDR, host name or address, unlike `:`.
-        let (network, target) = rest.strip_prefix("latency:")?.split_once('|')?;
-        let [ewma, mean, samples, timeouts, updated] = f[..] else {
+        let (network, rest) = rest.strip_prefix("latency:")?.split_once('|')?;
+        let (target, source) = rest.split_once('|')?;
+        let [ewma, mean, samples, timeouts, updated, callers] = f[..] else {
             return None;
         };
         let l = Latency {
@@ -217,10 +260,15 @@ impl Reading {
             mean_ms: num(mean)?,
             samples: samples.parse().ok()?,
             updated: num(updated)?,
+            callers: match callers {
+                "-" => None,
+                c => Some(c.parse().ok()?),
+            },
         };
         Some(Self::Latency {
             network: network.into(),
             target: target.into(),
+            source: crate::state::validate::source(source).ok()?,
             l,
             timeouts: timeouts.parse().ok()?,
         })
@@ -245,8 +293,9 @@ pub fn load_key(prefix: &str, target: &str) -> String {
     format!("{prefix}:load:{target}")
 }
 
-pub fn latency_key(prefix: &str, network: &str, target: &str) -> String {
-    format!("{prefix}:latency:{network}|{target}")
+/// One key per source, so that sources never overwrite each other.
+pub fn latency_key(prefix: &str, network: &str, target: &str, source: Source) -> String {
+    format!("{prefix}:latency:{network}|{target}|{source}")
 }
 
 #[cfg(test)]
@@ -300,13 +349,28 @@ mod tests {
             Reading::Latency {
                 network: "2001:db8::/48".into(),
                 target: "2001:db8::5".into(),
+                source: Source::Observe,
                 l: Latency {
                     ewma_ms: 1.25,
                     mean_ms: 2.5,
                     samples: 9,
                     updated: 5.0,
+                    callers: Some(4),
                 },
                 timeouts: 3,
+            },
+            Reading::Latency {
+                network: "*".into(),
+                target: "sip1.example.com".into(),
+                source: Source::Monitor,
+                l: Latency {
+                    ewma_ms: 1.0,
+                    mean_ms: 2.0,
+                    samples: 1,
+                    updated: 5.0,
+                    callers: None,
+                },
+                timeouts: 0,
             },
         ];
         for r in readings {
@@ -331,9 +395,12 @@ mod tests {
             ("p:drain:a", "1"),
             ("p:load:a", "x - 1"),
             ("p:load:a", "1 2 -5"),
-            ("p:latency:*|a", "1 2 3 4"),
-            ("p:latency:*|a", "nan 2 3 4 5"),
-            ("p:latency:*:a", "1 2 3 4 5"),
+            ("p:latency:*|a|monitor", "1 2 3 4 5"),
+            ("p:latency:*|a|monitor", "nan 2 3 4 5 -"),
+            ("p:latency:*|a|monitor", "1 2 3 4 5 x"),
+            ("p:latency:*|a|probe", "1 2 3 4 5 -"),
+            ("p:latency:*|a", "1 2 3 4 5 -"),
+            ("p:latency:*:a|monitor", "1 2 3 4 5 -"),
             ("q:health:a|m", "1 1"),
             ("p:other:a", "1 1"),
         ] {

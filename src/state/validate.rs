@@ -9,12 +9,14 @@
 //! allowed clock skew ahead of this host's clock (a reading stamped in the
 //! future would never go stale and would beat every honest one); latency 0
 //! to 60,000 ms; sessions 0 to 10 million, capacity 1 to 10 million;
-//! samples and timeouts up to 2^32-1. Record priorities (MX/SRV) 0 to 65535.
+//! samples and timeouts up to 2^32-1, callers 1 to 2^32-1 (a figure from no
+//! caller is no figure); a latency source one of `observe`, `monitor`,
+//! `metric`. Record priorities (MX/SRV) 0 to 65535.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::state::reading::{unix_now, Health, Latency, Load, Reading};
+use crate::state::reading::{unix_now, Health, Latency, Load, Reading, Source};
 
 /// Longest a latency reading can be: a SIP answer later than this is a
 /// timeout, not a measurement.
@@ -55,6 +57,9 @@ pub enum Invalid {
     Sessions(u64),
     Capacity(u64),
     Count(u64),
+    Callers(u64),
+    /// A latency source that is none of [`Source::ALL`].
+    Source,
 }
 
 /// A number short enough for a log line whatever its size (f64's
@@ -80,6 +85,8 @@ impl fmt::Display for Invalid {
             Self::Sessions(n) => write!(f, "sessions {n} out of range (0 to {MAX_SESSIONS})"),
             Self::Capacity(n) => write!(f, "max sessions {n} out of range (1 to {MAX_SESSIONS})"),
             Self::Count(n) => write!(f, "count {n} out of range (0 to {MAX_COUNT})"),
+            Self::Callers(n) => write!(f, "callers {n} out of range (1 to {MAX_COUNT})"),
+            Self::Source => f.write_str("source is not observe, monitor or metric"),
         }
     }
 }
@@ -130,7 +137,11 @@ impl Clock {
         self.updated(l.updated)?;
         latency_ms(l.ewma_ms)?;
         latency_ms(l.mean_ms)?;
-        count(l.samples)
+        count(l.samples)?;
+        match l.callers {
+            Some(0) => Err(Invalid::Callers(0)),
+            _ => Ok(()),
+        }
     }
 
     pub fn reading(&self, r: &Reading) -> Result<(), Invalid> {
@@ -147,6 +158,14 @@ impl Clock {
             Reading::Drain { updated, .. } => self.updated(*updated),
         }
     }
+}
+
+/// A latency source as SQLite and memcached keys spell it.
+pub fn source(s: &str) -> Result<Source, Invalid> {
+    Source::ALL
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or(Invalid::Source)
 }
 
 pub fn latency_ms(ms: f64) -> Result<(), Invalid> {
@@ -208,8 +227,23 @@ mod tests {
             mean_ms: 1.0,
             samples: 1,
             updated: 1.0,
+            callers: None,
         };
         assert_eq!(C.latency(&l), Err(Invalid::Latency(-50.0)));
+        let no_callers = Latency {
+            ewma_ms: 1.0,
+            callers: Some(0),
+            ..l
+        };
+        assert_eq!(
+            C.latency(&no_callers).unwrap_err().to_string(),
+            "callers 0 out of range (1 to 4294967295)"
+        );
+        assert_eq!(source("observe"), Ok(Source::Observe));
+        assert_eq!(
+            source("Monitor").unwrap_err().to_string(),
+            "source is not observe, monitor or metric"
+        );
         assert!(C.latency(&Latency { ewma_ms: 1.0, ..l }).is_ok());
         assert_eq!(
             C.latency(&Latency {
@@ -234,6 +268,7 @@ mod tests {
         let r = Reading::Latency {
             network: "*".into(),
             target: "a".into(),
+            source: Source::Metric,
             l: Latency { ewma_ms: 1.0, ..l },
             timeouts: u64::MAX,
         };

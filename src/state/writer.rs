@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::state::memcached::Cache;
 use crate::state::reading::Reading;
-use crate::state::reading::{Health, Latency, Load};
+use crate::state::reading::{Health, Latency, Load, Source};
 
 use crate::dns::Subnet;
 use crate::state::reading::{target_key, unix_now, ANY_NETWORK};
@@ -114,6 +114,7 @@ impl Writer {
             ("ha_health", "monitor"),
             ("ha_load", "monitor"),
             ("ha_latency", "monitor"),
+            ("ha_latency", "source"),
         ];
         for (table, column) in newest {
             let has: bool = conn
@@ -267,16 +268,55 @@ impl Writer {
         known.ok_or_else(|| format!("network \"{}\" is not in ha_networks", shown(cidr)))
     }
 
-    /// One latency sample: Welford mean plus an EWMA, as Kamailio's
-    /// dispatcher keeps them.
-    pub fn latency(&self, network: &str, target: &str, ms: f64) -> Result<(), String> {
+    /// The CIDR of the known network `name` names: an `ha_networks` name,
+    /// or its CIDR (as [`Self::network`] takes it). `*` is the monitor's own
+    /// host. A name that several rows share is refused, not guessed.
+    pub fn vantage(&self, name: &str) -> Result<String, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cidr FROM ha_networks WHERE name = ?1 ORDER BY cidr")
+            .map_err(|e| e.to_string())?;
+        let named: Vec<String> = stmt
+            .query_map([name], |r| r.get(0))
+            .map_err(|e| e.to_string())?
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        match named.as_slice() {
+            [cidr] => Ok(cidr.clone()),
+            [] => self.network(name).map_err(|_| {
+                format!(
+                    "--network \"{}\" is not a name or CIDR in ha_networks",
+                    shown(name)
+                )
+            }),
+            many => Err(format!(
+                "--network \"{}\" names {} networks ({}); give the CIDR",
+                shown(name),
+                many.len(),
+                many.join(", ")
+            )),
+        }
+    }
+
+    /// One latency sample from `source`: Welford mean plus an EWMA, as
+    /// Kamailio's dispatcher keeps them, in the source's own row. `callers`:
+    /// how many distinct callers the sample stands for (observe), which the
+    /// pipe weighs it by when it fuses the sources.
+    pub fn latency(
+        &self,
+        network: &str,
+        target: &str,
+        source: Source,
+        ms: f64,
+        callers: Option<u32>,
+    ) -> Result<(), String> {
         validate::latency_ms(ms).map_err(|e| e.to_string())?;
         let old: Option<(f64, f64, i64, i64)> = self
             .conn
             .query_row(
                 "SELECT mean_ms, ewma_ms, samples, timeouts FROM ha_latency
-                 WHERE network = ?1 AND target = ?2",
-                [network, target],
+                 WHERE network = ?1 AND target = ?2 AND source = ?3",
+                [network, target, source.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
@@ -310,26 +350,41 @@ impl Writer {
             }
         };
         let updated = unix_now();
-        self.conn
-            .execute(
-                "INSERT INTO ha_latency
-                   (network, target, mean_ms, ewma_ms, samples, timeouts, updated, monitor)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)
-                 ON CONFLICT (network, target) DO UPDATE SET
-                   mean_ms = ?3, ewma_ms = ?4, samples = ?5, updated = ?6, monitor = ?7",
-                params![network, target, mean, ewma, n, updated, self.monitor],
-            )
-            .map_err(|e| e.to_string())?;
         let l = Latency {
             ewma_ms: ewma,
             mean_ms: mean,
             samples: n as u64,
             updated,
+            callers,
         };
+        Clock::now().latency(&l).map_err(|e| e.to_string())?;
+        self.conn
+            .execute(
+                "INSERT INTO ha_latency
+                   (network, target, source, mean_ms, ewma_ms, samples, timeouts, updated,
+                    callers, monitor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9)
+                 ON CONFLICT (network, target, source) DO UPDATE SET
+                   mean_ms = ?4, ewma_ms = ?5, samples = ?6, updated = ?7, callers = ?8,
+                   monitor = ?9",
+                params![
+                    network,
+                    target,
+                    source.as_str(),
+                    mean,
+                    ewma,
+                    n,
+                    updated,
+                    callers,
+                    self.monitor
+                ],
+            )
+            .map_err(|e| e.to_string())?;
         let (network, target) = (network.to_owned(), target.to_owned());
         self.publish(Reading::Latency {
             network,
             target,
+            source,
             l,
             timeouts: timeouts.max(0) as u64,
         });
@@ -338,11 +393,17 @@ impl Writer {
 
     /// A probe that got no answer: counted, never averaged in. Only
     /// `status` shows the count, so it is not published.
-    pub fn latency_timeout(&self, network: &str, target: &str) -> Result<(), String> {
+    pub fn latency_timeout(
+        &self,
+        network: &str,
+        target: &str,
+        source: Source,
+    ) -> Result<(), String> {
         self.conn
             .execute(
-                "UPDATE ha_latency SET timeouts = timeouts + 1 WHERE network = ?1 AND target = ?2",
-                [network, target],
+                "UPDATE ha_latency SET timeouts = timeouts + 1
+                 WHERE network = ?1 AND target = ?2 AND source = ?3",
+                [network, target, source.as_str()],
             )
             .map(drop)
             .map_err(|e| e.to_string())
@@ -547,13 +608,21 @@ mod tests {
             .network("198.51.100.7/24")
             .unwrap_err()
             .contains("not '*'"));
+        assert_eq!(w.vantage("b").unwrap(), "198.51.100.0/24");
+        assert_eq!(w.vantage("198.51.100.0/24").unwrap(), "198.51.100.0/24");
+        assert_eq!(w.vantage("*").unwrap(), "*");
+        assert_eq!(
+            w.vantage("nowhere").unwrap_err(),
+            "--network \"nowhere\" is not a name or CIDR in ha_networks"
+        );
     }
 
     #[test]
     fn latency_mean_and_ewma() {
         let w = writer();
         for ms in [10.0, 20.0, 30.0] {
-            w.latency("*", "sip1.example.com", ms).unwrap();
+            w.latency("*", "sip1.example.com", Source::Monitor, ms, None)
+                .unwrap();
         }
         let row = |w: &Writer| -> (f64, f64, i64) {
             w.conn
@@ -570,16 +639,24 @@ mod tests {
             "the EWMA is the mean while warming up"
         );
         for _ in 0..7 {
-            w.latency("*", "sip1.example.com", 20.0).unwrap();
+            w.latency("*", "sip1.example.com", Source::Monitor, 20.0, None)
+                .unwrap();
         }
-        w.latency("*", "sip1.example.com", 120.0).unwrap();
+        w.latency("*", "sip1.example.com", Source::Monitor, 120.0, None)
+            .unwrap();
         let (mean, ewma, n) = row(&w);
         assert_eq!(n, 11);
         assert!((ewma - 30.0).abs() < 1e-9, "{ewma}");
         assert!((mean - 29.0909).abs() < 1e-3, "{mean}");
-        assert!(w.latency("*", "sip1.example.com", -1.0).is_err());
-        assert!(w.latency("*", "sip1.example.com", f64::NAN).is_err());
-        assert!(w.latency("*", "sip1.example.com", 1e9).is_err());
+        assert!(w
+            .latency("*", "sip1.example.com", Source::Monitor, -1.0, None)
+            .is_err());
+        assert!(w
+            .latency("*", "sip1.example.com", Source::Monitor, f64::NAN, None)
+            .is_err());
+        assert!(w
+            .latency("*", "sip1.example.com", Source::Monitor, 1e9, None)
+            .is_err());
     }
 
     #[test]

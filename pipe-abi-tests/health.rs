@@ -6,89 +6,20 @@
 //! completes in about one timeout with threads limited.
 
 use std::fs::{self, File};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::esl_standin::{self, Config};
 use crate::memcached::Memcached;
-use crate::monitor::{closed_port, db, sql, srv, start_pdns, status};
+use crate::monitor::{closed_port, db, sql, srv, start_pdns, status, Responder};
 use crate::pdns::{require, Pdns, TempDir};
 use crate::util::{init_db, kill, run_ok, BIN};
-
-/// A UDP SIP endpoint answering OPTIONS with whatever code it is set to.
-struct CodeResponder {
-    addr: SocketAddr,
-    code: Arc<AtomicU16>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl CodeResponder {
-    fn start(code: u16) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let addr = sock.local_addr().unwrap();
-        let (code, stop) = (
-            Arc::new(AtomicU16::new(code)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (c, flag) = (Arc::clone(&code), Arc::clone(&stop));
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while !flag.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                    continue;
-                };
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let echoed: String = req
-                    .lines()
-                    .filter(|l| {
-                        ["via:", "from:", "to:", "call-id:", "cseq:"]
-                            .iter()
-                            .any(|h| l.to_ascii_lowercase().starts_with(h))
-                    })
-                    .map(|l| format!("{l}\r\n"))
-                    .collect();
-                let code = c.load(Ordering::Relaxed);
-                // The phrases FreeSWITCH and Kamailio send.
-                let reason = match code {
-                    200 => "OK",
-                    404 => "Not Found",
-                    503 => "Maximum Calls In Progress",
-                    _ => "Whatever",
-                };
-                let reply = format!("SIP/2.0 {code} {reason}\r\n{echoed}Content-Length: 0\r\n\r\n");
-                let _ = sock.send_to(reply.as_bytes(), from);
-            }
-        });
-        CodeResponder {
-            addr,
-            code,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn set(&self, code: u16) {
-        self.code.store(code, Ordering::Relaxed);
-    }
-}
-
-impl Drop for CodeResponder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A long-running `pdns-ha monitor`, its log in a file; killed on drop.
 struct Monitor {
@@ -162,9 +93,9 @@ fn a_503_a_paused_or_not_ready_freeswitch_leaves_and_returns() {
     }
     let dir = TempDir::new("health-codes");
     let db = db(&dir);
-    let sip4 = CodeResponder::start(200);
+    let sip4 = Responder::with_code(200);
     // sip5 challenges unknown callers, as many servers do: 404 is its "up".
-    let sip5 = CodeResponder::start(404);
+    let sip5 = Responder::with_code(404);
     let fs = esl_standin::start(Config::default());
     sql(
         &db,
@@ -253,7 +184,7 @@ fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
         &node2,
         "UPDATE ha_targets SET probe = 'none', load_source = 'none'",
     );
-    let sip1 = CodeResponder::start(200);
+    let sip1 = Responder::with_code(200);
     sql(
         &node1,
         &format!(
@@ -367,7 +298,7 @@ fn three_monitors_one_cut_off_never_flap_the_answer() {
     let dir = TempDir::new("health-vote");
     let mc = Memcached::start(Memcached::free_port());
     let servers = format!("127.0.0.1:{}", mc.port);
-    let sip1 = CodeResponder::start(200);
+    let sip1 = Responder::with_code(200);
     let dead = closed_port();
     // Each monitor has its own configuration database, as on its own site;
     // monitor c sees sip1 at an address that does not answer (partitioned).
@@ -452,7 +383,7 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
     init_db(&db, &[]);
     // Ten answering sockets share 4,400 targets, ten silent ones 500; 100
     // more are TCP-probed, which needs the worker threads.
-    let answering: Vec<CodeResponder> = (0..10).map(|_| CodeResponder::start(200)).collect();
+    let answering: Vec<Responder> = (0..10).map(|_| Responder::with_code(200)).collect();
     let silent: Vec<UdpSocket> = (0..10)
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();

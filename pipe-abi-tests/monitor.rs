@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -16,10 +16,11 @@ use crate::esl_standin::{self, Config, Fault};
 use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
 use crate::util::{init_db, run_ok, BIN};
 
-/// A UDP SIP endpoint that answers every OPTIONS with 200 OK after
-/// `delay`. Stops when dropped.
+/// A UDP SIP endpoint that answers every OPTIONS after `delay` with the
+/// code it is set to (200 OK to begin with). Stops when dropped.
 pub(crate) struct Responder {
     pub(crate) addr: SocketAddr,
+    code: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -30,8 +31,11 @@ impl Responder {
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let addr = sock.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let (code, stop) = (
+            Arc::new(AtomicU16::new(200)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (c, flag) = (Arc::clone(&code), Arc::clone(&stop));
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !flag.load(Ordering::Relaxed) {
@@ -50,15 +54,36 @@ impl Responder {
                     .map(|l| format!("{l}\r\n"))
                     .collect();
                 thread::sleep(delay);
-                let reply = format!("SIP/2.0 200 OK\r\n{echoed}Content-Length: 0\r\n\r\n");
+                let code = c.load(Ordering::Relaxed);
+                // The phrases FreeSWITCH and Kamailio send.
+                let reason = match code {
+                    200 => "OK",
+                    404 => "Not Found",
+                    503 => "Maximum Calls In Progress",
+                    _ => "Whatever",
+                };
+                let reply = format!("SIP/2.0 {code} {reason}\r\n{echoed}Content-Length: 0\r\n\r\n");
                 let _ = sock.send_to(reply.as_bytes(), from);
             }
         });
         Self {
             addr,
+            code,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// A responder on a free loopback port answering `code` at once.
+    pub(crate) fn with_code(code: u16) -> Self {
+        let r = Self::start("127.0.0.1:0", Duration::ZERO);
+        r.set(code);
+        r
+    }
+
+    /// Answers `code` from now on.
+    pub(crate) fn set(&self, code: u16) {
+        self.code.store(code, Ordering::Relaxed);
     }
 }
 

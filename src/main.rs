@@ -140,7 +140,9 @@ fn push_metric(
             network,
             target,
             ms,
-        } => w.latency(&w.network(network)?, &w.target(target)?, *ms),
+        } => w
+            .latency(&w.network(network)?, &w.target(target)?, *ms)
+            .map(drop),
         Metric::Load {
             target,
             sessions,

@@ -17,7 +17,7 @@
 //! `pdns_ha_target_latency_seconds` and `pdns_ha_latency_age_seconds` are the monitor's
 //! families, with `source="observe"`, so that one query covers both exporters. The
 //! per-network figure has no per-source value: a caller seen by both sources counts once,
-//! with the median of all its round trips ([`super::aggregate`]); the sources are told
+//! with the median of all its round trips ([`mod@super::aggregate`]); the sources are told
 //! apart in the sample and error counters.
 
 use std::collections::BTreeMap;

@@ -17,7 +17,8 @@ pdns-ha: PowerDNS pipe backend that orders SIP SRV/A/AAAA answers by live measur
 
 usage:
   pdns-ha [pipe] --db PATH [--algorithm static|least-latency|least-load]
-                 [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
+                 [--dynamic-ttl SECS] [--stale-after SECS] [--max-clock-skew SECS]
+                 [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
                   [--once] [--stale-after SECS] [--monitor-id ID] [--workers N]

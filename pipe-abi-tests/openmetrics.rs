@@ -137,6 +137,7 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
         "{head}"
     );
     assert!(om.ends_with("\n# EOF\n"), "{om}");
+    eprintln!("--- monitor, OpenMetrics:\n{om}");
     let t = |name: &str, rest: &str| format!("{name}{{target=\"{rest}");
     for (series, want) in [
         (t("pdns_ha_target_up", "sip1.example.com\"}"), Some(1.0)),

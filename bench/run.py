@@ -15,6 +15,19 @@
 3. Footprint after one million lookups: peak RSS, heap peak and heap at the
    end (valgrind dhat), heap allocations per lookup in steady state; against
    the C responder and a Python responder.
+4. Four copies (`--only footprint`): four pipe processes, as pdns runs them,
+   each fed the same stream, then each one's own memory from
+   /proc/PID/smaps_rollup (Private_Clean + Private_Dirty), Pss and Rss,
+   against four C responders in the same run; where a pdns-ha process's
+   private memory sits, mapping by mapping.
+5. Large zones (`--only large`, bench/large.py): 1,000,000 records, a pipe
+   answering a recorded question stream while readings are written 10 times
+   a second, one operator edit, start-up, memory, and pdns_server + dnsperf
+   with a monitor round every second.
+
+`--baseline PATH` adds an older pdns-ha binary (e.g. built from an earlier
+commit in a scratch worktree) to parts 2, 4 and 5, so its figures stand
+beside today's.
 
 Run it with bench/run.sh, which builds what it needs. Loopback only.
 """
@@ -28,7 +41,11 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import large  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "target", "release", "pdns-ha")
@@ -194,14 +211,17 @@ class Dnsdist:
         self.log.close()
 
 
+def dnsperf_cmd(port, qfile, duration, clients, hexopt, outstanding=20):
+    return ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", qfile, "-l", str(duration), "-c", str(clients),
+            "-t", "2", "-q", str(outstanding), "-e", "-E", f"8:{hexopt}", "-v"]
+
+
 def dnsperf(port, qfile, duration, clients, args_outstanding=20):
     """Two dnsperf processes at once, one per client network. Returns
     (qps, [latency seconds], lost)."""
     procs = [
-        subprocess.Popen(
-            ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", qfile, "-l", str(duration), "-c", str(clients),
-             "-t", "2", "-q", str(args_outstanding), "-e", "-E", f"8:{hexopt}", "-v"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        subprocess.Popen(dnsperf_cmd(port, qfile, duration, clients, hexopt, args_outstanding),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for hexopt in NETWORKS.values()
     ]
     qps, lats, lost = 0.0, [], 0
@@ -333,33 +353,141 @@ def bench_pipe(args, ha):
     n = stream(big, args.lookups + 1)
     small, medium = os.path.join(WORK, "stream-20k.txt"), os.path.join(WORK, "stream-200k.txt")
     n_small, n_medium = stream(small, 20_001), stream(medium, 200_001)
-    ha_cmd = lambda alg: [BIN, "--db", ha, "--stale-after", FOREVER, "--algorithm", alg]
-    rows = []
-    for name, cmd in (("do-nothing (C, END only)", [C_RESPONDER, "--end-only"]),
-                      ("C responder", [C_RESPONDER]),
-                      ("pdns-ha static", ha_cmd("static")),
-                      ("pdns-ha least-latency", ha_cmd("least-latency")),
-                      ("pdns-ha least-load", ha_cmd("least-load")),
-                      ("Python responder", [sys.executable, PY_RESPONDER])):
-        walls, rss = [], 0
-        for _ in range(args.repeats):
-            wall, kb = run_stream(cmd, big)
-            walls.append(wall)
-            rss = max(rss, kb)
-        row = dict(name=name, lookups=n, walls=walls, rss_kb=rss)
-        if name.startswith("pdns-ha") and shutil.which("valgrind"):
+    ha_cmd = lambda alg, b=BIN: [b, "--db", ha, "--stale-after", FOREVER, "--algorithm", alg]
+    responders = [("do-nothing (C, END only)", [C_RESPONDER, "--end-only"]),
+                  ("C responder", [C_RESPONDER]),
+                  ("pdns-ha static", ha_cmd("static")),
+                  ("pdns-ha least-latency", ha_cmd("least-latency")),
+                  ("pdns-ha least-load", ha_cmd("least-load"))]
+    if args.baseline:
+        responders += [(f"baseline static", ha_cmd("static", args.baseline)),
+                       (f"baseline least-latency", ha_cmd("least-latency", args.baseline))]
+    responders.append(("Python responder", [sys.executable, PY_RESPONDER]))
+    rows = [dict(name=name, cmd=cmd, lookups=n, walls=[], rss_kb=0) for name, cmd in responders]
+    # Interleaved, so that the other load on a shared machine falls on every
+    # responder alike; best of the runs.
+    for _ in range(args.repeats):
+        for row in rows:
+            wall, kb = run_stream(row["cmd"], big)
+            row["walls"].append(wall)
+            row["rss_kb"] = max(row["rss_kb"], kb)
+    for row in rows:
+        name, cmd = row["name"], row["cmd"]
+        if name.startswith("pdns-ha") and shutil.which("valgrind") and not args.no_dhat:
             peak, end, b_small = dhat(cmd, small)
             _, _, b_medium = dhat(cmd, medium)
             row.update(heap_peak=peak, heap_end=end, allocs_per_lookup=(b_medium - b_small) / (n_medium - n_small))
-        rows.append(row)
-        best = min(walls)
-        print(f"{name:26} {n / best:10.0f} lookups/s  {best / n * 1e9:7.0f} ns/lookup  peak RSS {rss} KiB"
+        best = min(row["walls"])
+        print(f"{name:26} {n / best:10.0f} lookups/s  {best / n * 1e9:7.0f} ns/lookup  peak RSS {row['rss_kb']} KiB"
               + (f"  heap peak {row['heap_peak']} B, end {row['heap_end']} B, {row['allocs_per_lookup']:.3f} allocs/lookup"
                  if "heap_peak" in row else ""), flush=True)
     return rows
 
 
-def report(args, pdns_rows, pipe_rows):
+def smaps_by_mapping(pid):
+    """KiB per mapping (file and permissions, or [heap], [stack], anon):
+    (private clean + dirty, private dirty, Rss, Size), largest private first."""
+    groups, key = {}, None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            p = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", p[0]):
+                path = os.path.basename(p[5]) if len(p) > 5 else "[anon]"
+                key = f"{path} {p[1]}"
+                groups.setdefault(key, [0, 0, 0, 0])
+            elif p[0] in ("Private_Clean:", "Private_Dirty:", "Rss:", "Size:"):
+                g = groups[key]
+                v = int(p[1])
+                if p[0].startswith("Private"):
+                    g[0] += v
+                if p[0] == "Private_Dirty:":
+                    g[1] += v
+                if p[0] == "Rss:":
+                    g[2] += v
+                if p[0] == "Size:":
+                    g[3] += v
+    return sorted(groups.items(), key=lambda kv: -kv[1][0])
+
+
+def four_copies(cmd, path, copies=4):
+    """Starts `copies` processes, feeds each the stream at `path` (stdin kept
+    open), waits until each has answered every line, then reads their
+    memory. Returns ([smaps_rollup per process], per-mapping of the first)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    n_lines = data.count(b"\n")
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+             for _ in range(copies)]
+
+    def feed(p, chunk):
+        p.stdin.write(chunk)
+        p.stdin.flush()
+
+    def drain(p, want, done):
+        answered = 0
+        while answered < want:
+            line = p.stdout.readline()
+            if not line:
+                break
+            if line.startswith((b"END", b"FAIL", b"OK")):
+                answered += 1
+        done.append(answered)
+
+    def run(chunk):
+        done, threads = [], []
+        for p in procs:
+            threads += [threading.Thread(target=feed, args=(p, chunk)),
+                        threading.Thread(target=drain, args=(p, chunk.count(b"\n"), done))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert done == [chunk.count(b"\n")] * copies, (done, n_lines)
+
+    run(data)
+    # pdns asks without pause, so a pipe process's periodic check for a
+    # changed database (every 250 ms) runs between questions: a short tail
+    # after a pause makes sure it ran before the memory is read.
+    time.sleep(0.6)
+    run(b"\n".join(data.split(b"\n")[:1001]) + b"\n")
+    time.sleep(0.2)
+    mems = [large.smaps_rollup(p.pid) for p in procs]
+    mapping = smaps_by_mapping(procs[0].pid)
+    for p in procs:
+        p.stdin.close()
+        p.stdout.close()
+        p.wait(10)
+    return mems, mapping
+
+
+def bench_footprint(args, ha):
+    path = os.path.join(WORK, "stream-footprint.txt")
+    stream(path, args.footprint_lookups + 1)
+    ha_cmd = lambda alg, b=BIN: [b, "--db", ha, "--stale-after", FOREVER, "--algorithm", alg]
+    sets = [("C responder", [C_RESPONDER]), ("pdns-ha static", ha_cmd("static")),
+            ("pdns-ha least-latency", ha_cmd("least-latency"))]
+    if args.baseline:
+        sets += [("baseline static", ha_cmd("static", args.baseline)),
+                 ("baseline least-latency", ha_cmd("least-latency", args.baseline))]
+    rows = {name: dict(name=name, runs=[]) for name, _ in sets}
+    for rep in range(args.repeats):
+        for name, cmd in sets:
+            mems, mapping = four_copies(cmd, path)
+            rows[name]["runs"].append(mems)
+            rows[name]["mapping"] = mapping
+            avg = lambda k: statistics.mean(m[k] for m in mems)
+            print(f"four copies #{rep + 1} {name:24} private {avg('Private'):7.1f} KiB "
+                  f"(dirty {avg('Private_Dirty'):.1f}), Pss {avg('Pss'):7.1f} KiB, Rss {avg('Rss'):7.1f} KiB "
+                  f"per process: {[m['Private'] for m in mems]}", flush=True)
+    for name in ("C responder", "pdns-ha static"):
+        print(f"{name}: private memory by mapping (KiB: private, of which dirty, Rss, size)")
+        for k, v in rows[name]["mapping"]:
+            if v[0] or v[2] > 64:
+                print(f"    {k:48} {v[0]:6} {v[1]:6} {v[2]:6} {v[3]:7}")
+    return list(rows.values())
+
+
+def report(args, pdns_rows, pipe_rows, foot_rows=(), large_rows=None):
     def versions():
         out = {}
         for name, cmd in (("pdns", ["pdns_server", "--version"]), ("dnsperf", ["dnsperf", "-h"])):
@@ -401,17 +529,78 @@ def report(args, pdns_rows, pipe_rows):
                              + ", ".join(f"{k} → {v}" for k, v in r["per_client"].items()) + ".")
         lines.append("")
     if pipe_rows:
-        lines += ["| pipe microbenchmark | lookups/s (best of runs) | ns/lookup | peak RSS | heap peak | heap at end | allocs/lookup |",
-                  "|---|---|---|---|---|---|---|"]
+        c = min(next(r for r in pipe_rows if r["name"] == "C responder")["walls"])
+        lines += ["| pipe microbenchmark | lookups/s (each run) | best | ×C responder | ns/lookup | peak RSS | heap peak | heap at end | allocs/lookup |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in pipe_rows:
             best = min(r["walls"])
-            lines.append(f"| {r['name']} | {r['lookups'] / best:.0f} | {best / r['lookups'] * 1e9:.0f} | "
+            each = " / ".join(f"{r['lookups'] / w:.0f}" for w in r["walls"])
+            lines.append(f"| {r['name']} | {each} | "
+                         f"{r['lookups'] / best:.0f} | {c / best:.2f} | {best / r['lookups'] * 1e9:.0f} | "
                          f"{r['rss_kb'] / 1024:.2f} MiB | "
                          + (f"{r['heap_peak'] / 1024:.1f} KiB | {r['heap_end'] / 1024:.1f} KiB | {r['allocs_per_lookup']:.3f} |"
                             if "heap_peak" in r else "- | - | - |"))
         lines += ["", f"{pipe_rows[0]['lookups']:,} lookups per run from a recorded pdns question stream "
                   "(SOA walk, ANY, additional-section lookups, one miss in ten); heap from valgrind dhat, "
-                  "allocations per lookup as the difference between a 20k and a 200k stream.", ""]
+                  "allocations per lookup as the difference between a 20k and a 200k stream; runs interleaved.", ""]
+    if foot_rows:
+        c = statistics.mean(m["Private"] for run in foot_rows[0]["runs"] for m in run)
+        lines += ["| four copies (each fed the stream) | private KiB per process (run 1 / run 2) | dirty | Pss KiB | Rss KiB | private ×C |",
+                  "|---|---|---|---|---|---|"]
+        for r in foot_rows:
+            per_run = [statistics.mean(m["Private"] for m in run) for run in r["runs"]]
+            avg = lambda k: statistics.mean(m[k] for run in r["runs"] for m in run)
+            lines.append(f"| {r['name']} | {' / '.join(f'{x:.0f}' for x in per_run)} | {avg('Private_Dirty'):.0f} | "
+                         f"{avg('Pss'):.0f} | {avg('Rss'):.0f} | {statistics.mean(per_run) / c:.2f} |")
+        lines += ["", f"Four processes per responder alive at once, each fed the same {args.footprint_lookups:,}-line "
+                  "stream, then /proc/PID/smaps_rollup (private = Private_Clean + Private_Dirty); means over the four.", ""]
+        for r in foot_rows:
+            if r["name"] in ("pdns-ha static", "C responder"):
+                lines += [f"Private memory of one {r['name']} process by mapping (KiB):", "",
+                          "| mapping | private | of which dirty | Rss | size |", "|---|---|---|---|---|"]
+                lines += [f"| {k} | {v[0]} | {v[1]} | {v[2]} | {v[3]} |" for k, v in r["mapping"] if v[0] or v[2] > 64]
+                lines.append("")
+    if large_rows:
+        lr = large_rows
+        fl = lr["floor"]
+        lines += [f"Large zone: {lr['records']:,} A records in one zone plus the example ({lr['db_mib']:.0f} MiB "
+                  f"database, built in {lr['build_s']:.1f} s). Driver floor (the C responder on the same stream, "
+                  f"every big.example name an END, same duration): p50 {fl['p50']:.3f} ms, p99 {fl['p99']:.3f} ms, "
+                  f"max {fl['max']:.2f} ms, over 1 ms {fl['over1']}, over 50 ms {fl['over50']} of {fl['lookups']}.", "",
+                  "| build | start-up s (3 runs) | run | lookups | readings written | p50 ms | p99 ms | p99.9 ms | max ms | "
+                  "> 1 ms | > 50 ms | edit served after s | max ms around the edit | private KiB | Pss KiB | Rss KiB | peak RSS KiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in lr["runs"]:
+            for i, s in enumerate(r.get("streams", [])):
+                m = s["mem"]
+                served = s.get("edit_served_s")
+                lines.append(f"| {r['label']} | {' / '.join(f'{x:.3f}' for x in r['startup'])} | {i + 1} | {s['lookups']} | "
+                             f"{s['written']} | {s['p50']:.3f} | {s['p99']:.3f} | {s['p999']:.3f} | {s['max']:.2f} | "
+                             f"{s['over1']} | {s['over50']} | {'not served' if served is None else f'{served:.3f}'} | "
+                             f"{s.get('edit_max_ms', 0):.2f} | {m['Private']} | {m['Pss']} | {m['Rss']} | {m['VmHWM']} |")
+        lines += ["", "Per kind of client query (last run of each build; lookups, p50 / p99 / max ms):", ""]
+        for r in [r for r in lr["runs"] if r.get("streams")]:
+            k = r["streams"][-1]["kinds"]
+            lines.append(f"- {r['label']}: " + "; ".join(f"{n} {v[0]} lookups {v[1]:.3f} / {v[2]:.3f} / {v[3]:.2f}"
+                                                          for n, v in k.items())
+                         + f". CMD status: {r['streams'][-1]['status']}")
+        lines.append("")
+        if any("pdns" in r for r in lr["runs"]):
+            lines += [f"| pdns_server, caches off, {lr['records']:,} records, monitor round every second | seconds | qps | "
+                      "p50 ms | p99 ms | p99.9 ms | max ms | > 100 ms | response codes | SERVFAIL | lost | "
+                      "coprocess private KiB | coprocess peak RSS KiB |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            for r in lr["runs"]:
+                if "pdns" in r and "failed" in r["pdns"]:
+                    lines.append(f"| {r['label']} | {r['pdns']['seconds']} | {r['pdns']['failed']} |||||||||||")
+                elif "pdns" in r:
+                    p = r["pdns"]
+                    lines.append(f"| {r['label']} | {p['seconds']} | {p['qps']:.0f} | {p['p50']:.2f} | {p['p99']:.2f} | "
+                                 f"{p['p999']:.2f} | {p['max']:.0f} | {p['over100']} | "
+                                 f"{', '.join(f'{k} {v}' for k, v in p['rcodes'].items())} | "
+                                 f"{p['servfail']} | {p['lost']} | {', '.join(str(m['Private']) for m in p['mems']) or '-'} | "
+                                 f"{', '.join(str(m['VmHWM']) for m in p['mems']) or '-'} |")
+            lines.append("")
     text = "\n".join(lines)
     print("\n" + text)
     with open(args.out, "w") as f:
@@ -424,14 +613,27 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--clients", type=int, default=10, help="dnsperf clients per network")
     ap.add_argument("--lookups", type=int, default=1_000_000, help="pipe microbenchmark stream length")
-    ap.add_argument("--only", choices=["pdns", "pipe", "dnsdist"],
+    ap.add_argument("--only", choices=["pdns", "pipe", "dnsdist", "footprint", "large"],
                     help="run one part (dnsdist: its rows and the rows they are compared with)")
+    ap.add_argument("--no-dhat", action="store_true", help="skip valgrind in the pipe part")
+    ap.add_argument("--footprint-lookups", type=int, default=200_000, help="stream length for the four copies")
+    ap.add_argument("--baseline", help="an older pdns-ha binary to measure beside this one")
+    ap.add_argument("--large-records", type=int, default=1_000_000)
+    ap.add_argument("--large-duration", type=int, default=30, help="seconds of question stream per run")
+    ap.add_argument("--large-pdns-duration", type=int, default=60, help="seconds of dnsperf at the large size")
+    ap.add_argument("--large-skip-pdns", action="store_true")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results.md"))
     args = ap.parse_args()
     ha, lua = make_databases()
     pdns_rows = bench_pdns(args, ha, lua) if args.only in (None, "pdns", "dnsdist") else []
     pipe_rows = bench_pipe(args, ha) if args.only in (None, "pipe") else []
-    report(args, pdns_rows, pipe_rows)
+    foot_rows = bench_footprint(args, ha) if args.only in (None, "footprint") else []
+    large_rows = None
+    if args.only in (None, "large"):
+        bins = [("pdns-ha", BIN)] + ([("baseline", args.baseline)] if args.baseline else [])
+        large_rows = large.run(args, bins, C_RESPONDER, os.path.join(REPO, "sql", "example.sql"), WORK, Pdns,
+                               dnsperf_cmd, NETWORKS, FOREVER)
+    report(args, pdns_rows, pipe_rows, foot_rows, large_rows)
 
 
 if __name__ == "__main__":

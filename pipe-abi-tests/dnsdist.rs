@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::pdns::{find_tool, free_port, require, Backend, DigResult, Pdns, TempDir};
-use crate::util::{init_db, BIN};
+use crate::util::{init_db, run_ok, BIN};
 
 /// The README's dnsdist configuration ("A cached front for per-network answers"), with
 /// the addresses left as `{listen}` and `{backend}`. Kept word for word in step with it:
@@ -219,19 +219,21 @@ fn db(dir: &TempDir) -> PathBuf {
 }
 
 fn latency(db: &Path, network: &str, sip: u8, ms: f64) {
-    let out = Command::new(BIN)
-        .args(["metric", "latency", "--db"])
-        .arg(db)
-        .args(["--network", network, "--target"])
-        .arg(format!("sip{sip}.example.com"))
-        .args(["--ms", &ms.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let target = format!("sip{sip}.example.com");
+    let db = db.to_str().unwrap();
+    let ms = ms.to_string();
+    run_ok(&[
+        "metric",
+        "latency",
+        "--db",
+        db,
+        "--network",
+        network,
+        "--target",
+        &target,
+        "--ms",
+        &ms,
+    ]);
 }
 
 /// The SRV target(s) with the lowest priority, e.g. `["sip4"]`.

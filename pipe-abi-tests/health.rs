@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -19,7 +19,7 @@ use crate::esl_standin::{self, Config};
 use crate::memcached::Memcached;
 use crate::monitor::{closed_port, db, sql, srv, start_pdns, status};
 use crate::pdns::{require, Pdns, TempDir};
-use crate::util::{init_db, kill, BIN};
+use crate::util::{init_db, kill, run_ok, BIN};
 
 /// A UDP SIP endpoint answering OPTIONS with whatever code it is set to.
 struct CodeResponder {
@@ -238,17 +238,6 @@ fn a_503_a_paused_or_not_ready_freeswitch_leaves_and_returns() {
     }
 }
 
-/// `pdns-ha ARGS...`, which must succeed.
-fn cli(args: &[&str]) -> Output {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "pdns-ha {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
     if !(tools() & require("memcached")) {
@@ -284,7 +273,7 @@ fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
     let nodes = Pdns::start_all(vec![pipe(&node1), pipe(&node2)]);
     let db1 = node1.to_str().unwrap();
     let monitor_round = || {
-        cli(&[
+        run_ok(&[
             "monitor",
             "--once",
             "--timeout",
@@ -300,7 +289,7 @@ fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
         until_served(n, "sip1", true, Duration::from_secs(5), "");
     }
 
-    let out = cli(&[
+    let out = run_ok(&[
         "drain",
         "--db",
         db1,
@@ -332,7 +321,7 @@ fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
     let table = status(&node1);
     let line = table.lines().find(|l| l.starts_with("sip1.")).unwrap();
     assert!(line.contains("drained: kernel upgrade; up "), "{table}");
-    let explained = cli(&[
+    let explained = run_ok(&[
         "explain",
         "--db",
         db1,
@@ -355,7 +344,7 @@ fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
     thread::sleep(Duration::from_millis(2500));
     assert!(!targets(&nodes[1]).iter().any(|t| t == "sip1"));
 
-    cli(&[
+    run_ok(&[
         "undrain",
         "--db",
         db1,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::pdns::{require, Backend, Pdns, TempDir};
-use crate::util::{init_db, BIN};
+use crate::util::{init_db, run_ok, BIN};
 
 const CONFIG: &str = include_str!("fixtures/kamailio-test.cfg");
 const CALLS: u32 = 30;
@@ -126,16 +126,14 @@ pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 
 /// `pdns-ha monitor --once`; its log (stderr) is returned for the messages.
 fn monitor_once(db: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["monitor", "--once", "--timeout", "1000", "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "monitor: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&[
+        "monitor",
+        "--once",
+        "--timeout",
+        "1000",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -202,22 +200,18 @@ fn kamailio_load_from_real_calls_reaches_the_answer() {
         ))
         .unwrap();
     let load5 = |db: &Path| {
-        let out = Command::new(BIN)
-            .args([
-                "metric",
-                "load",
-                "--target",
-                "sip5.example.com",
-                "--sessions",
-                "50",
-                "--max",
-                "100",
-                "--db",
-            ])
-            .arg(db)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        run_ok(&[
+            "metric",
+            "load",
+            "--target",
+            "sip5.example.com",
+            "--sessions",
+            "50",
+            "--max",
+            "100",
+            "--db",
+            db.to_str().unwrap(),
+        ]);
     };
 
     let (cfg_path, dir_path) = (cfg.display().to_string(), dir.display().to_string());

@@ -3,14 +3,13 @@
 //! from different client networks (ECS and loopback source addresses).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
 use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
-use crate::util::{init_db, BIN};
+use crate::util::{init_db, run_ok, BIN};
 
 /// How long a pushed reading may take to show in every coprocess's
 /// answers: the contract is about a second; the margin is for CI.
@@ -37,18 +36,12 @@ fn live_db(dir: &TempDir) -> PathBuf {
 }
 
 fn metric(db: &Path, args: &[&str]) {
-    let out = Command::new(BIN)
-        .arg("metric")
-        .arg(args[0])
-        .arg("--db")
-        .arg(db)
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "metric {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        &[
+            &["metric", args[0], "--db", db.to_str().unwrap()],
+            &args[1..],
+        ]
+        .concat(),
     );
 }
 

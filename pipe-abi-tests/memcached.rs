@@ -11,15 +11,16 @@ use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
 use crate::pdns::{find_tool, require, TempDir};
-use crate::util::{init_db, Pipe, BIN};
+use crate::util::{init_db, run_ok, Pipe};
 
 /// Worst single lookup tolerated while memcached misbehaves: far under
 /// pdns's 2000 ms pipe-timeout, far over the 10 ms memcached timeout.
 const LOOKUP_BOUND: Duration = Duration::from_millis(250);
 
 /// How long shared readings may take to show: one fetch interval (1 s),
-/// or the longest back-off (5 s) after an outage, plus CI noise.
-const SHARED_WITHIN: Duration = Duration::from_secs(8);
+/// or the longest back-off (5 s) after an outage, plus a margin for a
+/// loaded 2-core machine (processes started by the test run slowly there).
+const SHARED_WITHIN: Duration = Duration::from_secs(12);
 
 pub struct Memcached {
     child: Child,
@@ -110,17 +111,13 @@ fn node_db(dir: &TempDir, name: &str) -> PathBuf {
 
 /// `pdns-ha metric ...` against `db`, published to `servers`.
 fn metric(db: &Path, servers: &str, args: &[&str]) {
-    let out = Command::new(BIN)
-        .arg("metric")
-        .arg(args[0])
-        .args(["--db", db.to_str().unwrap(), "--memcached", servers])
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let db = db.to_str().unwrap();
+    run_ok(
+        &[
+            &["metric", args[0], "--db", db, "--memcached", servers],
+            &args[1..],
+        ]
+        .concat(),
     );
 }
 
@@ -175,7 +172,8 @@ fn machine_noise(db: &Path, over: Duration) -> usize {
 fn pipe(db: &Path, servers: &str, log: &Path) -> Pipe {
     let args = ["--algorithm", "least-latency", "--memcached", servers];
     let mut p = Pipe::start_with_log(db, &args, Stdio::from(File::create(log).unwrap()));
-    p.ask("HELO\t3");
+    // ABI 5: the same question format as 3, and CMD status for counters.
+    p.ask("HELO\t5");
     p
 }
 
@@ -321,17 +319,23 @@ fn a_memcached_that_never_answers_costs_one_timeout() {
     let db = node_db(&dir, "node.db");
     let (addr, holder) = silent_server(Duration::from_secs(20));
     let log = dir.path().join("node.log");
-    let over = Duration::from_millis(5);
-    let noise = machine_noise(&db, over);
     let mut p = pipe(&db, &addr.to_string(), &log);
-    let (worst, slow, n) = timed_lookups(&mut p, Duration::from_secs(3), over);
-    // One fetch a second, each bounded by the 10 ms timeout, then back-off:
-    // a handful of slow lookups in 3 s, beside what the machine's own
-    // noise gives a pipe without memcached.
+    let (worst, _, n) = timed_lookups(&mut p, Duration::from_secs(3), LOOKUP_BOUND);
+    // Each failed exchange costs one 10 ms timeout, and back-off (0.5 s,
+    // 1 s, 2 s ...) keeps them to a handful in 3 s whatever the lookup rate:
+    // counted by the pipe itself rather than timed, so a busy machine
+    // cannot blur it.
+    let status = p.ask("CMD\tstatus").join("\n");
+    let failed: u64 = status
+        .split("failed exchanges: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no memcached line in:\n{status}"));
     assert!(worst < LOOKUP_BOUND, "worst lookup: {worst:?}");
     assert!(
-        slow <= 5 + 2 * noise,
-        "{slow} of {n} lookups over 5 ms ({noise} without memcached)"
+        (1..=4).contains(&failed),
+        "{failed} failed exchanges in {n} lookups over 3 s"
     );
     drop(p);
     drop(holder);

@@ -14,7 +14,7 @@ use rusqlite::Connection;
 
 use crate::esl_standin::{self, Config, Fault};
 use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
-use crate::util::{init_db, BIN};
+use crate::util::{init_db, run_ok, BIN};
 
 /// A UDP SIP endpoint that answers every OPTIONS with 200 OK after
 /// `delay`. Stops when dropped.
@@ -99,35 +99,14 @@ pub(crate) fn sql(db: &Path, batch: &str) {
 
 fn monitor_once(db: &Path, timeout_ms: u32) -> (Output, Duration) {
     let start = Instant::now();
-    let out = Command::new(BIN)
-        .args([
-            "monitor",
-            "--once",
-            "--timeout",
-            &timeout_ms.to_string(),
-            "--db",
-        ])
-        .arg(db)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "monitor --once: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, took)
+    let timeout = timeout_ms.to_string();
+    let db = db.to_str().unwrap();
+    let out = run_ok(&["monitor", "--once", "--timeout", &timeout, "--db", db]);
+    (out, start.elapsed())
 }
 
 pub(crate) fn status(db: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["status", "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(run_ok(&["status", "--db", db.to_str().unwrap()]).stdout).unwrap()
 }
 
 pub(crate) fn start_pdns(db: &Path, algorithm: &str) -> Pdns {

@@ -17,23 +17,11 @@ use crate::keepalive::{start_phone, start_registrar};
 use crate::netns;
 use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
 use crate::udp_relay::UdpRelay;
-use crate::util::{init_db, BIN};
+use crate::util::{init_db, run_ok, BIN};
 
 /// `pdns-ha observe --once --db DB ARGS...`, with its log.
 fn observe(db: &Path, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(["observe", "--once", "--db"])
-        .arg(db)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "observe {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_ok(&[&["observe", "--once", "--db", db.to_str().unwrap()], args].concat())
 }
 
 fn log(out: &Output) -> String {
@@ -235,14 +223,7 @@ fn observe_bad_input_writes_nothing_and_says_so_once() {
         ][..],
         &["health", "--target", "sip7.example.com", "up"],
     ] {
-        let out = Command::new(BIN)
-            .arg("metric")
-            .args(args)
-            .arg("--db")
-            .arg(&db)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        run_ok(&[&["metric"], args, &["--db", db.to_str().unwrap()]].concat());
     }
     let before = latency_rows(&db);
     let health = || -> (i64, f64) {

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 
 use crate::memcached::{silent_server, Memcached};
 use crate::pdns::{require, Backend, Pdns, TempDir};
-use crate::util::{init_db, kill, Pipe, BIN};
+use crate::util::{init_db, kill, run_ok, Pipe, BIN};
 
 /// pdns's pipe-timeout in these tests; no answer may come near it.
 const PIPE_TIMEOUT_MS: u64 = 2000;
@@ -86,6 +86,12 @@ impl Load {
     /// Stops and checks every answer: NOERROR with all eight records (the
     /// database never loses them), well under pipe-timeout.
     pub(crate) fn check(mut self, what: &str) -> (usize, Duration) {
+        // A loaded machine digs slowly: let the load reach a count worth
+        // judging (bounded in time) rather than fail on too few queries.
+        let until = Instant::now() + Duration::from_secs(30);
+        while self.seen.lock().unwrap().len() <= 20 && Instant::now() < until {
+            sleep(Duration::from_millis(50));
+        }
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let seen = self.seen.lock().unwrap();
@@ -274,19 +280,18 @@ fn short_soak_while_readings_are_written() {
             while !flag.load(Ordering::Relaxed) && n < 2000 {
                 let sip = format!("sip{}.example.com", n % 8 + 1);
                 let ms = format!("{}", 1 + n % 50);
-                let out = Command::new(BIN)
-                    .args(["metric", "latency", "--db", wdb.to_str().unwrap()])
-                    .args([
-                        "--network",
-                        "198.51.100.0/24",
-                        "--target",
-                        &sip,
-                        "--ms",
-                        &ms,
-                    ])
-                    .output()
-                    .unwrap();
-                assert!(out.status.success());
+                run_ok(&[
+                    "metric",
+                    "latency",
+                    "--db",
+                    wdb.to_str().unwrap(),
+                    "--network",
+                    "198.51.100.0/24",
+                    "--target",
+                    &sip,
+                    "--ms",
+                    &ms,
+                ]);
                 n += 1;
                 sleep(Duration::from_millis(20));
             }
@@ -464,27 +469,25 @@ fn secrets_stay_secret_and_sql_stays_data() {
         );
     }
 
-    // The pipe's database file is open read-only.
-    let pid = p.pid();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
-    let db_fd = fds
+    // Held whole, the database is read through a connection closed after
+    // each read: between reads the pipe holds no descriptor of it at all
+    // (a per-name database's stays open read-only: scale.rs checks that).
+    assert_eq!(db_access_mode(p.pid(), &db), None);
+    assert!(p.finish().success());
+}
+
+/// How process `pid` holds `db` open: `Some(O_ACCMODE bits)`, or `None`
+/// when it holds no descriptor of it.
+pub(crate) fn db_access_mode(pid: u32, db: &Path) -> Option<u32> {
+    let fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
         .filter_map(|e| e.ok())
-        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == db))
-        .expect("the pipe has the database open");
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == db))?;
     let info = std::fs::read_to_string(format!(
         "/proc/{pid}/fdinfo/{}",
-        db_fd.file_name().to_str().unwrap()
+        fd.file_name().to_str().unwrap()
     ))
     .unwrap();
-    let flags = info
-        .lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .unwrap()
-        .trim();
-    assert_eq!(
-        u32::from_str_radix(flags, 8).unwrap() & 0o3,
-        0,
-        "O_RDONLY expected, flags {flags}"
-    );
-    assert!(p.finish().success());
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
+    Some(u32::from_str_radix(flags.trim(), 8).unwrap() & 0o3)
 }

@@ -131,6 +131,11 @@ fn a_large_database_is_read_per_name_without_stalls() {
     eprintln!("start-up on {LARGE} records: {:?}", started.elapsed());
     let status = p.ask("CMD\tstatus").join("\n");
     assert!(status.contains("read per name"), "{status}");
+    // Read per name, the connection stays open, and read-only.
+    assert_eq!(
+        crate::reliability::db_access_mode(p.pid(), &db),
+        Some(libc::O_RDONLY as u32)
+    );
 
     // Hits, misses (cached as absent), any case, and the example's ranked SRV.
     assert_eq!(

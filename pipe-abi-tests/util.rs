@@ -1,6 +1,7 @@
-//! Test plumbing: temp dirs, seeded databases, and pdns-ha pipe processes
+//! Test plumbing: seeded databases, `pdns-ha` commands run to their end, and pipe processes
 //! driven over stdin/stdout with bounded waits.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
@@ -23,20 +24,29 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"))
 }
 
-/// Runs `pdns-ha init` on `db` with seed scripts given relative to the repo.
-pub fn init_db(db: &Path, scripts: &[&str]) {
+/// Runs `pdns-ha ARGS...` to its end, with `RUST_LOG=info` so that its log
+/// can be read, and fails the test with that log unless it succeeded.
+pub fn run_ok<S: AsRef<OsStr>>(args: &[S]) -> Output {
     let out = Command::new(BIN)
-        .arg("init")
-        .arg("--db")
-        .arg(db)
-        .args(scripts.iter().map(|s| Path::new(REPO).join(s)))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "init failed: {}",
+        "pdns-ha {:?}: {}",
+        args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Runs `pdns-ha init` on `db` with seed scripts given relative to the repo.
+pub fn init_db(db: &Path, scripts: &[&str]) {
+    let mut args = vec![OsString::from("init"), "--db".into(), db.into()];
+    args.extend(scripts.iter().map(|s| Path::new(REPO).join(s).into()));
+    run_ok(&args);
 }
 
 /// The example plus the edge-case zones, built once per test run and only

@@ -240,7 +240,12 @@ impl Backend {
                         true => "sealed values only",
                         false => "unauthenticated",
                     };
-                    writeln!(out, "memcached: {auth}; values ignored: {}", c.rejects())?;
+                    writeln!(
+                        out,
+                        "memcached: {auth}; failed exchanges: {}; values ignored: {}",
+                        c.failures(),
+                        c.rejects()
+                    )?;
                 }
                 writeln!(out, "uptime: {:.0?}", self.started.elapsed())?;
             }

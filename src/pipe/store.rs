@@ -1,13 +1,18 @@
-//! SQLite access for the pipe: a read-only connection, the records index it
-//! fills ([`Zones`]: whole for a small database, per name for a large one),
-//! the soft-state readings, and the watch that notices an operator's change.
+//! SQLite access for the pipe: the records index ([`Zones`]: whole for a
+//! small database, per name for a large one), the soft-state readings, and
+//! the watch that notices a change.
 //!
-//! Every commit to the database changes SQLite's `data_version`, and monitors
-//! commit readings several times a second. So a change is sorted by kind: the
-//! readings (a few rows per target) are always re-read, while the zones are
-//! dropped or re-read only when the `ha_changes` counter that triggers keep on
-//! `domains` and `records` moved (`sql/schema.sql`). A database without that
-//! table (plain gsqlite3) is treated as if every commit touched the zones.
+//! The watch is a [`Fingerprint`] of the file and its WAL, taken with `stat`
+//! every 250 ms: any commit changes it. A database held whole is then read
+//! through a connection opened for the read and closed after it, so a pipe
+//! process keeps none of SQLite's memory between changes (four or more pipe
+//! processes each kept about 190 KiB of it); a database read per name keeps
+//! its connection, which every new name needs. Monitors commit readings
+//! several times a second, so a change is sorted by kind: the readings (a
+//! few rows per target) are always re-read, while the zones are dropped or
+//! re-read only when the `ha_changes` counter that triggers keep on `domains`
+//! and `records` moved (`sql/schema.sql`). A database without that table
+//! (plain gsqlite3) is treated as if every commit touched the zones.
 //!
 //! A missing, replaced-by-garbage, locked or corrupt file keeps the last good
 //! data answering: all of it when held whole, the cached names otherwise.
@@ -29,8 +34,8 @@ use crate::state::validate::Clock;
 use crate::text::shown;
 
 /// How often the pipe looks for a changed database. The contract is that an
-/// operator's change is served within a second; a check costs one `stat`
-/// and one `PRAGMA data_version`, a few microseconds.
+/// operator's change is served within a second; a check costs two `stat`s,
+/// a few microseconds.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// While the database stays broken, repeat the error at most this often.
@@ -82,15 +87,53 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Identity of the file behind the path: a new inode means the operator
-/// replaced the file, and the open connection still reads the old one.
-/// Anything but a regular file (a FIFO would block the open for ever, a
-/// directory or device is no database) is refused before SQLite sees it.
-fn file_id(path: &Path) -> Result<(u64, u64), String> {
+/// What `stat` says of one file: which file it is (a new inode means the
+/// operator replaced the database) and when and how it last changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    id: (u64, u64),
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Self {
+            id: (m.dev(), m.ino()),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// The database file and its WAL as `stat` sees them. Every commit changes
+/// one of the two: in WAL mode it appends to the `-wal` file (and a
+/// checkpoint writes the database), with a rollback journal it writes the
+/// database itself; each write stamps the file's change times, which Linux
+/// keeps in nanoseconds. The same fingerprint twice means nothing to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    db: Stamp,
+    wal: Option<Stamp>,
+}
+
+/// The fingerprint of the database at `path`. Anything but a regular file
+/// (a FIFO would block the open for ever, a directory or device is no
+/// database) is refused before SQLite sees it.
+fn fingerprint(path: &Path) -> Result<Fingerprint, String> {
     let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
     let t = m.file_type();
     let kind = match () {
-        _ if t.is_file() => return Ok((m.dev(), m.ino())),
+        _ if t.is_file() => {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            return Ok(Fingerprint {
+                db: Stamp::of(&m),
+                wal: std::fs::metadata(&wal).ok().map(|w| Stamp::of(&w)),
+            });
+        }
         _ if t.is_dir() => "a directory",
         _ if t.is_fifo() => "a FIFO",
         _ if t.is_socket() => "a socket",
@@ -115,9 +158,10 @@ pub struct StoreStats {
 
 pub struct Store {
     path: PathBuf,
-    conn: Connection,
-    file: (u64, u64),
-    data_version: i64,
+    /// Held between changes only while the records are read per name.
+    conn: Option<Connection>,
+    /// The database as last read; `None` forces the next check to read.
+    seen: Option<Fingerprint>,
     /// The `ha_changes` zones counter the zones were read at; `None` when
     /// the database has no such table.
     zones_version: Option<i64>,
@@ -168,7 +212,7 @@ impl Store {
             path: path.to_owned(),
             what,
         };
-        let file = file_id(path).map_err(err)?;
+        let seen = fingerprint(path).map_err(err)?;
         let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
         let loaded = load(&conn, true, clock()).map_err(|e| match e.contains("no such table") {
             true => err(format!(
@@ -181,9 +225,8 @@ impl Store {
         let now = Instant::now();
         let mut store = Self {
             path: path.to_owned(),
-            conn,
-            file,
-            data_version: loaded.data_version,
+            conn: Some(conn),
+            seen: Some(seen),
             zones_version: None,
             zones: Zones::default(),
             axfr: Zones::default(),
@@ -204,6 +247,7 @@ impl Store {
             clock,
         };
         store.install(loaded, now);
+        store.keep_connection_if_needed();
         Ok(store)
     }
 
@@ -260,7 +304,8 @@ impl Store {
         let first = self.zones.start_name();
         let mut skipped = Vec::new();
         let mut read = || -> rusqlite::Result<()> {
-            let mut stmt = self.conn.prepare_cached(named("records_named"))?;
+            let conn = self.conn.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
+            let mut stmt = conn.prepare_cached(named("records_named"))?;
             let mut rows = stmt.query([&self.name_buf])?;
             while let Some(r) = rows.next()? {
                 let row = read_row(r)?;
@@ -294,16 +339,15 @@ impl Store {
             return Ok(&self.zones);
         }
         let read = || -> rusqlite::Result<Zones> {
+            let conn = self.conn.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
             let mut b = Builder::default();
-            let by_id = self
-                .conn
+            let by_id = conn
                 .prepare_cached(named("domain_by_id"))?
                 .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
                 .optional()?;
             let domain = match (by_id, zone) {
                 (Some(d), _) => Some(d),
-                (None, Some(z)) => self
-                    .conn
+                (None, Some(z)) => conn
                     .prepare_cached(named("domain_by_name"))?
                     .query_row([z.strip_suffix('.').unwrap_or(z)], |r| {
                         Ok((r.get(0)?, r.get(1)?))
@@ -315,7 +359,7 @@ impl Store {
                 return Ok(b.finish());
             };
             b.domain(id, &name);
-            let mut stmt = self.conn.prepare_cached(named("zone_records"))?;
+            let mut stmt = conn.prepare_cached(named("zone_records"))?;
             let mut rows = stmt.query([id])?;
             while let Some(r) = rows.next()? {
                 // Unservable rows are logged when their names are asked.
@@ -332,7 +376,7 @@ impl Store {
     pub fn end_axfr(&mut self) {
         if self.axfr.record_count() > 0 {
             self.axfr = Zones::default();
-            give_back_memory(&self.conn);
+            give_back_memory(self.conn.as_ref());
         }
     }
 
@@ -420,28 +464,51 @@ impl Store {
 
     /// Forces a full re-read at the next `refresh` (CMD `reload`).
     pub fn expire(&mut self) {
-        self.data_version = i64::MIN;
+        self.seen = None;
         self.zones_version = None;
         self.next_check = Instant::now();
     }
 
+    /// Reads what changed since the last fingerprint. The fingerprint is
+    /// taken before the read and kept only after it succeeded, so a commit
+    /// during the read is read again next time, and a failed read is tried
+    /// again at every check until the file heals.
     fn check(&mut self, now: Instant) -> Result<(), String> {
-        let file = file_id(&self.path)?;
-        if file != self.file {
-            let conn = open_read_only(&self.path, Duration::ZERO)?;
-            let loaded = load(&conn, true, (self.clock)())?;
-            info!("database {} was replaced; reopened it", self.path.display());
-            (self.conn, self.file) = (conn, file);
-            self.install(loaded, now);
+        let fp = fingerprint(&self.path)?;
+        if self.seen == Some(fp) {
             return Ok(());
         }
-        if data_version(&self.conn)? != self.data_version {
-            let zones_changed = self.zones_version.is_none()
-                || zones_version(&self.conn).map_err(|e| e.to_string())? != self.zones_version;
-            let loaded = load(&self.conn, zones_changed, (self.clock)())?;
-            self.install(loaded, now);
+        let replaced = self.seen.is_some_and(|s| s.db.id != fp.db.id);
+        let opened = match (&self.conn, replaced) {
+            (Some(_), false) => None,
+            _ => Some(open_read_only(&self.path, Duration::ZERO)?),
+        };
+        let Some(conn) = opened.as_ref().or(self.conn.as_ref()) else {
+            unreachable!("a connection is either held or just opened")
+        };
+        let zones_changed = replaced
+            || self.zones_version.is_none()
+            || zones_version(conn).map_err(|e| e.to_string())? != self.zones_version;
+        let loaded = load(conn, zones_changed, (self.clock)())?;
+        if replaced {
+            info!("database {} was replaced; reopened it", self.path.display());
         }
+        if opened.is_some() {
+            self.conn = opened;
+        }
+        self.install(loaded, now);
+        self.seen = Some(fp);
+        self.keep_connection_if_needed();
         Ok(())
+    }
+
+    /// Closes the connection unless the records are read per name, and
+    /// gives back what reading took.
+    fn keep_connection_if_needed(&mut self) {
+        if self.zones.is_whole() {
+            self.conn = None;
+        }
+        give_back_memory(self.conn.as_ref());
     }
 
     fn install(&mut self, loaded: Loaded, now: Instant) {
@@ -476,11 +543,9 @@ impl Store {
             .take(SKIPPED_KEPT)
             .cloned()
             .collect();
-        self.data_version = loaded.data_version;
         self.base = loaded.metrics;
         self.stats.reading_loads += 1;
         self.rebuild();
-        give_back_memory(&self.conn);
     }
 
     fn report(&mut self, now: Instant, what: &str) {
@@ -506,8 +571,10 @@ impl Store {
 /// Loading allocates and frees: SQLite's page cache fills with the pages
 /// read, and the heap keeps its high-water mark. Four or more pipe
 /// processes each keep that private, so it goes back after every load.
-fn give_back_memory(conn: &Connection) {
-    let _ = conn.execute_batch("PRAGMA shrink_memory");
+fn give_back_memory(conn: Option<&Connection>) {
+    if let Some(conn) = conn {
+        let _ = conn.execute_batch("PRAGMA shrink_memory");
+    }
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
@@ -517,7 +584,7 @@ fn give_back_memory(conn: &Connection) {
 fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
     // The path (and the -wal and -shm beside it) must be regular files,
     // checked with stat and a non-blocking open: SQLite's own open would
-    // hang for ever on a FIFO swapped in after `file_id` looked.
+    // hang for ever on a FIFO swapped in after `fingerprint` looked.
     crate::files::check_database(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
@@ -525,11 +592,6 @@ fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
     conn.execute_batch(&format!("PRAGMA cache_size = -{PAGE_CACHE_KIB}"))
         .map_err(|e| e.to_string())?;
     Ok(conn)
-}
-
-fn data_version(conn: &Connection) -> Result<i64, String> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
-        .map_err(|e| e.to_string())
 }
 
 /// The zones change counter, `None` on a database without `ha_changes`.
@@ -584,7 +646,6 @@ struct Loaded {
     zones: Option<(Zones, Skipped)>,
     zones_version: Option<i64>,
     metrics: Metrics,
-    data_version: i64,
     /// Readings left out.
     skipped: Skipped,
 }
@@ -621,7 +682,6 @@ impl Skipped {
 fn load(conn: &Connection, zones: bool, now: f64) -> Result<Loaded, String> {
     let run = || -> rusqlite::Result<Loaded> {
         let tx = conn.unchecked_transaction()?;
-        let data_version = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let zones_version = zones_version(&tx)?;
         let zones = match zones {
             false => None,
@@ -635,7 +695,6 @@ fn load(conn: &Connection, zones: bool, now: f64) -> Result<Loaded, String> {
             metrics: load_metrics(&tx, &Clock::at(now), &mut skipped)?,
             zones,
             zones_version,
-            data_version,
             skipped,
         })
     };

@@ -154,6 +154,8 @@ struct Server {
     /// Skipped until then after a failure.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Exchanges that failed as an outage (refused, timed out, broken).
+    failures: u64,
 }
 
 impl Server {
@@ -162,6 +164,7 @@ impl Server {
     }
 
     fn failed(&mut self, now: Instant, what: &str) {
+        self.failures += 1;
         if self.retry_at.is_none() {
             warn!(
                 "memcached {}: {what}; using SQLite alone, retrying in the background",
@@ -233,6 +236,7 @@ impl Cache {
                 client,
                 retry_at: None,
                 backoff: BACKOFF_START,
+                failures: 0,
             });
         }
         if servers.is_empty() || list.trim().is_empty() {
@@ -272,6 +276,12 @@ impl Cache {
 
     pub fn authenticated(&self) -> bool {
         self.key.is_some()
+    }
+
+    /// Exchanges with a server that failed as an outage, over all servers:
+    /// with back-off, a server that stays down costs one every few seconds.
+    pub fn failures(&self) -> u64 {
+        self.servers.iter().map(|s| s.failures).sum()
     }
 
     pub fn rejects(&self) -> Rejects {

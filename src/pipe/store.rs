@@ -2,7 +2,7 @@
 //! small database, per name for a large one), the soft-state readings, and
 //! the watch that notices a change.
 //!
-//! The watch is a [`Fingerprint`] of the file and its WAL, taken with `stat`
+//! The watch is a `Fingerprint` of the file and its WAL, taken with `stat`
 //! every 250 ms: any commit changes it. A database held whole is then read
 //! through a connection opened for the read and closed after it, so a pipe
 //! process keeps none of SQLite's memory between changes (four or more pipe

@@ -231,7 +231,24 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
     }
 
     if have_prometheus {
-        prometheus_scrapes(dir.path(), listen);
+        prometheus_scrapes(
+            dir.path(),
+            listen,
+            &[
+                (
+                    "pdns_ha_target_up",
+                    &[
+                        "\"target\":\"sip1.example.com\"",
+                        "\"target\":\"sip2.example.com\"",
+                    ],
+                ),
+                (
+                    "pdns_ha_probe_errors_total",
+                    &["\"kind\":\"auth_rejected\""],
+                ),
+            ],
+            "pdns_ha_target_latency_seconds",
+        );
     }
 }
 
@@ -256,9 +273,10 @@ fn promtool_check(text: &str) {
     );
 }
 
-/// A real Prometheus scrapes the monitor every second and must store its series with the
-/// metadata only OpenMetrics carries (the unit), so the strict parser took the text.
-fn prometheus_scrapes(dir: &Path, target: SocketAddr) {
+/// A real Prometheus scrapes `target` every second and must store its series (each query
+/// of `stored`, its answer holding every string listed) with the metadata only
+/// OpenMetrics carries (the unit of `with_unit`), so the strict parser took the text.
+fn prometheus_scrapes(dir: &Path, target: SocketAddr, stored: &[(&str, &[&str])], with_unit: &str) {
     let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.join("prometheus.yml");
     std::fs::write(
@@ -285,7 +303,7 @@ fn prometheus_scrapes(dir: &Path, target: SocketAddr) {
             .unwrap(),
     );
     let log = || std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
-    wait_for("Prometheus scraping the monitor", || {
+    wait_for("Prometheus scraping pdns-ha", || {
         let (_, body) = get(web, "/api/v1/targets", None).ok_or_else(log)?;
         if body.contains("\"health\":\"up\"") && body.contains("\"lastError\":\"\"") {
             Ok(())
@@ -293,33 +311,30 @@ fn prometheus_scrapes(dir: &Path, target: SocketAddr) {
             Err(body)
         }
     });
-    wait_for("pdns_ha_target_up stored", || {
-        let (_, body) = get(web, "/api/v1/query?query=pdns_ha_target_up", None).ok_or_else(log)?;
-        (body.contains("\"target\":\"sip1.example.com\"")
-            && body.contains("\"target\":\"sip2.example.com\""))
-        .then_some(())
-        .ok_or(body)
-    });
-    let (_, meta) = get(
-        web,
-        "/api/v1/metadata?metric=pdns_ha_target_latency_seconds",
-        None,
-    )
-    .unwrap();
+    for (query, want) in stored {
+        wait_for(&format!("{query} stored"), || {
+            let (_, body) =
+                get(web, &format!("/api/v1/query?query={query}"), None).ok_or_else(log)?;
+            want.iter()
+                .all(|w| body.contains(w))
+                .then_some(())
+                .ok_or(body)
+        });
+    }
+    let (_, meta) = get(web, &format!("/api/v1/metadata?metric={with_unit}"), None).unwrap();
     assert!(meta.contains("\"unit\":\"seconds\""), "metadata: {meta}");
-    let (_, errors) = get(web, "/api/v1/query?query=pdns_ha_probe_errors_total", None).unwrap();
-    assert!(errors.contains("\"kind\":\"auth_rejected\""), "{errors}");
 }
 
 /// `pdns-ha observe --metrics-listen`: a real `observe` reads the kernel's TCP round trips
 /// of loopback connections from three networks (enough callers in one, too few in another,
 /// one caller in no known network) and a Kamailio stand-in that first lists only stale
 /// keepalives, then is gone; its figures are served, checked against the database, and
-/// linted by promtool.
+/// linted by promtool and scraped by a real Prometheus.
 #[test]
-fn observe_serves_openmetrics_that_promtool_accepts() {
+fn observe_serves_openmetrics_that_promtool_and_prometheus_accept() {
     use crate::observe::{connect_from, dump, http, now, stand_in};
     let have_promtool = require("promtool");
+    let have_prometheus = require("prometheus");
     let dir = TempDir::new("openmetrics-observe");
     let db = dir.path().join("ha.db");
     init_db(&db, &["sql/example.sql"]);
@@ -476,6 +491,20 @@ fn observe_serves_openmetrics_that_promtool_accepts() {
     );
     if have_promtool {
         promtool_check(&text);
+    }
+    if have_prometheus {
+        prometheus_scrapes(
+            dir.path(),
+            listen,
+            &[
+                ("pdns_ha_observe_callers", &["\"network\":\"127.1.0.0/16\""]),
+                (
+                    "pdns_ha_observe_dropped_samples_total",
+                    &["\"reason\":\"unknown_network\""],
+                ),
+            ],
+            "pdns_ha_observe_round_latency_seconds",
+        );
     }
     drop(held);
 }

@@ -11,6 +11,7 @@ mod health;
 mod kamailio;
 mod keepalive;
 mod live;
+mod manpage;
 mod memcached;
 mod monitor;
 // Shared with the unit tests of src/observe/tcp_rtt.rs, which also change the delays.

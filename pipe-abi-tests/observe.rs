@@ -106,7 +106,7 @@ fn observe_writes_the_kernel_tcp_rtt_of_each_network() {
 }
 
 /// A TCP connection from `source` to `to`; the socket is bound first, which std cannot do.
-fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+pub(crate) fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     use std::os::fd::FromRawFd;
     let src: std::net::Ipv4Addr = source.parse().unwrap();
     let SocketAddr::V4(to) = to else {
@@ -141,7 +141,7 @@ fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
 
 /// Answers each connection with `replies[i]` (a whole HTTP response, or nothing), as long as
 /// there are replies. Returns the URL.
-fn stand_in(replies: Vec<String>) -> String {
+pub(crate) fn stand_in(replies: Vec<String>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/RPC", listener.local_addr().unwrap());
     thread::spawn(move || {
@@ -166,7 +166,7 @@ fn stand_in(replies: Vec<String>) -> String {
     url
 }
 
-fn http(body: &str) -> String {
+pub(crate) fn http(body: &str) -> String {
     format!(
         "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -174,7 +174,7 @@ fn http(body: &str) -> String {
 }
 
 /// The real ul.dump reply's m1 contact, `n` times, with callers and round trips chosen.
-fn dump(contacts: &[(&str, i64)], last_keepalive: u64) -> String {
+pub(crate) fn dump(contacts: &[(&str, i64)], last_keepalive: u64) -> String {
     let real = include_str!("fixtures/kamailio-ul-dump.json");
     let start = real.find("{\n\t\t\t\t\t\t\t\"Info\"").unwrap();
     let end = real[start..].find("\n\t\t\t\t\t\t}").unwrap() + start + 8;
@@ -194,7 +194,7 @@ fn dump(contacts: &[(&str, i64)], last_keepalive: u64) -> String {
     )
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -137,6 +137,7 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
         "{head}"
     );
     assert!(om.ends_with("\n# EOF\n"), "{om}");
+    eprintln!("--- monitor, OpenMetrics:\n{om}");
     let t = |name: &str, rest: &str| format!("{name}{{target=\"{rest}");
     for (series, want) in [
         (t("pdns_ha_target_up", "sip1.example.com\"}"), Some(1.0)),
@@ -154,6 +155,11 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
         (
             t("pdns_ha_target_drained", "sip1.example.com\"}"),
             Some(0.0),
+        ),
+        // No load source: the capacity is the operator's ha_targets.max_sessions.
+        (
+            t("pdns_ha_target_capacity_sessions", "sip6.example.com\"}"),
+            Some(500.0),
         ),
     ] {
         assert_eq!(value(&om, &series), want, "{series}\n{om}");
@@ -187,6 +193,33 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
     .unwrap();
     assert!((0.0..3.0).contains(&age), "a fresh reading is {age} s old");
 
+    // The latency exported is the stored average the pipe ranks by: equal to ha_latency's
+    // EWMA whenever no round wrote between two reads of the row around the scrape.
+    let latency = t(
+        "pdns_ha_target_latency_seconds",
+        "sip1.example.com\",network=\"*\",source=\"monitor\"}",
+    );
+    let stored = || -> (f64, f64) {
+        Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT ewma_ms, updated FROM ha_latency
+                 WHERE network = '*' AND target = 'sip1.example.com'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    wait_for("a scrape between two rounds", || {
+        let before = stored();
+        let (_, body) = get(listen, "/metrics", None).ok_or("no answer")?;
+        if stored() != before {
+            return Err("a round wrote meanwhile".into());
+        }
+        assert_eq!(value(&body, &latency), Some(before.0 / 1000.0), "{body}");
+        Ok(())
+    });
+
     // The older text format for everyone else, linted by promtool.
     let (head, text) = get(listen, "/metrics", None).unwrap();
     assert!(
@@ -194,32 +227,56 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
         "{head}"
     );
     if have_promtool {
-        let mut p = Command::new(find_tool("promtool").unwrap())
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        let out = p.wait_with_output().unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && said.trim().is_empty(),
-            "promtool check metrics: {}\n{said}\n--- text ---\n{text}",
-            out.status
-        );
+        promtool_check(&text);
     }
 
     if have_prometheus {
-        prometheus_scrapes(dir.path(), listen);
+        prometheus_scrapes(
+            dir.path(),
+            listen,
+            &[
+                (
+                    "pdns_ha_target_up",
+                    &[
+                        "\"target\":\"sip1.example.com\"",
+                        "\"target\":\"sip2.example.com\"",
+                    ],
+                ),
+                (
+                    "pdns_ha_probe_errors_total",
+                    &["\"kind\":\"auth_rejected\""],
+                ),
+            ],
+            "pdns_ha_target_latency_seconds",
+        );
     }
 }
 
-/// A real Prometheus scrapes the monitor every second and must store its series with the
-/// metadata only OpenMetrics carries (the unit), so the strict parser took the text.
-fn prometheus_scrapes(dir: &Path, target: SocketAddr) {
+/// `promtool check metrics` must pass `text` (the older format, which it lints) without
+/// a word: a lint warning fails too.
+fn promtool_check(text: &str) {
+    let mut p = Command::new(find_tool("promtool").unwrap())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}\n--- text ---\n{text}",
+        out.status
+    );
+}
+
+/// A real Prometheus scrapes `target` every second and must store its series (each query
+/// of `stored`, its answer holding every string listed) with the metadata only
+/// OpenMetrics carries (the unit of `with_unit`), so the strict parser took the text.
+fn prometheus_scrapes(dir: &Path, target: SocketAddr, stored: &[(&str, &[&str])], with_unit: &str) {
     let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.join("prometheus.yml");
     std::fs::write(
@@ -246,7 +303,7 @@ fn prometheus_scrapes(dir: &Path, target: SocketAddr) {
             .unwrap(),
     );
     let log = || std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
-    wait_for("Prometheus scraping the monitor", || {
+    wait_for("Prometheus scraping pdns-ha", || {
         let (_, body) = get(web, "/api/v1/targets", None).ok_or_else(log)?;
         if body.contains("\"health\":\"up\"") && body.contains("\"lastError\":\"\"") {
             Ok(())
@@ -254,20 +311,200 @@ fn prometheus_scrapes(dir: &Path, target: SocketAddr) {
             Err(body)
         }
     });
-    wait_for("pdns_ha_target_up stored", || {
-        let (_, body) = get(web, "/api/v1/query?query=pdns_ha_target_up", None).ok_or_else(log)?;
-        (body.contains("\"target\":\"sip1.example.com\"")
-            && body.contains("\"target\":\"sip2.example.com\""))
-        .then_some(())
-        .ok_or(body)
-    });
-    let (_, meta) = get(
-        web,
-        "/api/v1/metadata?metric=pdns_ha_target_latency_seconds",
-        None,
-    )
-    .unwrap();
+    for (query, want) in stored {
+        wait_for(&format!("{query} stored"), || {
+            let (_, body) =
+                get(web, &format!("/api/v1/query?query={query}"), None).ok_or_else(log)?;
+            want.iter()
+                .all(|w| body.contains(w))
+                .then_some(())
+                .ok_or(body)
+        });
+    }
+    let (_, meta) = get(web, &format!("/api/v1/metadata?metric={with_unit}"), None).unwrap();
     assert!(meta.contains("\"unit\":\"seconds\""), "metadata: {meta}");
-    let (_, errors) = get(web, "/api/v1/query?query=pdns_ha_probe_errors_total", None).unwrap();
-    assert!(errors.contains("\"kind\":\"auth_rejected\""), "{errors}");
+}
+
+/// `pdns-ha observe --metrics-listen`: a real `observe` reads the kernel's TCP round trips
+/// of loopback connections from three networks (enough callers in one, too few in another,
+/// one caller in no known network) and a Kamailio stand-in that first lists only stale
+/// keepalives, then is gone; its figures are served, checked against the database, and
+/// linted by promtool and scraped by a real Prometheus.
+#[test]
+fn observe_serves_openmetrics_that_promtool_and_prometheus_accept() {
+    use crate::observe::{connect_from, dump, http, now, stand_in};
+    let have_promtool = require("promtool");
+    let have_prometheus = require("prometheus");
+    let dir = TempDir::new("openmetrics-observe");
+    let db = dir.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO ha_networks (cidr, name) VALUES
+               ('127.1.0.0/16', 'montreal'), ('127.2.0.0/16', 'vancouver')",
+        )
+        .unwrap();
+
+    // The SIP server's TCP port: every connection is accepted, and a byte goes each way so
+    // that the kernel has a fresh acknowledgement and round trip for it.
+    let sip = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sip_addr = sip.local_addr().unwrap();
+    let callers = [
+        "127.1.0.11",
+        "127.1.0.12",
+        "127.1.0.13",
+        "127.2.0.11",
+        "127.2.0.12",
+        "127.3.0.11",
+    ];
+    let mut held = Vec::new();
+    for c in callers {
+        let mut client = connect_from(c, sip_addr);
+        let (mut server, _) = sip.accept().unwrap();
+        client.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b).unwrap();
+        server.write_all(b"y").unwrap();
+        client.read_exact(&mut b).unwrap();
+        held.push((client, server));
+    }
+    let stale = dump(
+        &[
+            ("127.1.0.21", 5000),
+            ("127.1.0.22", 5000),
+            ("127.1.0.23", 5000),
+        ],
+        now() - 3600,
+    );
+    let kamailio = stand_in(vec![http(&stale)]);
+
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _observe = Running(
+        Command::new(BIN)
+            .args(["observe", "--db"])
+            .arg(&db)
+            .args(["--target", "sip4.example.com", "--tcp-ports"])
+            .arg(sip_addr.port().to_string())
+            .args(["--kamailio", &kamailio, "--timeout", "1000"])
+            .args(["--interval", "1", "--metrics-listen"])
+            .arg(listen.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (head, om) = wait_for("two observe rounds", || {
+        let (head, body) = get(listen, "/metrics", Some(PROMETHEUS_ACCEPT))
+            .ok_or_else(|| "no answer".to_owned())?;
+        match value(&body, "pdns_ha_rounds_total") {
+            Some(n) if n >= 2.0 => Ok((head, body)),
+            _ => Err(body),
+        }
+    });
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    eprintln!("--- observe, OpenMetrics:\n{om}");
+    let s = |name: &str, labels: &str| format!("{name}{{target=\"sip4.example.com\",{labels}}}");
+    let montreal = "network=\"127.1.0.0/16\"";
+    let vancouver = "network=\"127.2.0.0/16\"";
+    for (series, want) in [
+        (s("pdns_ha_observe_callers", montreal), Some(3.0)),
+        (s("pdns_ha_observe_callers", vancouver), Some(2.0)),
+        // Too few callers: no figure, rather than a guess.
+        (s("pdns_ha_observe_round_latency_seconds", vancouver), None),
+        (
+            s(
+                "pdns_ha_target_latency_seconds",
+                &format!("{vancouver},source=\"observe\""),
+            ),
+            None,
+        ),
+    ] {
+        assert_eq!(value(&om, &series), want, "{series}\n{om}");
+    }
+    let at_least = |series: String, min: f64| {
+        let v = value(&om, &series).unwrap_or_else(|| panic!("no {series} in\n{om}"));
+        assert!(v >= min, "{series} = {v}, want at least {min}");
+    };
+    at_least(s("pdns_ha_observe_samples_total", "source=\"tcp\""), 12.0);
+    at_least(
+        s(
+            "pdns_ha_observe_dropped_samples_total",
+            "reason=\"unknown_network\"",
+        ),
+        2.0,
+    );
+    at_least(
+        s(
+            "pdns_ha_observe_dropped_samples_total",
+            "reason=\"too_few_callers\"",
+        ),
+        4.0,
+    );
+    at_least(
+        s("pdns_ha_observe_dropped_samples_total", "reason=\"stale\""),
+        3.0,
+    );
+    // The stand-in answered once; then the port is closed.
+    at_least(
+        s(
+            "pdns_ha_observe_source_errors_total",
+            "source=\"keepalive\",kind=\"io\"",
+        ),
+        1.0,
+    );
+    let round = value(&om, &s("pdns_ha_observe_round_latency_seconds", montreal)).unwrap();
+    assert!(round > 0.0 && round < 0.1, "loopback round trip {round} s");
+    let duration = value(&om, "pdns_ha_round_duration_seconds").unwrap();
+    assert!(duration > 0.0 && duration < 5.0, "{duration}");
+
+    // The exported average is the stored one, as the pipe ranks by.
+    let latency = s(
+        "pdns_ha_target_latency_seconds",
+        &format!("{montreal},source=\"observe\""),
+    );
+    let stored = || -> (f64, f64) {
+        Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT ewma_ms, updated FROM ha_latency
+                 WHERE network = '127.1.0.0/16' AND target = 'sip4.example.com'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    wait_for("a scrape between two rounds", || {
+        let before = stored();
+        let (_, body) = get(listen, "/metrics", None).ok_or("no answer")?;
+        if stored() != before {
+            return Err("a round wrote meanwhile".into());
+        }
+        assert_eq!(value(&body, &latency), Some(before.0 / 1000.0), "{body}");
+        Ok(())
+    });
+
+    let (head, text) = get(listen, "/metrics", None).unwrap();
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    if have_promtool {
+        promtool_check(&text);
+    }
+    if have_prometheus {
+        prometheus_scrapes(
+            dir.path(),
+            listen,
+            &[
+                ("pdns_ha_observe_callers", &["\"network\":\"127.1.0.0/16\""]),
+                (
+                    "pdns_ha_observe_dropped_samples_total",
+                    &["\"reason\":\"unknown_network\""],
+                ),
+            ],
+            "pdns_ha_observe_round_latency_seconds",
+        );
+    }
+    drop(held);
 }

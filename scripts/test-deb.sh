@@ -3,14 +3,19 @@
 # systemd runs): builds the .deb, installs it with apt-get, seeds the database with the
 # shipped example, starts pdns_server as user pdns with the shipped pdns.d snippet on a
 # free loopback port, runs the monitor unit's own ExecStart line as the unit's user, digs
-# the live answer, then purges the package and checks that nothing it created is left
-# but the database.
+# the live answer, runs the observe unit's ExecStart line for one instance (its source:
+# the kernel's TCP round trip of a connection this script holds to pdns's TCP port), then
+# purges the package and checks that nothing it created is left but the database.
 # Called by .ci/run; locally a missing prerequisite skips with a message (fails under CI).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=/var/lib/pdns-ha
 unit=/lib/systemd/system/pdns-ha-monitor.service
+observe_unit=/lib/systemd/system/pdns-ha-observe@.service
+# The observe instance: pdns_server's TCP listener stands in for this SIP server.
+instance=sip6.example.com
+observe_env=/etc/default/pdns-ha-observe-$instance
 srv=_sip._udp.example.com
 # Marks a state directory this test created, so a rerun may remove what an earlier,
 # interrupted run left; anything else in /var/lib/pdns-ha is someone's data.
@@ -43,8 +48,11 @@ if dpkg-query -W -f='${Status}' pdns-ha 2>/dev/null | grep -q 'installed\|config
 fi
 if [ -e "$state" ]; then
   [ -e "$marker" ] || fail "$state exists and was not made by this test; move it away first"
-  rm -rf "$state"
+  rm -rf "$state" "$observe_env"
   getent passwd pdns-ha >/dev/null && userdel pdns-ha
+fi
+if [ -e "$observe_env" ]; then
+  fail "$observe_env exists and was not made by this test; move it away first"
 fi
 if getent passwd pdns-ha >/dev/null; then
   fail "a pdns-ha user exists and this test did not make it (no $marker); remove it first"
@@ -60,8 +68,10 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 
 work=$(mktemp -d /tmp/pdns-ha-test-deb.XXXXXX)
 pdns_pid=
+made_env=
 cleanup() {
   [ -n "$pdns_pid" ] && kill "$pdns_pid" 2>/dev/null && wait "$pdns_pid" 2>/dev/null
+  [ -n "$made_env" ] && rm -f "$observe_env"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -88,6 +98,10 @@ step "checking what postinst made"
   fail "$state/ha.db is $(stat -c '%U:%G %a' "$state/ha.db"), want pdns-ha:pdns 660"
 MANPATH=/usr/share/man: systemd-analyze verify "$unit" ||
   fail "systemd-analyze verify $unit"
+# A template is verified as an instance, under its instance's name.
+cp "$observe_unit" "$work/pdns-ha-observe@$instance.service"
+MANPATH=/usr/share/man: systemd-analyze verify "$work/pdns-ha-observe@$instance.service" ||
+  fail "systemd-analyze verify $observe_unit (as pdns-ha-observe@$instance)"
 zcat /usr/share/man/man1/pdns-ha.1.gz | grep -q '^\.TH PDNS-HA 1' || fail "man page"
 # The man page lists every subcommand --help names.
 for cmd in $(pdns-ha --help | sed -n 's/^  pdns-ha \([a-z]\+\) .*/\1/p' | sort -u); do
@@ -136,22 +150,29 @@ before=$(first)
   fail "before any reading, want the stored first record, got '$before'"
 
 step "running the monitor unit's ExecStart as its user, one round"
-field() { sed -n "s/^$1=//p" "$unit" | head -n1; }
-exec_start=$(field ExecStart)
-user=$(field User)
-group=$(field Group)
-umask_=$(field UMask)
-env_file=$(field EnvironmentFile)
-env_file=${env_file#-}
-[ -n "$exec_start" ] && [ -n "$user" ] && [ -n "$group" ] || fail "cannot read $unit"
-# As systemd does: the EnvironmentFile's variables, then $VAR in ExecStart split into words.
-(
-  set -a
-  [ -f "$env_file" ] && . "$env_file"
-  set +a
-  umask "${umask_:-0022}"
-  eval "exec setpriv --reuid=$user --regid=$group --init-groups -- $exec_start --once"
-) > "$work/monitor.log" 2>&1 || { cat "$work/monitor.log"; fail "monitor round"; }
+# `field UNIT KEY`: the first KEY= line of UNIT, with the instance for %i.
+field() { sed -n "s/^$2=//p" "$1" | head -n1 | sed "s/%i/$instance/g"; }
+# As systemd does: the EnvironmentFile's variables, then $VAR in ExecStart split into
+# words, as User:Group with the unit's UMask; extra arguments go last.
+run_unit() {
+  local unit_file=$1 exec_start user group umask_ env_file
+  shift
+  exec_start=$(field "$unit_file" ExecStart)
+  user=$(field "$unit_file" User)
+  group=$(field "$unit_file" Group)
+  umask_=$(field "$unit_file" UMask)
+  env_file=$(field "$unit_file" EnvironmentFile)
+  env_file=${env_file#-}
+  [ -n "$exec_start" ] && [ -n "$user" ] && [ -n "$group" ] || fail "cannot read $unit_file"
+  (
+    set -a
+    [ -f "$env_file" ] && . "$env_file"
+    set +a
+    umask "${umask_:-0022}"
+    eval "exec setpriv --reuid=$user --regid=$group --init-groups -- $exec_start $*"
+  )
+}
+run_unit "$unit" --once > "$work/monitor.log" 2>&1 || { cat "$work/monitor.log"; fail "monitor round"; }
 grep -q 'polled 10 targets' "$work/monitor.log" || { cat "$work/monitor.log"; fail "monitor log"; }
 
 step "digging the live answer"
@@ -168,6 +189,30 @@ ask +subnet=198.51.100.0/24 "$srv" SRV | grep -q 'CLIENT-SUBNET: 198.51.100.0/24
   fail "the live answer is not scoped to the network"
 runuser -u pdns -- pdns-ha status --db "$state/ha.db" | grep -q '^sip6.example.com  *up' ||
   fail "status as pdns does not show sip6 up"
+
+step "running the observe unit's ExecStart for $instance as its user, one round"
+# Its source: the kernel's round trip of a TCP connection to pdns (sip6's stand-in) that
+# this shell holds open; one DNS query over it gives the kernel a fresh acknowledgement.
+# The caller is 127.0.0.1, so loopback becomes a known network, and one caller is enough.
+runuser -u pdns-ha -- sqlite3 "$state/ha.db" \
+  "INSERT INTO ha_networks (cidr, name) VALUES ('127.0.0.0/8', 'loopback');"
+made_env=1
+printf 'PDNS_HA_OBSERVE_ARGS="--tcp-ports %s --min-callers 1"\nRUST_LOG=info\n' "$port" \
+  > "$observe_env"
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+# Length 29, id 0x1234, RD, one question: example.com SOA IN.
+printf '\x00\x1d\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x06\x00\x01' >&3
+# The answer's first bytes: the query was read and answered (and acknowledged).
+head -c 2 <&3 >/dev/null
+run_unit "$observe_unit" --once > "$work/observe.log" 2>&1 ||
+  { cat "$work/observe.log"; fail "observe round"; }
+exec 3>&-
+grep -q "network 127.0.0.0/8: .* from 1 callers" "$work/observe.log" ||
+  { cat "$work/observe.log"; fail "observe wrote no loopback reading"; }
+written=$(runuser -u pdns -- sqlite3 "$state/ha.db" \
+  "SELECT count(*) FROM ha_latency WHERE network = '127.0.0.0/8' AND target = '$instance'")
+[ "$written" = 1 ] || fail "no ha_latency row from observe (got $written)"
+rm -f "$observe_env"
 
 kill "$pdns_pid"
 wait "$pdns_pid" 2>/dev/null || true
@@ -188,4 +233,4 @@ pgrep -u pdns-ha >/dev/null && fail "pdns-ha processes still running"
 # What purge keeps, the test removes: this machine should look as before.
 rm -rf "$state"
 userdel pdns-ha
-step "ok: installed, served live answers as pdns, purged cleanly"
+step "ok: installed, served live answers as pdns, monitor and observe units ran, purged cleanly"

@@ -17,14 +17,15 @@ pdns-ha: PowerDNS pipe backend that orders SIP SRV/A/AAAA answers by live measur
 
 usage:
   pdns-ha [pipe] --db PATH [--algorithm static|least-latency|least-load]
-                 [--dynamic-ttl SECS] [--stale-after SECS] [MEMCACHED]
+                 [--dynamic-ttl SECS] [--stale-after SECS] [--max-clock-skew SECS]
+                 [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
                   [--once] [--stale-after SECS] [--monitor-id ID] [--workers N]
                   [--metrics-listen ADDR:PORT] [MEMCACHED]
   pdns-ha observe --db PATH --target NAME [--kamailio URL] [--tcp-ports P,P...]
                   [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
-                  [--once] [--stale-after SECS] [MEMCACHED]
+                  [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
                   round trips the server NAME sees (registrar keepalives from ul.dump,
                   the kernel's TCP RTT on its SIP ports) as latency per known network
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
@@ -133,6 +134,16 @@ impl Flags {
             Some("") | None => Err(format!("missing --{flag} {what}")),
             Some(v) => Ok(v),
         }
+    }
+
+    /// `--metrics-listen ADDR:PORT`: an address, not a name (it is bound at start).
+    fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        self.get("metrics-listen")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("--metrics-listen needs ADDR:PORT, got {v:?}"))
+            })
+            .transpose()
     }
 
     fn db(&self) -> Result<PathBuf, String> {
@@ -286,13 +297,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 cache: f.cache()?,
                 monitor_id: f.monitor_id()?,
                 workers: count("workers", 32)? as usize,
-                metrics_listen: f
-                    .get("metrics-listen")
-                    .map(|v| {
-                        v.parse()
-                            .map_err(|_| format!("--metrics-listen needs ADDR:PORT, got {v:?}"))
-                    })
-                    .transpose()?,
+                metrics_listen: f.metrics_listen()?,
                 network: f.get("network").map(str::to_owned),
             }))
         }
@@ -372,6 +377,7 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
             "max-age",
             "min-callers",
             "stale-after",
+            "metrics-listen",
         ][..],
         &MEMCACHED_FLAGS,
     ]
@@ -409,6 +415,7 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
         min_callers: count("min-callers", 3)?,
         once: f.has("once"),
         cache: f.cache()?,
+        metrics_listen: f.metrics_listen()?,
     }))
 }
 
@@ -672,6 +679,18 @@ mod tests {
         );
         assert_eq!(o.timeout, Duration::from_millis(5000));
         assert!(o.once);
+        assert_eq!(o.metrics_listen, None);
+        let Ok(Command::Observe(o)) =
+            p("observe --db d --target t --tcp-ports 5060 --metrics-listen 127.0.0.1:9772")
+        else {
+            panic!()
+        };
+        assert_eq!(o.metrics_listen, Some("127.0.0.1:9772".parse().unwrap()));
+        assert!(
+            p("observe --db d --target t --tcp-ports 5060 --metrics-listen :9772")
+                .unwrap_err()
+                .contains("--metrics-listen needs ADDR:PORT")
+        );
         assert!(p("observe --db d --target t")
             .unwrap_err()
             .contains("needs a source"));

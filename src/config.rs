@@ -101,6 +101,8 @@ pub struct ObserveOptions {
     pub min_callers: u32,
     pub once: bool,
     pub cache: Option<CacheOptions>,
+    /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, PartialEq)]

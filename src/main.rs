@@ -144,6 +144,7 @@ fn push_metric(
         } => {
             let (network, target) = (w.network(network)?, w.target(target)?);
             w.latency(&network, &target, Source::Metric, *ms, None)
+                .map(drop)
         }
         Metric::Load {
             target,

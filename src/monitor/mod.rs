@@ -88,6 +88,8 @@ struct Target {
     probe_address: String,
     accept: AcceptCodes,
     load: LoadSource,
+    /// `ha_targets.max_sessions`: the capacity when the load source reports none.
+    max_sessions: Option<u32>,
 }
 
 /// What a health probe found: a SIP answer (accepted or not), a bare TCP
@@ -163,6 +165,7 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
             probe_address,
             accept,
             load,
+            max_sessions: r.max_sessions,
         });
     }
     Ok(targets)
@@ -421,20 +424,6 @@ fn write_round(
                     changes.push((t.name.clone(), after, why.clone()));
                 }
             }
-            let rtt = match &r.health {
-                Some(Checked::Sip(a)) if t.accept.accepts(a.code) => Some(a.rtt),
-                Some(Checked::Connected(rtt)) => Some(*rtt),
-                _ => None,
-            };
-            if let Some(rtt) = rtt {
-                // The round trip just measured (the pipe ranks by the stored EWMA).
-                x.latency = vec![LatencyFigure {
-                    network: network.into(),
-                    source: "monitor".into(),
-                    seconds: rtt.as_secs_f64(),
-                    at: now,
-                }];
-            }
             match &r.health {
                 Some(Checked::Sip(a)) if !t.accept.accepts(a.code) => {
                     let kind = probe::ProbeErrorKind::Remote(format!("answered {a}"));
@@ -443,27 +432,36 @@ fn write_round(
                 Some(Checked::Failed(e)) => f.probe_error(&t.name, "health", &e.kind),
                 _ => {}
             }
-            match &r.health {
-                Some(Checked::Sip(a)) if t.accept.accepts(a.code) => {
-                    w.latency(
-                        network,
-                        &t.name,
-                        MONITOR,
-                        a.rtt.as_secs_f64() * 1000.0,
-                        None,
-                    )?;
-                }
-                Some(Checked::Connected(rtt)) => {
-                    w.latency(network, &t.name, MONITOR, rtt.as_secs_f64() * 1000.0, None)?;
+            let rtt = match &r.health {
+                Some(Checked::Sip(a)) if t.accept.accepts(a.code) => Some(a.rtt),
+                Some(Checked::Connected(rtt)) => Some(*rtt),
+                _ => None,
+            };
+            match (rtt, &r.health) {
+                (Some(rtt), _) => {
+                    let ms = rtt.as_secs_f64() * 1000.0;
+                    let stored = w.latency(network, &t.name, MONITOR, ms, None)?;
+                    // The stored average the pipe ranks by, not this one round trip.
+                    f.targets.entry(t.name.clone()).or_default().latency = vec![LatencyFigure {
+                        network: network.into(),
+                        source: "monitor".into(),
+                        seconds: stored.ewma_ms / 1000.0,
+                        at: stored.updated,
+                    }];
                 }
                 // Only silence counts as a timeout; a wrong answer is a
                 // failure but says nothing about the round trip.
-                Some(Checked::Failed(e)) if e.is_unreachable() => {
+                (None, Some(Checked::Failed(e))) if e.is_unreachable() => {
                     w.latency_timeout(network, &t.name, MONITOR)?;
                 }
                 _ => {}
             }
+            // Capacity as the pipe takes it: the load source's figure, else the
+            // operator's `ha_targets.max_sessions`.
+            let x = f.targets.entry(t.name.clone()).or_default();
             match &r.load {
+                None if t.load == LoadSource::None => x.capacity = t.max_sessions,
+                // Not read this round: the last figures stand until read again.
                 None => {}
                 Some(Ok(l)) => {
                     reported.fine(&t.name, "load");
@@ -473,14 +471,16 @@ fn write_round(
                         value: l.sessions,
                         at: now,
                     });
-                    x.capacity = l.max.or(x.capacity);
+                    x.capacity = l.max.or(t.max_sessions);
                 }
                 // Unknown, never zero: an unreadable server is not idle.
                 Some(Err(e)) => {
                     reported.problem(&t.name, "load", &e.to_string());
                     f.probe_error(&t.name, "load", &e.kind);
                     w.clear_load(&t.name)?;
-                    f.targets.entry(t.name.clone()).or_default().sessions = None;
+                    let x = f.targets.entry(t.name.clone()).or_default();
+                    x.sessions = None;
+                    x.capacity = t.max_sessions;
                 }
             }
         }
@@ -513,7 +513,7 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     let mut resolver = Resolver::default();
     let figures = Arc::new(Mutex::new(Figures::default()));
     if let Some(addr) = opts.metrics_listen {
-        openmetrics::serve(addr, Arc::clone(&figures))?;
+        openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
     }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     loop {
@@ -573,6 +573,7 @@ mod tests {
             probe_address: "192.0.2.11:5060".into(),
             accept: AcceptCodes::parse(codes).unwrap(),
             load: LoadSource::None,
+            max_sessions: None,
         }
     }
 

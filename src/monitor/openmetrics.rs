@@ -88,7 +88,8 @@ pub struct Stamped<T> {
     pub at: f64,
 }
 
-/// One latency figure: the last round trip measured from one network by one source.
+/// One latency figure: the average round trip from one network by one source, as stored
+/// (the EWMA that least-latency ranks by), and when its last sample was written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LatencyFigure {
     /// A `ha_networks` CIDR, or `*` for the monitor host's own view.
@@ -155,7 +156,7 @@ pub fn error_kind(kind: &ProbeErrorKind) -> &'static str {
 }
 
 /// A label value with `\`, `"` and line feeds escaped (OpenMetrics ABNF).
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
     for c in v.chars() {
         match c {
@@ -169,7 +170,7 @@ fn escape(v: &str) -> String {
 }
 
 /// `# TYPE`, `# UNIT` (for names ending in a unit) and `# HELP` of one family.
-fn family(out: &mut String, fmt: Format, name: &str, kind: &str, help: &str) {
+pub(crate) fn family(out: &mut String, fmt: Format, name: &str, kind: &str, help: &str) {
     let total = if fmt == Format::PrometheusText && kind == "counter" {
         "_total"
     } else {
@@ -183,7 +184,7 @@ fn family(out: &mut String, fmt: Format, name: &str, kind: &str, help: &str) {
 }
 
 /// Seconds since `at`, never negative (a clock step back is not a negative age).
-fn age(now: f64, at: f64) -> f64 {
+pub(crate) fn age(now: f64, at: f64) -> f64 {
     (now - at).max(0.0)
 }
 
@@ -259,7 +260,7 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
         fmt,
         TARGET_LATENCY,
         "gauge",
-        "Last measured round trip to the target from a network (* = the monitor host), by source.",
+        "Average round trip to the target from a network (* = the monitor host), by source: the EWMA least-latency ranks by.",
     );
     for (name, x) in t {
         for l in &x.latency {
@@ -361,17 +362,31 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// A request head longer than this is not a scraper's.
 const MAX_HEAD: usize = 8192;
 
-/// Binds `addr` now (so a bad address stops the monitor at start, with the address in
-/// the message) and serves `GET /metrics` from `figures` on a thread of its own.
-pub fn serve(addr: SocketAddr, figures: Arc<Mutex<Figures>>) -> Result<SocketAddr, String> {
+/// Binds `addr` now (so a bad address stops the command at start, with the address in
+/// the message) and serves `GET /metrics` on a thread of its own: `render` turns the
+/// shared figures into text, under their lock, with the clock of the scrape. The monitor
+/// and `observe` each pass their own figures and renderer.
+pub fn serve<F, R>(
+    addr: SocketAddr,
+    figures: Arc<Mutex<F>>,
+    render: R,
+) -> Result<SocketAddr, String>
+where
+    F: Send + 'static,
+    R: Fn(&F, f64, Format) -> String + Send + 'static,
+{
     let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     info!("serving OpenMetrics on http://{bound}/metrics");
+    let text = move |fmt: Format| {
+        let f = figures.lock().unwrap_or_else(|p| p.into_inner());
+        render(&f, crate::state::reading::unix_now(), fmt)
+    };
     thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                let result = conn.and_then(|mut s| answer(&mut s, &figures));
+                let result = conn.and_then(|mut s| answer(&mut s, &text));
                 // A scraper that went away is its own problem, not the monitor's.
                 if let Err(e) = result {
                     if !matches!(
@@ -388,7 +403,7 @@ pub fn serve(addr: SocketAddr, figures: Arc<Mutex<Figures>>) -> Result<SocketAdd
 }
 
 /// Reads one request head and writes one response; the connection is then closed.
-fn answer(s: &mut TcpStream, figures: &Mutex<Figures>) -> io::Result<()> {
+fn answer(s: &mut TcpStream, text: &dyn Fn(Format) -> String) -> io::Result<()> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut head = Vec::with_capacity(512);
@@ -417,8 +432,7 @@ fn answer(s: &mut TcpStream, figures: &Mutex<Figures>) -> io::Result<()> {
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            let f = figures.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let body = render(&f, crate::state::reading::unix_now(), fmt);
+            let body = text(fmt);
             let ctype = fmt.content_type();
             respond(s, "200 OK", ctype, body.as_bytes(), method == "GET")
         }
@@ -550,7 +564,7 @@ pdns_ha_target_sessions{target="sip1.example.com"} 850
 pdns_ha_target_capacity_sessions{target="sip1.example.com"} 1000
 # TYPE pdns_ha_target_latency_seconds gauge
 # UNIT pdns_ha_target_latency_seconds seconds
-# HELP pdns_ha_target_latency_seconds Last measured round trip to the target from a network (* = the monitor host), by source.
+# HELP pdns_ha_target_latency_seconds Average round trip to the target from a network (* = the monitor host), by source: the EWMA least-latency ranks by.
 pdns_ha_target_latency_seconds{target="sip1.example.com",network="*",source="monitor"} 0.0027
 # TYPE pdns_ha_reading_age_seconds gauge
 # UNIT pdns_ha_reading_age_seconds seconds
@@ -652,7 +666,7 @@ pdns_ha_round_duration_seconds 0.032
     #[test]
     fn serves_get_metrics_only() {
         let figures = Arc::new(Mutex::new(example()));
-        let addr = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&figures)).unwrap();
+        let addr = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&figures), render).unwrap();
         // What Prometheus 2.42 sends.
         let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
                       version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -706,7 +720,7 @@ pdns_ha_round_duration_seconds 0.032
     fn a_bad_address_is_an_error_naming_it() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = serve(addr, Arc::default()).unwrap_err();
+        let e = serve(addr, Arc::<Mutex<Figures>>::default(), render).unwrap_err();
         assert!(e.starts_with(&format!("--metrics-listen {addr}: ")), "{e}");
     }
 }

@@ -67,6 +67,8 @@ pub struct Dropped {
     pub implausible: usize,
     /// Networks with callers, but fewer than `min_callers`: (network, callers).
     pub too_few_callers: Vec<(String, usize)>,
+    /// Samples from those networks.
+    pub too_few_samples: usize,
 }
 
 /// Groups `samples` by network. `network_of` is the longest-prefix lookup (the pipe's own,
@@ -121,6 +123,7 @@ pub fn aggregate<'n>(
             dropped
                 .too_few_callers
                 .push((net.to_owned(), caller_medians.len()));
+            dropped.too_few_samples += n;
             continue;
         }
         caller_medians.sort_unstable_by(f64::total_cmp);

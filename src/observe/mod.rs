@@ -15,8 +15,10 @@
 
 pub mod aggregate;
 pub mod keepalive;
+pub mod openmetrics;
 pub mod tcp_rtt;
 
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,17 +31,27 @@ use crate::state::index::Metrics;
 use crate::state::reading::{unix_now, Source};
 use crate::state::writer::Writer;
 
-use aggregate::{aggregate, Policy, Sample};
+use aggregate::{aggregate, NetworkRtt, Policy, Sample};
+use openmetrics::{Figures, NetworkFigures, Round};
 
 pub fn run(opts: &ObserveOptions) -> Result<(), String> {
     let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
     let w = Writer::open(&opts.db, cache)?;
     let target = w.target(&opts.target)?;
     let mut reported = Reported::default();
+    let figures = Arc::new(Mutex::new(Figures::new(&target)));
+    if let Some(addr) = opts.metrics_listen {
+        crate::monitor::openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
+    }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     loop {
         let start = Instant::now();
-        if let Err(e) = round(&w, &target, opts, &mut reported) {
+        let mut figs = Round::default();
+        let result = round(&w, &target, opts, &mut reported, &mut figs);
+        if let Ok(mut f) = figures.lock() {
+            f.add_round(figs, start.elapsed().as_secs_f64());
+        }
+        if let Err(e) = result {
             // As the monitor: the next round tries again.
             if opts.once {
                 return Err(e);
@@ -53,23 +65,26 @@ pub fn run(opts: &ObserveOptions) -> Result<(), String> {
     }
 }
 
-/// One round: read, group, write.
+/// One round: read, group, write; what it found goes into `figs` as it goes.
 fn round(
     w: &Writer,
     target: &str,
     opts: &ObserveOptions,
     reported: &mut Reported,
+    figs: &mut Round,
 ) -> Result<(), String> {
     let started = Instant::now();
     // Read every round: an operator's new network applies without a restart.
     let mut networks = Metrics::default();
-    for (cidr, name) in w.networks()? {
+    let rows = w.networks()?;
+    figs.known = Some(rows.iter().map(|(cidr, _)| cidr.clone()).collect());
+    for (cidr, name) in rows {
         if let Err(e) = networks.add_network(&cidr, &name) {
             reported.problem(target, "ha_networks", &e);
         }
     }
     let networks = networks.finish();
-    let samples = collect(target, opts, reported);
+    let samples = collect(target, opts, reported, figs);
     let policy = Policy {
         min_callers: opts.min_callers as usize,
         ..Policy::default()
@@ -97,15 +112,39 @@ fn round(
             policy.min_callers
         );
     }
-    w.transaction(|w| {
+    figs.drop_samples("unknown_network", dropped.unknown_network);
+    figs.drop_samples("implausible", dropped.implausible);
+    figs.drop_samples("too_few_callers", dropped.too_few_samples);
+    for (net, callers) in &dropped.too_few_callers {
+        let n = figs.networks.entry(net.clone()).or_default();
+        n.callers = *callers;
+    }
+    let stored = w.transaction(|w| {
+        let mut stored = Vec::with_capacity(figures.len());
         for f in &figures {
             // The callers behind the figure are its weight when the pipe fuses
             // it with the other sources of this network.
             let callers = u32::try_from(f.callers).unwrap_or(u32::MAX);
-            w.latency(&f.network, target, Source::Observe, f.ms, Some(callers))?;
+            stored.push(w.latency(&f.network, target, Source::Observe, f.ms, Some(callers))?);
         }
-        Ok(())
+        Ok(stored)
     })?;
+    for (f, l) in figures.iter().zip(stored) {
+        let NetworkRtt {
+            network,
+            ms,
+            callers,
+            ..
+        } = f;
+        figs.networks.insert(
+            network.clone(),
+            NetworkFigures {
+                callers: *callers,
+                round_ms: Some(*ms),
+                stored: Some(l),
+            },
+        );
+    }
     for f in &figures {
         info!(
             "{target}: network {}: {:.3} ms from {} callers ({} samples)",
@@ -122,7 +161,12 @@ fn round(
 }
 
 /// Every source's round trips; a source that fails adds none and is reported.
-fn collect(target: &str, opts: &ObserveOptions, reported: &mut Reported) -> Vec<Sample> {
+fn collect(
+    target: &str,
+    opts: &ObserveOptions,
+    reported: &mut Reported,
+    figs: &mut Round,
+) -> Vec<Sample> {
     let max_age = f64::from(opts.max_age.0);
     let mut samples = Vec::new();
     if let Some(url) = &opts.kamailio {
@@ -151,9 +195,19 @@ fn collect(target: &str, opts: &ObserveOptions, reported: &mut Reported) -> Vec<
                     s.expired,
                     s.unusable
                 );
+                figs.samples
+                    .insert(openmetrics::KEEPALIVE, dump.samples.len() as u64);
+                figs.drop_samples("unanswered", s.unanswered);
+                figs.drop_samples("stale", s.stale);
+                figs.drop_samples("expired", s.expired);
+                figs.drop_samples("unusable", s.unusable);
                 samples.extend(dump.samples);
             }
-            Err(e) => reported.problem(target, "keepalives", &e.to_string()),
+            Err(e) => {
+                let kind = openmetrics::keepalive_error(&e.kind);
+                figs.errors.push((openmetrics::KEEPALIVE, kind));
+                reported.problem(target, "keepalives", &e.to_string());
+            }
         }
     }
     if !opts.tcp_ports.is_empty() {
@@ -169,13 +223,19 @@ fn collect(target: &str, opts: &ObserveOptions, reported: &mut Reported) -> Vec<
                     caller: c.remote,
                     rtt_ms: f64::from(c.rtt_us) / 1000.0,
                 }));
+                let fresh = samples.len() - before;
                 info!(
-                    "{target}: tcp: {} connections, {} with a fresh round trip",
+                    "{target}: tcp: {} connections, {fresh} with a fresh round trip",
                     conns.len(),
-                    samples.len() - before
                 );
+                figs.samples.insert(openmetrics::TCP, fresh as u64);
+                figs.drop_samples("stale", conns.len() - fresh);
             }
-            Err(e) => reported.problem(target, "tcp rtt", &e.to_string()),
+            Err(e) => {
+                figs.errors
+                    .push((openmetrics::TCP, openmetrics::tcp_error(&e)));
+                reported.problem(target, "tcp rtt", &e.to_string());
+            }
         }
     }
     samples

@@ -79,6 +79,8 @@ pub struct TargetRow {
     pub load_address: Option<String>,
     pub load_secret: Option<String>,
     pub probe_ok_codes: Option<String>,
+    /// Capacity set by the operator, for targets whose load source reports none.
+    pub max_sessions: Option<u32>,
 }
 
 impl Writer {
@@ -178,7 +180,7 @@ impl Writer {
             .conn
             .prepare(
                 "SELECT name, probe, probe_address, load_source, load_address, load_secret,
-                        probe_ok_codes
+                        probe_ok_codes, max_sessions
                  FROM ha_targets ORDER BY name",
             )
             .map_err(|e| e.to_string())?;
@@ -192,6 +194,11 @@ impl Writer {
                     load_address: r.get(4)?,
                     load_secret: r.get(5)?,
                     probe_ok_codes: r.get(6)?,
+                    // Out of range (a hand edit): no capacity, never a failed round.
+                    max_sessions: r
+                        .get::<_, Option<i64>>(7)?
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|&n| n > 0),
                 })
             })
             .map_err(|e| e.to_string())?;
@@ -301,7 +308,9 @@ impl Writer {
     /// One latency sample from `source`: Welford mean plus an EWMA, as
     /// Kamailio's dispatcher keeps them, in the source's own row. `callers`:
     /// how many distinct callers the sample stands for (observe), which the
-    /// pipe weighs it by when it fuses the sources.
+    /// pipe weighs it by when it fuses the sources. Returns the reading as
+    /// stored, so that the monitor and `observe` export the average the
+    /// pipe ranks by.
     pub fn latency(
         &self,
         network: &str,
@@ -309,7 +318,7 @@ impl Writer {
         source: Source,
         ms: f64,
         callers: Option<u32>,
-    ) -> Result<(), String> {
+    ) -> Result<Latency, String> {
         validate::latency_ms(ms).map_err(|e| e.to_string())?;
         let old: Option<(f64, f64, i64, i64)> = self
             .conn
@@ -388,7 +397,7 @@ impl Writer {
             l,
             timeouts: timeouts.max(0) as u64,
         });
-        Ok(())
+        Ok(l)
     }
 
     /// A probe that got no answer: counted, never averaged in. Only

@@ -58,6 +58,7 @@ fn median_of_caller_medians_per_network() {
         [("127.1.0.0/16", 11.5, 4, 4), ("127.2.0.0/16", 61.0, 3, 3)]
     );
     assert_eq!(dropped.too_few_callers, [("127.2.9.0/24".to_string(), 1)]);
+    assert_eq!(dropped.too_few_samples, 1);
     assert_eq!(dropped.unknown_network + dropped.implausible, 0);
 }
 
@@ -120,6 +121,7 @@ fn min_callers_is_a_floor() {
     let (out, dropped) = run(&s, Policy::default());
     assert!(out.is_empty());
     assert_eq!(dropped.too_few_callers, [("127.1.0.0/16".to_string(), 2)]);
+    assert_eq!(dropped.too_few_samples, 2);
 }
 
 /// 10,000 callers over 20 networks plus 1,000 unknown: the round must cost well under

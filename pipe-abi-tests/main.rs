@@ -14,14 +14,13 @@ mod live;
 mod manpage;
 mod memcached;
 mod monitor;
-// Shared with the unit tests of src/observe/tcp_rtt.rs, which also change the delays.
-#[allow(dead_code)]
 mod netns;
 mod observe;
 mod openmetrics;
 mod pdns;
 mod reliability;
 mod scale;
+mod tcp_rtt;
 mod trust;
 mod udp_relay;
 mod util;

@@ -60,6 +60,11 @@ impl Source {
             Self::Metric => "metric",
         }
     }
+
+    /// The source `s` names, as `as_str` writes it.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -268,7 +273,7 @@ impl Reading {
         Some(Self::Latency {
             network: network.into(),
             target: target.into(),
-            source: crate::state::validate::source(source).ok()?,
+            source: Source::parse(source)?,
             l,
             timeouts: timeouts.parse().ok()?,
         })

@@ -162,10 +162,7 @@ impl Clock {
 
 /// A latency source as SQLite and memcached keys spell it.
 pub fn source(s: &str) -> Result<Source, Invalid> {
-    Source::ALL
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or(Invalid::Source)
+    Source::parse(s).ok_or(Invalid::Source)
 }
 
 pub fn latency_ms(ms: f64) -> Result<(), Invalid> {

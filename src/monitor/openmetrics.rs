@@ -332,28 +332,36 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
             );
         }
     }
-    family(
+    rounds_and_end(
         &mut out,
         fmt,
-        ROUNDS,
-        "counter",
-        "Monitor rounds completed.",
+        (f.rounds, "Monitor rounds completed."),
+        (
+            f.last_round_seconds,
+            "How long the last round took, probes and write.",
+        ),
     );
-    let _ = writeln!(out, "{ROUNDS}_total {}", f.rounds);
-    family(
-        &mut out,
-        fmt,
-        ROUND_DURATION,
-        "gauge",
-        "How long the last round took, probes and write.",
-    );
-    if let Some(s) = f.last_round_seconds {
+    out
+}
+
+/// The round counter and the last round's duration, which every collector
+/// exports (each with its own help text), then the end marker OpenMetrics
+/// requires.
+pub(crate) fn rounds_and_end(
+    out: &mut String,
+    fmt: Format,
+    (rounds, rounds_help): (u64, &str),
+    (seconds, seconds_help): (Option<f64>, &str),
+) {
+    family(out, fmt, ROUNDS, "counter", rounds_help);
+    let _ = writeln!(out, "{ROUNDS}_total {rounds}");
+    family(out, fmt, ROUND_DURATION, "gauge", seconds_help);
+    if let Some(s) = seconds {
         let _ = writeln!(out, "{ROUND_DURATION} {s}");
     }
     if fmt == Format::OpenMetrics {
         out.push_str("# EOF\n");
     }
-    out
 }
 
 /// Longest a scraper may take to send its request or read the answer. A client that

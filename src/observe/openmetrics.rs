@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::monitor::openmetrics::{age, error_kind, escape, family, Format};
+use crate::monitor::openmetrics::{age, error_kind, escape, family, rounds_and_end, Format};
 use crate::monitor::probe::ProbeErrorKind;
 use crate::state::reading::Latency;
 
@@ -253,21 +253,15 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
             "{SOURCE_ERRORS}_total{{target=\"{target}\",source=\"{source}\",kind=\"{kind}\"}} {n}"
         );
     }
-    family(&mut out, fmt, ROUNDS, "counter", "Rounds completed.");
-    let _ = writeln!(out, "{ROUNDS}_total {}", f.rounds);
-    family(
+    rounds_and_end(
         &mut out,
         fmt,
-        ROUND_DURATION,
-        "gauge",
-        "How long the last round took, sources read and written.",
+        (f.rounds, "Rounds completed."),
+        (
+            f.last_round_seconds,
+            "How long the last round took, sources read and written.",
+        ),
     );
-    if let Some(s) = f.last_round_seconds {
-        let _ = writeln!(out, "{ROUND_DURATION} {s}");
-    }
-    if fmt == Format::OpenMetrics {
-        out.push_str("# EOF\n");
-    }
     out
 }
 

@@ -19,7 +19,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 /// What a path holds, in words for an error message.
-fn kind(m: &Metadata) -> &'static str {
+pub(crate) fn kind(m: &Metadata) -> &'static str {
     let t = m.file_type();
     match () {
         _ if t.is_dir() => "a directory",

@@ -18,7 +18,7 @@
 //! data answering: all of it when held whole, the cached names otherwise.
 
 use std::fmt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -124,23 +124,15 @@ struct Fingerprint {
 /// database) is refused before SQLite sees it.
 fn fingerprint(path: &Path) -> Result<Fingerprint, String> {
     let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    let t = m.file_type();
-    let kind = match () {
-        _ if t.is_file() => {
-            let mut wal = path.as_os_str().to_owned();
-            wal.push("-wal");
-            return Ok(Fingerprint {
-                db: Stamp::of(&m),
-                wal: std::fs::metadata(&wal).ok().map(|w| Stamp::of(&w)),
-            });
-        }
-        _ if t.is_dir() => "a directory",
-        _ if t.is_fifo() => "a FIFO",
-        _ if t.is_socket() => "a socket",
-        _ if t.is_block_device() || t.is_char_device() => "a device",
-        _ => "not a regular file",
-    };
-    Err(format!("{kind}, not a database file"))
+    if !m.is_file() {
+        return Err(format!("{}, not a database file", crate::files::kind(&m)));
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    Ok(Fingerprint {
+        db: Stamp::of(&m),
+        wal: std::fs::metadata(&wal).ok().map(|w| Stamp::of(&w)),
+    })
 }
 
 /// What the store did, for CMD `status` and the scale tests.

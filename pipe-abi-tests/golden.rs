@@ -59,7 +59,8 @@ fn run_case(input: &Path, dir: &TempDir) -> String {
     // Readings are judged at the golden clock too: stamped near NOW, they
     // are not in the future.
     let store = Store::open_at(&db, || NOW).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let mut backend = Backend::new(store, opts.ranker()).with_clock(|| NOW);
+    let mut backend =
+        Backend::new(store, pdns_ha::pipe::answer::Ranker::from_options(&opts)).with_clock(|| NOW);
     let mut input = body.join("\n");
     input.push('\n');
     let mut out = Vec::new();
@@ -186,7 +187,10 @@ fn explain_shows_what_the_pipe_answers() {
             cache: None,
             max_clock_skew: 5,
         };
-        let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
+        let mut backend = Backend::new(
+            Store::open(&db).unwrap(),
+            pdns_ha::pipe::answer::Ranker::from_options(&opts),
+        );
         let question =
             "HELO\t3\nQ\t_sip._udp.example.com\tIN\tSRV\t1\t127.0.0.1\t127.0.0.1\t192.0.2.0/24\n";
         let mut out = Vec::new();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds target/debian/pdns-ha_<version>_<arch>.deb with plain dpkg-deb (no cargo-deb,
-# no debhelper): the release binary, the SQL files, the man page, the docs, the systemd
+# no debhelper): the release binaries, the SQL files, the man pages, the docs, the systemd
 # units, the pdns.d snippet and the maintainer scripts from packaging/. Checks the units
 # with systemd-analyze verify when it is installed. Usage: bash scripts/build-deb.sh
 set -euo pipefail
@@ -16,17 +16,23 @@ deb=$out/pdns-ha_${version}_${arch}.deb
 
 cargo build --release --locked
 bin=target/release/pdns-ha
+daemon=target/release/pdns-ha-daemon
 
 rm -rf "$stage"
 # Modes are set explicitly below; a restrictive umask must not leak into the package.
 umask 022
 install -d "$stage/DEBIAN"
 install -D -m 0755 "$bin" "$stage/usr/bin/pdns-ha"
+# Beside pdns-ha, where `pdns-ha monitor|observe` looks for it first.
+install -D -m 0755 "$daemon" "$stage/usr/bin/pdns-ha-daemon"
 for sql in sql/*.sql; do
   install -D -m 0644 "$sql" "$stage/usr/share/pdns-ha/$(basename "$sql")"
 done
-install -D -m 0644 packaging/pdns-ha.1 "$stage/usr/share/man/man1/pdns-ha.1"
-gzip -9n "$stage/usr/share/man/man1/pdns-ha.1"
+# Generated from the command-line definitions (pipe-abi-tests/manpage.rs checks them).
+for page in packaging/man/*.1; do
+  install -D -m 0644 "$page" "$stage/usr/share/man/man1/$(basename "$page")"
+  gzip -9n "$stage/usr/share/man/man1/$(basename "$page")"
+done
 doc=$stage/usr/share/doc/pdns-ha
 install -D -m 0644 README.md "$doc/README.md"
 gzip -9n "$doc/README.md"
@@ -48,7 +54,7 @@ done
 install -m 0644 packaging/debian/conffiles "$stage/DEBIAN/conffiles"
 
 # The libc the binary really needs: the newest GLIBC_x.y symbol version it references.
-glibc=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
+glibc=$(objdump -T "$bin" "$daemon" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" \
     -e "s/@LIBC@/libc6 (>= $glibc)/" packaging/debian/control.in > "$stage/DEBIAN/control"

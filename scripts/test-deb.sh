@@ -103,11 +103,14 @@ cp "$observe_unit" "$work/pdns-ha-observe@$instance.service"
 MANPATH=/usr/share/man: systemd-analyze verify "$work/pdns-ha-observe@$instance.service" ||
   fail "systemd-analyze verify $observe_unit (as pdns-ha-observe@$instance)"
 zcat /usr/share/man/man1/pdns-ha.1.gz | grep -q '^\.TH PDNS-HA 1' || fail "man page"
-# The man page lists every subcommand --help names.
-for cmd in $(pdns-ha --help | sed -n 's/^  pdns-ha \([a-z]\+\) .*/\1/p' | sort -u); do
-  zcat /usr/share/man/man1/pdns-ha.1.gz | grep -q "^\.B pdns-ha $cmd" ||
-    fail "man page lacks the subcommand $cmd that --help lists"
+# Every command --help lists has its page, and answers --help itself (monitor and observe
+# through the daemon binary installed beside pdns-ha).
+for cmd in $(pdns-ha --help | sed -n '/^Commands:/,/^$/s/^  \([a-z]\+\) .*/\1/p'); do
+  [ -e "/usr/share/man/man1/pdns-ha-$cmd.1.gz" ] ||
+    fail "no man page pdns-ha-$cmd(1) for the command $cmd that --help lists"
+  pdns-ha "$cmd" --help >/dev/null || fail "pdns-ha $cmd --help"
 done
+[ -e /usr/share/man/man1/pdns-ha-monitor.1.gz ] || fail "no man page pdns-ha-monitor(1)"
 
 step "seeding the database with the shipped example as pdns-ha"
 runuser -u pdns-ha -- pdns-ha init --db "$state/ha.db" /usr/share/pdns-ha/example.sql >/dev/null

@@ -1,13 +1,10 @@
-//! Typed options for every subcommand, validated once by `cli` and then
-//! handed to the code that runs the subcommand. Nothing here parses.
+//! Typed options for every command, validated once by [`crate::cli`] and then handed to
+//! the code that runs the command. Plain data: nothing here parses, opens or connects.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::dns::Subnet;
-use crate::pipe::answer::Ranker;
 use crate::select::Algorithm;
-use crate::state::memcached::Cache;
 use crate::state::writer::AntiFlap;
 
 /// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
@@ -26,19 +23,6 @@ pub struct CacheOptions {
     pub key_file: Option<PathBuf>,
 }
 
-impl CacheOptions {
-    /// The memcached client these options describe: the one way every
-    /// command connects, so none can forget the key file.
-    pub fn connect(&self) -> Result<Cache, String> {
-        Cache::open(
-            &self.servers,
-            &self.prefix,
-            self.ttl.0,
-            self.key_file.as_deref(),
-        )
-    }
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub struct PipeOptions {
     pub db: PathBuf,
@@ -50,13 +34,6 @@ pub struct PipeOptions {
     pub cache: Option<CacheOptions>,
     /// Readings stamped further ahead of this host's clock are refused.
     pub max_clock_skew: u32,
-}
-
-impl PipeOptions {
-    /// The ranker these options describe, as the pipe and `explain` use it.
-    pub fn ranker(&self) -> Ranker {
-        Ranker::new(self.algorithm, self.dynamic_ttl.0, self.stale_after.0)
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -121,41 +98,4 @@ pub enum Metric {
         target: String,
         up: bool,
     },
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Command {
-    Pipe(PipeOptions),
-    Init {
-        db: PathBuf,
-        scripts: Vec<PathBuf>,
-    },
-    Monitor(MonitorOptions),
-    Observe(ObserveOptions),
-    Metric {
-        db: PathBuf,
-        metric: Metric,
-        cache: Option<CacheOptions>,
-        /// Whose verdict `metric health` is.
-        monitor_id: String,
-    },
-    /// `drain`: `reason: Some`; `undrain`: `None`.
-    Drain {
-        db: PathBuf,
-        target: String,
-        reason: Option<String>,
-        cache: Option<CacheOptions>,
-    },
-    /// `status` reads as the pipe does: `algorithm` and `dynamic_ttl` are
-    /// left at their defaults.
-    Status(PipeOptions),
-    Explain {
-        opts: PipeOptions,
-        all: bool,
-        client: Option<Subnet>,
-        qname: String,
-        qtype: String,
-    },
-    Help,
-    Version,
 }

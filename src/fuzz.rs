@@ -20,6 +20,7 @@ use crate::pipe::backend::Backend;
 use crate::pipe::store::Store;
 use crate::select::Algorithm;
 use crate::state::reading::Reading;
+use clap::Parser;
 
 fn budget() -> Duration {
     let secs = std::env::var("PDNS_HA_FUZZ_SECS")
@@ -154,7 +155,10 @@ fn fuzz_pipe_lines() {
             cache: None,
             max_clock_skew: 5,
         };
-        let mut backend = Backend::new(Store::open(&db).unwrap(), opts.ranker());
+        let mut backend = Backend::new(
+            Store::open(&db).unwrap(),
+            crate::pipe::answer::Ranker::from_options(&opts),
+        );
         let mut out = Vec::new();
         fuzz(
             &format!("pipe ({alg})"),
@@ -299,8 +303,9 @@ fn fuzz_metric_input_and_shared_values() {
     let secret = crate::state::auth::Key::new(b"fuzz secret, 16+ bytes").unwrap();
     fuzz("metric input", 0x3e7, &seeds, dictionary, |input| {
         let text = String::from_utf8_lossy(input);
-        let args: Vec<String> = text.split(' ').map(String::from).collect();
-        let _ = cli::parse(&args);
+        let mut args: Vec<std::ffi::OsString> = vec!["pdns-ha".into()];
+        args.extend(text.split(' ').map(std::ffi::OsString::from));
+        let _ = cli::PipeCli::try_parse_from(cli::with_default_command(args));
         if let Some((key, value)) = text.split_once(' ') {
             if let Some(r) = Reading::parse("p", key, value) {
                 // What parses must print back to the same value.

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod files;
+pub mod logging;
 pub mod monitor;
 pub mod observe;
 pub mod ops;

@@ -1,58 +1,55 @@
-//! pdns-ha: a PowerDNS pipe backend for VoIP high availability. `main` only
-//! wires: parse the command line, set up logging, run the subcommand.
+//! `pdns-ha`: what PowerDNS runs as `pipe-command`, plus the offline commands that work on
+//! the database. `main` only wires: parse the command line, set up logging, run the
+//! command. `monitor` and `observe` are handed over to `pdns-ha-daemon`.
 
-use std::io::{self, BufWriter, Write};
+use std::ffi::OsString;
+use std::io::{self, BufWriter};
 use std::process::ExitCode;
 
-use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
+use clap::Parser;
+use pdns_ha::cli::{PipeCli, PipeCommand};
+use pdns_ha::config::PipeOptions;
+use pdns_ha::pipe::answer::Ranker;
 use pdns_ha::pipe::{backend, store};
-use pdns_ha::state::reading::Source;
-use pdns_ha::state::{memcached, validate, writer};
-use pdns_ha::{cli, monitor, observe, ops};
+use pdns_ha::state::memcached::Cache;
+use pdns_ha::state::validate;
+use pdns_ha::{cli, logging, ops};
 
 fn main() -> ExitCode {
-    init_logging();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match cli::parse(&args) {
-        Err(e) => Err(format!("{e}\n\n{}", cli::USAGE)),
-        Ok(Command::Help) => {
-            let _ = io::stdout().write_all(cli::USAGE.as_bytes());
-            Ok(())
+    let cli = PipeCli::parse_from(cli::with_default_command(std::env::args_os().collect()));
+    logging::init();
+    let result = match cli.command {
+        PipeCommand::Pipe(a) => pipe(&a.options()),
+        PipeCommand::Init(a) => ops::init::run(&a.db.db, &a.scripts),
+        PipeCommand::Metric(m) => {
+            let (metric, write, monitor_id) = m.split();
+            ops::write::metric(&write.db.db, &metric, write.cache().as_ref(), &monitor_id)
         }
-        Ok(Command::Version) => {
-            let _ = writeln!(io::stdout(), "pdns-ha {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+        PipeCommand::Drain(a) => {
+            let w = &a.target.write;
+            let target = &a.target.target.target;
+            ops::write::drain(&w.db.db, target, Some(&a.reason), w.cache().as_ref())
         }
-        Ok(Command::Init { db, scripts }) => ops::init::run(&db, &scripts),
-        Ok(Command::Pipe(opts)) => pipe(&opts),
-        Ok(Command::Metric {
-            db,
-            metric,
-            cache,
-            monitor_id,
-        }) => push_metric(&db, &metric, cache.as_ref(), &monitor_id),
-        Ok(Command::Drain {
-            db,
-            target,
-            reason,
-            cache,
-        }) => drain(&db, &target, reason.as_deref(), cache.as_ref()),
-        Ok(Command::Status(opts)) => {
+        PipeCommand::Undrain(a) => ops::write::drain(
+            &a.write.db.db,
+            &a.target.target,
+            None,
+            a.write.cache().as_ref(),
+        ),
+        PipeCommand::Status(a) => {
+            let opts = a.options();
             validate::set_max_skew(opts.max_clock_skew);
             ops::report::status(&opts)
         }
-        Ok(Command::Explain {
-            opts,
-            all,
-            client,
-            qname,
-            qtype,
-        }) => {
+        PipeCommand::Explain(a) => {
+            let opts = a.options();
             validate::set_max_skew(opts.max_clock_skew);
-            ops::report::explain(&opts, all, client, &qname, &qtype)
+            let qtype = a.qtype.to_ascii_uppercase();
+            let all = a.algorithm.is_none();
+            ops::report::explain(&opts, all, a.client, &a.qname, &qtype)
         }
-        Ok(Command::Monitor(opts)) => monitor::run(&opts),
-        Ok(Command::Observe(opts)) => observe::run(&opts),
+        PipeCommand::Monitor(h) => hand_over("monitor", h.args),
+        PipeCommand::Observe(h) => hand_over("observe", h.args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,25 +60,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// stdout belongs to the pipe protocol, so the log goes to stderr, which
-/// pdns passes through to its own log. pdns stamps the time itself.
-fn init_logging() {
-    let pid = std::process::id();
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Warn)
-        .parse_default_env()
-        .target(env_logger::Target::Stderr)
-        .format(move |f, r| writeln!(f, "pdns-ha[{pid}] {}: {}", r.level(), r.args()))
-        .init();
-}
-
 fn pipe(opts: &PipeOptions) -> Result<(), String> {
     validate::set_max_skew(opts.max_clock_skew);
     let mut store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
-    if let Some(c) = cache(opts.cache.as_ref())? {
+    if let Some(c) = opts.cache.as_ref().map(Cache::connect).transpose()? {
         store = store.with_cache(c);
     }
-    let mut backend = backend::Backend::new(store, opts.ranker());
+    let mut backend = backend::Backend::new(store, Ranker::from_options(opts));
     let mut input = io::stdin().lock();
     let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
     match backend.run(&mut input, &mut out) {
@@ -93,64 +78,30 @@ fn pipe(opts: &PipeOptions) -> Result<(), String> {
     }
 }
 
-/// The memcached client for `--memcached`, if given.
-fn cache(opts: Option<&CacheOptions>) -> Result<Option<memcached::Cache>, String> {
-    opts.map(CacheOptions::connect).transpose()
-}
+/// The name of the daemon binary, installed beside this one.
+const DAEMON: &str = "pdns-ha-daemon";
 
-/// `drain` (with a reason) or `undrain` (without); says what it did, since
-/// an operator runs it by hand.
-fn drain(
-    db: &std::path::Path,
-    target: &str,
-    reason: Option<&str>,
-    cache_opts: Option<&CacheOptions>,
-) -> Result<(), String> {
-    let w = writer::Writer::open(db, cache(cache_opts)?)?;
-    let target = w.target(target)?;
-    let shared = if cache_opts.is_some() {
-        " here and in memcached"
-    } else {
-        ""
+/// Runs `pdns-ha-daemon COMMAND ARGS...` in this process's place, as git and cargo run their
+/// subcommands: same process id (units and scripts that track it keep working), same
+/// stdin/stdout/stderr, and usage shown as `pdns-ha COMMAND`. Beside this binary first,
+/// so an installed pair stays a pair; else on `PATH`.
+fn hand_over(command: &str, args: Vec<OsString>) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(DAEMON)))
+        .filter(|p| p.is_file());
+    let program = beside.clone().map_or_else(|| DAEMON.into(), OsString::from);
+    let err = std::process::Command::new(&program)
+        .arg0("pdns-ha")
+        .arg(command)
+        .args(args)
+        .exec();
+    let looked = match beside {
+        Some(p) => p.display().to_string(),
+        None => format!("{DAEMON} beside this binary and on PATH"),
     };
-    let line = match reason {
-        Some(reason) => {
-            w.drain(&target, reason)?;
-            format!("{target}: drained{shared}; every answer leaves it out until undrain")
-        }
-        None => match w.undrain(&target)? {
-            true => format!("{target}: undrained{shared}; probes decide again"),
-            false if cache_opts.is_some() => {
-                format!("{target}: was not drained here; undrain sent to memcached anyway")
-            }
-            false => format!("{target}: was not drained; nothing to do"),
-        },
-    };
-    writeln!(io::stdout(), "{line}").map_err(|e| e.to_string())
-}
-
-fn push_metric(
-    db: &std::path::Path,
-    m: &Metric,
-    cache_opts: Option<&CacheOptions>,
-    monitor_id: &str,
-) -> Result<(), String> {
-    let w = writer::Writer::open(db, cache(cache_opts)?)?.with_monitor(monitor_id);
-    match m {
-        Metric::Latency {
-            network,
-            target,
-            ms,
-        } => {
-            let (network, target) = (w.network(network)?, w.target(target)?);
-            w.latency(&network, &target, Source::Metric, *ms, None)
-                .map(drop)
-        }
-        Metric::Load {
-            target,
-            sessions,
-            max,
-        } => w.load(&w.target(target)?, *sessions, *max),
-        Metric::Health { target, up } => w.health(&w.target(target)?, *up),
-    }
+    Err(format!(
+        "{command} runs in {DAEMON}, which could not be started ({looked}): {err}"
+    ))
 }

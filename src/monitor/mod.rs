@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::config::{CacheOptions, MonitorOptions};
+use crate::config::MonitorOptions;
 use crate::state::reading::{unix_now, Source, ANY_NETWORK};
 
 /// Every latency reading the monitor writes is a probe's.
@@ -496,7 +496,11 @@ fn write_round(
 }
 
 pub fn run(opts: &MonitorOptions) -> Result<(), String> {
-    let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
+    let cache = opts
+        .cache
+        .as_ref()
+        .map(crate::state::memcached::Cache::connect)
+        .transpose()?;
     let w = Writer::open(&opts.db, cache)?.with_monitor(&opts.monitor_id);
     // A vantage point: latency (and timeouts) from inside a known network.
     // Checked once, at start: a typo must stop the monitor, not write `*`.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::config::{CacheOptions, ObserveOptions};
+use crate::config::ObserveOptions;
 use crate::dns::Subnet;
 use crate::monitor::Reported;
 use crate::state::index::Metrics;
@@ -35,7 +35,11 @@ use aggregate::{aggregate, NetworkRtt, Policy, Sample};
 use openmetrics::{Figures, NetworkFigures, Round};
 
 pub fn run(opts: &ObserveOptions) -> Result<(), String> {
-    let cache = opts.cache.as_ref().map(CacheOptions::connect).transpose()?;
+    let cache = opts
+        .cache
+        .as_ref()
+        .map(crate::state::memcached::Cache::connect)
+        .transpose()?;
     let w = Writer::open(&opts.db, cache)?;
     let target = w.target(&opts.target)?;
     let mut reported = Reported::default();

@@ -1,5 +1,7 @@
-//! The operator's commands: create a database ([`init`]), and see what the
-//! pipe sees and would answer ([`report`]: `status` and `explain`).
+//! The operator's commands: create a database ([`init`]), see what the pipe sees and would
+//! answer ([`report`]: `status` and `explain`), and write by hand ([`mod@write`]: `metric`,
+//! `drain`, `undrain`).
 
 pub mod init;
 pub mod report;
+pub mod write;

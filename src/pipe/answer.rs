@@ -44,6 +44,11 @@ pub fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
 }
 
 impl Ranker {
+    /// The ranker the pipe's options describe, as the pipe and `explain` use it.
+    pub fn from_options(o: &crate::config::PipeOptions) -> Self {
+        Self::new(o.algorithm, o.dynamic_ttl.0, o.stale_after.0)
+    }
+
     pub fn new(algorithm: Algorithm, dynamic_ttl: u32, stale_after: u32) -> Self {
         Self {
             algorithm,

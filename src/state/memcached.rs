@@ -258,6 +258,12 @@ impl Cache {
 
     /// As `new`, sealing with the secret in `key_file` if one is given: the
     /// one constructor every command uses, so none forgets the key.
+    /// The client `--memcached` and its companions describe: the one way every command
+    /// connects, so none can forget the key file.
+    pub fn connect(o: &crate::config::CacheOptions) -> Result<Self, String> {
+        Self::open(&o.servers, &o.prefix, o.ttl.0, o.key_file.as_deref())
+    }
+
     pub fn open(
         list: &str,
         prefix: &str,

@@ -19,7 +19,7 @@ use crate::esl_standin::{self, Config};
 use crate::memcached::Memcached;
 use crate::monitor::{closed_port, db, sql, srv, start_pdns, status, Responder};
 use crate::pdns::{require, Pdns, TempDir};
-use crate::util::{init_db, kill, run_ok, BIN};
+use crate::util::{init_db, kill, run_ok, BIN, DAEMON_BIN};
 
 /// A long-running `pdns-ha monitor`, its log in a file; killed on drop.
 struct Monitor {
@@ -427,12 +427,15 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
     }
     // nobody may not reach the build's own binary (a checkout under a 0700
     // directory, as `mktemp -d` makes): it runs a copy from the test's
-    // directory instead.
+    // directory instead, with the daemon it hands `monitor` over to beside it.
     let bin = dir.path().join("pdns-ha");
-    fs::copy(BIN, &bin).unwrap();
-    {
+    for (from, to) in [
+        (BIN, &bin),
+        (DAEMON_BIN, &dir.path().join("pdns-ha-daemon")),
+    ] {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy(from, to).unwrap();
+        fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let run = |timeout_ms: &str, nofile: Option<u64>| -> (String, Duration) {
         let mut cmd = Command::new(&bin);

@@ -11,6 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pdns-ha");
+/// The daemons' binary, which `pdns-ha monitor|observe` hands over to.
+pub const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_pdns-ha-daemon");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Longest any single pipe answer may take before a test gives up. Far

@@ -26,6 +26,7 @@ pub mod dns;
 pub mod files;
 pub mod logging;
 pub mod monitor;
+pub mod net;
 pub mod observe;
 pub mod ops;
 pub mod pipe;

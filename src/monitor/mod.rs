@@ -407,7 +407,8 @@ fn write_round(
         .collect();
     let drained: std::collections::HashSet<String> =
         w.drains()?.into_iter().map(|d| d.target).collect();
-    let mut f = figures.lock().unwrap_or_else(|p| p.into_inner());
+    // A copy, put back after the commit: a scrape never waits on SQLite's write lock.
+    let mut f = figures.lock().unwrap_or_else(|p| p.into_inner()).clone();
     f.retain_targets(targets.iter().map(|t| t.name.as_str()));
     let changes = w.transaction(|w| {
         let mut changes = Vec::new();
@@ -486,6 +487,7 @@ fn write_round(
         }
         Ok(changes)
     })?;
+    *figures.lock().unwrap_or_else(|p| p.into_inner()) = f;
     for (name, up, why) in changes {
         match up {
             true => warn!("{}: up again ({})", shown(&name), shown(&why)),

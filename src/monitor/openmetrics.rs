@@ -3,7 +3,7 @@
 //!
 //! [`Figures`] is a plain struct the round loop fills in; [`render`] turns it into text
 //! with the clock passed in (ages are computed at scrape time), so the text is tested
-//! byte for byte; [`serve`] answers HTTP on one thread of its own: OpenMetrics to clients
+//! byte for byte; [`serve`] answers HTTP: OpenMetrics to clients
 //! that ask for it (Prometheus does), the older Prometheus text format to the rest.
 //!
 //! ```text
@@ -14,25 +14,15 @@
 //! # EOF
 //! ```
 //!
-//! Why a hand-written HTTP server and not tiny_http (the well-kept crate for this): the
-//! monitor is the same binary as the pipe, and in a pipe process code is most of the
-//! resident memory (README, "Performance"), once per pdns thread. Release binary (tree of
-//! 2026-11-27, before the library layout), same renderer and wiring in both: 1,465,264
-//! bytes without metrics; 1,501,872 with this file (+36,608, renderer included);
-//! 1,615,664 with tiny_http 0.12 serving instead (+150,400: tiny_http, ascii,
-//! chunked_transfer, httpdate), i.e. 113,792 bytes (7.6 %) more for the crate. What is served is one read-only resource to a scraper on a trusted network:
-//! GET or HEAD of `/metrics`, one request per connection, bounded reads and timeouts, one
-//! thread; nothing else of HTTP is needed, and the tests below cover what is.
+//! The HTTP side (many scrapers at once, a deadline per connection, a connection cap) is
+//! [`crate::net::http`]'s.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Duration;
 
-use log::{info, warn};
+use crate::net::http;
 
 use super::probe::ProbeErrorKind;
 
@@ -364,16 +354,11 @@ pub(crate) fn rounds_and_end(
     }
 }
 
-/// Longest a scraper may take to send its request or read the answer. A client that
-/// stalls holds the (single) listener thread this long at most.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// A request head longer than this is not a scraper's.
-const MAX_HEAD: usize = 8192;
-
 /// Binds `addr` now (so a bad address stops the command at start, with the address in
-/// the message) and serves `GET /metrics` on a thread of its own: `render` turns the
-/// shared figures into text, under their lock, with the clock of the scrape. The monitor
-/// and `observe` each pass their own figures and renderer.
+/// the message) and serves `GET /metrics` from the daemons' HTTP server
+/// ([`crate::net::http`]): `render` turns the shared figures into text, under their lock,
+/// with the clock of the scrape. The monitor and `observe` each pass their own figures and
+/// renderer; neither holds the lock for longer than it takes to copy a round's figures in.
 pub fn serve<F, R>(
     addr: SocketAddr,
     figures: Arc<Mutex<F>>,
@@ -383,122 +368,29 @@ where
     F: Send + 'static,
     R: Fn(&F, f64, Format) -> String + Send + 'static,
 {
-    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    info!("serving OpenMetrics on http://{bound}/metrics");
-    let text = move |fmt: Format| {
-        let f = figures.lock().unwrap_or_else(|p| p.into_inner());
-        render(&f, crate::state::reading::unix_now(), fmt)
-    };
-    thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let result = conn.and_then(|mut s| answer(&mut s, &text));
-                // A scraper that went away is its own problem, not the monitor's.
-                if let Err(e) = result {
-                    if !matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) {
-                        warn!("metrics listener: {e}");
-                    }
-                }
-            }
-        })
-        .map_err(|e| format!("metrics listener thread: {e}"))?;
-    Ok(bound)
-}
-
-/// Reads one request head and writes one response; the connection is then closed.
-fn answer(s: &mut TcpStream, text: &dyn Fn(Format) -> String) -> io::Result<()> {
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > MAX_HEAD {
-            let status = "431 Request Header Fields Too Large";
-            respond(s, status, "text/plain", b"", true)?;
-            return drain(s);
+    let handler = move |req: &http::Request<'_>| match req.path {
+        "/metrics" => {
+            let fmt = Format::negotiate(req.accept);
+            let f = figures.lock().unwrap_or_else(|p| p.into_inner());
+            let text = render(&f, crate::state::reading::unix_now(), fmt);
+            http::Response::new(200, fmt.content_type(), text)
         }
-        match s.read(&mut buf)? {
-            0 => return Ok(()),
-            n => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut lines = head.split("\r\n");
-    let line = lines.next().unwrap_or_default();
-    let accept = lines.find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("accept").then_some(value)
-    });
-    let fmt = Format::negotiate(accept);
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => {
-            let body = text(fmt);
-            let ctype = fmt.content_type();
-            respond(s, "200 OK", ctype, body.as_bytes(), method == "GET")
-        }
-        ("GET" | "HEAD", _) => respond(
-            s,
-            "404 Not Found",
+        _ => http::Response::new(
+            404,
             "text/plain; charset=utf-8",
-            b"not found: the metrics are at /metrics\n",
-            method == "GET",
+            "not found: the metrics are at /metrics\n",
         ),
-        _ => {
-            respond(s, "405 Method Not Allowed", "text/plain", b"", true)?;
-            drain(s)
-        }
-    }
-}
-
-/// Closes our side, then reads what the client still sends (bounded by size and by the
-/// read timeout): closing with unread input would reset the connection, and the client
-/// could lose our answer.
-fn drain(s: &mut TcpStream) -> io::Result<()> {
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut sink = [0u8; 1024];
-    let mut total = 0;
-    while total < 64 * 1024 {
-        match s.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n,
-        }
-    }
-    Ok(())
-}
-
-fn respond(
-    s: &mut TcpStream,
-    status: &str,
-    ctype: &str,
-    body: &[u8],
-    with_body: bool,
-) -> io::Result<()> {
-    let allow = if status.starts_with("405") {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    if with_body {
-        s.write_all(body)?;
-    }
-    s.flush()
+    http::serve(addr, http::Limits::default(), handler)
+        .map_err(|e| format!("--metrics-listen {addr}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{self, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
     use super::*;
 
     fn example() -> Figures {

@@ -1,27 +1,18 @@
-//! The pipe-abi integration-test binary: golden pipe transcripts, fault
-//! injection, and end-to-end runs under a real pdns_server.
+//! The pipe-abi integration-test binary, one module per subject:
+//! - [`protocol`]: the pipe protocol as pdns speaks it (golden transcripts, faults, large
+//!   zones) and the command line (man pages and reference generated from the parser);
+//! - [`monitor`]: the monitor against real and stand-in peers (SIP OPTIONS, Kamailio,
+//!   the Event Socket), health, vantage points, OpenMetrics;
+//! - [`observe`]: round trips a SIP server sees (registrar keepalives, TCP RTT);
+//! - [`e2e`]: a real pdns_server (and dnsdist, memcached) answering dig;
+//! - [`support`]: what the tests start and share (pdns, stand-ins, namespaces, the tools
+//!   check). The Debian package has its own test, `scripts/test-deb.sh`.
 
-mod dnsdist;
 mod e2e;
-mod esl;
-mod esl_standin;
-mod faults;
-mod golden;
-mod health;
-mod kamailio;
-mod keepalive;
-mod live;
-mod manpage;
-mod memcached;
 mod monitor;
-mod netns;
 mod observe;
-mod openmetrics;
-mod pdns;
-mod reliability;
-mod scale;
-mod tcp_rtt;
-mod trust;
-mod udp_relay;
-mod util;
-mod vantage;
+mod protocol;
+mod support;
+
+// The helpers every subject uses, by their short paths (`crate::util::BIN`).
+use support::{esl_standin, netns, pdns, udp_relay, util};

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::pdns::{find_tool, free_port, require, Backend, DigResult, Pdns, TempDir};
+use crate::pdns::{find_tool, free_port, require_all, Backend, DigResult, Pdns, TempDir};
 use crate::util::{init_db, run_ok, BIN};
 
 /// The README's dnsdist configuration ("A cached front for per-network answers"), with
@@ -44,10 +44,7 @@ const SRV: &str = "_sip._udp.example.com";
 const DYNAMIC_TTL: u64 = 2;
 
 fn tools() -> bool {
-    let pdns = require("pdns_server");
-    let dig = require("dig");
-    let dnsdist = require("dnsdist");
-    pdns && dig && dnsdist
+    require_all(&["pdns_server", "dig", "dnsdist"])
 }
 
 /// A running dnsdist, stopped on drop.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
+use crate::pdns::{require_all, Backend, DigResult, Pdns, TempDir};
 use crate::util::{init_db, run_ok, BIN};
 
 /// How long a pushed reading may take to show in every coprocess's
@@ -16,9 +16,7 @@ use crate::util::{init_db, run_ok, BIN};
 const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
 
 fn tools() -> bool {
-    let pdns = require("pdns_server");
-    let dig = require("dig");
-    pdns && dig
+    require_all(&["pdns_server", "dig"])
 }
 
 /// The example plus two loopback "networks", so `dig -b 127.0.0.x` can

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
-use crate::pdns::{find_tool, require, TempDir};
+use crate::pdns::{find_tool, require_all, TempDir};
 use crate::util::{init_db, run_ok, Pipe};
 
 /// Worst single lookup tolerated while memcached misbehaves: far under
@@ -195,7 +195,7 @@ fn until(p: &mut Pipe, what: &str, ok: impl Fn(&[String]) -> bool) -> Vec<String
 }
 
 fn tools() -> bool {
-    require("memcached")
+    require_all(&["memcached"])
 }
 
 #[test]

@@ -1,11 +1,17 @@
 //! End-to-end tests: pdns_server + dig, pdns-ha against gsqlite3.
 
+mod dnsdist;
+mod live;
+pub(crate) mod memcached;
+pub(crate) mod reliability;
+mod trust;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::pdns::{diff, require, Backend, DigResult, Pdns, TempDir};
+use crate::pdns::{diff, require_all, Backend, DigResult, Pdns, TempDir};
 
 /// The SRV RRset of sql/example.sql, as dig prints it.
 const SIP_SRV: [&str; 8] = [
@@ -39,10 +45,7 @@ const SOA: &str = "ns1.example.com. hostmaster.example.com. 2026112201 10800 360
 const ABIS: [u8; 3] = [1, 3, 5];
 
 fn tools_present() -> bool {
-    // Both checks run, so a local run names every missing tool at once.
-    let pdns = require("pdns_server");
-    let dig = require("dig");
-    pdns && dig
+    require_all(&["pdns_server", "dig"])
 }
 
 fn pdns_ha() -> PathBuf {

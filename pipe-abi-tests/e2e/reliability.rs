@@ -15,17 +15,15 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::memcached::{silent_server, Memcached};
-use crate::pdns::{require, Backend, Pdns, TempDir};
+use crate::e2e::memcached::{silent_server, Memcached};
+use crate::pdns::{require_all, Backend, Pdns, TempDir};
 use crate::util::{init_db, kill, run_ok, Pipe, BIN};
 
 /// pdns's pipe-timeout in these tests; no answer may come near it.
 const PIPE_TIMEOUT_MS: u64 = 2000;
 
 fn tools() -> bool {
-    let pdns = require("pdns_server");
-    let dig = require("dig");
-    pdns && dig
+    require_all(&["pdns_server", "dig"])
 }
 
 fn start(db: &Path, algorithm: &str, extra: &str) -> Pdns {
@@ -217,7 +215,7 @@ fn killed_coprocesses_are_replaced_and_answer_correctly() {
 
 #[test]
 fn memcached_dying_under_pdns_costs_nothing_visible() {
-    if !(tools() && require("memcached")) {
+    if !(tools() & require_all(&["memcached"])) {
         return;
     }
     let dir = TempDir::new("rel-mc");
@@ -261,7 +259,7 @@ fn a_hanging_memcached_under_pdns_costs_nothing_visible() {
 /// SERVFAIL, nothing lost.
 #[test]
 fn short_soak_while_readings_are_written() {
-    if !(tools() && require("dnsperf")) {
+    if !(tools() & require_all(&["dnsperf"])) {
         return;
     }
     let dir = TempDir::new("rel-soak");

@@ -18,9 +18,9 @@ use rusqlite::Connection;
 
 use pdns_ha::state::auth::Key;
 
-use crate::memcached::Memcached;
-use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
-use crate::reliability::Load;
+use crate::e2e::memcached::Memcached;
+use crate::e2e::reliability::Load;
+use crate::pdns::{require_all, Backend, DigResult, Pdns, TempDir};
 use crate::util::{init_db, run_pipe, Pipe, BIN};
 
 const SECRET: &str = "trust-test-secret-0123456789";
@@ -122,7 +122,7 @@ fn first(r: &DigResult) -> String {
 
 #[test]
 fn forged_replayed_and_oversized_values_change_no_answer() {
-    if !(require("memcached") && require("pdns_server") && require("dig")) {
+    if !require_all(&["memcached", "pdns_server", "dig"]) {
         return;
     }
     let dir = TempDir::new("trust-mc");
@@ -347,7 +347,7 @@ fn mkfifo(path: &Path) {
 
 #[test]
 fn fifo_device_and_directory_at_the_database_path_under_pdns() {
-    if !(require("pdns_server") && require("dig")) {
+    if !require_all(&["pdns_server", "dig"]) {
         return;
     }
     let dir = TempDir::new("trust-path");

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::e2e::memcached::Memcached;
 use crate::esl_standin::{self, Config};
-use crate::memcached::Memcached;
 use crate::monitor::{closed_port, db, sql, srv, start_pdns, status, Responder};
-use crate::pdns::{require, Pdns, TempDir};
+use crate::pdns::{require_all, Pdns, TempDir};
 use crate::util::{init_db, kill, run_ok, BIN, DAEMON_BIN};
 
 /// A long-running `pdns-ha monitor`, its log in a file; killed on drop.
@@ -58,9 +58,7 @@ impl Drop for Monitor {
 }
 
 fn tools() -> bool {
-    let pdns = require("pdns_server");
-    let dig = require("dig");
-    pdns && dig
+    require_all(&["pdns_server", "dig"])
 }
 
 fn targets(pdns: &Pdns) -> Vec<String> {
@@ -171,7 +169,7 @@ fn a_503_a_paused_or_not_ready_freeswitch_leaves_and_returns() {
 
 #[test]
 fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
-    if !(tools() & require("memcached")) {
+    if !(tools() & require_all(&["memcached"])) {
         return;
     }
     let dir = TempDir::new("health-drain");
@@ -292,7 +290,7 @@ fn a_drain_holds_on_two_nodes_through_healthy_rounds_and_a_memcached_restart() {
 
 #[test]
 fn three_monitors_one_cut_off_never_flap_the_answer() {
-    if !(tools() & require("memcached")) {
+    if !(tools() & require_all(&["memcached"])) {
         return;
     }
     let dir = TempDir::new("health-vote");

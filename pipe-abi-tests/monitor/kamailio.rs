@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::pdns::{require, Backend, Pdns, TempDir};
+use crate::pdns::{require_all, Backend, Pdns, TempDir};
 use crate::util::{init_db, run_ok, BIN};
 
-const CONFIG: &str = include_str!("fixtures/kamailio-test.cfg");
+const CONFIG: &str = include_str!("../fixtures/kamailio-test.cfg");
 const CALLS: u32 = 30;
 
 /// A server started by this test, in its own process group so that stopping it also stops
@@ -163,13 +163,7 @@ fn sip4_place(pdns: &Pdns) -> Option<(u16, u16)> {
 
 #[test]
 fn kamailio_load_from_real_calls_reaches_the_answer() {
-    let tools = [
-        require("kamailio"),
-        require("sipp"),
-        require("pdns_server"),
-        require("dig"),
-    ];
-    if tools.contains(&false) {
+    if !require_all(&["kamailio", "sipp", "pdns_server", "dig"]) {
         return;
     }
     // Its calls load the machine; the latency tests must not run beside it.

@@ -2,6 +2,12 @@
 //! delays and a closed port, FreeSWITCH Event Socket stand-ins with faults,
 //! and pdns_server answering from what the monitor wrote.
 
+mod esl;
+mod health;
+pub(crate) mod kamailio;
+mod openmetrics;
+mod vantage;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::esl_standin::{self, Config, Fault};
-use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
+use crate::pdns::{require_all, Backend, DigResult, Pdns, TempDir};
 use crate::util::{init_db, run_ok, BIN};
 
 /// A UDP SIP endpoint that answers every OPTIONS after `delay` with the
@@ -171,7 +177,7 @@ pub(crate) fn find<'a>(
 
 #[test]
 fn monitor_health_and_latency_drive_the_answer() {
-    if !(require("pdns_server") & require("dig")) {
+    if !require_all(&["pdns_server", "dig"]) {
         return;
     }
     let dir = TempDir::new("monitor-sip");
@@ -233,7 +239,7 @@ fn monitor_health_and_latency_drive_the_answer() {
 
 #[test]
 fn monitor_reads_freeswitch_load_and_survives_broken_servers() {
-    if !(require("pdns_server") & require("dig")) {
+    if !require_all(&["pdns_server", "dig"]) {
         return;
     }
     let dir = TempDir::new("monitor-esl");

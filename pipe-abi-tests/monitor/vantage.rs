@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::monitor::{db, sql, srv, status, Responder};
-use crate::pdns::{require, Backend, Pdns, TempDir};
+use crate::pdns::{require_all, Backend, Pdns, TempDir};
 use crate::util::{run_ok, BIN};
 
 const SRV: &str = "_sip._udp.example.com";
@@ -58,7 +58,7 @@ fn rows(db: &Path) -> Vec<(String, String, String, i64, i64, String)> {
 
 #[test]
 fn a_vantage_monitor_gives_its_network_its_own_ranking() {
-    if !(require("pdns_server") & require("dig")) {
+    if !require_all(&["pdns_server", "dig"]) {
         return;
     }
     let dir = TempDir::new("vantage");

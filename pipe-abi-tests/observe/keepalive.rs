@@ -11,12 +11,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::kamailio::{poll, tails, Server};
-use crate::pdns::{find_tool, require, TempDir};
+use crate::monitor::kamailio::{poll, tails, Server};
+use crate::pdns::{find_tool, require_all, TempDir};
 use crate::udp_relay::UdpRelay;
 
-const CONFIG: &str = include_str!("fixtures/kamailio-registrar.cfg");
-const SCENARIO: &str = include_str!("fixtures/sipp-register.xml");
+const CONFIG: &str = include_str!("../fixtures/kamailio-registrar.cfg");
+const SCENARIO: &str = include_str!("../fixtures/sipp-register.xml");
 
 /// Phones per network: the observer's default needs three distinct callers.
 const PHONES: [[&str; 3]; 2] = [
@@ -210,7 +210,7 @@ fn median(v: &[f64]) -> f64 {
 
 #[test]
 fn keepalive_round_trips_follow_each_networks_distance() {
-    if [require("kamailio"), require("sipp")].contains(&false) {
+    if !require_all(&["kamailio", "sipp"]) {
         return;
     }
     let _alone = crate::util::timing_lock();

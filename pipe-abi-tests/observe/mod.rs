@@ -3,6 +3,9 @@
 //! Montreal/Vancouver case end to end (two Kamailio registrars, sipp phones behind delaying
 //! relays, pdns_server answering dig with ECS), and bad input that must write nothing.
 
+mod keepalive;
+mod tcp_rtt;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::kamailio::{poll, tails, Server};
-use crate::keepalive::{start_phone, start_registrar};
+use crate::monitor::kamailio::{poll, tails, Server};
 use crate::netns;
-use crate::pdns::{require, Backend, DigResult, Pdns, TempDir};
+use crate::observe::keepalive::{start_phone, start_registrar};
+use crate::pdns::{require_all, Backend, DigResult, Pdns, TempDir};
 use crate::udp_relay::UdpRelay;
 use crate::util::{init_db, run_ok, BIN};
 
@@ -175,7 +178,7 @@ pub(crate) fn http(body: &str) -> String {
 
 /// The real ul.dump reply's m1 contact, `n` times, with callers and round trips chosen.
 pub(crate) fn dump(contacts: &[(&str, i64)], last_keepalive: u64) -> String {
-    let real = include_str!("fixtures/kamailio-ul-dump.json");
+    let real = include_str!("../fixtures/kamailio-ul-dump.json");
     let start = real.find("{\n\t\t\t\t\t\t\t\"Info\"").unwrap();
     let end = real[start..].find("\n\t\t\t\t\t\t}").unwrap() + start + 8;
     let aor = &real[start..end];
@@ -357,13 +360,7 @@ fn answers(pdns: &Pdns) -> [(First, Option<String>); 2] {
 
 #[test]
 fn observe_montreal_and_vancouver_end_to_end() {
-    let tools = [
-        require("kamailio"),
-        require("sipp"),
-        require("pdns_server"),
-        require("dig"),
-    ];
-    if tools.contains(&false) {
+    if !require_all(&["kamailio", "sipp", "pdns_server", "dig"]) {
         return;
     }
     let _alone = crate::util::timing_lock();
@@ -388,7 +385,7 @@ fn observe_montreal_and_vancouver_end_to_end() {
         [UdpRelay::start(m_sip, FAR), UdpRelay::start(v_sip, NEAR)],
     ];
     let ready = poll(Duration::from_secs(10), || {
-        let up = |port| crate::keepalive::rpc(port, "ul.dump").is_some();
+        let up = |port| crate::observe::keepalive::rpc(port, "ul.dump").is_some();
         Some(()).filter(|_| up(m_rpc) && up(v_rpc))
     });
     assert!(ready.is_some(), "{}", tails(&[&montreal, &vancouver]));

@@ -140,7 +140,7 @@ fn a_large_database_is_read_per_name_without_stalls() {
     assert!(status.contains("read per name"), "{status}");
     // Read per name, the connection stays open, and read-only.
     assert_eq!(
-        crate::reliability::db_access_mode(p.pid(), &db),
+        crate::e2e::reliability::db_access_mode(p.pid(), &db),
         Some(libc::O_RDONLY as u32)
     );
 

@@ -47,6 +47,13 @@ pub fn require(tool: &str) -> bool {
     false
 }
 
+/// Whether every tool a test needs is installed, each missing one named (see [`require`]):
+/// the one check every test that starts outside programs makes first.
+pub fn require_all(tools: &[&str]) -> bool {
+    // Every tool is checked, so a local run names all that are missing at once.
+    tools.iter().filter(|tool| !require(tool)).count() == 0
+}
+
 fn tool(name: &str) -> PathBuf {
     find_tool(name).unwrap_or_else(|| panic!("{name} not found: {INSTALL_HINT}"))
 }

@@ -8,7 +8,7 @@
    gsqlite3). Each with every pdns cache off and in the recommended deployment
    (pdns's default caches), twice. qps, p50/p99 latency, ratios to A and B.
    Then least-latency behind dnsdist with its ECS-keyed packet cache (the
-   README's "cached front"), against A and against least-latency direct.
+   docs/deployment.md's "cached front"), against A and against least-latency direct.
 2. A pipe-level microbenchmark: a recorded pdns question stream (SOA walk,
    ANY, additional-section lookups, misses) fed from a file to each
    algorithm, to the C responder and to a do-nothing responder.
@@ -74,7 +74,7 @@ PDNS_BASE = {
 CACHES_OFF = {"cache-ttl": "0", "query-cache-ttl": "0", "negquery-cache-ttl": "0"}
 RECOMMENDED = {}  # pdns's own cache defaults: cache-ttl 20, query-cache-ttl 20, negquery 60
 DNSDIST = "recommended + dnsdist cache"
-# The README's dnsdist config (pipe-abi-tests/dnsdist.rs checks the README against
+# The deployment guide's dnsdist config (pipe-abi-tests/e2e/dnsdist.rs checks the guide against
 # the tested copy), with the bench's addresses.
 DNSDIST_CONF = """setLocal('127.0.0.1:{listen}')
 setACL({{'0.0.0.0/0', '::/0'}})
@@ -179,7 +179,7 @@ class Pdns:
 
 
 class Dnsdist:
-    """dnsdist with the README's packet cache in front of a pdns on `backend`."""
+    """dnsdist with the deployment guide's packet cache in front of a pdns on `backend`."""
 
     def __init__(self, backend):
         self.port = free_port()

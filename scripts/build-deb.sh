@@ -36,6 +36,10 @@ done
 doc=$stage/usr/share/doc/pdns-ha
 install -D -m 0644 README.md "$doc/README.md"
 gzip -9n "$doc/README.md"
+for page in docs/*.md; do
+  install -D -m 0644 "$page" "$doc/docs/$(basename "$page")"
+  gzip -9n "$doc/docs/$(basename "$page")"
+done
 install -m 0644 packaging/debian/copyright "$doc/copyright"
 install -D -m 0644 packaging/pdns-ha-observe.default "$doc/examples/pdns-ha-observe.default"
 # Debian wants a changelog in every package; this one points at the project's history.

@@ -40,7 +40,7 @@ pipe-abi-version=5
 pipe-timeout=2000
 # The pipe backend cannot list zones; pdns 4.5+ refuses to start without this.
 zone-cache-refresh-interval=0
-# Answers may differ per client; see README "pdns.conf".
+# Answers may differ per client; see docs/deployment.md.
 cache-ttl=0
 query-cache-ttl=0
 negquery-cache-ttl=0

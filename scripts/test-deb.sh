@@ -224,13 +224,13 @@ pdns_pid=
 step "purging"
 apt-get purge -y -q pdns-ha > "$work/apt-purge.log" 2>&1 || { cat "$work/apt-purge.log"; fail "purge"; }
 snapshot > "$work/after"
-# Kept on purge by design (README, "Install the package"): the database and its directory.
+# Kept on purge by design (docs/deployment.md, "Install the package"): the database and its directory.
 left=$(comm -13 "$work/before" "$work/after" |
   grep -v -x -e "$state" -e "$state/ha.db" -e "$state/ha.db-wal" -e "$marker" || true)
 [ -z "$left" ] || fail "left behind after purge: $left"
 gone=$(comm -23 "$work/before" "$work/after" || true)
 [ -z "$gone" ] || fail "gone after install and purge: $gone"
-[ -f "$state/ha.db" ] || fail "purge removed the database, which the README says it keeps"
+[ -f "$state/ha.db" ] || fail "purge removed the database, which the docs say it keeps"
 pgrep -u pdns-ha >/dev/null && fail "pdns-ha processes still running"
 
 # What purge keeps, the test removes: this machine should look as before.

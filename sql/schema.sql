@@ -173,7 +173,7 @@ CREATE TABLE IF NOT EXISTS ha_load (
 -- a vantage host inside the network with `monitor --network`, or from the
 -- monitor's host for '*'), 'metric' (pushes, and rows written by hand).
 -- The pipe fuses the fresh rows of a (network, target) by callers or
--- samples and age (README, "Where latency comes from"). The source became
+-- samples and age (docs/deployment.md, "Latency from where the callers are"). The source became
 -- part of the key after the first release: `pdns-ha init` rebuilds an older
 -- table (see ops/init.rs).
 CREATE TABLE IF NOT EXISTS ha_latency (

@@ -1,5 +1,5 @@
 //! The cached front for per-network answers: a real dnsdist with a packet cache (the
-//! README's config) in front of a real pdns_server running pdns-ha least-latency. Checks
+//! deployment guide's config) in front of a real pdns_server running pdns-ha least-latency. Checks
 //! that the cache never hands one network's answer to another, for resolvers that send
 //! ECS and for stubs that dnsdist gives an ECS of their own, and that a change of readings
 //! reaches clients within the dynamic TTL.
@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use crate::pdns::{find_tool, free_port, require_all, Backend, DigResult, Pdns, TempDir};
 use crate::util::{init_db, run_ok, BIN};
 
-/// The README's dnsdist configuration ("A cached front for per-network answers"), with
+/// The deployment guide's dnsdist configuration ("A cached front for per-network answers"), with
 /// the addresses left as `{listen}` and `{backend}`. Kept word for word in step with it:
 /// `readme_shows_this_config` checks.
 pub const CONFIG: &str = r#"setLocal('{listen}')
@@ -256,7 +256,7 @@ fn best(r: &DigResult) -> Vec<String> {
     v
 }
 
-/// pdns as the README recommends behind dnsdist: least-latency, ABI 3, ECS processing,
+/// pdns as the deployment guide recommends behind dnsdist: least-latency, ABI 3, ECS processing,
 /// pdns's own caches at their defaults.
 fn pdns(db: &Path) -> Pdns {
     let bin = Path::new(BIN).canonicalize().unwrap();
@@ -387,12 +387,13 @@ fn e2e_dnsdist_cache_keeps_each_networks_answer() {
 
 #[test]
 fn readme_shows_this_config() {
-    let readme = fs::read_to_string(Path::new(crate::util::REPO).join("README.md")).unwrap();
+    let readme =
+        fs::read_to_string(Path::new(crate::util::REPO).join("docs/deployment.md")).unwrap();
     let shown = CONFIG
         .replace("{listen}", "0.0.0.0:53")
         .replace("{backend}", "127.0.0.1:5300");
     assert!(
         readme.contains(&shown),
-        "README's dnsdist config differs from the tested one; it should read:\n{shown}"
+        "docs/deployment.md's dnsdist config differs from the tested one; it should read:\n{shown}"
     );
 }

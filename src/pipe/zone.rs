@@ -1,7 +1,7 @@
 //! The records the pipe answers from, in one string arena with a hash index
 //! by name, so a lookup is one hash probe with no allocation and no I/O.
 //!
-//! The index is filled one of two ways (see the README's "Large zones"):
+//! The index is filled one of two ways (see docs/performance.md, "Large zones"):
 //! - **whole**: a database of up to [`WHOLE_LIMIT`] records is read at once
 //!   ([`Builder`]). A name that is not here is not in the database, and the
 //!   last good copy answers through any outage of the file.

@@ -378,8 +378,14 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
     pub dynamic_ttl: u32,
     /// The client asking (its address or ECS subnet)
-    #[arg(long, value_name = "IP|CIDR", value_parser = subnet)]
+    #[arg(long, value_name = "IP|CIDR", value_parser = subnet, conflicts_with = "networks")]
     pub client: Option<Subnet>,
+    /// Who gets what: the first tier for every known network and for clients in none, under least-latency unless --algorithm names another
+    #[arg(long)]
+    pub networks: bool,
+    /// With --networks: list this many networks, then a count per first tier (0: all)
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "networks")]
+    pub limit: usize,
     /// The name asked for
     #[arg(value_name = "QNAME")]
     pub qname: String,
@@ -390,9 +396,14 @@ pub struct ExplainArgs {
 
 impl ExplainArgs {
     pub fn options(&self) -> PipeOptions {
+        // Who gets what is a question about networks, so least-latency unless asked.
+        let default = match self.networks {
+            true => Algorithm::LeastLatency,
+            false => Algorithm::default(),
+        };
         PipeArgs {
             read: self.read.clone(),
-            algorithm: self.algorithm.unwrap_or_default(),
+            algorithm: self.algorithm.unwrap_or(default),
             dynamic_ttl: self.dynamic_ttl,
         }
         .options()

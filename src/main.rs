@@ -45,8 +45,13 @@ fn main() -> ExitCode {
             let opts = a.options();
             validate::set_max_skew(opts.max_clock_skew);
             let qtype = a.qtype.to_ascii_uppercase();
-            let all = a.algorithm.is_none();
-            ops::report::explain(&opts, all, a.client, &a.qname, &qtype)
+            match a.networks {
+                true => ops::networks::explain_networks(&opts, &a.qname, &qtype, a.limit),
+                false => {
+                    let all = a.algorithm.is_none();
+                    ops::report::explain(&opts, all, a.client, &a.qname, &qtype)
+                }
+            }
         }
         PipeCommand::Monitor(h) => hand_over("monitor", h.args),
         PipeCommand::Observe(h) => hand_over("observe", h.args),

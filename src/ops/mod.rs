@@ -1,7 +1,9 @@
 //! The operator's commands: create a database ([`init`]), see what the pipe sees and would
-//! answer ([`report`]: `status` and `explain`), and write by hand ([`mod@write`]: `metric`,
+//! answer ([`report`]: `status` and `explain`; [`networks`]: `explain --networks`, who gets
+//! what), and write by hand ([`mod@write`]: `metric`,
 //! `drain`, `undrain`).
 
 pub mod init;
+pub mod networks;
 pub mod report;
 pub mod write;

@@ -43,7 +43,7 @@ fn open(db: &Path) -> Result<Connection, String> {
 /// The view the pipe has: the database loaded by the pipe's own code (the
 /// same validation, the same skipped rows) with memcached's readings laid
 /// over it when `--memcached` is given.
-fn view(opts: &PipeOptions) -> Result<Store, String> {
+pub(super) fn view(opts: &PipeOptions) -> Result<Store, String> {
     let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
     match &opts.cache {
         None => Ok(store),
@@ -138,7 +138,7 @@ fn rejected(store: &Store, out: &mut String) {
 }
 
 /// Prints columns padded to their widest cell.
-fn table(rows: &[Vec<String>]) -> String {
+pub(super) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let width: Vec<usize> = (0..cols)
         .map(|c| {
@@ -355,7 +355,7 @@ fn health_cell(
     cell
 }
 
-fn why(w: Why, drain: Option<&str>) -> String {
+pub(super) fn why(w: Why, drain: Option<&str>) -> String {
     match w {
         Why::Static => "as stored".into(),
         Why::Down => "left out: down".into(),

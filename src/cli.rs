@@ -60,6 +60,12 @@ pub enum PipeCommand {
     Drain(DrainArgs),
     /// Let probes decide about a drained target again
     Undrain(TargetArgs),
+    /// Known client networks: add, remove, list (checked, in one transaction)
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Measured targets (ha_targets rows): add, change, remove, list (checked, in one transaction)
+    #[command(subcommand)]
+    Target(TargetCommand),
     /// Print targets, health, load, latency and their age
     Status(StatusArgs),
     /// Show how each algorithm would answer a name, and why
@@ -347,6 +353,103 @@ pub struct TargetArgs {
     pub target: TargetName,
     #[command(flatten)]
     pub write: WriteArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Add CIDRs to a network, created by its first CIDR (clients match the longest prefix)
+    Add {
+        #[command(flatten)]
+        db: DbArg,
+        /// The network's name, e.g. montreal
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Its address blocks, e.g. 198.51.100.0/24 2001:db8:100::/48
+        #[arg(value_name = "CIDR", required = true)]
+        cidrs: Vec<String>,
+    },
+    /// Remove networks by name (all their CIDRs) or single CIDRs
+    Rm {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(value_name = "NAME|CIDR", required = true)]
+        which: Vec<String>,
+    },
+    /// List the known networks, invalid rows marked
+    List {
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// The columns of an ha_targets row that `target add` and `target set` take.
+#[derive(Args, Debug, Clone)]
+pub struct TargetFieldArgs {
+    /// How the monitor checks health and latency when no SRV record advertises a service
+    #[arg(long, value_name = "sip-udp|sip-tcp|tcp|none")]
+    pub probe: Option<String>,
+    /// HOST:PORT to probe (default: the target name, port 5060; "" resets)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub probe_address: Option<String>,
+    /// SIP codes that mean up, e.g. 200,401,404 or 2xx,405 (default 2xx; "" resets)
+    #[arg(long, value_name = "LIST")]
+    pub probe_ok_codes: Option<String>,
+    /// Capacity in sessions (0: unknown, or what the load source reports)
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<u32>,
+    /// Where its load is read
+    #[arg(long, value_name = "none|freeswitch|kamailio")]
+    pub load_source: Option<String>,
+    /// Event Socket HOST:PORT, or Kamailio's JSON-RPC http:// URL
+    #[arg(long, value_name = "ADDR")]
+    pub load_address: Option<String>,
+}
+
+impl TargetFieldArgs {
+    pub fn fields(&self) -> crate::ops::edit::TargetFields {
+        crate::ops::edit::TargetFields {
+            probe: self.probe.clone(),
+            probe_address: self.probe_address.clone(),
+            probe_ok_codes: self.probe_ok_codes.clone(),
+            max_sessions: self.max_sessions,
+            load_source: self.load_source.clone(),
+            load_address: self.load_address.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TargetCommand {
+    /// Add a target: an SRV target host or an A/AAAA address that is measured
+    Add {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        fields: TargetFieldArgs,
+    },
+    /// Change the given columns of a target, the others kept
+    Set {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        fields: TargetFieldArgs,
+    },
+    /// Remove a target (records naming it are then served as stored)
+    Rm {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// List the targets and how each is measured (secrets never shown)
+    List {
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 #[derive(Args, Debug)]

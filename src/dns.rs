@@ -55,6 +55,17 @@ impl Subnet {
         bits(self.addr) & host_mask == 0
     }
 
+    /// The subnet with its host bits cleared: `192.0.2.0/24` for `192.0.2.1/24`.
+    pub fn network(&self) -> Self {
+        let host = host_bits(self.addr, self.prefix);
+        let kept = mask(self.addr, self.prefix).checked_shl(host).unwrap_or(0);
+        let addr = match self.addr {
+            IpAddr::V4(_) => IpAddr::V4((kept as u32).into()),
+            IpAddr::V6(_) => IpAddr::V6(kept.into()),
+        };
+        Self { addr, ..*self }
+    }
+
     /// Whether `addr` lies in this subnet. IPv4-mapped IPv6 addresses count
     /// as IPv4, the way pdns may pass them.
     pub fn contains(&self, addr: IpAddr) -> bool {

@@ -7,8 +7,9 @@ use std::io::{self, BufWriter};
 use std::process::ExitCode;
 
 use clap::Parser;
-use pdns_ha::cli::{PipeCli, PipeCommand};
+use pdns_ha::cli::{NetworkCommand, PipeCli, PipeCommand, TargetCommand};
 use pdns_ha::config::PipeOptions;
+use pdns_ha::ops::edit;
 use pdns_ha::pipe::answer::Ranker;
 use pdns_ha::pipe::{backend, store};
 use pdns_ha::state::memcached::Cache;
@@ -36,6 +37,21 @@ fn main() -> ExitCode {
             None,
             a.write.cache().as_ref(),
         ),
+        PipeCommand::Network(n) => match n {
+            NetworkCommand::Add { db, name, cidrs } => edit::network_add(&db.db, &name, &cidrs),
+            NetworkCommand::Rm { db, which } => edit::network_rm(&db.db, &which),
+            NetworkCommand::List { db } => edit::network_list(&db.db),
+        },
+        PipeCommand::Target(t) => match t {
+            TargetCommand::Add { db, name, fields } => {
+                edit::target_write(&db.db, &name, &fields.fields(), false)
+            }
+            TargetCommand::Set { db, name, fields } => {
+                edit::target_write(&db.db, &name, &fields.fields(), true)
+            }
+            TargetCommand::Rm { db, name } => edit::target_rm(&db.db, &name),
+            TargetCommand::List { db } => edit::target_list(&db.db),
+        },
         PipeCommand::Status(a) => {
             let opts = a.options();
             validate::set_max_skew(opts.max_clock_skew);

@@ -123,7 +123,11 @@ fn thousands_of_networks_are_summarized() {
     ]);
     let out = explain(db, &["--limit", "10"]);
     // The example's three networks, then the first seven of the 3,000.
-    let rows = out.lines().skip(2).take_while(|l| !l.starts_with('(')).count();
+    let rows = out
+        .lines()
+        .skip(2)
+        .take_while(|l| !l.starts_with('('))
+        .count();
     assert_eq!(rows, 10, "{out}");
     assert!(row(&out, "n6 ").contains("10.0.6.0/24"), "{out}");
     assert!(

@@ -2,6 +2,7 @@
 //! zones) and the command line (man pages and the reference generated from the parser).
 
 mod docs;
+mod edit;
 mod explain_networks;
 mod faults;
 mod golden;

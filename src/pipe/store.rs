@@ -31,7 +31,7 @@ use crate::state::memcached::Cache;
 use crate::state::reading::{drain_key, health_key, latency_key, load_key, Reading};
 use crate::state::reading::{unix_now, Drain, Health, Latency, Load, Source, ANY_NETWORK};
 use crate::state::validate::Clock;
-use crate::text::shown;
+use crate::text::{shown, Limited};
 
 /// How often the pipe looks for a changed database. The contract is that an
 /// operator's change is served within a second; a check costs two `stat`s,
@@ -188,6 +188,7 @@ pub struct Store {
     stats: StoreStats,
     /// What readings' timestamps are judged against.
     clock: fn() -> f64,
+    skipped_log: Limited,
 }
 
 impl Store {
@@ -237,6 +238,7 @@ impl Store {
             failing: None,
             stats: StoreStats::default(),
             clock,
+            skipped_log: Limited::default(),
         };
         store.install(loaded, now);
         store.keep_connection_if_needed();
@@ -313,9 +315,11 @@ impl Store {
             Ok(()) => self.zones.finish_name(&self.name_buf, first),
             Err(_) => self.zones.abort_name(first),
         }
-        // Logged once per name while it stays cached.
+        // Logged once per name while it stays cached, and at most one line
+        // per 30 s: a million bad rows asked for one by one are a count.
         for why in skipped {
-            warn!("not served: record {why}");
+            self.skipped_log
+                .warn(Instant::now(), format_args!("not served: record {why}"));
         }
         if let Err(e) = &result {
             self.stats.read_failures += 1;

@@ -206,6 +206,21 @@ pub struct Cache {
     refused_logged_at: Option<Instant>,
 }
 
+/// Said once per process on stderr, whatever the command: without a key
+/// file every value is taken as it comes, so whoever reaches memcached can
+/// drain targets, mark them down or reorder answers, and `status` alone
+/// (which operators rarely read) used to say so (issue 19).
+fn warn_unauthenticated() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        warn!(
+            "memcached without --memcached-key-file: values are neither sealed nor checked, \
+             so anyone who can reach memcached can drain targets, mark them down or reorder \
+             answers; give every writer and pipe the same key file (docs/trust.md)"
+        )
+    });
+}
+
 /// FNV-1a: stable across processes and versions, which key placement
 /// must be, since monitors and pipes on different hosts compute it apart.
 fn fnv1a(key: &[u8]) -> u64 {
@@ -265,7 +280,11 @@ impl Cache {
         key_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
         let key = key_file.map(Key::load).transpose()?;
-        Ok(Self::new(list, prefix, stale_after)?.with_key(key))
+        let cache = Self::new(list, prefix, stale_after)?.with_key(key);
+        if cache.key.is_none() {
+            warn_unauthenticated();
+        }
+        Ok(cache)
     }
 
     /// Seals what is published and accepts only sealed values from now on.

@@ -163,7 +163,10 @@ impl Key {
 impl Key {
     /// One entry of the monitors list under `list` (its logical key).
     pub fn seal_entry(&self, list: &str, id: &str) -> String {
-        let tag = self.mac(list, &format!("monitor {id}")).finalize().into_bytes();
+        let tag = self
+            .mac(list, &format!("monitor {id}"))
+            .finalize()
+            .into_bytes();
         let mut out = String::with_capacity(id.len() + 1 + MAC_HEX);
         out.push_str(id);
         out.push('/');

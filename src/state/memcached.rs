@@ -139,6 +139,18 @@ fn updated(r: &Reading) -> f64 {
     }
 }
 
+/// Whether `old` is newer than `new`, of the same key: drains by their
+/// generation first, since clocks on two hosts may disagree but every
+/// drain and undrain takes the next generation.
+fn newer(old: &Reading, new: &Reading) -> bool {
+    match (old, new) {
+        (Reading::Drain { generation: a, .. }, Reading::Drain { generation: b, .. }) if a != b => {
+            a > b
+        }
+        _ => updated(old) > updated(new),
+    }
+}
+
 /// A failure of the server or the link, as opposed to one bad item: only
 /// these put a server in back-off. A key or value memcached refuses must
 /// not switch sharing off for every other key.
@@ -308,6 +320,12 @@ impl Cache {
         self.rejects
     }
 
+    /// Counts and logs a fetched value the caller refused, as one refused
+    /// here is: a drain older than the generation in the pipe's SQLite.
+    pub fn refuse(&mut self, key: &str, why: Reject) {
+        self.reject(key, why, Instant::now());
+    }
+
     fn server_of(&self, key: &str) -> usize {
         (fnv1a(key.as_bytes()) % self.servers.len() as u64) as usize
     }
@@ -353,7 +371,12 @@ impl Cache {
     /// first so that a larger one is never transferred. `Ok(None)`: a miss;
     /// `Ok(Some(Err(n)))`: `n` bytes, too large; `Err(())`: the server is in
     /// back-off or just failed (and is now).
-    fn get_bounded(&mut self, s: usize, wire: &str, max: usize) -> Result<Option<Result<Vec<u8>, usize>>, ()> {
+    fn get_bounded(
+        &mut self,
+        s: usize,
+        wire: &str,
+        max: usize,
+    ) -> Result<Option<Result<Vec<u8>, usize>>, ()> {
         let now = Instant::now();
         let server = &mut self.servers[s];
         if !server.usable(now) {
@@ -373,7 +396,10 @@ impl Cache {
                 server.worked();
                 return Ok(None);
             }
-            Some(Ok(g)) => g.item.size.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            Some(Ok(g)) => g
+                .item
+                .size
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         };
         if n > max {
             server.worked();
@@ -436,7 +462,13 @@ impl Cache {
             // created it first: ids are never lost to that race.
             None => {
                 let server = &mut self.servers[s];
-                match server.client.set(&wire, mine.as_str()).ttl(Ttl::NEVER).add().send() {
+                match server
+                    .client
+                    .set(&wire, mine.as_str())
+                    .ttl(Ttl::NEVER)
+                    .add()
+                    .send()
+                {
                     Ok(r) if r.applied() => return,
                     Ok(_) => None,
                     Err(e) => return server_refused(self, e),
@@ -460,7 +492,12 @@ impl Cache {
         };
         let server = &mut self.servers[s];
         let result = match keep {
-            None => server.client.set(&wire, format!(" {mine}")).append().send().map(drop),
+            None => server
+                .client
+                .set(&wire, format!(" {mine}"))
+                .append()
+                .send()
+                .map(drop),
             Some(mut good) => {
                 good.sort();
                 good.dedup();
@@ -468,7 +505,12 @@ impl Cache {
                 good.truncate(MAX_MONITORS - 1);
                 good.push(mine);
                 let value = good.join(" ");
-                server.client.set(&wire, value).ttl(Ttl::NEVER).send().map(drop)
+                server
+                    .client
+                    .set(&wire, value)
+                    .ttl(Ttl::NEVER)
+                    .send()
+                    .map(drop)
             }
         };
         if let Err(e) = result {
@@ -530,7 +572,7 @@ impl Cache {
         let r = Reading::parse(&self.prefix, key, body).ok_or(Reject::Malformed)?;
         clock.reading(&r).map_err(Reject::Invalid)?;
         match self.seen.get(key) {
-            Some(old) if updated(old) > updated(&r) => Err(Reject::Replayed),
+            Some(old) if newer(old, &r) => Err(Reject::Replayed),
             _ => Ok(r),
         }
     }

@@ -122,10 +122,14 @@ pub enum Reading {
     },
     /// `reason: Some`: drained since `updated`; `None`: undrained at
     /// `updated`, which must override an older drain anywhere.
+    /// `generation` counts the target's drains and undrains: each takes the
+    /// next, so a copy of an older one written back is known for a replay
+    /// wherever the newer one was seen (issue 19).
     Drain {
         target: String,
         reason: Option<String>,
         updated: f64,
+        generation: u64,
     },
     /// `load: None`: the load became unknown at `updated` (the source could
     /// not be read), which must override older readings elsewhere.
@@ -166,13 +170,15 @@ impl Reading {
             Self::Drain {
                 reason: Some(reason),
                 updated,
+                generation,
                 ..
-            } => format!("1 {updated} {reason}"),
+            } => format!("1 {updated} {generation} {reason}"),
             Self::Drain {
                 reason: None,
                 updated,
+                generation,
                 ..
-            } => format!("0 {updated}"),
+            } => format!("0 {updated} {generation}"),
             Self::Load { load: Some(l), .. } => {
                 let max = l.max_sessions.map_or("-".to_owned(), |m| m.to_string());
                 format!("{} {max} {}", l.sessions, l.updated)
@@ -200,8 +206,9 @@ impl Reading {
         let num = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
         let int = |s: &str| s.parse::<u32>().ok();
         if let Some(target) = rest.strip_prefix("drain:") {
-            let mut parts = value.splitn(3, ' ');
+            let mut parts = value.splitn(4, ' ');
             let (flag, updated) = (parts.next()?, num(parts.next()?)?);
+            let generation = parts.next()?.parse::<u64>().ok()?;
             let reason = match (flag, parts.next()) {
                 ("1", reason) => Some(reason.unwrap_or("").to_owned()),
                 ("0", None) => None,
@@ -211,6 +218,7 @@ impl Reading {
                 target: target.into(),
                 reason,
                 updated,
+                generation,
             });
         }
         if let Some(key) = rest.strip_prefix("health:") {
@@ -322,11 +330,13 @@ mod tests {
                 target: "sip2.example.com".into(),
                 reason: Some("kernel upgrade, ticket 42".into()),
                 updated: 7.0,
+                generation: 3,
             },
             Reading::Drain {
                 target: "sip2.example.com".into(),
                 reason: None,
                 updated: 8.0,
+                generation: 4,
             },
             Reading::Load {
                 target: "sip1.example.com".into(),
@@ -395,7 +405,9 @@ mod tests {
             ("p:health:a|m", "2 1.0"),
             ("p:health:a|m", "1"),
             ("p:health:a", "1 1.0"),
-            ("p:drain:a", "0 1.0 reason"),
+            ("p:drain:a", "0 1.0 2 reason"),
+            ("p:drain:a", "0 1.0"),
+            ("p:drain:a", "1 1.0 x reason"),
             ("p:drain:a", "2 1.0"),
             ("p:drain:a", "1"),
             ("p:load:a", "x - 1"),

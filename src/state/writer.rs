@@ -485,6 +485,52 @@ impl Writer {
         Ok(())
     }
 
+    /// The generation the next drain or undrain of `target` takes: one past
+    /// the newest known here (SQLite) or on the other nodes (memcached), so
+    /// that it supersedes both.
+    fn next_generation(&self, target: &str) -> Result<u64, String> {
+        let here: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT generation FROM ha_drain_generation WHERE target = ?1",
+                [target],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| match e.to_string() {
+                e if e.contains("no such table") => {
+                    format!("{e} (a database made before drain generations: run pdns-ha init on it, which upgrades in place)")
+                }
+                e => e,
+            })?;
+        let here = here.and_then(|g| u64::try_from(g).ok()).unwrap_or(0);
+        let shared = match self.cache.borrow_mut().as_mut() {
+            Some(c) => {
+                let key = crate::state::reading::drain_key(&c.prefix, target);
+                c.fetch(&[key])
+                    .iter()
+                    .filter_map(|r| match r {
+                        Reading::Drain { generation, .. } => Some(*generation),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        Ok(here.max(shared).saturating_add(1).min(i64::MAX as u64))
+    }
+
+    fn set_generation(&self, target: &str, generation: u64) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_drain_generation (target, generation) VALUES (?1, ?2)",
+                params![target, generation as i64],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Takes `target` out of every answer until `undrain`: hard state in
     /// SQLite, and in memcached (without expiry) for the other nodes.
     pub fn drain(&self, target: &str, reason: &str) -> Result<(), String> {
@@ -495,31 +541,46 @@ impl Writer {
             ));
         }
         let since = unix_now();
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO ha_drain (target, reason, since) VALUES (?1, ?2, ?3)",
-                params![target, reason, since],
-            )
+        let generation = self.next_generation(target)?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
             .map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT OR REPLACE INTO ha_drain (target, reason, since) VALUES (?1, ?2, ?3)",
+            params![target, reason, since],
+        )
+        .map_err(|e| e.to_string())?;
+        self.set_generation(target, generation)?;
+        tx.commit().map_err(|e| e.to_string())?;
         self.publish(Reading::Drain {
             target: target.to_owned(),
             reason: Some(reason.to_owned()),
             updated: since,
+            generation,
         });
         Ok(())
     }
 
     /// Ends a drain here and, through memcached, on every node: the
-    /// undrain is newer than any copy of the drain.
+    /// undrain is newer than any copy of the drain, by its time and by its
+    /// generation, which SQLite keeps after the drain's row is gone.
     pub fn undrain(&self, target: &str) -> Result<bool, String> {
-        let removed = self
+        let generation = self.next_generation(target)?;
+        let tx = self
             .conn
+            .unchecked_transaction()
+            .map_err(|e| e.to_string())?;
+        let removed = tx
             .execute("DELETE FROM ha_drain WHERE target = ?1", [target])
             .map_err(|e| e.to_string())?;
+        self.set_generation(target, generation)?;
+        tx.commit().map_err(|e| e.to_string())?;
         self.publish(Reading::Drain {
             target: target.to_owned(),
             reason: None,
             updated: unix_now(),
+            generation,
         });
         Ok(removed > 0)
     }

@@ -25,7 +25,8 @@ usage:
                   [--metrics-listen ADDR:PORT] [MEMCACHED]
   pdns-ha observe --db PATH --target NAME [--kamailio URL] [--tcp-ports P,P...]
                   [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
-                  [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
+                  [--require-received] [--once] [--stale-after SECS]
+                  [--metrics-listen ADDR:PORT] [MEMCACHED]
                   round trips the server NAME sees (registrar keepalives from ul.dump,
                   the kernel's TCP RTT on its SIP ports) as latency per known network
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
@@ -382,7 +383,7 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
         &MEMCACHED_FLAGS,
     ]
     .concat();
-    let f = Flags::parse(cmd, &known, &["once"], args)?;
+    let f = Flags::parse(cmd, &known, &["once", "require-received"], args)?;
     f.positional(cmd, 0, 0, "")?;
     let count = |flag: &str, default: u32| {
         f.get(flag)
@@ -413,6 +414,7 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
         timeout: Duration::from_millis(u64::from(count("timeout", 5000)?)),
         max_age: f.secs("max-age", 180)?,
         min_callers: count("min-callers", 3)?,
+        require_received: f.has("require-received"),
         once: f.has("once"),
         cache: f.cache()?,
         metrics_listen: f.metrics_listen()?,

@@ -31,7 +31,7 @@
 //! unknown, never misfiled.
 //!
 //! Who the caller is: the AOR (`Info.AoR`, within its usrloc domain), so that one subscriber
-//! counts once however many contacts it registers ([`super::aggregate`]). Which network it is
+//! counts once however many contacts it registers ([`mod@super::aggregate`]). Which network it is
 //! in: the address in `Received` when set, else the Contact URI's host. `Received` is the
 //! source address Kamailio saw (with nathelper's `fix_nated_register`), which a phone cannot
 //! choose past its own connection; the Contact URI is whatever the phone wrote, so without

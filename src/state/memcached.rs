@@ -369,29 +369,27 @@ impl Cache {
 
     /// One value of at most `max` bytes from server `s`, its size asked
     /// first so that a larger one is never transferred. `Ok(None)`: a miss;
-    /// `Ok(Some(Err(n)))`: `n` bytes, too large; `Err(())`: the server is in
+    /// `Ok(Some(Err(why)))`: refused unread; `Err(())`: the server is in
     /// back-off or just failed (and is now).
-    fn get_bounded(
-        &mut self,
-        s: usize,
-        wire: &str,
-        max: usize,
-    ) -> Result<Option<Result<Vec<u8>, usize>>, ()> {
+    fn get_bounded(&mut self, s: usize, wire: &str, max: usize) -> Result<Raw, ()> {
+        fn down<T>(server: &mut Server, now: Instant, e: &dyn fmt::Display) -> Result<T, ()> {
+            server.failed(now, &e.to_string());
+            Err(())
+        }
         let now = Instant::now();
         let server = &mut self.servers[s];
         if !server.usable(now) {
             return Err(());
         }
-        let failed = |server: &mut Server, e: Error| server.failed(now, &e.to_string());
         let size = Get::new(wire).without_value().meta(Meta::NONE.size());
         let size = match server.client.run_many(std::iter::once(size)) {
             Ok(mut r) => r.pop(),
-            Err(e) => return Err(failed(server, e)),
+            Err(e) => return down(server, now, &e),
         };
         let n = match size {
-            None => return Err(server.failed(now, "no answer")),
-            Some(Err(e)) if is_outage(&e) => return Err(failed(server, e)),
-            Some(Err(_)) => return Ok(Some(Err(usize::MAX))),
+            None => return down(server, now, &"no answer"),
+            Some(Err(e)) if is_outage(&e) => return down(server, now, &e),
+            Some(Err(_)) => return Ok(Some(Err(Reject::Malformed))),
             Some(Ok(g)) if !g.hit() => {
                 server.worked();
                 return Ok(None);
@@ -403,18 +401,18 @@ impl Cache {
         };
         if n > max {
             server.worked();
-            return Ok(Some(Err(n)));
+            return Ok(Some(Err(Reject::TooLarge(n))));
         }
         match server.client.get(wire).send() {
             Ok(g) => {
                 server.worked();
                 // Grown between the two reads: judged again by its length.
                 Ok(g.value.map(|v| match v.len() > max {
-                    true => Err(v.len()),
+                    true => Err(Reject::TooLarge(v.len())),
                     false => Ok(v),
                 }))
             }
-            Err(e) => Err(failed(server, e)),
+            Err(e) => down(server, now, &e),
         }
     }
 
@@ -532,8 +530,8 @@ impl Cache {
             Err(()) => return None,
             Ok(None) => Vec::new(),
             Ok(Some(Ok(v))) => v,
-            Ok(Some(Err(n))) => {
-                self.reject(&list, Reject::TooLarge(n), now);
+            Ok(Some(Err(why))) => {
+                self.reject(&list, why, now);
                 return None;
             }
         };

@@ -9,8 +9,8 @@
 //! 2. callers in no known network are dropped;
 //! 3. each caller gets the median of its own samples, so a PBX with a thousand contacts
 //!    behind one address counts once, not a thousand times. A caller is a subscriber (the
-//!    registrar's AOR) where the source knows one, else an address: one subscriber with four
-//!    contacts, or four addresses of one IPv6 /64, counts once (issue 19: four contacts at
+//!    registrar's AOR) where the source knows one, else an address (an IPv6 /64 as one): one
+//!    subscriber with four contacts, or four connections from one IPv6 /64, counts once (issue 19: four contacts at
 //!    1 µs outvoted three honest callers);
 //! 4. a network's figure is the median over its callers, and only if it has at least
 //!    `min_callers` of them.
@@ -110,7 +110,9 @@ pub fn aggregate<'n>(
             continue;
         }
         let address = canonical(s.caller);
-        let who = s.subscriber.map_or(Who::Address(address), Who::Subscriber);
+        let who = s
+            .subscriber
+            .map_or(Who::Address(host_of(address)), Who::Subscriber);
         match network_of(address) {
             Some(net) => kept.push((net, who, s.rtt_ms)),
             None => {
@@ -165,6 +167,15 @@ pub fn aggregate<'n>(
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The host an address stands for when no subscriber is known: an IPv6 /64 is one host
+/// (SLAAC and privacy addresses give one machine as many addresses as it likes).
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         v4 => v4,
     }
 }

@@ -168,6 +168,25 @@ fn a_subscriber_counts_once_however_many_contacts() {
     // Montreal: 4 callers (3 honest + mallory once), median of 0.001, 40, 42, 44.
     assert_eq!(figures(&out), [("127.1.0.0/16", 41.0, 4, 7)]);
     assert_eq!(dropped.too_few_callers, [("2001:db8::/32".to_owned(), 1)]);
+    // Without subscribers (TCP connections), four addresses of one /64 are one caller too.
+    let tcp: Vec<Sample> = samples[7..]
+        .iter()
+        .map(|s| Sample {
+            subscriber: None,
+            ..*s
+        })
+        .chain(["2001:db8:0:1::1", "2001:db8:0:2::1"].map(|ip| Sample {
+            caller: ip.parse().unwrap(),
+            subscriber: None,
+            rtt_ms: 30.0,
+        }))
+        .collect();
+    let (out, _) = aggregate(
+        &tcp,
+        |ip| m.network_for(Subnet::host(ip)).map(|n| &*n.cidr),
+        &policy,
+    );
+    assert_eq!(figures(&out), [("2001:db8::/32", 30.0, 3, 6)]);
     // The same domain and AOR is the same subscriber; another is not.
     assert_eq!(subscriber("location", "a"), subscriber("location", "a"));
     assert_ne!(subscriber("location", "a"), subscriber("locationa", ""));

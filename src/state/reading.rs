@@ -206,9 +206,20 @@ impl Reading {
         let num = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
         let int = |s: &str| s.parse::<u32>().ok();
         if let Some(target) = rest.strip_prefix("drain:") {
-            let mut parts = value.splitn(4, ' ');
+            let mut parts = value.splitn(3, ' ');
             let (flag, updated) = (parts.next()?, num(parts.next()?)?);
-            let generation = parts.next()?.parse::<u64>().ok()?;
+            // Written before drains had generations (`1 UPDATED REASON`,
+            // `0 UPDATED`): generation 0, older than any written since, so
+            // a drain shared before an upgrade still holds on every node.
+            let rest = parts.next();
+            let (generation, rest) = match rest.map(|r| r.split_once(' ').unwrap_or((r, ""))) {
+                Some((g, reason)) if g.bytes().all(|b| b.is_ascii_digit()) && !g.is_empty() => (
+                    g.parse::<u64>().ok()?,
+                    (flag == "1" || !reason.is_empty()).then_some(reason),
+                ),
+                _ => (0, rest),
+            };
+            let mut parts = rest.into_iter();
             let reason = match (flag, parts.next()) {
                 ("1", reason) => Some(reason.unwrap_or("").to_owned()),
                 ("0", None) => None,
@@ -397,6 +408,19 @@ mod tests {
             );
         }
         assert_eq!(health_key("p", "a", "m"), "p:health:a|m");
+        // Drains written before generations: generation 0.
+        let legacy = |v: &str| match Reading::parse("p", "p:drain:a", v) {
+            Some(Reading::Drain {
+                reason, generation, ..
+            }) => Some((reason, generation)),
+            _ => None,
+        };
+        assert_eq!(legacy("1 7 disk swap"), Some((Some("disk swap".into()), 0)));
+        assert_eq!(legacy("1 7"), Some((Some(String::new()), 0)));
+        assert_eq!(legacy("0 8"), Some((None, 0)));
+        assert_eq!(legacy("1 7 3 disk"), Some((Some("disk".into()), 3)));
+        assert_eq!(legacy("1 7 3"), Some((Some(String::new()), 3)));
+        assert_eq!(legacy("0 8 4"), Some((None, 4)));
     }
 
     #[test]
@@ -406,8 +430,8 @@ mod tests {
             ("p:health:a|m", "1"),
             ("p:health:a", "1 1.0"),
             ("p:drain:a", "0 1.0 2 reason"),
-            ("p:drain:a", "0 1.0"),
-            ("p:drain:a", "1 1.0 x reason"),
+            ("p:drain:a", "0 1.0 x"),
+            ("p:drain:a", "0 1.0 99999999999999999999999"),
             ("p:drain:a", "2 1.0"),
             ("p:drain:a", "1"),
             ("p:load:a", "x - 1"),

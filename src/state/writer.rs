@@ -24,6 +24,8 @@ use crate::text::shown;
 const EWMA_ALPHA: f64 = 0.1;
 const EWMA_WARMUP: i64 = 10;
 
+const SCHEMA: &str = include_str!("../../sql/schema.sql");
+
 /// Writers wait this long for each other (the monitor and an operator's
 /// `metric` may write at once). Readers never wait: WAL.
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -489,6 +491,14 @@ impl Writer {
     /// the newest known here (SQLite) or on the other nodes (memcached), so
     /// that it supersedes both.
     fn next_generation(&self, target: &str) -> Result<u64, String> {
+        // A database made before drain generations gains the table here
+        // (as `init` would add it), so that drains keep working after an
+        // upgrade of the binary alone.
+        let ddl = SCHEMA
+            .find("CREATE TABLE IF NOT EXISTS ha_drain_generation")
+            .and_then(|at| Some(&SCHEMA[at..at + SCHEMA[at..].find(");")? + 2]))
+            .unwrap_or("");
+        self.conn.execute_batch(ddl).map_err(|e| e.to_string())?;
         let here: Option<i64> = self
             .conn
             .query_row(
@@ -497,12 +507,7 @@ impl Writer {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| match e.to_string() {
-                e if e.contains("no such table") => {
-                    format!("{e} (a database made before drain generations: run pdns-ha init on it, which upgrades in place)")
-                }
-                e => e,
-            })?;
+            .map_err(|e| e.to_string())?;
         let here = here.and_then(|g| u64::try_from(g).ok()).unwrap_or(0);
         let shared = match self.cache.borrow_mut().as_mut() {
             Some(c) => {
@@ -657,6 +662,32 @@ mod tests {
             monitor: "test".into(),
             registered: std::cell::Cell::new(false),
         }
+    }
+
+    #[test]
+    fn every_drain_and_undrain_takes_the_next_generation() {
+        let w = writer();
+        // As in a database made before generations: the first drain adds the table.
+        w.conn
+            .execute_batch("DROP TABLE ha_drain_generation")
+            .unwrap();
+        let generation = |w: &Writer| -> i64 {
+            w.conn
+                .query_row(
+                    "SELECT generation FROM ha_drain_generation WHERE target = 'SIP1.example.com'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        w.drain("sip1.example.com", "disk").unwrap();
+        assert_eq!(generation(&w), 1);
+        assert!(w.undrain("sip1.example.com").unwrap());
+        assert_eq!(generation(&w), 2, "kept after the drain's row is gone");
+        assert!(w.drains().unwrap().is_empty());
+        assert!(!w.undrain("sip1.example.com").unwrap());
+        w.drain("sip1.example.com", "again").unwrap();
+        assert_eq!(generation(&w), 4);
     }
 
     #[test]

@@ -11,6 +11,8 @@ the process's peak memory (VmHWM) and private memory (smaps_rollup).
 
     python3 bench/monitors_list.py --bin target/release/pdns-ha [--baseline OLD_BIN]
 
+The build is also measured without the planted list, for comparison.
+
 Times include the Python driver's own round trip (write, read, parse).
 """
 import argparse
@@ -61,7 +63,7 @@ def memory(pid):
     return peak, private
 
 
-def run(bin_, label):
+def run(bin_, label, plant=True):
     work = tempfile.mkdtemp(prefix="pdns-ha-bench-monitors.")
     mc = None
     pipe = None
@@ -89,7 +91,8 @@ def run(bin_, label):
         # An honest monitor's sealed verdict, then the list planted over its entry.
         subprocess.run([bin_, "metric", "health", "--db", db, "--target", "sip1.example.com",
                         "down", "--monitor-id", "site"] + shared, check=True, capture_output=True)
-        mc_set(port, "pdns-ha:monitors", planted_list())
+        if plant:
+            mc_set(port, "pdns-ha:monitors", planted_list())
         pipe = subprocess.Popen([bin_, "--db", db, "--algorithm", "least-latency"] + shared,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
@@ -154,6 +157,7 @@ def main():
     a = ap.parse_args()
     if not shutil.which("memcached"):
         sys.exit("memcached not found: apt-get install memcached")
+    run(a.bin, "this build, no list planted", plant=False)
     run(a.bin, "this build")
     if a.baseline:
         run(a.baseline, "baseline")

@@ -42,8 +42,9 @@ pub struct Backend {
     started: Instant,
     /// Unix time for judging readings' age; fixed in golden tests.
     clock: fn() -> f64,
-    /// pdns, or whatever writes to stdin, decides how often these happen.
-    failed_log: Limited,
+    /// pdns, or whatever writes to stdin, decides how often these happen:
+    /// one line per kind of bad line (a few kinds) per 30 s.
+    failed_log: Vec<(std::mem::Discriminant<ParseError>, Limited)>,
     axfr_log: Limited,
 }
 
@@ -57,7 +58,7 @@ impl Backend {
             started: Instant::now(),
             rrset: Vec::new(),
             clock: unix_now,
-            failed_log: Limited::default(),
+            failed_log: Vec::new(),
             axfr_log: Limited::default(),
         }
     }
@@ -105,7 +106,15 @@ impl Backend {
     fn reject(&mut self, e: &ParseError, line: &[u8]) -> Ending {
         self.stats.failed_lines += 1;
         let shown = String::from_utf8_lossy(&line[..line.len().min(80)]);
-        self.failed_log.warn(
+        let kind = std::mem::discriminant(e);
+        let at = match self.failed_log.iter().position(|(k, _)| *k == kind) {
+            Some(at) => at,
+            None => {
+                self.failed_log.push((kind, Limited::default()));
+                self.failed_log.len() - 1
+            }
+        };
+        self.failed_log[at].1.warn(
             Instant::now(),
             format_args!("answered FAIL: {e} (line {shown:?})"),
         );

@@ -3,12 +3,39 @@
 # build pdns-ha, seed a database from sql/example.sql, start pdns_server on
 # 127.0.0.1 with pdns-ha as its pipe backend, and dig the SIP SRV record.
 # pdns is left running; the last lines say how to stop it.
+#
+# Everything lives in a directory only this user can write: a fresh one
+# from mktemp -d, or PDNS_HA_DEMO_DIR if it is a real directory (not a
+# symbolic link) owned by this user and writable by no one else, or does
+# not exist yet. In a directory that someone else can write, a planted
+# symbolic link would have root overwrite any file, a planted pid file
+# would have it kill any process, and pdns_server would run a binary that
+# user swapped in (issue 19). PDNS_HA_DEMO_BIN uses a pdns-ha binary built
+# already instead of `cargo build --release`.
 set -euo pipefail
+umask 077
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-demo=${PDNS_HA_DEMO_DIR:-/tmp/pdns-ha-demo}
 port=${PDNS_HA_DEMO_PORT:-5300}
 algorithm=${PDNS_HA_ALGORITHM:-static}
+
+refuse() { echo "demo.sh: $*" >&2; exit 1; }
+
+if [ -n "${PDNS_HA_DEMO_DIR:-}" ]; then
+  demo=$PDNS_HA_DEMO_DIR
+  case $demo in /*) ;; *) refuse "PDNS_HA_DEMO_DIR must be an absolute path, got $demo";; esac
+  # mkdir creates it only if nothing is there; it never follows a link.
+  mkdir -m 0700 "$demo" 2>/dev/null || true
+  [ -L "$demo" ] && refuse "$demo is a symbolic link; give a directory of your own"
+  [ -d "$demo" ] || refuse "$demo is not a directory"
+  [ "$(stat -c %u "$demo")" = "$(id -u)" ] ||
+    refuse "$demo belongs to uid $(stat -c %u "$demo"), not to you ($(id -u)); give a directory of your own"
+  case $(stat -c %A "$demo") in
+    d????w????|d???????w?) refuse "$demo is writable by group or others (mode $(stat -c %a "$demo")); chmod 700 it";;
+  esac
+else
+  demo=$(mktemp -d "${TMPDIR:-/tmp}/pdns-ha-demo.XXXXXXXX")
+fi
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -20,19 +47,31 @@ if ! command -v pdns_server >/dev/null || ! command -v dig >/dev/null ||
 fi
 
 cd "$repo"
-cargo build --release --locked
-
-mkdir -p "$demo"
-if [ -f "$demo/pdns.pid" ] && kill -0 "$(cat "$demo/pdns.pid")" 2>/dev/null; then
-  kill "$(cat "$demo/pdns.pid")"
-  sleep 1
+bin=${PDNS_HA_DEMO_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --locked
+  bin=target/release/pdns-ha
 fi
+
+# A demo run earlier in this same directory: stop its pdns_server, but only
+# if the pid file names one (a pid alone could be any process by now).
+if [ -f "$demo/pdns.pid" ] && [ ! -L "$demo/pdns.pid" ]; then
+  old=$(head -c 20 "$demo/pdns.pid" | tr -cd 0-9)
+  if [ -n "$old" ] && [ "$(cat "/proc/$old/comm" 2>/dev/null)" = pdns_server ]; then
+    kill "$old"
+    for _ in $(seq 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+  fi
+fi
+# What this script writes is removed first, so that nothing it did not
+# make (a link, a FIFO) is ever opened: the directory is ours alone, so
+# nobody can plant one again in between.
+rm -rf "$demo/pdns-ha" "$demo/ha.db" "$demo/ha.db-wal" "$demo/ha.db-shm" \
+  "$demo/pdns.conf" "$demo/pdns.log" "$demo/pdns.pid" "$demo/run"
 # pdns runs the binary by absolute path without a shell, so it gets its own copy.
-install -m 0755 target/release/pdns-ha "$demo/pdns-ha"
-rm -f "$demo/ha.db" "$demo/ha.db-wal" "$demo/ha.db-shm"
+install -m 0755 "$bin" "$demo/pdns-ha"
 "$demo/pdns-ha" init --db "$demo/ha.db" sql/example.sql
 
-mkdir -p "$demo/run"
+mkdir -m 0700 "$demo/run"
 cat > "$demo/pdns.conf" <<CONF
 launch=pipe
 pipe-command=$demo/pdns-ha --db $demo/ha.db --algorithm $algorithm

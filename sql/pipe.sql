@@ -70,3 +70,7 @@ SELECT network, target, ewma_ms, mean_ms, samples, updated, source, callers FROM
 -- name: drains
 -- Hard state, but read with the readings: a drain must never reload zones.
 SELECT target, reason, since FROM ha_drain;
+
+-- name: drain_generations
+-- Absent from databases made before issue 19: read only where it exists.
+SELECT target, generation FROM ha_drain_generation;

@@ -134,6 +134,15 @@ CREATE TABLE IF NOT EXISTS ha_drain (
   since                 REAL NOT NULL
 );
 
+-- The generation of each target's last drain or undrain: each takes the
+-- next one, and an undrain keeps its generation here after its ha_drain row
+-- is gone, so that a copy of an older drain written back into memcached is
+-- refused by every pipe reading this database (issue 19).
+CREATE TABLE IF NOT EXISTS ha_drain_generation (
+  target                TEXT PRIMARY KEY COLLATE NOCASE,
+  generation            INTEGER NOT NULL CHECK (generation >= 0)
+);
+
 -- Known client networks for least-latency, matched by longest prefix.
 CREATE TABLE IF NOT EXISTS ha_networks (
   cidr                  TEXT PRIMARY KEY,

@@ -593,9 +593,12 @@ pub struct ObserveArgs {
     /// A keepalive or TCP acknowledgement older than this is not a current round trip
     #[arg(long, value_name = "SECS", default_value_t = 180, value_parser = secs)]
     pub max_age: u32,
-    /// A network with fewer distinct callers gets no reading
+    /// A network with fewer distinct callers (subscribers) gets no reading
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = count)]
     pub min_callers: u32,
+    /// Leave out registrar contacts without a Received address (behind no NAT, or a Contact a phone chose itself)
+    #[arg(long)]
+    pub require_received: bool,
     /// Run one round, write it, and exit
     #[arg(long)]
     pub once: bool,
@@ -620,6 +623,7 @@ impl ObserveArgs {
             timeout: Duration::from_millis(u64::from(self.timeout)),
             max_age: Secs(self.max_age),
             min_callers: self.min_callers,
+            require_received: self.require_received,
             once: self.once,
             cache: self.memcached.options(self.stale_after),
             metrics_listen: self.metrics_listen,

@@ -74,8 +74,10 @@ pub struct ObserveOptions {
     pub timeout: Duration,
     /// A keepalive or a TCP acknowledgement older than this is not a current round trip.
     pub max_age: Secs,
-    /// A network with fewer distinct callers gets no reading.
+    /// A network with fewer distinct callers (subscribers) gets no reading.
     pub min_callers: u32,
+    /// `--require-received`: contacts without `Received` are left out.
+    pub require_received: bool,
     pub once: bool,
     pub cache: Option<CacheOptions>,
     /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.

@@ -68,8 +68,19 @@ pub fn check_database(path: &Path) -> Result<(), String> {
         match std::fs::symlink_metadata(side) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", side.display())),
+            // SQLite would follow it, fail, and say only "No such file"
+            // of the database itself: name the file that is wrong.
+            Ok(m) if m.file_type().is_symlink() && std::fs::metadata(side).is_err() => {
+                return Err(format!(
+                    "{} is a symbolic link to nothing (dangling); remove it",
+                    side.display()
+                ))
+            }
             Ok(_) => {
-                open_regular(side).map_err(|e| e.to_string())?;
+                open_regular(side).map_err(|e| match e.kind() {
+                    io::ErrorKind::InvalidInput => e.to_string(),
+                    _ => format!("{}: {e}", side.display()),
+                })?;
             }
         }
     }

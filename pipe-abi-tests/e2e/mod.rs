@@ -1,10 +1,11 @@
 //! End-to-end tests: pdns_server + dig, pdns-ha against gsqlite3.
 
+mod attacks;
 mod dnsdist;
 mod live;
 pub(crate) mod memcached;
 pub(crate) mod reliability;
-mod trust;
+pub(crate) mod trust;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

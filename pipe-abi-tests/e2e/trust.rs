@@ -23,9 +23,9 @@ use crate::e2e::reliability::Load;
 use crate::pdns::{require_all, Backend, DigResult, Pdns, TempDir};
 use crate::util::{init_db, run_pipe, Pipe, BIN};
 
-const SECRET: &str = "trust-test-secret-0123456789";
+pub(crate) const SECRET: &str = "trust-test-secret-0123456789";
 const SITE_B: &str = "198.51.100.0/24";
-const SRV: &str = "_sip._udp.example.com";
+pub(crate) const SRV: &str = "_sip._udp.example.com";
 
 /// 234 characters: a legal DNS name whose latency key is 266 bytes.
 fn long_name() -> String {
@@ -45,7 +45,7 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-fn key_file(dir: &TempDir) -> PathBuf {
+pub(crate) fn key_file(dir: &TempDir) -> PathBuf {
     let path = dir.path().join("memcached.key");
     std::fs::write(&path, format!("{SECRET}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -54,7 +54,7 @@ fn key_file(dir: &TempDir) -> PathBuf {
 
 /// A raw memcached text-protocol exchange: what an attacker on the
 /// network can do.
-fn mc(port: u16, request: &[u8]) -> Vec<u8> {
+pub(crate) fn mc(port: u16, request: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(request).unwrap();
@@ -70,7 +70,7 @@ fn mc(port: u16, request: &[u8]) -> Vec<u8> {
     head.into_bytes()
 }
 
-fn mc_set(port: u16, key: &str, value: &[u8]) {
+pub(crate) fn mc_set(port: u16, key: &str, value: &[u8]) {
     let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
     req.extend_from_slice(value);
     req.extend_from_slice(b"\r\n");
@@ -78,11 +78,11 @@ fn mc_set(port: u16, key: &str, value: &[u8]) {
     assert_eq!(answer, b"STORED\r\n", "set {key}");
 }
 
-fn mc_get(port: u16, key: &str) -> Vec<u8> {
+pub(crate) fn mc_get(port: u16, key: &str) -> Vec<u8> {
     mc(port, format!("get {key}\r\n").as_bytes())
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())

@@ -3,7 +3,7 @@
 //! Montreal/Vancouver case end to end (two Kamailio registrars, sipp phones behind delaying
 //! relays, pdns_server answering dig with ECS), and bad input that must write nothing.
 
-mod keepalive;
+pub(crate) mod keepalive;
 mod tcp_rtt;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -176,7 +176,8 @@ pub(crate) fn http(body: &str) -> String {
     )
 }
 
-/// The real ul.dump reply's m1 contact, `n` times, with callers and round trips chosen.
+/// The real ul.dump reply's m1 contact, `n` times, with callers and round trips chosen; each
+/// address is its own subscriber (AOR `u` and the address), as one phone per address.
 pub(crate) fn dump(contacts: &[(&str, i64)], last_keepalive: u64) -> String {
     let real = include_str!("../fixtures/kamailio-ul-dump.json");
     let start = real.find("{\n\t\t\t\t\t\t\t\"Info\"").unwrap();
@@ -185,7 +186,8 @@ pub(crate) fn dump(contacts: &[(&str, i64)], last_keepalive: u64) -> String {
     let aors: Vec<String> = contacts
         .iter()
         .map(|(ip, us)| {
-            aor.replace("127.1.0.21", ip)
+            aor.replace("\"m1\"", &format!("\"u{ip}\""))
+                .replace("127.1.0.21", ip)
                 .replace("1168", &us.to_string())
                 .replace("1795796565", &last_keepalive.to_string())
         })

@@ -8,7 +8,10 @@
 //!    reports 0 until the first keepalive reply), or above `max_ms` (10 s by default);
 //! 2. callers in no known network are dropped;
 //! 3. each caller gets the median of its own samples, so a PBX with a thousand contacts
-//!    behind one address counts once, not a thousand times;
+//!    behind one address counts once, not a thousand times. A caller is a subscriber (the
+//!    registrar's AOR) where the source knows one, else an address (an IPv6 /64 as one): one
+//!    subscriber with four contacts, or four connections from one IPv6 /64, counts once (issue 19: four contacts at
+//!    1 µs outvoted three honest callers);
 //! 4. a network's figure is the median over its callers, and only if it has at least
 //!    `min_callers` of them.
 //!
@@ -23,8 +26,28 @@ use std::net::IpAddr;
 /// One round trip seen by the SIP server.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
+    /// The address the network is looked up by.
     pub caller: IpAddr,
+    /// The subscriber behind the sample when the source knows one (a hash of the
+    /// registrar's domain and AOR, [`subscriber`]): all its contacts and addresses count
+    /// as one caller. `None`: the address is the caller (a TCP connection).
+    pub subscriber: Option<u64>,
     pub rtt_ms: f64,
+}
+
+/// The identity of a subscriber: FNV-1a of `domain`, a NUL and `aor`, stable across runs.
+pub fn subscriber(domain: &str, aor: &str) -> u64 {
+    let bytes = domain.bytes().chain([0]).chain(aor.bytes());
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Who one caller is: the subscriber when known, else the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Subscriber(u64),
+    Address(IpAddr),
 }
 
 /// The rules of a round; see the module docs.
@@ -50,7 +73,7 @@ pub struct NetworkRtt {
     pub network: String,
     /// Median over callers of each caller's median, milliseconds.
     pub ms: f64,
-    /// Distinct caller addresses that contributed.
+    /// Distinct callers (subscribers, or addresses where none is known) that contributed.
     pub callers: usize,
     /// Samples behind them.
     pub samples: usize,
@@ -79,19 +102,22 @@ pub fn aggregate<'n>(
     policy: &Policy,
 ) -> (Vec<NetworkRtt>, Dropped) {
     let mut dropped = Dropped::default();
-    let mut unknown: Vec<IpAddr> = Vec::new();
-    let mut kept: Vec<(&str, IpAddr, f64)> = Vec::with_capacity(samples.len());
+    let mut unknown: Vec<Who> = Vec::new();
+    let mut kept: Vec<(&str, Who, f64)> = Vec::with_capacity(samples.len());
     for s in samples {
         if !(s.rtt_ms > 0.0 && s.rtt_ms <= policy.max_ms) {
             dropped.implausible += 1;
             continue;
         }
-        let caller = canonical(s.caller);
-        match network_of(caller) {
-            Some(net) => kept.push((net, caller, s.rtt_ms)),
+        let address = canonical(s.caller);
+        let who = s
+            .subscriber
+            .map_or(Who::Address(host_of(address)), Who::Subscriber);
+        match network_of(address) {
+            Some(net) => kept.push((net, who, s.rtt_ms)),
             None => {
                 dropped.unknown_network += 1;
-                unknown.push(caller);
+                unknown.push(who);
             }
         }
     }
@@ -141,6 +167,15 @@ pub fn aggregate<'n>(
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The host an address stands for when no subscriber is known: an IPv6 /64 is one host
+/// (SLAAC and privacy addresses give one machine as many addresses as it likes).
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         v4 => v4,
     }
 }

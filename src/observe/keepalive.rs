@@ -30,6 +30,14 @@
 //! URI may be a private address that matches no known network; such callers are dropped as
 //! unknown, never misfiled.
 //!
+//! Who the caller is: the AOR (`Info.AoR`, within its usrloc domain), so that one subscriber
+//! counts once however many contacts it registers ([`mod@super::aggregate`]). Which network it is
+//! in: the address in `Received` when set, else the Contact URI's host. `Received` is the
+//! source address Kamailio saw (with nathelper's `fix_nated_register`), which a phone cannot
+//! choose past its own connection; the Contact URI is whatever the phone wrote, so without
+//! `Received` a phone picks its own network. `--require-received` ignores such contacts
+//! (counted as `no_received`); docs/trust.md says when to use it.
+//!
 //! `KA-Roundtrip` keeps its last value when a phone stops answering, so a contact counts only
 //! if `Last-Keepalive` is recent (`max_age`, compared with this host's clock: run `observe` on
 //! or beside the Kamailio host, with synchronised clocks).
@@ -37,7 +45,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::aggregate::Sample;
+use super::aggregate::{subscriber, Sample};
 use crate::monitor::kamailio;
 use crate::monitor::probe::{json_items, json_lookup, json_members, ProbeError, ProbeErrorKind};
 
@@ -62,13 +70,21 @@ pub struct Skipped {
     pub stale: usize,
     /// No usable address (a host name, garbage) or fields missing.
     pub unusable: usize,
+    /// No `Received` while `--require-received` is given.
+    pub no_received: usize,
 }
 
 /// Reads `ul.dump` from `url` (`http://host:port/RPC`) and returns the round trips. `now` is
-/// Unix time in seconds.
-pub fn read(url: &str, timeout: Duration, now: f64, max_age: f64) -> Result<Dump, ProbeError> {
+/// Unix time in seconds; `require_received` leaves out contacts without `Received`.
+pub fn read(
+    url: &str,
+    timeout: Duration,
+    now: f64,
+    max_age: f64,
+    require_received: bool,
+) -> Result<Dump, ProbeError> {
     let body = kamailio::call(url, "ul.dump", MAX_DUMP, timeout)?;
-    parse(&body, now, max_age).map_err(|why| ProbeError {
+    parse(&body, now, max_age, require_received).map_err(|why| ProbeError {
         peer: url.to_owned(),
         kind: ProbeErrorKind::Protocol(why),
     })
@@ -76,7 +92,7 @@ pub fn read(url: &str, timeout: Duration, now: f64, max_age: f64) -> Result<Dump
 
 /// Parses an `ul.dump` JSON-RPC reply. A reply without the `result.Domains[].Domain.AoRs`
 /// structure is an error; a contact that cannot be read is skipped and counted.
-pub fn parse(body: &str, now: f64, max_age: f64) -> Result<Dump, String> {
+pub fn parse(body: &str, now: f64, max_age: f64, require_received: bool) -> Result<Dump, String> {
     // One pass per level: each array is split once, each contact walked once.
     let domains = json_items(body, &["result", "Domains"])
         .ok_or("no result.Domains array in the ul.dump reply")?;
@@ -84,7 +100,9 @@ pub fn parse(body: &str, now: f64, max_age: f64) -> Result<Dump, String> {
     for domain in domains {
         let aors =
             json_items(domain, &["Domain", "AoRs"]).ok_or("a domain without an AoRs array")?;
+        let table = string(json_lookup(domain, &["Domain", "Domain"])).unwrap_or("");
         for aor in aors {
+            let who = string(json_lookup(aor, &["Info", "AoR"])).map(|a| subscriber(table, a));
             // `ul.dump brief` lists AoRs without contacts: nothing to measure.
             let Some(contacts) = json_items(aor, &["Info", "Contacts"]) else {
                 if json_lookup(aor, &["Info", "Contacts"]).is_some() {
@@ -93,12 +111,16 @@ pub fn parse(body: &str, now: f64, max_age: f64) -> Result<Dump, String> {
                 continue;
             };
             for c in contacts {
-                match contact(c, now, max_age) {
-                    Ok(s) => dump.samples.push(s),
+                match contact(c, now, max_age, require_received) {
+                    Ok(s) => dump.samples.push(Sample {
+                        subscriber: who,
+                        ..s
+                    }),
                     Err(Skip::Expired) => dump.skipped.expired += 1,
                     Err(Skip::Unanswered) => dump.skipped.unanswered += 1,
                     Err(Skip::Stale) => dump.skipped.stale += 1,
                     Err(Skip::Unusable) => dump.skipped.unusable += 1,
+                    Err(Skip::NoReceived) => dump.skipped.no_received += 1,
                 }
             }
         }
@@ -111,6 +133,7 @@ enum Skip {
     Unanswered,
     Stale,
     Unusable,
+    NoReceived,
 }
 
 /// The fields of one `Contact` object that matter, as raw JSON text.
@@ -129,7 +152,7 @@ fn string(v: Option<&str>) -> Option<&str> {
 }
 
 /// One element of a `Contacts` array: `{"Contact": {…}}`.
-fn contact(c: &str, now: f64, max_age: f64) -> Result<Sample, Skip> {
+fn contact(c: &str, now: f64, max_age: f64, require_received: bool) -> Result<Sample, Skip> {
     let mut f = Fields::default();
     json_members(c, &["Contact"], |key, value| match key {
         "Address" => f.address = Some(value),
@@ -148,6 +171,9 @@ fn contact(c: &str, now: f64, max_age: f64) -> Result<Sample, Skip> {
     let rtt_us = number(f.ka_roundtrip).ok_or(Skip::Unusable)?;
     let last = number(f.last_keepalive).ok_or(Skip::Unusable)?;
     let received = string(f.received).filter(|r| *r != "[not set]");
+    if require_received && received.is_none() {
+        return Err(Skip::NoReceived);
+    }
     let uri = received.or_else(|| string(f.address));
     let caller = uri.and_then(uri_host).ok_or(Skip::Unusable)?;
     if rtt_us <= 0 {
@@ -158,6 +184,7 @@ fn contact(c: &str, now: f64, max_age: f64) -> Result<Sample, Skip> {
     }
     Ok(Sample {
         caller,
+        subscriber: None,
         rtt_ms: rtt_us as f64 / 1000.0,
     })
 }

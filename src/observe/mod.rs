@@ -174,7 +174,13 @@ fn collect(
     let max_age = f64::from(opts.max_age.0);
     let mut samples = Vec::new();
     if let Some(url) = &opts.kamailio {
-        match keepalive::read(url, opts.timeout, unix_now(), max_age) {
+        match keepalive::read(
+            url,
+            opts.timeout,
+            unix_now(),
+            max_age,
+            opts.require_received,
+        ) {
             Ok(dump) => {
                 reported.fine(target, "keepalives");
                 let s = &dump.skipped;
@@ -192,12 +198,13 @@ fn collect(
                 }
                 info!(
                     "{target}: ul.dump: {} round trips; skipped {} unanswered, {} stale, \
-                     {} expired, {} unusable",
+                     {} expired, {} unusable, {} without Received",
                     dump.samples.len(),
                     s.unanswered,
                     s.stale,
                     s.expired,
-                    s.unusable
+                    s.unusable,
+                    s.no_received
                 );
                 figs.samples
                     .insert(openmetrics::KEEPALIVE, dump.samples.len() as u64);
@@ -205,6 +212,7 @@ fn collect(
                 figs.drop_samples("stale", s.stale);
                 figs.drop_samples("expired", s.expired);
                 figs.drop_samples("unusable", s.unusable);
+                figs.drop_samples("no_received", s.no_received);
                 samples.extend(dump.samples);
             }
             Err(e) => {
@@ -225,6 +233,7 @@ fn collect(
                     .filter(|c| f64::from(c.since_ack_ms) <= max_age * 1000.0);
                 samples.extend(fresh.map(|c| Sample {
                     caller: c.remote,
+                    subscriber: None,
                     rtt_ms: f64::from(c.rtt_us) / 1000.0,
                 }));
                 let fresh = samples.len() - before;

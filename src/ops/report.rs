@@ -20,7 +20,7 @@ use crate::select::{Algorithm, Why};
 use crate::state::reading::{
     target_key, unix_now, Health, Latency, Load, Reading, Source, ANY_NETWORK,
 };
-use crate::text::shown;
+use crate::text::{shown, shown_record};
 
 /// `3s`, `4m`, `2h`, `5d`.
 fn age(secs: f64) -> String {
@@ -430,7 +430,11 @@ pub fn explain(
                     let _ = writeln!(
                         out,
                         "{}. {} IN {} {prio}{weight}{}   ; scope /{}",
-                        d.qname, d.ttl, d.qtype, d.content, d.scopebits
+                        shown(d.qname),
+                        d.ttl,
+                        shown(d.qtype),
+                        shown_record(d.content),
+                        d.scopebits
                     );
                     Ok(())
                 })

@@ -5,13 +5,14 @@
 use std::io::{self, BufRead, Write};
 use std::time::Instant;
 
-use log::{debug, warn};
+use log::debug;
 
 use crate::pipe::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE};
 use crate::pipe::answer::{as_stored, recycle, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
 use crate::state::reading::unix_now;
+use crate::text::Limited;
 
 /// How an answer ends. Written by `run` alone, so that no path can send a
 /// second terminator (pdns would read it as the answer to its next question).
@@ -41,6 +42,10 @@ pub struct Backend {
     started: Instant,
     /// Unix time for judging readings' age; fixed in golden tests.
     clock: fn() -> f64,
+    /// pdns, or whatever writes to stdin, decides how often these happen:
+    /// one line per kind of bad line (a few kinds) per 30 s.
+    failed_log: Vec<(std::mem::Discriminant<ParseError>, Limited)>,
+    axfr_log: Limited,
 }
 
 impl Backend {
@@ -53,6 +58,8 @@ impl Backend {
             started: Instant::now(),
             rrset: Vec::new(),
             clock: unix_now,
+            failed_log: Vec::new(),
+            axfr_log: Limited::default(),
         }
     }
 
@@ -99,7 +106,18 @@ impl Backend {
     fn reject(&mut self, e: &ParseError, line: &[u8]) -> Ending {
         self.stats.failed_lines += 1;
         let shown = String::from_utf8_lossy(&line[..line.len().min(80)]);
-        warn!("answered FAIL: {e} (line {shown:?})");
+        let kind = std::mem::discriminant(e);
+        let at = match self.failed_log.iter().position(|(k, _)| *k == kind) {
+            Some(at) => at,
+            None => {
+                self.failed_log.push((kind, Limited::default()));
+                self.failed_log.len() - 1
+            }
+        };
+        self.failed_log[at].1.warn(
+            Instant::now(),
+            format_args!("answered FAIL: {e} (line {shown:?})"),
+        );
         Ending::Fail
     }
 
@@ -126,16 +144,20 @@ impl Backend {
     fn axfr(&mut self, id: i64, zone: Option<&str>, out: &mut dyn Write) -> io::Result<Ending> {
         let abi = self.abi_or_v1();
         let records = match self.store.zone_for_axfr(id, zone) {
-            Ok(zones) => zones.zone_records(id, zone),
-            Err(e) => {
-                warn!("AXFR of zone id {id} ({zone:?}): database not readable: {e}");
-                None
-            }
+            Ok(zones) => zones.zone_records(id, zone).ok_or_else(String::new),
+            Err(e) => Err(format!(": database not readable: {e}")),
         };
-        let Some(records) = records else {
-            warn!("AXFR of zone id {id} ({zone:?}) not served: answered FAIL");
-            self.stats.failed_lines += 1;
-            return Ok(Ending::Fail);
+        let records = match records {
+            Ok(records) => records,
+            Err(why) => {
+                let zone = zone.map(crate::text::shown);
+                self.axfr_log.warn(
+                    Instant::now(),
+                    format_args!("AXFR of zone id {id} ({zone:?}) not served{why}: answered FAIL"),
+                );
+                self.stats.failed_lines += 1;
+                return Ok(Ending::Fail);
+            }
         };
         for r in records {
             abi::write_data(out, abi, &as_stored(&r))?;

@@ -17,6 +17,7 @@
 //! A missing, replaced-by-garbage, locked or corrupt file keeps the last good
 //! data answering: all of it when held whole, the cached names otherwise.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,11 +28,13 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::pipe::zone::{is_apex, Builder, Row, Skip, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
-use crate::state::memcached::Cache;
+use crate::state::memcached::{Cache, Reject};
 use crate::state::reading::{drain_key, health_key, latency_key, load_key, Reading};
-use crate::state::reading::{unix_now, Drain, Health, Latency, Load, Source, ANY_NETWORK};
+use crate::state::reading::{
+    target_key, unix_now, Drain, Health, Latency, Load, Source, ANY_NETWORK,
+};
 use crate::state::validate::Clock;
-use crate::text::shown;
+use crate::text::{shown, Limited};
 
 /// How often the pipe looks for a changed database. The contract is that an
 /// operator's change is served within a second; a check costs two `stat`s,
@@ -70,6 +73,19 @@ fn named(name: &str) -> &'static str {
     };
     let body = &PIPE_SQL[start + marker.len()..];
     body.split(';').next().unwrap_or("")
+}
+
+/// Whether `r` is a drain or undrain older than the generation SQLite holds
+/// for its target.
+fn superseded(generations: &HashMap<String, u64>, r: &Reading) -> bool {
+    match r {
+        Reading::Drain {
+            target, generation, ..
+        } => generations
+            .get(&target_key(target))
+            .is_some_and(|g| generation < g),
+        _ => false,
+    }
 }
 
 /// An error that names the database file.
@@ -188,6 +204,10 @@ pub struct Store {
     stats: StoreStats,
     /// What readings' timestamps are judged against.
     clock: fn() -> f64,
+    skipped_log: Limited,
+    /// From SQLite: a drain from memcached of an older generation is a
+    /// copy written back after an undrain or a newer drain, and is refused.
+    drain_generations: HashMap<String, u64>,
 }
 
 impl Store {
@@ -237,6 +257,8 @@ impl Store {
             failing: None,
             stats: StoreStats::default(),
             clock,
+            skipped_log: Limited::default(),
+            drain_generations: HashMap::new(),
         };
         store.install(loaded, now);
         store.keep_connection_if_needed();
@@ -313,9 +335,11 @@ impl Store {
             Ok(()) => self.zones.finish_name(&self.name_buf, first),
             Err(_) => self.zones.abort_name(first),
         }
-        // Logged once per name while it stays cached.
+        // Logged once per name while it stays cached, and at most one line
+        // per 30 s: a million bad rows asked for one by one are a count.
         for why in skipped {
-            warn!("not served: record {why}");
+            self.skipped_log
+                .warn(Instant::now(), format_args!("not served: record {why}"));
         }
         if let Err(e) = &result {
             self.stats.read_failures += 1;
@@ -432,7 +456,14 @@ impl Store {
                 keys.extend(Source::ALL.map(|s| latency_key(p, n, t, s)));
             }
         }
-        let fresh = cache.fetch(&keys);
+        let mut fresh = cache.fetch(&keys);
+        fresh.retain(|r| match superseded(&self.drain_generations, r) {
+            true => {
+                cache.refuse(&r.key(&cache.prefix), Reject::Replayed);
+                false
+            }
+            false => true,
+        });
         // A drain is hard state: a miss (memcached restarted, or down and in
         // back-off) never undoes one seen before; only an undrain does.
         let kept: Vec<Reading> = std::mem::take(&mut self.overlay)
@@ -452,7 +483,11 @@ impl Store {
     fn rebuild(&mut self) {
         self.metrics = self.base.clone();
         for r in &self.overlay {
-            self.metrics.overlay(r);
+            // Also here: an undrain written to SQLite since the last fetch
+            // ends the drain fetched before it at once.
+            if !superseded(&self.drain_generations, r) {
+                self.metrics.overlay(r);
+            }
         }
     }
 
@@ -538,6 +573,7 @@ impl Store {
             .cloned()
             .collect();
         self.base = loaded.metrics;
+        self.drain_generations = loaded.drain_generations;
         self.stats.reading_loads += 1;
         self.rebuild();
     }
@@ -640,6 +676,9 @@ struct Loaded {
     zones: Option<(Zones, Skipped)>,
     zones_version: Option<i64>,
     metrics: Metrics,
+    /// Per target (as `target_key` spells it), the generation of its last
+    /// drain or undrain written to this database.
+    drain_generations: HashMap<String, u64>,
     /// Readings left out.
     skipped: Skipped,
 }
@@ -685,10 +724,23 @@ fn load(conn: &Connection, zones: bool, now: f64) -> Result<Loaded, String> {
             }
         };
         let mut skipped = Skipped::default();
+        let mut drain_generations = HashMap::new();
+        each_row(
+            &tx,
+            "ha_drain_generation",
+            "drain_generations",
+            &mut skipped,
+            |r| {
+                let g = u64::try_from(col::<i64>(r, 1)?).map_err(|_| "negative generation")?;
+                drain_generations.insert(target_key(&col::<String>(r, 0)?), g);
+                Ok(())
+            },
+        )?;
         Ok(Loaded {
             metrics: load_metrics(&tx, &Clock::at(now), &mut skipped)?,
             zones,
             zones_version,
+            drain_generations,
             skipped,
         })
     };

@@ -18,6 +18,13 @@
 //! digit or `-`, never `v`, so the two are told apart by their first byte;
 //! a later format would be `v2`.
 //!
+//! The monitors list (`PREFIX:monitors`) is grown by `append` from several
+//! monitors, so it cannot carry one MAC: each entry is sealed on its own,
+//! `ID/HEX(MAC)` with the MAC over the list's key and `monitor ID`. A list
+//! is read only up to [`MAX_LIST`] bytes and at most [`MAX_MONITORS`] of its
+//! entries are used (issue 19: a planted 1 MB list of 150,000 ids made every
+//! pipe fetch 150,000 keys per target each second).
+//!
 //! Long keys: memcached takes keys of at most 250 bytes without spaces or
 //! control characters. A key that breaks either rule (a 235-byte target
 //! name, say) goes on the wire as `PREFIX:KIND:#` and the SHA-256 of the
@@ -42,6 +49,15 @@ pub const MAX_KEY: usize = 250;
 /// Longest value accepted: a latency reading with every float at full
 /// precision is under 200 bytes sealed. Larger ones are not parsed at all.
 pub const MAX_VALUE: usize = 512;
+
+/// Longest monitors list read, in bytes: 127 sealed entries of the longest
+/// id (64 bytes), and hundreds of usual ones. A longer list is refused
+/// unread, and a monitor rewrites it from its verified entries.
+pub const MAX_LIST: usize = 16 * 1024;
+
+/// Monitors whose health verdicts a pipe fetches, at most: each costs one
+/// key per target per second. The first ones in byte order are used.
+pub const MAX_MONITORS: usize = 32;
 
 /// A secret shorter than this is a mistake (an empty or truncated file).
 const MIN_SECRET: usize = 16;
@@ -144,6 +160,41 @@ impl Key {
     }
 }
 
+impl Key {
+    /// One entry of the monitors list under `list` (its logical key).
+    pub fn seal_entry(&self, list: &str, id: &str) -> String {
+        let tag = self
+            .mac(list, &format!("monitor {id}"))
+            .finalize()
+            .into_bytes();
+        let mut out = String::with_capacity(id.len() + 1 + MAC_HEX);
+        out.push_str(id);
+        out.push('/');
+        for b in tag.iter() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+
+    /// The monitor id of a list entry, if its MAC verifies.
+    pub fn open_entry<'e>(&self, list: &str, entry: &'e str) -> Result<&'e str, Unsealed> {
+        let (id, hex) = entry.rsplit_once('/').ok_or(Unsealed::Unauthenticated)?;
+        let tag = unhex(hex).ok_or(Unsealed::Unauthenticated)?;
+        self.mac(list, &format!("monitor {id}"))
+            .verify_slice(&tag)
+            .map_err(|_| Unsealed::BadMac)?;
+        Ok(id)
+    }
+}
+
+/// A list entry read without a key file: sealed or not, the id.
+pub fn open_entry_unchecked(entry: &str) -> &str {
+    match entry.rsplit_once('/') {
+        Some((id, hex)) if unhex(hex).is_some() => id,
+        _ => entry,
+    }
+}
+
 /// Without a key file, values are taken as they come: unauthenticated
 /// ones, and sealed ones with the MAC unchecked, so that writers can be
 /// given the key before the pipes during a rollout.
@@ -215,6 +266,28 @@ mod tests {
         assert_eq!(open_unchecked("1 100.5"), "1 100.5");
         assert!(Key::new(b"short").unwrap_err().contains("at least 16"));
         assert_eq!(format!("{k:?}"), "Key(..)");
+    }
+
+    #[test]
+    fn list_entries_are_sealed_one_by_one() {
+        let k = Key::new(b"0123456789abcdef0123").unwrap();
+        let e = k.seal_entry("p:monitors", "site/a");
+        assert!(e.starts_with("site/a/") && e.len() == 6 + 1 + 64, "{e}");
+        assert_eq!(k.open_entry("p:monitors", &e), Ok("site/a"));
+        assert_eq!(open_entry_unchecked(&e), "site/a");
+        assert_eq!(open_entry_unchecked("site/a"), "site/a");
+        // Another list, another id, no MAC, another secret: refused.
+        assert_eq!(k.open_entry("q:monitors", &e), Err(Unsealed::BadMac));
+        let moved = e.replacen("site/a", "site/b", 1);
+        assert_eq!(k.open_entry("p:monitors", &moved), Err(Unsealed::BadMac));
+        assert_eq!(
+            k.open_entry("p:monitors", "site"),
+            Err(Unsealed::Unauthenticated)
+        );
+        let other = Key::new(b"another secret, long enough").unwrap();
+        assert_eq!(other.open_entry("p:monitors", &e), Err(Unsealed::BadMac));
+        // An entry is never mistaken for a sealed value of the list's key.
+        assert_eq!(k.open("p:monitors", &e), Err(Unsealed::Unauthenticated));
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl Metrics {
                 target,
                 reason,
                 updated,
+                ..
             } => put(
                 &mut self.drains,
                 target_key(target).into(),
@@ -359,6 +360,7 @@ mod tests {
             target: "sip1.example.com".into(),
             reason: reason.map(str::to_owned),
             updated,
+            generation: 1,
         };
         m.overlay(&drain(None, 9.0));
         assert_eq!(

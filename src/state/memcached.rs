@@ -9,7 +9,7 @@
 //! space-separated text, `updated` in Unix seconds:
 //!
 //! ```text
-//! PREFIX:monitors                 MONITOR_ID MONITOR_ID ...  (who publishes health; no expiry)
+//! PREFIX:monitors                 ENTRY ENTRY ...  (who publishes health; no expiry)
 //! PREFIX:health:TARGET|MONITOR    up(0|1) updated           (one monitor's verdict)
 //! PREFIX:drain:TARGET             1 since REASON...|0 updated (no expiry: hard state)
 //! PREFIX:load:TARGET              sessions max|- updated     (- - updated: unknown since then)
@@ -18,7 +18,8 @@
 //!
 //! With `--memcached-key-file` the values are sealed (`v1 VALUE MAC`) and
 //! keys too long for memcached are hashed, as [`crate::state::auth`]
-//! describes. Nothing fetched is trusted further than it must be: a value
+//! describes; an ENTRY of the monitors list is then `MONITOR_ID/MAC`, else
+//! the bare id. Nothing fetched is trusted further than it must be: a value
 //! that is unauthenticated (with a key), forged, malformed, too large, out
 //! of range, stamped in the future or older than one already accepted for
 //! its key (a replay) is ignored and counted; the last good reading for
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use memcache::exp::{Error, Get, Meta, MetaClient, Ttl};
 
-use crate::state::auth::{self, wire_key, Key, Unsealed, MAX_VALUE};
+use crate::state::auth::{self, wire_key, Key, Unsealed, MAX_LIST, MAX_MONITORS, MAX_VALUE};
 use crate::state::reading::{monitors_key, valid_monitor_id, Reading};
 use crate::state::validate::{Clock, Invalid};
 use crate::text::shown;
@@ -68,7 +69,7 @@ impl fmt::Display for Reject {
         match self {
             Self::Unauthenticated => f.write_str("no MAC (unauthenticated value)"),
             Self::BadMac => f.write_str("MAC does not verify"),
-            Self::TooLarge(n) => write!(f, "{n} bytes, more than {MAX_VALUE}"),
+            Self::TooLarge(n) => write!(f, "{n} bytes, too large to read"),
             Self::Malformed => f.write_str("malformed value"),
             Self::Invalid(why) => write!(f, "{why}"),
             Self::Replayed => f.write_str("older than a value already seen (replayed)"),
@@ -135,6 +136,18 @@ fn updated(r: &Reading) -> f64 {
         Reading::Load { updated, .. } => *updated,
         Reading::Latency { l, .. } => l.updated,
         Reading::Drain { updated, .. } => *updated,
+    }
+}
+
+/// Whether `old` is newer than `new`, of the same key: drains by their
+/// generation first, since clocks on two hosts may disagree but every
+/// drain and undrain takes the next generation.
+fn newer(old: &Reading, new: &Reading) -> bool {
+    match (old, new) {
+        (Reading::Drain { generation: a, .. }, Reading::Drain { generation: b, .. }) if a != b => {
+            a > b
+        }
+        _ => updated(old) > updated(new),
     }
 }
 
@@ -206,6 +219,21 @@ pub struct Cache {
     refused_logged_at: Option<Instant>,
 }
 
+/// Said once per process on stderr, whatever the command: without a key
+/// file every value is taken as it comes, so whoever reaches memcached can
+/// drain targets, mark them down or reorder answers, and `status` alone
+/// (which operators rarely read) used to say so (issue 19).
+fn warn_unauthenticated() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        warn!(
+            "memcached without --memcached-key-file: values are neither sealed nor checked, \
+             so anyone who can reach memcached can drain targets, mark them down or reorder \
+             answers; give every writer and pipe the same key file (docs/trust.md)"
+        )
+    });
+}
+
 /// FNV-1a: stable across processes and versions, which key placement
 /// must be, since monitors and pipes on different hosts compute it apart.
 fn fnv1a(key: &[u8]) -> u64 {
@@ -271,7 +299,11 @@ impl Cache {
         key_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
         let key = key_file.map(Key::load).transpose()?;
-        Ok(Self::new(list, prefix, stale_after)?.with_key(key))
+        let cache = Self::new(list, prefix, stale_after)?.with_key(key);
+        if cache.key.is_none() {
+            warn_unauthenticated();
+        }
+        Ok(cache)
     }
 
     /// Seals what is published and accepts only sealed values from now on.
@@ -292,6 +324,12 @@ impl Cache {
 
     pub fn rejects(&self) -> Rejects {
         self.rejects
+    }
+
+    /// Counts and logs a fetched value the caller refused, as one refused
+    /// here is: a drain older than the generation in the pipe's SQLite.
+    pub fn refuse(&mut self, key: &str, why: Reject) {
+        self.reject(key, why, Instant::now());
     }
 
     fn server_of(&self, key: &str) -> usize {
@@ -335,71 +373,190 @@ impl Cache {
         }
     }
 
-    /// Adds `id` to the list of monitors that publish health, unless it is
-    /// there. Run every round, so a restarted memcached learns it again.
-    pub fn register_monitor(&mut self, id: &str) {
-        let key = wire_key(&self.prefix, &monitors_key(&self.prefix)).into_owned();
+    /// One value of at most `max` bytes from server `s`, its size asked
+    /// first so that a larger one is never transferred. `Ok(None)`: a miss;
+    /// `Ok(Some(Err(why)))`: refused unread; `Err(())`: the server is in
+    /// back-off or just failed (and is now).
+    fn get_bounded(&mut self, s: usize, wire: &str, max: usize) -> Result<Raw, ()> {
+        fn down<T>(server: &mut Server, now: Instant, e: &dyn fmt::Display) -> Result<T, ()> {
+            server.failed(now, &e.to_string());
+            Err(())
+        }
         let now = Instant::now();
-        let s = self.server_of(&key);
         let server = &mut self.servers[s];
         if !server.usable(now) {
-            return;
+            return Err(());
         }
-        let listed = match server.client.get(&key).send() {
-            Ok(g) => g.value.unwrap_or_default(),
-            Err(e) => return server.failed(now, &e.to_string()),
+        let size = Get::new(wire).without_value().meta(Meta::NONE.size());
+        let size = match server.client.run_many(std::iter::once(size)) {
+            Ok(mut r) => r.pop(),
+            Err(e) => return down(server, now, &e),
         };
-        if String::from_utf8_lossy(&listed).split(' ').any(|m| m == id) {
-            return server.worked();
+        let n = match size {
+            None => return down(server, now, &"no answer"),
+            Some(Err(e)) if is_outage(&e) => return down(server, now, &e),
+            Some(Err(_)) => return Ok(Some(Err(Reject::Malformed))),
+            Some(Ok(g)) if !g.hit() => {
+                server.worked();
+                return Ok(None);
+            }
+            Some(Ok(g)) => g
+                .item
+                .size
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        };
+        if n > max {
+            server.worked();
+            return Ok(Some(Err(Reject::TooLarge(n))));
         }
-        // `add` when the list is missing, `append` when another monitor
-        // created it first: ids are never lost to a race, at worst listed
-        // twice, which readers ignore.
-        let added = server.client.set(&key, id).ttl(Ttl::NEVER).add().send();
-        let result = match added {
-            Ok(r) if r.applied() => Ok(()),
-            Ok(_) => server
-                .client
-                .set(&key, format!(" {id}"))
-                .append()
-                .send()
-                .map(drop),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => server.worked(),
-            Err(e) => server.failed(now, &e.to_string()),
+        match server.client.get(wire).send() {
+            Ok(g) => {
+                server.worked();
+                // Grown between the two reads: judged again by its length.
+                Ok(g.value.map(|v| match v.len() > max {
+                    true => Err(Reject::TooLarge(v.len())),
+                    false => Ok(v),
+                }))
+            }
+            Err(e) => down(server, now, &e),
         }
     }
 
-    /// The monitors that publish health, as listed in memcached; `None`
-    /// when the list cannot be read (its server is down), so the caller can
-    /// keep the last list rather than forget every monitor's verdicts.
-    pub fn monitors(&mut self) -> Option<Vec<String>> {
-        let key = wire_key(&self.prefix, &monitors_key(&self.prefix)).into_owned();
-        let now = Instant::now();
-        let s = self.server_of(&key);
-        let server = &mut self.servers[s];
-        if !server.usable(now) {
-            return None;
+    /// This process's entry in the monitors list: sealed with a key file.
+    fn list_entry(&self, list: &str, id: &str) -> String {
+        match &self.key {
+            Some(k) => k.seal_entry(list, id),
+            None => id.to_owned(),
         }
-        let listed = match server.client.get(&key).send() {
-            Ok(g) => {
-                server.worked();
-                g.value.unwrap_or_default()
+    }
+
+    /// The monitor id of one list entry, if it may be used.
+    fn open_entry<'e>(&self, list: &str, entry: &'e str) -> Result<&'e str, Reject> {
+        let id = match &self.key {
+            Some(k) => k.open_entry(list, entry).map_err(|e| match e {
+                Unsealed::Unauthenticated => Reject::Unauthenticated,
+                Unsealed::BadMac => Reject::BadMac,
+            })?,
+            None => auth::open_entry_unchecked(entry),
+        };
+        valid_monitor_id(id).then_some(id).ok_or(Reject::Malformed)
+    }
+
+    /// Adds `id` to the list of monitors that publish health, unless it is
+    /// there. Run every round, so a restarted memcached learns it again. A
+    /// list that is too large or holds entries that do not verify (planted,
+    /// or sealed with another secret) is rewritten from its good entries
+    /// and this one, so one monitor round heals it. Two monitors rewriting
+    /// at once may drop each other's entry; the next round adds it back.
+    pub fn register_monitor(&mut self, id: &str) {
+        let list = monitors_key(&self.prefix);
+        let wire = wire_key(&self.prefix, &list).into_owned();
+        let s = self.server_of(&wire);
+        let mine = self.list_entry(&list, id);
+        let listed = match self.get_bounded(s, &wire, MAX_LIST) {
+            Err(()) => return,
+            Ok(listed) => listed,
+        };
+        let server_refused = |this: &mut Self, e: Error| {
+            let server = &mut this.servers[s];
+            server.failed(Instant::now(), &e.to_string());
+        };
+        let keep = match listed {
+            // `add` when the list is missing, `append` when another monitor
+            // created it first: ids are never lost to that race.
+            None => {
+                let server = &mut self.servers[s];
+                match server
+                    .client
+                    .set(&wire, mine.as_str())
+                    .ttl(Ttl::NEVER)
+                    .add()
+                    .send()
+                {
+                    Ok(r) if r.applied() => return,
+                    Ok(_) => None,
+                    Err(e) => return server_refused(self, e),
+                }
             }
-            Err(e) => {
-                server.failed(now, &e.to_string());
+            Some(Err(_)) => Some(Vec::new()),
+            Some(Ok(v)) => {
+                let text = String::from_utf8_lossy(&v);
+                let entries: Vec<&str> = text.split(' ').filter(|e| !e.is_empty()).collect();
+                let good: Vec<String> = entries
+                    .iter()
+                    .filter(|e| self.open_entry(&list, e).is_ok())
+                    .map(|e| (*e).to_owned())
+                    .collect();
+                match (good.len() == entries.len(), good.contains(&mine)) {
+                    (true, true) => return,
+                    (true, false) => None,
+                    (false, _) => Some(good),
+                }
+            }
+        };
+        let server = &mut self.servers[s];
+        let result = match keep {
+            None => server
+                .client
+                .set(&wire, format!(" {mine}"))
+                .append()
+                .send()
+                .map(drop),
+            Some(mut good) => {
+                good.sort();
+                good.dedup();
+                good.retain(|e| *e != mine);
+                good.truncate(MAX_MONITORS - 1);
+                good.push(mine);
+                let value = good.join(" ");
+                server
+                    .client
+                    .set(&wire, value)
+                    .ttl(Ttl::NEVER)
+                    .send()
+                    .map(drop)
+            }
+        };
+        if let Err(e) = result {
+            server_refused(self, e);
+        }
+    }
+
+    /// The monitors that publish health, as listed in memcached: the
+    /// entries that verify, in byte order, at most [`MAX_MONITORS`]. `None`
+    /// when the list cannot be read (its server is down, or the list is
+    /// over [`MAX_LIST`] bytes), so the caller keeps the last list rather
+    /// than forget every monitor's verdicts.
+    pub fn monitors(&mut self) -> Option<Vec<String>> {
+        let list = monitors_key(&self.prefix);
+        let wire = wire_key(&self.prefix, &list).into_owned();
+        let s = self.server_of(&wire);
+        let now = Instant::now();
+        let listed = match self.get_bounded(s, &wire, MAX_LIST) {
+            Err(()) => return None,
+            Ok(None) => Vec::new(),
+            Ok(Some(Ok(v))) => v,
+            Ok(Some(Err(why))) => {
+                self.reject(&list, why, now);
                 return None;
             }
         };
-        let mut ids: Vec<String> = String::from_utf8_lossy(&listed)
-            .split(' ')
-            .filter(|m| valid_monitor_id(m))
-            .map(str::to_owned)
-            .collect();
+        let text = String::from_utf8_lossy(&listed);
+        let mut ids = Vec::new();
+        let mut refused = None;
+        for entry in text.split(' ').filter(|e| !e.is_empty()) {
+            match self.open_entry(&list, entry) {
+                Ok(id) => ids.push(id.to_owned()),
+                Err(why) => refused = Some(why),
+            }
+        }
+        // One count per list read, however many entries it holds.
+        if let Some(why) = refused {
+            self.reject(&list, why, now);
+        }
         ids.sort();
         ids.dedup();
+        ids.truncate(MAX_MONITORS);
         Some(ids)
     }
 
@@ -419,7 +576,7 @@ impl Cache {
         let r = Reading::parse(&self.prefix, key, body).ok_or(Reject::Malformed)?;
         clock.reading(&r).map_err(Reject::Invalid)?;
         match self.seen.get(key) {
-            Some(old) if updated(old) > updated(&r) => Err(Reject::Replayed),
+            Some(old) if newer(old, &r) => Err(Reject::Replayed),
             _ => Ok(r),
         }
     }

@@ -122,10 +122,14 @@ pub enum Reading {
     },
     /// `reason: Some`: drained since `updated`; `None`: undrained at
     /// `updated`, which must override an older drain anywhere.
+    /// `generation` counts the target's drains and undrains: each takes the
+    /// next, so a copy of an older one written back is known for a replay
+    /// wherever the newer one was seen (issue 19).
     Drain {
         target: String,
         reason: Option<String>,
         updated: f64,
+        generation: u64,
     },
     /// `load: None`: the load became unknown at `updated` (the source could
     /// not be read), which must override older readings elsewhere.
@@ -166,13 +170,15 @@ impl Reading {
             Self::Drain {
                 reason: Some(reason),
                 updated,
+                generation,
                 ..
-            } => format!("1 {updated} {reason}"),
+            } => format!("1 {updated} {generation} {reason}"),
             Self::Drain {
                 reason: None,
                 updated,
+                generation,
                 ..
-            } => format!("0 {updated}"),
+            } => format!("0 {updated} {generation}"),
             Self::Load { load: Some(l), .. } => {
                 let max = l.max_sessions.map_or("-".to_owned(), |m| m.to_string());
                 format!("{} {max} {}", l.sessions, l.updated)
@@ -202,6 +208,18 @@ impl Reading {
         if let Some(target) = rest.strip_prefix("drain:") {
             let mut parts = value.splitn(3, ' ');
             let (flag, updated) = (parts.next()?, num(parts.next()?)?);
+            // Written before drains had generations (`1 UPDATED REASON`,
+            // `0 UPDATED`): generation 0, older than any written since, so
+            // a drain shared before an upgrade still holds on every node.
+            let rest = parts.next();
+            let (generation, rest) = match rest.map(|r| r.split_once(' ').unwrap_or((r, ""))) {
+                Some((g, reason)) if g.bytes().all(|b| b.is_ascii_digit()) && !g.is_empty() => (
+                    g.parse::<u64>().ok()?,
+                    (flag == "1" || !reason.is_empty()).then_some(reason),
+                ),
+                _ => (0, rest),
+            };
+            let mut parts = rest.into_iter();
             let reason = match (flag, parts.next()) {
                 ("1", reason) => Some(reason.unwrap_or("").to_owned()),
                 ("0", None) => None,
@@ -211,6 +229,7 @@ impl Reading {
                 target: target.into(),
                 reason,
                 updated,
+                generation,
             });
         }
         if let Some(key) = rest.strip_prefix("health:") {
@@ -322,11 +341,13 @@ mod tests {
                 target: "sip2.example.com".into(),
                 reason: Some("kernel upgrade, ticket 42".into()),
                 updated: 7.0,
+                generation: 3,
             },
             Reading::Drain {
                 target: "sip2.example.com".into(),
                 reason: None,
                 updated: 8.0,
+                generation: 4,
             },
             Reading::Load {
                 target: "sip1.example.com".into(),
@@ -387,6 +408,19 @@ mod tests {
             );
         }
         assert_eq!(health_key("p", "a", "m"), "p:health:a|m");
+        // Drains written before generations: generation 0.
+        let legacy = |v: &str| match Reading::parse("p", "p:drain:a", v) {
+            Some(Reading::Drain {
+                reason, generation, ..
+            }) => Some((reason, generation)),
+            _ => None,
+        };
+        assert_eq!(legacy("1 7 disk swap"), Some((Some("disk swap".into()), 0)));
+        assert_eq!(legacy("1 7"), Some((Some(String::new()), 0)));
+        assert_eq!(legacy("0 8"), Some((None, 0)));
+        assert_eq!(legacy("1 7 3 disk"), Some((Some("disk".into()), 3)));
+        assert_eq!(legacy("1 7 3"), Some((Some(String::new()), 3)));
+        assert_eq!(legacy("0 8 4"), Some((None, 4)));
     }
 
     #[test]
@@ -395,7 +429,9 @@ mod tests {
             ("p:health:a|m", "2 1.0"),
             ("p:health:a|m", "1"),
             ("p:health:a", "1 1.0"),
-            ("p:drain:a", "0 1.0 reason"),
+            ("p:drain:a", "0 1.0 2 reason"),
+            ("p:drain:a", "0 1.0 x"),
+            ("p:drain:a", "0 1.0 99999999999999999999999"),
             ("p:drain:a", "2 1.0"),
             ("p:drain:a", "1"),
             ("p:load:a", "x - 1"),

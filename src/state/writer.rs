@@ -24,6 +24,8 @@ use crate::text::shown;
 const EWMA_ALPHA: f64 = 0.1;
 const EWMA_WARMUP: i64 = 10;
 
+const SCHEMA: &str = include_str!("../../sql/schema.sql");
+
 /// Writers wait this long for each other (the monitor and an operator's
 /// `metric` may write at once). Readers never wait: WAL.
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -485,6 +487,55 @@ impl Writer {
         Ok(())
     }
 
+    /// The generation the next drain or undrain of `target` takes: one past
+    /// the newest known here (SQLite) or on the other nodes (memcached), so
+    /// that it supersedes both.
+    fn next_generation(&self, target: &str) -> Result<u64, String> {
+        // A database made before drain generations gains the table here
+        // (as `init` would add it), so that drains keep working after an
+        // upgrade of the binary alone.
+        let ddl = SCHEMA
+            .find("CREATE TABLE IF NOT EXISTS ha_drain_generation")
+            .and_then(|at| Some(&SCHEMA[at..at + SCHEMA[at..].find(");")? + 2]))
+            .unwrap_or("");
+        self.conn.execute_batch(ddl).map_err(|e| e.to_string())?;
+        let here: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT generation FROM ha_drain_generation WHERE target = ?1",
+                [target],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        let here = here.and_then(|g| u64::try_from(g).ok()).unwrap_or(0);
+        let shared = match self.cache.borrow_mut().as_mut() {
+            Some(c) => {
+                let key = crate::state::reading::drain_key(&c.prefix, target);
+                c.fetch(&[key])
+                    .iter()
+                    .filter_map(|r| match r {
+                        Reading::Drain { generation, .. } => Some(*generation),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        Ok(here.max(shared).saturating_add(1).min(i64::MAX as u64))
+    }
+
+    fn set_generation(&self, target: &str, generation: u64) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_drain_generation (target, generation) VALUES (?1, ?2)",
+                params![target, generation as i64],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Takes `target` out of every answer until `undrain`: hard state in
     /// SQLite, and in memcached (without expiry) for the other nodes.
     pub fn drain(&self, target: &str, reason: &str) -> Result<(), String> {
@@ -495,31 +546,46 @@ impl Writer {
             ));
         }
         let since = unix_now();
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO ha_drain (target, reason, since) VALUES (?1, ?2, ?3)",
-                params![target, reason, since],
-            )
+        let generation = self.next_generation(target)?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
             .map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT OR REPLACE INTO ha_drain (target, reason, since) VALUES (?1, ?2, ?3)",
+            params![target, reason, since],
+        )
+        .map_err(|e| e.to_string())?;
+        self.set_generation(target, generation)?;
+        tx.commit().map_err(|e| e.to_string())?;
         self.publish(Reading::Drain {
             target: target.to_owned(),
             reason: Some(reason.to_owned()),
             updated: since,
+            generation,
         });
         Ok(())
     }
 
     /// Ends a drain here and, through memcached, on every node: the
-    /// undrain is newer than any copy of the drain.
+    /// undrain is newer than any copy of the drain, by its time and by its
+    /// generation, which SQLite keeps after the drain's row is gone.
     pub fn undrain(&self, target: &str) -> Result<bool, String> {
-        let removed = self
+        let generation = self.next_generation(target)?;
+        let tx = self
             .conn
+            .unchecked_transaction()
+            .map_err(|e| e.to_string())?;
+        let removed = tx
             .execute("DELETE FROM ha_drain WHERE target = ?1", [target])
             .map_err(|e| e.to_string())?;
+        self.set_generation(target, generation)?;
+        tx.commit().map_err(|e| e.to_string())?;
         self.publish(Reading::Drain {
             target: target.to_owned(),
             reason: None,
             updated: unix_now(),
+            generation,
         });
         Ok(removed > 0)
     }
@@ -596,6 +662,32 @@ mod tests {
             monitor: "test".into(),
             registered: std::cell::Cell::new(false),
         }
+    }
+
+    #[test]
+    fn every_drain_and_undrain_takes_the_next_generation() {
+        let w = writer();
+        // As in a database made before generations: the first drain adds the table.
+        w.conn
+            .execute_batch("DROP TABLE ha_drain_generation")
+            .unwrap();
+        let generation = |w: &Writer| -> i64 {
+            w.conn
+                .query_row(
+                    "SELECT generation FROM ha_drain_generation WHERE target = 'SIP1.example.com'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        w.drain("sip1.example.com", "disk").unwrap();
+        assert_eq!(generation(&w), 1);
+        assert!(w.undrain("sip1.example.com").unwrap());
+        assert_eq!(generation(&w), 2, "kept after the drain's row is gone");
+        assert!(w.drains().unwrap().is_empty());
+        assert!(!w.undrain("sip1.example.com").unwrap());
+        w.drain("sip1.example.com", "again").unwrap();
+        assert_eq!(generation(&w), 4);
     }
 
     #[test]

@@ -20,6 +20,7 @@ fn run(samples: &[(&str, f64)], policy: Policy) -> (Vec<NetworkRtt>, Dropped) {
         .iter()
         .map(|(ip, ms)| Sample {
             caller: ip.parse().unwrap(),
+            subscriber: None,
             rtt_ms: *ms,
         })
         .collect();
@@ -127,6 +128,71 @@ fn min_callers_is_a_floor() {
 /// 10,000 callers over 20 networks plus 1,000 unknown: the round must cost well under
 /// 100 ms of CPU (debug build here; release is several times faster).
 #[test]
+fn a_subscriber_counts_once_however_many_contacts() {
+    let m = networks();
+    let honest = [
+        ("127.1.0.1", 40.0),
+        ("127.1.0.2", 42.0),
+        ("127.1.0.3", 44.0),
+    ];
+    let mut samples: Vec<Sample> = honest
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, ms))| Sample {
+            caller: ip.parse().unwrap(),
+            subscriber: Some(subscriber("location", &format!("honest{i}"))),
+            rtt_ms: *ms,
+        })
+        .collect();
+    // One subscriber, four contacts at 1 µs on four addresses.
+    samples.extend((0..4).map(|i| Sample {
+        caller: format!("127.1.9.{i}").parse().unwrap(),
+        subscriber: Some(subscriber("location", "mallory")),
+        rtt_ms: 0.001,
+    }));
+    // In IPv6, four addresses of one /64: one subscriber, alone in its /32.
+    samples.extend((1..=4).map(|i| Sample {
+        caller: format!("2001:db8::{i}").parse().unwrap(),
+        subscriber: Some(subscriber("location", "mallory6")),
+        rtt_ms: 9_999.0,
+    }));
+    let policy = Policy {
+        min_callers: 3,
+        ..Policy::default()
+    };
+    let (out, dropped) = aggregate(
+        &samples,
+        |ip| m.network_for(Subnet::host(ip)).map(|n| &*n.cidr),
+        &policy,
+    );
+    // Montreal: 4 callers (3 honest + mallory once), median of 0.001, 40, 42, 44.
+    assert_eq!(figures(&out), [("127.1.0.0/16", 41.0, 4, 7)]);
+    assert_eq!(dropped.too_few_callers, [("2001:db8::/32".to_owned(), 1)]);
+    // Without subscribers (TCP connections), four addresses of one /64 are one caller too.
+    let tcp: Vec<Sample> = samples[7..]
+        .iter()
+        .map(|s| Sample {
+            subscriber: None,
+            ..*s
+        })
+        .chain(["2001:db8:0:1::1", "2001:db8:0:2::1"].map(|ip| Sample {
+            caller: ip.parse().unwrap(),
+            subscriber: None,
+            rtt_ms: 30.0,
+        }))
+        .collect();
+    let (out, _) = aggregate(
+        &tcp,
+        |ip| m.network_for(Subnet::host(ip)).map(|n| &*n.cidr),
+        &policy,
+    );
+    assert_eq!(figures(&out), [("2001:db8::/32", 30.0, 3, 6)]);
+    // The same domain and AOR is the same subscriber; another is not.
+    assert_eq!(subscriber("location", "a"), subscriber("location", "a"));
+    assert_ne!(subscriber("location", "a"), subscriber("locationa", ""));
+}
+
+#[test]
 fn ten_thousand_callers_cost() {
     let mut m = Metrics::default();
     for n in 0..20 {
@@ -136,11 +202,13 @@ fn ten_thousand_callers_cost() {
     let mut samples: Vec<Sample> = (0..10_000u32)
         .map(|i| Sample {
             caller: IpAddr::from([10, (i % 20) as u8, (i / 256) as u8, i as u8]),
+            subscriber: None,
             rtt_ms: 10.0 + f64::from(i % 97),
         })
         .collect();
     samples.extend((0..1000u32).map(|i| Sample {
         caller: IpAddr::from([192, 0, 2, i as u8]),
+        subscriber: None,
         rtt_ms: 5.0,
     }));
     let started = crate::observe::thread_cpu();

@@ -18,7 +18,7 @@ fn callers(d: &Dump) -> Vec<(String, f64)> {
 
 #[test]
 fn the_real_reply() {
-    let d = parse(REAL, NOW, 30.0).unwrap();
+    let d = parse(REAL, NOW, 30.0, false).unwrap();
     assert_eq!(
         callers(&d),
         [
@@ -35,7 +35,7 @@ fn the_real_reply() {
         }
     );
     // Two minutes later without new replies, every figure is stale.
-    let d = parse(REAL, NOW + 120.0, 30.0).unwrap();
+    let d = parse(REAL, NOW + 120.0, 30.0, false).unwrap();
     assert!(d.samples.is_empty());
     assert_eq!((d.skipped.stale, d.skipped.unanswered), (3, 1));
 }
@@ -56,6 +56,7 @@ fn addresses_received_first_then_contact() {
         &with(&[("\"sip:127.1.0.21:6000\"", "\"[not set]\"")]),
         NOW,
         30.0,
+        false,
     )
     .unwrap();
     assert_eq!(
@@ -70,6 +71,7 @@ fn addresses_received_first_then_contact() {
         )]),
         NOW,
         30.0,
+        false,
     )
     .unwrap();
     assert_eq!(d.samples[0].caller.to_string(), "2001:db8::5");
@@ -98,7 +100,7 @@ fn expired_hostnames_and_missing_fields_are_counted() {
         ("\"sip:127.2.0.7:6002\"", "\"sip:phone.example.com:6002\""),
         ("\"KA-Roundtrip\":\t333", "\"KA-Roundtrip\":\t\"x\""),
     ]);
-    let d = parse(&doc, NOW, 30.0).unwrap();
+    let d = parse(&doc, NOW, 30.0, false).unwrap();
     assert!(d.samples.is_empty(), "{d:?}");
     assert_eq!(
         d.skipped,
@@ -106,7 +108,8 @@ fn expired_hostnames_and_missing_fields_are_counted() {
             expired: 1,
             unanswered: 1,
             unusable: 2,
-            stale: 0
+            stale: 0,
+            no_received: 0,
         }
     );
     // A permanent contact is measured like any other.
@@ -114,6 +117,7 @@ fn expired_hostnames_and_missing_fields_are_counted() {
         &with(&[("\"Expires\":\t3576", "\"Expires\":\t\"permanent\"")]),
         NOW,
         30.0,
+        false,
     )
     .unwrap();
     assert_eq!(d.samples.len(), 3);
@@ -130,13 +134,13 @@ fn garbage_is_an_error_never_a_reading() {
         "{\"result\":{\"Domains\":[{\"Domain\":{}}]}}",
         &REAL[..REAL.len() / 2],
     ] {
-        assert!(parse(body, NOW, 30.0).is_err(), "{body:?}");
+        assert!(parse(body, NOW, 30.0, false).is_err(), "{body:?}");
     }
     let empty = "{\"result\":{\"Domains\":[{\"Domain\":{\"Domain\":\"location\",\"AoRs\":[]}}]}}";
-    assert_eq!(parse(empty, NOW, 30.0).unwrap(), Dump::default());
+    assert_eq!(parse(empty, NOW, 30.0, false).unwrap(), Dump::default());
     let junk_contact = "{\"result\":{\"Domains\":[{\"Domain\":{\"AoRs\":[{\"Info\":\
         {\"Contacts\":[7,{\"Contact\":[]}]}}]}}]}}";
-    let d = parse(junk_contact, NOW, 30.0).unwrap();
+    let d = parse(junk_contact, NOW, 30.0, false).unwrap();
     assert_eq!(d.skipped.unusable, 2);
 }
 
@@ -168,7 +172,7 @@ pub(crate) fn big_dump(n: u32) -> String {
 fn ten_thousand_contacts_cost() {
     let doc = big_dump(10_000);
     let started = crate::observe::thread_cpu();
-    let d = parse(&doc, NOW, 30.0).unwrap();
+    let d = parse(&doc, NOW, 30.0, false).unwrap();
     let cost = crate::observe::thread_cpu() - started;
     eprintln!(
         "ul.dump of 10,000 contacts ({} bytes) parsed in {cost:?} of CPU",
@@ -179,4 +183,27 @@ fn ten_thousand_contacts_cost() {
     assert_eq!(d.samples[1].rtt_ms, 1.001);
     // Debug build; release is several times faster.
     assert!(cost.as_millis() < 500, "{cost:?}");
+}
+
+#[test]
+fn callers_are_subscribers_and_received_can_be_required() {
+    let d = parse(REAL, NOW, 30.0, false).unwrap();
+    let who: Vec<Option<u64>> = d.samples.iter().map(|s| s.subscriber).collect();
+    assert_eq!(
+        who,
+        [
+            Some(subscriber("location", "m1")),
+            Some(subscriber("location", "v1")),
+            Some(subscriber("location", "t1"))
+        ]
+    );
+    // m1 without Received: its Contact URI would decide its network.
+    let doc = with(&[("\"sip:127.1.0.21:6000\"", "\"[not set]\"")]);
+    let d = parse(&doc, NOW, 30.0, true).unwrap();
+    assert_eq!(
+        callers(&d),
+        [("127.2.0.7".into(), 0.703), ("127.1.0.22".into(), 0.333)]
+    );
+    assert_eq!((d.skipped.no_received, d.skipped.unanswered), (1, 1));
+    assert_eq!(parse(&doc, NOW, 30.0, false).unwrap().samples.len(), 3);
 }

@@ -24,10 +24,12 @@ usage:
                   [--once] [--stale-after SECS] [--monitor-id ID] [--workers N]
                   [--metrics-listen ADDR:PORT] [MEMCACHED]
   pdns-ha observe --db PATH --target NAME [--kamailio URL] [--tcp-ports P,P...]
-                  [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
+                  [--freeswitch HOST:PORT [--freeswitch-password-file FILE]
+                  [--freeswitch-caller-header NAME]] [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
                   [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
                   round trips the server NAME sees (registrar keepalives from ul.dump,
-                  the kernel's TCP RTT on its SIP ports) as latency per known network
+                  the kernel's TCP RTT on its SIP ports, FreeSWITCH's RTCP round trips
+                  of calls) as latency per known network
   pdns-ha metric latency --db PATH --network CIDR|'*' --target NAME --ms FLOAT
   pdns-ha metric load    --db PATH --target NAME --sessions N [--max N]
   pdns-ha metric health  --db PATH --target NAME up|down
@@ -372,6 +374,9 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
             "target",
             "kamailio",
             "tcp-ports",
+            "freeswitch",
+            "freeswitch-password-file",
+            "freeswitch-caller-header",
             "interval",
             "timeout",
             "max-age",
@@ -399,8 +404,22 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
             .collect::<Result<_, _>>()?,
     };
     let kamailio = f.get("kamailio").map(str::to_owned);
-    if kamailio.is_none() && tcp_ports.is_empty() {
-        return Err("observe needs a source: --kamailio URL and/or --tcp-ports P,P...".into());
+    let freeswitch = match f.get("freeswitch") {
+        Some(addr) => Some(crate::observe::freeswitch::Endpoint::new(
+            addr,
+            f.get("freeswitch-password-file").map(std::path::Path::new),
+            f.get("freeswitch-caller-header"),
+        )?),
+        None if f.has("freeswitch-password-file") || f.has("freeswitch-caller-header") => {
+            return Err("--freeswitch-password-file and --freeswitch-caller-header need --freeswitch HOST:PORT".into())
+        }
+        None => None,
+    };
+    if kamailio.is_none() && tcp_ports.is_empty() && freeswitch.is_none() {
+        return Err(
+            "observe needs a source: --kamailio URL, --tcp-ports P,P... and/or --freeswitch HOST:PORT"
+                .into(),
+        );
     }
     Ok(Command::Observe(ObserveOptions {
         db: f.db()?,
@@ -409,6 +428,7 @@ fn parse_observe(args: &[String]) -> Result<Command, String> {
             .to_owned(),
         kamailio,
         tcp_ports,
+        freeswitch,
         interval: f.secs("interval", 30)?,
         timeout: Duration::from_millis(u64::from(count("timeout", 5000)?)),
         max_age: f.secs("max-age", 180)?,

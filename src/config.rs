@@ -92,6 +92,8 @@ pub struct ObserveOptions {
     pub kamailio: Option<String>,
     /// Local ports whose established TCP connections are read (the kernel's RTT).
     pub tcp_ports: Vec<u16>,
+    /// `--freeswitch HOST:PORT` (RTCP round trips of calls), its password and caller header.
+    pub freeswitch: Option<crate::observe::freeswitch::Endpoint>,
     pub interval: Secs,
     /// For the JSON-RPC call: `ul.dump` of 10,000 contacts takes Kamailio seconds.
     pub timeout: Duration,

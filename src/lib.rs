@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod esl_wire;
 pub mod dns;
 pub mod files;
 pub mod monitor;

@@ -14,6 +14,7 @@
 //! touched.
 
 pub mod aggregate;
+pub mod freeswitch;
 pub mod keepalive;
 pub mod openmetrics;
 pub mod tcp_rtt;
@@ -44,10 +45,18 @@ pub fn run(opts: &ObserveOptions) -> Result<(), String> {
         crate::monitor::openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
     }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
+    // Calls arrive as events: the listener gathers them between rounds, and the first
+    // round (the only one with --once) comes after one interval of listening.
+    let calls = opts.freeswitch.as_ref().map(|_| Arc::new(Mutex::new(freeswitch::Calls::default())));
+    if let (Some(src), Some(calls)) = (&opts.freeswitch, &calls) {
+        freeswitch::spawn(&target, src.clone(), Arc::clone(calls))?;
+        thread::sleep(interval);
+    }
     loop {
         let start = Instant::now();
         let mut figs = Round::default();
-        let result = round(&w, &target, opts, &mut reported, &mut figs);
+        let calls = calls.as_deref();
+        let result = round(&w, &target, opts, &mut reported, &mut figs, calls);
         if let Ok(mut f) = figures.lock() {
             f.add_round(figs, start.elapsed().as_secs_f64());
         }
@@ -72,6 +81,7 @@ fn round(
     opts: &ObserveOptions,
     reported: &mut Reported,
     figs: &mut Round,
+    calls: Option<&Mutex<freeswitch::Calls>>,
 ) -> Result<(), String> {
     let started = Instant::now();
     // Read every round: an operator's new network applies without a restart.
@@ -89,6 +99,7 @@ fn round(
         min_callers: opts.min_callers as usize,
         ..Policy::default()
     };
+    let calls = calls.map(|c| freeswitch::round(w, target, &networks, &policy, c, figs));
     let (figures, dropped) = aggregate(
         &samples,
         |ip| networks.network_for(Subnet::host(ip)).map(|n| &*n.cidr),
@@ -157,7 +168,7 @@ fn round(
         figures.len(),
         started.elapsed()
     );
-    Ok(())
+    calls.unwrap_or(Ok(()))
 }
 
 /// Every source's round trips; a source that fails adds none and is reported.

@@ -1,0 +1,1 @@
+//! Tests for the Event Socket framing: bytes in, frames and headers out.

@@ -1,0 +1,1 @@
+//! Tests for the FreeSWITCH call source: events in, calls and figures out.

@@ -79,7 +79,10 @@ impl Frame {
 pub enum Next {
     Frame(Frame),
     /// A message whose body was longer than the reader keeps: read past, not kept.
-    Oversized { content_type: String, len: usize },
+    Oversized {
+        content_type: String,
+        len: usize,
+    },
 }
 
 /// Why the stream cannot go on; after any of these the connection is done.
@@ -182,10 +185,7 @@ impl<R: Read> Reader<R> {
             return Ok(Next::Frame(frame));
         };
         let len: u64 = len.parse().map_err(|_| {
-            WireError::Malformed(format!(
-                "content-length \"{}\"",
-                crate::text::shown(len)
-            ))
+            WireError::Malformed(format!("content-length \"{}\"", crate::text::shown(len)))
         })?;
         if len > self.skip {
             return Err(WireError::TooBig(len));
@@ -284,7 +284,12 @@ pub fn each_header<'a>(format: Format, body: &'a [u8], f: impl FnMut(&'a str, Ra
     // Header names are ASCII; a body that is not UTF-8 gets nothing past the bad byte.
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
-        Err(e) => std::str::from_utf8(&body[..e.valid_up_to()]).unwrap_or(""),
+        Err(e) => {
+            // Up to the last whole line before the bad byte.
+            let valid = &body[..e.valid_up_to()];
+            let end = valid.iter().rposition(|&c| c == b'\n').unwrap_or(0);
+            std::str::from_utf8(&valid[..end]).unwrap_or("")
+        }
     };
     match format {
         Format::Plain => each_plain(text, f),
@@ -403,7 +408,11 @@ pub fn url_decode(s: &str) -> Cow<'_, str> {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(hi), Some(lo)) => {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;

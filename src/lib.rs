@@ -22,8 +22,8 @@
 
 pub mod cli;
 pub mod config;
-pub mod esl_wire;
 pub mod dns;
+pub mod esl_wire;
 pub mod files;
 pub mod monitor;
 pub mod observe;

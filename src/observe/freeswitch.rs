@@ -101,7 +101,11 @@ impl Endpoint {
     /// The source `--freeswitch`, `--freeswitch-password-file` and
     /// `--freeswitch-caller-header` describe. The password is the file's first line without
     /// its line end, as `echo secret > file` writes it and FreeSWITCH compares it.
-    pub fn new(addr: &str, password_file: Option<&Path>, header: Option<&str>) -> Result<Self, String> {
+    pub fn new(
+        addr: &str,
+        password_file: Option<&Path>,
+        header: Option<&str>,
+    ) -> Result<Self, String> {
         let password = match password_file {
             None => DEFAULT_PASSWORD.to_owned(),
             Some(p) => {
@@ -128,7 +132,11 @@ impl Endpoint {
         };
         let caller_variable = match header {
             None => None,
-            Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+            Some(h)
+                if !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
                 Some(format!("variable_sip_h_{h}"))
             }
             Some(h) => {
@@ -186,30 +194,32 @@ pub fn parse<'a>(format: Format, body: &'a [u8], caller_variable: Option<&str>) 
     let (mut header_ip, mut audio_ip, mut media_ip) = (None, None, None);
     let mut auto_adjust = false;
     let mut mos = None;
-    each_header(format, body, |n: &'a str, v: Raw<'a>| {
-        match n {
-            "Event-Name" if name.is_none() => name = Some(v.decode()),
-            "Unique-ID" if uuid.is_none() => uuid = Some(v.decode()),
-            "RTP-Rate" => rate = v.decode().parse().ok(),
-            "variable_remote_audio_ip" => audio_ip = Some(v.decode()),
-            "variable_remote_media_ip" => media_ip = Some(v.decode()),
-            "variable_rtp_auto_adjust_audio" => auto_adjust = v.decode() == "true",
-            "variable_rtp_audio_in_mos" => {
-                mos = v.decode().parse::<f64>().ok().filter(|m| (1.0..=5.0).contains(m))
-            }
-            n if caller_variable.is_some_and(|c| c.eq_ignore_ascii_case(n)) => {
-                header_ip = Some(v.decode())
-            }
-            n => {
-                if let Some((i, field)) = block_field(n) {
-                    let b = &mut blocks[i];
-                    let v = v.decode();
-                    match field {
-                        Field::Ssrc => b.ssrc = u32::from_str_radix(&v, 16).ok(),
-                        Field::Fraction => b.fraction = v.parse().ok(),
-                        Field::Rtt => {
-                            b.rtt_s = v.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0)
-                        }
+    each_header(format, body, |n: &'a str, v: Raw<'a>| match n {
+        "Event-Name" if name.is_none() => name = Some(v.decode()),
+        "Unique-ID" if uuid.is_none() => uuid = Some(v.decode()),
+        "RTP-Rate" => rate = v.decode().parse().ok(),
+        "variable_remote_audio_ip" => audio_ip = Some(v.decode()),
+        "variable_remote_media_ip" => media_ip = Some(v.decode()),
+        "variable_rtp_auto_adjust_audio" => auto_adjust = v.decode() == "true",
+        "variable_rtp_audio_in_mos" => {
+            mos = v
+                .decode()
+                .parse::<f64>()
+                .ok()
+                .filter(|m| (1.0..=5.0).contains(m))
+        }
+        n if caller_variable.is_some_and(|c| c.eq_ignore_ascii_case(n)) => {
+            header_ip = Some(v.decode())
+        }
+        n => {
+            if let Some((i, field)) = block_field(n) {
+                let b = &mut blocks[i];
+                let v = v.decode();
+                match field {
+                    Field::Ssrc => b.ssrc = u32::from_str_radix(&v, 16).ok(),
+                    Field::Fraction => b.fraction = v.parse().ok(),
+                    Field::Rtt => {
+                        b.rtt_s = v.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0)
                     }
                 }
             }
@@ -226,7 +236,10 @@ pub fn parse<'a>(format: Format, body: &'a [u8], caller_variable: Option<&str>) 
         "CHANNEL_HANGUP_COMPLETE" => {
             let latched = audio_ip.filter(|_| auto_adjust);
             let nonempty = |v: &Option<Cow<str>>| v.as_ref().is_some_and(|s| !s.trim().is_empty());
-            let caller = [header_ip, latched, media_ip].into_iter().find(|v| nonempty(v)).flatten();
+            let caller = [header_ip, latched, media_ip]
+                .into_iter()
+                .find(|v| nonempty(v))
+                .flatten();
             Event::Hangup { uuid, caller, mos }
         }
         _ => Event::Other,
@@ -241,7 +254,11 @@ enum Field {
 
 /// `Source<i>-SSRC`, `Source<i>-Fraction`, `Rtt<i>-Avg` with `i` below [`MAX_BLOCKS`].
 fn block_field(name: &str) -> Option<(usize, Field)> {
-    let index = |s: &str| s.parse::<usize>().ok().filter(|&i| i < MAX_BLOCKS && s.len() == 1);
+    let index = |s: &str| {
+        s.parse::<usize>()
+            .ok()
+            .filter(|&i| i < MAX_BLOCKS && s.len() == 1)
+    };
     if let Some(rest) = name.strip_prefix("Source") {
         let (i, field) = rest.split_once('-')?;
         let field = match field {
@@ -433,7 +450,10 @@ impl Calls {
 /// An address as FreeSWITCH writes it (`198.51.100.23`, `2001:db8::1`, maybe bracketed).
 fn address(s: &str) -> Option<IpAddr> {
     let s = s.trim();
-    let s = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+    let s = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
     s.parse().ok()
 }
 
@@ -465,7 +485,12 @@ fn listen(target: &str, src: &Endpoint, calls: &Mutex<Calls>) {
         }
         // One line per problem until it changes, as the other sources do.
         if said.as_deref() != Some(&why) {
-            warn!("{}: freeswitch {}: {}; retrying", shown(target), shown(&src.addr), why);
+            warn!(
+                "{}: freeswitch {}: {}; retrying",
+                shown(target),
+                shown(&src.addr),
+                why
+            );
             said = Some(why);
         }
         thread::sleep(backoff);
@@ -543,7 +568,9 @@ fn session(src: &Endpoint, calls: &Mutex<Calls>, subscribed: &mut bool) -> Sessi
         }
     };
     let send = |r: &mut Reader<TcpStream>, text: &str| {
-        r.get_mut().write_all(text.as_bytes()).map_err(|e| down("sending", &e))
+        r.get_mut()
+            .write_all(text.as_bytes())
+            .map_err(|e| down("sending", &e))
     };
     let handshake = (|| {
         expect(&mut r, "auth/request")?;
@@ -557,7 +584,10 @@ fn session(src: &Endpoint, calls: &Mutex<Calls>, subscribed: &mut bool) -> Sessi
                 )))
             }
         }
-        send(&mut r, "event plain CHANNEL_HANGUP_COMPLETE RECV_RTCP_MESSAGE\n\n")?;
+        send(
+            &mut r,
+            "event plain CHANNEL_HANGUP_COMPLETE RECV_RTCP_MESSAGE\n\n",
+        )?;
         match expect(&mut r, "command/reply")? {
             ok if ok.starts_with("+OK") => Ok(()),
             other => Err(SessionEnd::Down(format!(
@@ -734,20 +764,31 @@ pub(super) fn round(
         );
         figs.calls.entry(net.clone()).or_default().callers = *callers;
     }
-    figs.samples.insert(super::openmetrics::FREESWITCH, done.len() as u64);
+    figs.samples
+        .insert(super::openmetrics::FREESWITCH, done.len() as u64);
     let stored = w
         .transaction(|w| {
             let mut stored = Vec::with_capacity(nets.len());
             for (n, q) in nets.iter().zip(&quality) {
                 let callers = u32::try_from(n.callers).unwrap_or(u32::MAX);
-                stored.push(w.latency(&n.network, target, Source::Freeswitch, n.ms, Some(callers))?);
+                stored.push(w.latency(
+                    &n.network,
+                    target,
+                    Source::Freeswitch,
+                    n.ms,
+                    Some(callers),
+                )?);
                 w.quality(&n.network, target, q.mos, q.loss, (q.callers, q.calls))?;
             }
             Ok(stored)
         })
-        .map_err(|e| match e.contains("CHECK constraint failed") || e.contains("no such table") {
-            true => format!("{e} (a database from before --freeswitch: run pdns-ha init on it)"),
-            false => e,
+        .map_err(|e| {
+            match e.contains("CHECK constraint failed") || e.contains("no such table") {
+                true => {
+                    format!("{e} (a database from before --freeswitch: run pdns-ha init on it)")
+                }
+                false => e,
+            }
         })?;
     for ((n, q), l) in nets.iter().zip(&quality).zip(stored) {
         info!(

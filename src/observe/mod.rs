@@ -47,7 +47,10 @@ pub fn run(opts: &ObserveOptions) -> Result<(), String> {
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     // Calls arrive as events: the listener gathers them between rounds, and the first
     // round (the only one with --once) comes after one interval of listening.
-    let calls = opts.freeswitch.as_ref().map(|_| Arc::new(Mutex::new(freeswitch::Calls::default())));
+    let calls = opts
+        .freeswitch
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(freeswitch::Calls::default())));
     if let (Some(src), Some(calls)) = (&opts.freeswitch, &calls) {
         freeswitch::spawn(&target, src.clone(), Arc::clone(calls))?;
         thread::sleep(interval);

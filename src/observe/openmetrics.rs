@@ -388,14 +388,23 @@ fn render_calls(
         }
     }
     let c = &l.counts;
-    family(out, fmt, FS_EVENTS, "counter", "Event Socket events read, by kind; oversized ones are read past.");
+    family(
+        out,
+        fmt,
+        FS_EVENTS,
+        "counter",
+        "Event Socket events read, by kind; oversized ones are read past.",
+    );
     for (kind, n) in [
         ("rtcp", c.rtcp),
         ("video_rtcp", c.video),
         ("hangup", c.hangups),
         ("oversized", c.oversized),
     ] {
-        let _ = writeln!(out, "{FS_EVENTS}_total{{target=\"{target}\",kind=\"{kind}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "{FS_EVENTS}_total{{target=\"{target}\",kind=\"{kind}\"}} {n}"
+        );
     }
     family(out, fmt, FS_CALLS, "counter", "Calls by what became of them: measured (a round trip and an address), no_rtt, no_caller, evicted (in flight past the cap), dropped (a round's cap).");
     for (outcome, n) in [
@@ -405,15 +414,48 @@ fn render_calls(
         ("evicted", c.evicted),
         ("dropped", c.done_dropped),
     ] {
-        let _ = writeln!(out, "{FS_CALLS}_total{{target=\"{target}\",outcome=\"{outcome}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "{FS_CALLS}_total{{target=\"{target}\",outcome=\"{outcome}\"}} {n}"
+        );
     }
-    family(out, fmt, FS_IN_FLIGHT, "gauge", "Calls with RTCP reports and no hangup yet.");
+    family(
+        out,
+        fmt,
+        FS_IN_FLIGHT,
+        "gauge",
+        "Calls with RTCP reports and no hangup yet.",
+    );
     let _ = writeln!(out, "{FS_IN_FLIGHT}{{target=\"{target}\"}} {}", l.in_flight);
-    family(out, fmt, FS_CONNECTED, "gauge", "1 while subscribed to the Event Socket.");
-    let _ = writeln!(out, "{FS_CONNECTED}{{target=\"{target}\"}} {}", u8::from(l.connected));
-    family(out, fmt, FS_CONNECTS, "counter", "Event Socket subscriptions made, and connections that ended on broken framing.");
-    let _ = writeln!(out, "{FS_CONNECTS}_total{{target=\"{target}\",result=\"subscribed\"}} {}", c.connects);
-    let _ = writeln!(out, "{FS_CONNECTS}_total{{target=\"{target}\",result=\"broken_stream\"}} {}", c.malformed);
+    family(
+        out,
+        fmt,
+        FS_CONNECTED,
+        "gauge",
+        "1 while subscribed to the Event Socket.",
+    );
+    let _ = writeln!(
+        out,
+        "{FS_CONNECTED}{{target=\"{target}\"}} {}",
+        u8::from(l.connected)
+    );
+    family(
+        out,
+        fmt,
+        FS_CONNECTS,
+        "counter",
+        "Event Socket subscriptions made, and connections that ended on broken framing.",
+    );
+    let _ = writeln!(
+        out,
+        "{FS_CONNECTS}_total{{target=\"{target}\",result=\"subscribed\"}} {}",
+        c.connects
+    );
+    let _ = writeln!(
+        out,
+        "{FS_CONNECTS}_total{{target=\"{target}\",result=\"broken_stream\"}} {}",
+        c.malformed
+    );
 }
 
 #[cfg(test)]

@@ -232,6 +232,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kept, (9.0, 4));
-        assert!(columns(&conn, "ha_quality").unwrap().contains(&"mos".to_owned()));
+        assert!(columns(&conn, "ha_quality")
+            .unwrap()
+            .contains(&"mos".to_owned()));
     }
 }

@@ -6,6 +6,7 @@ mod e2e;
 mod esl;
 mod esl_standin;
 mod faults;
+mod freeswitch;
 mod golden;
 mod health;
 mod kamailio;

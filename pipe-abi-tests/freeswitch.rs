@@ -449,3 +449,225 @@ fn observe_freeswitch_montreal_and_vancouver_end_to_end() {
     );
     eprintln!("after the swap: {:?}", rows(&db));
 }
+
+/// What a hostile Event Socket sends after three good calls.
+#[derive(Debug, Clone, Copy)]
+enum Hostile {
+    /// An event announcing a gibibyte of body.
+    Gigabyte,
+    /// A header line that never ends.
+    EndlessHeader,
+    /// An event one byte at a time, never finished within the round.
+    Drip,
+}
+
+#[test]
+fn hostile_event_sockets_cost_bounded_time_and_the_round_is_written() {
+    for hostile in [Hostile::Gigabyte, Hostile::EndlessHeader, Hostile::Drip] {
+        let scratch = TempDir::new("freeswitch-hostile");
+        let dir = scratch.path();
+        let db = database(dir);
+        let fs = Arc::new(esl_standin::start(Config::default()));
+        let addr = fs.addr().to_string();
+        let started = Instant::now();
+        let mut obs = Observer::start(
+            &db,
+            dir.join("observe.log"),
+            &[
+                "--target",
+                "sip7.example.com",
+                "--freeswitch",
+                &addr,
+                "--interval",
+                "4",
+                "--once",
+            ],
+        );
+        subscribed(&fs, 1, || obs.log());
+        let mut good = Vec::new();
+        for (i, phone) in ["127.1.0.11", "127.1.0.12", "127.1.0.13"]
+            .iter()
+            .enumerate()
+        {
+            good.extend(call(phone, 10.0 + i as f64, 0));
+        }
+        fs.emit(&good);
+        // The hostile part, sent until observe is done with it (every reconnection gets it
+        // again).
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fs2, stop2) = (Arc::clone(&fs), Arc::clone(&stop));
+        let bully = thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop2.load(Ordering::SeqCst) {
+                match hostile {
+                    Hostile::Gigabyte => {
+                        fs2.emit_raw(
+                            b"Content-Length: 1073741824\nContent-Type: text/event-plain\n\n",
+                        );
+                        fs2.emit_raw(&[b'x'; 65536]);
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    Hostile::EndlessHeader => {
+                        // At most 64 MiB in all, whatever observe does with it.
+                        if sent < 64 << 20 && fs2.emit_raw(&[b'A'; 65536]) > 0 {
+                            sent += 65536;
+                        } else {
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    Hostile::Drip => {
+                        let e = call("127.1.0.14", 5.0, 0)[0].plain();
+                        for b in e.as_bytes() {
+                            if stop2.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            fs2.emit_raw(std::slice::from_ref(b));
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            }
+        });
+        let status = obs.wait(Duration::from_secs(60));
+        stop.store(true, Ordering::SeqCst);
+        bully.join().unwrap();
+        let log = obs.log();
+        eprintln!("--- {hostile:?}: {:?}\n{log}", started.elapsed());
+        assert!(status.is_some_and(|s| s.success()), "{hostile:?}: {log}");
+        assert_eq!(
+            rows(&db),
+            [("127.1.0.0/16".into(), "sip7.example.com".into(), 11.0, 3)],
+            "{hostile:?}: the round is written from the calls that came whole\n{log}"
+        );
+        let said = match hostile {
+            Hostile::Gigabyte => "content-length 1073741824 is no event",
+            Hostile::EndlessHeader => "header block longer than",
+            // The dripped call never came whole: the three before it are the round.
+            Hostile::Drip => "freeswitch: 3 measured calls ended",
+        };
+        assert!(log.contains(said), "{hostile:?}: {log}");
+    }
+}
+
+/// One HTTP/1.0 GET of `/metrics`; the body.
+fn metrics(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut got = String::new();
+    s.read_to_string(&mut got).ok()?;
+    Some(got.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_hundred_thousand_calls_in_flight_stay_capped_and_exported() {
+    let scratch = TempDir::new("freeswitch-flood");
+    let dir = scratch.path();
+    let db = database(dir);
+    let fs = esl_standin::start(Config::default());
+    let addr = fs.addr().to_string();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let obs = Observer::start(
+        &db,
+        dir.join("observe.log"),
+        &[
+            "--target",
+            "sip7.example.com",
+            "--freeswitch",
+            &addr,
+            "--interval",
+            "1",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    subscribed(&fs, 1, || obs.log());
+    // 100,000 calls that report and never hang up, in batches, then three that do.
+    for batch in 0..100u64 {
+        let events: Vec<esl_standin::Event> = (0..1000u64)
+            .map(|i| {
+                let uuid = format!("10000000-0000-4000-8000-{:012x}", batch * 1000 + i);
+                Rtcp::of(&uuid, 1, 0.05, 0).event()
+            })
+            .collect();
+        assert_eq!(fs.emit(&events), 1, "{}", obs.log());
+    }
+    let mut good = Vec::new();
+    for phone in ["127.1.0.11", "127.1.0.12", "127.1.0.13"] {
+        good.extend(call(phone, 30.0, 0));
+    }
+    fs.emit(&good);
+    let body = poll(Duration::from_secs(120), || {
+        let m = metrics(&listen)?;
+        let done = value(&m, "pdns_ha_observe_freeswitch_calls_total{target=\"sip7.example.com\",outcome=\"measured\"}");
+        (done == Some(3.0) && !rows(&db).is_empty()).then_some(m)
+    });
+    let peak = obs.peak_kb();
+    let body = body.unwrap_or_else(|| panic!("{:?}\n{}", metrics(&listen), obs.log()));
+    eprintln!("{body}\npeak resident {peak:?} kB");
+    let series = |name: &str, label: &str| {
+        let labels = match label {
+            "" => "target=\"sip7.example.com\"".to_owned(),
+            l => format!("target=\"sip7.example.com\",{l}"),
+        };
+        value(&body, &format!("{name}{{{labels}}}"))
+    };
+    // The cap is 50,000: the oldest 50,000 went, then one more for the first measured call;
+    // each hangup freed the place the next call took.
+    assert_eq!(
+        series(
+            "pdns_ha_observe_freeswitch_calls_total",
+            "outcome=\"evicted\""
+        ),
+        Some(50_001.0)
+    );
+    assert_eq!(
+        series("pdns_ha_observe_freeswitch_calls_in_flight", ""),
+        Some(49_999.0)
+    );
+    assert_eq!(
+        series("pdns_ha_observe_freeswitch_events_total", "kind=\"rtcp\""),
+        Some(100_006.0)
+    );
+    assert_eq!(
+        series("pdns_ha_observe_freeswitch_connected", ""),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            "pdns_ha_observe_call_round_latency_seconds",
+            "network=\"127.1.0.0/16\""
+        ),
+        Some(0.03)
+    );
+    assert_eq!(
+        series("pdns_ha_observe_call_mos", "network=\"127.1.0.0/16\""),
+        Some(4.49)
+    );
+    assert_eq!(
+        series(
+            "pdns_ha_target_latency_seconds",
+            "network=\"127.1.0.0/16\",source=\"freeswitch\""
+        ),
+        Some(0.03)
+    );
+    assert_eq!(
+        rows(&db),
+        [("127.1.0.0/16".into(), "sip7.example.com".into(), 30.0, 3)]
+    );
+    // Bounded: a debug build holding 50,000 calls, far under what 100,000 unbounded would
+    // take with their event bodies.
+    assert!(peak.is_some_and(|kb| kb < 256 * 1024), "peak {peak:?} kB");
+    if require("promtool") {
+        crate::openmetrics::promtool_check(&body);
+    }
+}

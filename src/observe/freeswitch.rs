@@ -740,7 +740,9 @@ pub(super) fn round(
     );
     let c = listener.counts;
     info!(
-        "{target}: freeswitch: {} measured calls ended ({} in flight, {} rtcp reports,          {} hangups, {} without a round trip, {} without an address, {} evicted, {} oversized          events so far)",
+        "{target}: freeswitch: {} measured calls ended ({} in flight; so far {} rtcp reports, \
+         {} hangups, {} without a round trip, {} without an address, {} evicted, \
+         {} oversized events)",
         done.len(),
         listener.in_flight,
         c.rtcp,

@@ -165,12 +165,14 @@ fn round(
             f.network, f.ms, f.callers, f.samples
         );
     }
-    info!(
-        "{target}: {} samples, {} networks written in {:.0?}",
-        samples.len(),
-        figures.len(),
-        started.elapsed()
-    );
+    if opts.kamailio.is_some() || !opts.tcp_ports.is_empty() {
+        info!(
+            "{target}: {} samples, {} networks written in {:.0?}",
+            samples.len(),
+            figures.len(),
+            started.elapsed()
+        );
+    }
     calls.unwrap_or(Ok(()))
 }
 

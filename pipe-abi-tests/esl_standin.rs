@@ -648,7 +648,7 @@ pub fn url_encode(s: &str) -> String {
         let escaped = c == b'%'
             && b.get(i + 1).is_some_and(|x| HEX.contains(x))
             && b.get(i + 2).is_some_and(|x| HEX.contains(x));
-        if escaped || !(c < 0x20 || c > 0x7e || UNSAFE.contains(&c)) {
+        if escaped || ((0x20..=0x7e).contains(&c) && !UNSAFE.contains(&c)) {
             out.push(c as char);
         } else {
             out += &format!("%{c:02X}");

@@ -288,7 +288,7 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         rows.push(vec![shown(name), health, load, latency, source]);
     }
     let mut out = table(&rows);
-    quality(&conn, &metrics, &stale, &mut out);
+    quality(&conn, metrics, &stale, &mut out);
     let mut names: Vec<String> = metrics
         .networks()
         .iter()

@@ -671,3 +671,66 @@ fn a_hundred_thousand_calls_in_flight_stay_capped_and_exported() {
         crate::openmetrics::promtool_check(&body);
     }
 }
+
+#[test]
+fn calls_in_flight_outlive_a_reconnection_and_an_oversized_event() {
+    let scratch = TempDir::new("freeswitch-reconnect");
+    let dir = scratch.path();
+    let db = database(dir);
+    let fs = esl_standin::start(Config::default());
+    let addr = fs.addr().to_string();
+    let obs = Observer::start(
+        &db,
+        dir.join("observe.log"),
+        &[
+            "--target",
+            "sip7.example.com",
+            "--freeswitch",
+            &addr,
+            "--interval",
+            "1",
+        ],
+    );
+    subscribed(&fs, 1, || obs.log());
+    let phones = ["127.1.0.11", "127.1.0.12", "127.1.0.13"];
+    let uuid = |i: usize| format!("00000000-0000-4000-a000-{i:012x}");
+    let reports: Vec<esl_standin::Event> = (0..3)
+        .map(|i| Rtcp::of(&uuid(i), i as u64, 0.025, 0).event())
+        .collect();
+    assert_eq!(fs.emit(&reports), 1);
+    // FreeSWITCH restarts its Event Socket listener: observe comes back on its own.
+    let before = fs.accepted();
+    thread::sleep(Duration::from_millis(300));
+    fs.drop_subscribers();
+    let back = poll(Duration::from_secs(30), || {
+        (fs.accepted() > before && fs.subscribed() == 1).then_some(())
+    });
+    assert!(back.is_some(), "no new subscription\n{}", obs.log());
+    // An event of 2 MiB, longer than observe keeps: read past, the stream goes on.
+    let mut big = Hangup::of(&uuid(99), 99, "127.1.0.99", 99, true).event();
+    big.0.push(("variable_huge".into(), "x".repeat(2 << 20)));
+    let mut events = vec![big];
+    events.extend((0..3).map(|i| Hangup::of(&uuid(i), 10 + i as u64, phones[i], 99, true).event()));
+    assert_eq!(fs.emit(&events), 1);
+    let got = poll(Duration::from_secs(30), || {
+        let r = rows(&db);
+        (!r.is_empty()).then_some(r)
+    });
+    let log = obs.log();
+    assert_eq!(
+        got,
+        Some(vec![(
+            "127.1.0.0/16".into(),
+            "sip7.example.com".into(),
+            25.0,
+            3
+        )]),
+        "{log}"
+    );
+    let last = poll(Duration::from_secs(10), || {
+        let log = obs.log();
+        log.contains("1 oversized events").then_some(log)
+    });
+    assert!(last.is_some(), "{}", obs.log());
+    assert_eq!(obs.log().matches("subscribed to call events").count(), 2);
+}

@@ -689,18 +689,25 @@ pub fn figures<'n>(
         })
         .collect();
     let (nets, dropped) = aggregate(&samples, &network_of, policy);
+    // One lookup per call, grouped by network: thousands of networks cost no more.
+    let mut by_network: HashMap<&str, Vec<&Done>> = HashMap::new();
+    for d in done {
+        if d.rtt_ms > 0.0 && d.rtt_ms <= policy.max_ms {
+            if let Some(net) = network_of(canonical(d.caller)) {
+                by_network.entry(net).or_default().push(d);
+            }
+        }
+    }
     let quality = nets
         .iter()
         .map(|n| {
-            let mine: Vec<&Done> = done
-                .iter()
-                .filter(|d| network_of(canonical(d.caller)) == Some(&n.network))
-                .filter(|d| d.rtt_ms > 0.0 && d.rtt_ms <= policy.max_ms)
-                .collect();
+            let mine = by_network
+                .get(n.network.as_str())
+                .map_or(&[][..], Vec::as_slice);
             Quality {
                 network: n.network.clone(),
-                mos: median_of_callers(&mine, |d| d.mos),
-                loss: median_of_callers(&mine, |d| d.loss),
+                mos: median_of_callers(mine, |d| d.mos),
+                loss: median_of_callers(mine, |d| d.loss),
                 callers: n.callers,
                 calls: mine.len(),
             }

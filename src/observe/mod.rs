@@ -1,6 +1,9 @@
 //! `pdns-ha observe`: round-trip times that a SIP server already sees, turned into latency
-//! per known client network. One file per source (registrar keepalives, kernel TCP RTT) and
-//! one for the statistics that group callers into networks.
+//! per known client network. One file per source (registrar keepalives, kernel TCP RTT,
+//! FreeSWITCH's RTCP round trips of calls) and one for the statistics that group callers
+//! into networks. Calls arrive as events, so [`freeswitch`] listens on a thread of its own
+//! and each round takes the calls that ended since the last; they are written as source
+//! `freeswitch`, apart from the others, with the calls' MOS and loss beside them.
 //!
 //! It runs on or beside one SIP server, named by `--target` (its `ha_targets` row). Each
 //! round reads every source, pools the round trips (a caller seen by both sources counts

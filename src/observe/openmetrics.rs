@@ -366,12 +366,12 @@ fn render_calls(
         ),
         (
             CALL_MOS,
-            "Median over callers of each caller's median MOS (FreeSWITCH's variable_rtp_audio_in_mos, 1 to 4.5) in the last round with a figure.",
+            "Median over callers of each caller's median MOS (FreeSWITCH's variable_rtp_audio_in_mos, 1 to 4.5) in the last round; absent when too few callers.",
             |c| c.mos,
         ),
         (
             CALL_LOSS,
-            "Median over callers of each caller's median RTCP fraction lost (0 to 1) in the last round with a figure.",
+            "Median over callers of each caller's median RTCP fraction lost (0 to 1) in the last round; absent when too few callers.",
             |c| c.loss,
         ),
     ];
@@ -568,6 +568,104 @@ pdns_ha_round_duration_seconds 0.25
         f.add_round(r, 0.1);
         assert!(f.networks.is_empty());
         assert!(!render(&f, 1000.0, Format::PrometheusText).contains("network="));
+    }
+
+    #[test]
+    fn freeswitch_families_render_exactly() {
+        let mut f = Figures::new("media1.example.com");
+        let mut r = Round::default();
+        r.calls.insert(
+            "192.0.2.0/24".into(),
+            CallFigures {
+                callers: 3,
+                calls: 7,
+                round_ms: Some(42.5),
+                mos: Some(4.49),
+                loss: Some(0.0125),
+                stored: Some(latency(40.0, 995.0)),
+            },
+        );
+        // Too few callers: only the count.
+        r.calls.insert(
+            "198.51.100.0/24".into(),
+            CallFigures {
+                callers: 1,
+                ..CallFigures::default()
+            },
+        );
+        let mut counts = crate::observe::freeswitch::Counts {
+            rtcp: 120,
+            hangups: 9,
+            measured: 8,
+            no_rtt: 1,
+            connects: 2,
+            ..Default::default()
+        };
+        counts.video = 4;
+        r.freeswitch = Some(Listener {
+            counts,
+            in_flight: 11,
+            connected: true,
+        });
+        f.add_round(r, 0.1);
+        let got = render(&f, 1000.0, Format::OpenMetrics);
+        for line in [
+            r#"pdns_ha_target_latency_seconds{target="media1.example.com",network="192.0.2.0/24",source="freeswitch"} 0.04"#,
+            r#"pdns_ha_latency_age_seconds{target="media1.example.com",network="192.0.2.0/24",source="freeswitch"} 5"#,
+        ] {
+            assert!(got.contains(&format!("{line}\n")), "{line}\n{got}");
+        }
+        let start = got
+            .find("# TYPE pdns_ha_observe_call_round_latency_seconds")
+            .unwrap();
+        let end = got.find("# TYPE pdns_ha_rounds counter").unwrap();
+        let want = r#"# TYPE pdns_ha_observe_call_round_latency_seconds gauge
+# UNIT pdns_ha_observe_call_round_latency_seconds seconds
+# HELP pdns_ha_observe_call_round_latency_seconds Median over callers of each caller's median RTCP round trip of the calls that ended in the last round, the sample written as source freeswitch; absent when too few callers.
+pdns_ha_observe_call_round_latency_seconds{target="media1.example.com",network="192.0.2.0/24"} 0.0425
+# TYPE pdns_ha_observe_call_callers gauge
+# HELP pdns_ha_observe_call_callers Distinct caller addresses with a measured call that ended in the last round.
+pdns_ha_observe_call_callers{target="media1.example.com",network="192.0.2.0/24"} 3
+pdns_ha_observe_call_callers{target="media1.example.com",network="198.51.100.0/24"} 1
+# TYPE pdns_ha_observe_call_round_calls gauge
+# HELP pdns_ha_observe_call_round_calls Measured calls behind the last round's figures.
+pdns_ha_observe_call_round_calls{target="media1.example.com",network="192.0.2.0/24"} 7
+# TYPE pdns_ha_observe_call_mos gauge
+# HELP pdns_ha_observe_call_mos Median over callers of each caller's median MOS (FreeSWITCH's variable_rtp_audio_in_mos, 1 to 4.5) in the last round; absent when too few callers.
+pdns_ha_observe_call_mos{target="media1.example.com",network="192.0.2.0/24"} 4.49
+# TYPE pdns_ha_observe_call_loss_ratio gauge
+# HELP pdns_ha_observe_call_loss_ratio Median over callers of each caller's median RTCP fraction lost (0 to 1) in the last round; absent when too few callers.
+pdns_ha_observe_call_loss_ratio{target="media1.example.com",network="192.0.2.0/24"} 0.0125
+# TYPE pdns_ha_observe_freeswitch_events counter
+# HELP pdns_ha_observe_freeswitch_events Event Socket events read, by kind; oversized ones are read past.
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="rtcp"} 120
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="video_rtcp"} 4
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="hangup"} 9
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="oversized"} 0
+# TYPE pdns_ha_observe_freeswitch_calls counter
+# HELP pdns_ha_observe_freeswitch_calls Calls by what became of them: measured (a round trip and an address), no_rtt, no_caller, evicted (in flight past the cap), dropped (a round's cap).
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="measured"} 8
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="no_rtt"} 1
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="no_caller"} 0
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="evicted"} 0
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="dropped"} 0
+# TYPE pdns_ha_observe_freeswitch_calls_in_flight gauge
+# HELP pdns_ha_observe_freeswitch_calls_in_flight Calls with RTCP reports and no hangup yet.
+pdns_ha_observe_freeswitch_calls_in_flight{target="media1.example.com"} 11
+# TYPE pdns_ha_observe_freeswitch_connected gauge
+# HELP pdns_ha_observe_freeswitch_connected 1 while subscribed to the Event Socket.
+pdns_ha_observe_freeswitch_connected{target="media1.example.com"} 1
+# TYPE pdns_ha_observe_freeswitch_connects counter
+# HELP pdns_ha_observe_freeswitch_connects Event Socket subscriptions made, and connections that ended on broken framing.
+pdns_ha_observe_freeswitch_connects_total{target="media1.example.com",result="subscribed"} 2
+pdns_ha_observe_freeswitch_connects_total{target="media1.example.com",result="broken_stream"} 0
+"#;
+        assert_eq!(&got[start..end], want);
+        // A later round without the network's figure keeps the stored reading only.
+        f.add_round(Round::default(), 0.1);
+        let again = render(&f, 1000.0, Format::OpenMetrics);
+        assert!(!again.contains("pdns_ha_observe_call_mos{"), "{again}");
+        assert!(again.contains("source=\"freeswitch\"} 0.04"), "{again}");
     }
 
     #[test]

@@ -683,6 +683,35 @@ mod tests {
     }
 
     #[test]
+    fn observe_takes_freeswitch_alone_and_its_options_only_with_it() {
+        let Ok(Command::Observe(o)) = p("observe --db d --target t --freeswitch 127.0.0.1:8021 \
+             --freeswitch-caller-header X-AUTH-IP")
+        else {
+            panic!()
+        };
+        let fs = o.freeswitch.unwrap();
+        assert_eq!(
+            (fs.addr.as_str(), fs.password.as_str()),
+            ("127.0.0.1:8021", "ClueCon")
+        );
+        assert_eq!(
+            fs.caller_variable.as_deref(),
+            Some("variable_sip_h_X-AUTH-IP")
+        );
+        let e = p("observe --db d --target t --tcp-ports 5060 --freeswitch-caller-header X-A")
+            .unwrap_err();
+        assert!(e.contains("need --freeswitch"), "{e}");
+        let e = p(
+            "observe --db d --target t --freeswitch h:1 --freeswitch-password-file /nonexistent",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("--freeswitch-password-file /nonexistent: "),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn observe_needs_a_target_and_a_source() {
         let Ok(Command::Observe(o)) = p(
             "observe --db d --target sip1.example.com --kamailio http://127.0.0.1:5060/RPC \

@@ -382,12 +382,11 @@ impl Calls {
             let seq = self.next;
             self.next += 1;
             self.order.insert(seq, uuid.into());
-            let own = blocks[0].ssrc;
             self.live.insert(
                 uuid.into(),
                 Live {
                     seq,
-                    own,
+                    own: None,
                     rtt_s: 0.0,
                     loss_sum: 0.0,
                     loss_n: 0,
@@ -397,6 +396,10 @@ impl Calls {
         let Some(call) = self.live.get_mut(uuid) else {
             return;
         };
+        // A sender report with no blocks pins nothing: the first block 0 seen does.
+        if call.own.is_none() {
+            call.own = blocks[0].ssrc;
+        }
         let block = match call.own {
             Some(own) => blocks.iter().find(|b| b.ssrc == Some(own)),
             None => blocks.first(),

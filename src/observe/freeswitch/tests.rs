@@ -102,6 +102,8 @@ fn the_caller_address_rule() {
 fn a_call_is_its_last_non_zero_audio_round_trip() {
     let mut c = Calls::default();
     let me = "1a2b3c4d";
+    // A sender report without blocks comes first: it pins no stream.
+    add(&mut c, &rtcp("a", 8000, &[]), None);
     add(&mut c, &rtcp("a", 8000, &[(me, 0, 0.0)]), None);
     add(&mut c, &rtcp("a", 8000, &[(me, 26, 0.040)]), None);
     // Video: the same call, another clock rate, ignored.
@@ -133,7 +135,7 @@ fn a_call_is_its_last_non_zero_audio_round_trip() {
     assert_eq!(d.mos, Some(4.4));
     let loss = d.loss.unwrap();
     assert!((loss - 26.0 / 256.0 / 5.0).abs() < 1e-12, "{loss}");
-    assert_eq!((counts.rtcp, counts.video, counts.measured), (5, 1, 1));
+    assert_eq!((counts.rtcp, counts.video, counts.measured), (6, 1, 1));
     assert_eq!(c.in_flight(), 0);
     assert!(c.take().0.is_empty(), "taken once");
 }

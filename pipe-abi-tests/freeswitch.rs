@@ -288,6 +288,17 @@ fn observe_files_every_kind_of_call_under_its_caller() {
         status.contains("sip7.example.com from montreal 127.1.0.0/16: MOS 4.49, loss 2.0 %"),
         "{status}"
     );
+    // explain names the source of the figure sip7 is ranked by.
+    let explain = Command::new(BIN)
+        .args(["explain", "--db"])
+        .arg(&db)
+        .args(["--algorithm", "least-latency", "--client", "127.1.0.11"])
+        .args(["_sip._udp.example.com", "SRV"])
+        .output()
+        .unwrap();
+    let explain = String::from_utf8_lossy(&explain.stdout);
+    eprintln!("{explain}");
+    assert!(explain.contains("freeswitch 20.0 ms"), "{explain}");
 }
 
 #[test]

@@ -178,7 +178,8 @@ CREATE TABLE IF NOT EXISTS ha_load (
 
 -- Latency from a client network ('*' = measured from the monitor's host,
 -- the fallback for networks without samples of their own), one row per
--- source: 'observe' (round trips real callers saw), 'monitor' (probes, from
+-- source: 'observe' (round trips real callers saw), 'freeswitch' (RTCP round
+-- trips of real calls, `observe --freeswitch`), 'monitor' (probes, from
 -- a vantage host inside the network with `monitor --network`, or from the
 -- monitor's host for '*'), 'metric' (pushes, and rows written by hand).
 -- The pipe fuses the fresh rows of a (network, target) by callers or
@@ -189,7 +190,7 @@ CREATE TABLE IF NOT EXISTS ha_latency (
   network               TEXT NOT NULL,
   target                TEXT NOT NULL COLLATE NOCASE,
   source                TEXT NOT NULL DEFAULT 'metric'
-                        CHECK (source IN ('observe', 'monitor', 'metric')),
+                        CHECK (source IN ('observe', 'monitor', 'metric', 'freeswitch')),
   mean_ms               REAL NOT NULL,
   ewma_ms               REAL NOT NULL,
   samples               INTEGER NOT NULL CHECK (samples > 0),
@@ -201,6 +202,23 @@ CREATE TABLE IF NOT EXISTS ha_latency (
   -- Which monitor took the latest sample.
   monitor               TEXT DEFAULT NULL,
   PRIMARY KEY (network, target, source)
+);
+
+-- Call quality beside latency (`observe --freeswitch`), per network and
+-- target, as of the last round that had enough callers: the median over
+-- callers of each caller's median MOS (FreeSWITCH's
+-- variable_rtp_audio_in_mos, 1 to 4.5) and RTCP loss (a ratio, 0 to 1).
+-- Shown by `status`; ranking does not use it.
+CREATE TABLE IF NOT EXISTS ha_quality (
+  network               TEXT NOT NULL,
+  target                TEXT NOT NULL COLLATE NOCASE,
+  mos                   REAL DEFAULT NULL CHECK (mos IS NULL OR (mos >= 1 AND mos <= 5)),
+  loss                  REAL DEFAULT NULL CHECK (loss IS NULL OR (loss >= 0 AND loss <= 1)),
+  callers               INTEGER NOT NULL CHECK (callers > 0),
+  calls                 INTEGER NOT NULL CHECK (calls > 0),
+  updated               REAL NOT NULL,
+  monitor               TEXT DEFAULT NULL,
+  PRIMARY KEY (network, target)
 );
 
 -- Change counters, one per kind of hard state, kept by triggers so that a

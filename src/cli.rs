@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::config::{CacheOptions, Metric, MonitorOptions, ObserveOptions, PipeOptions, Secs};
+use crate::config::{
+    CacheOptions, FreeswitchOptions, Metric, MonitorOptions, ObserveOptions, PipeOptions, Secs,
+};
 use crate::dns::Subnet;
 use crate::select::Algorithm;
 use crate::state::validate::DEFAULT_MAX_SKEW;
@@ -104,7 +106,7 @@ pub struct DaemonCli {
 pub enum DaemonCommand {
     /// Probe the targets: health by SIP OPTIONS or TCP, load from FreeSWITCH or Kamailio, latency
     Monitor(MonitorArgs),
-    /// Round trips the server NAME already sees (registrar keepalives, the kernel's TCP RTT), as latency per known network
+    /// Round trips the server NAME already sees (registrar keepalives, the kernel's TCP RTT, FreeSWITCH's RTCP of calls), as latency per known network
     Observe(ObserveArgs),
 }
 
@@ -584,6 +586,15 @@ pub struct ObserveArgs {
     /// Local SIP ports whose established TCP connections are read (the kernel's RTT)
     #[arg(long, value_name = "P,P...", value_delimiter = ',', value_parser = port, group = "source")]
     pub tcp_ports: Vec<u16>,
+    /// FreeSWITCH's Event Socket: the RTCP round trips of real calls, per caller
+    #[arg(long, value_name = "HOST:PORT", group = "source")]
+    pub freeswitch: Option<String>,
+    /// File whose first line is the Event Socket password (default: FreeSWITCH's ClueCon)
+    #[arg(long, value_name = "FILE", requires = "freeswitch")]
+    pub freeswitch_password_file: Option<PathBuf>,
+    /// SIP header a proxy in front adds with the caller's address, e.g. X-AUTH-IP
+    #[arg(long, value_name = "NAME", requires = "freeswitch")]
+    pub freeswitch_caller_header: Option<String>,
     /// Seconds between rounds
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
     pub interval: u32,
@@ -619,6 +630,11 @@ impl ObserveArgs {
             target: self.target.clone(),
             kamailio: self.kamailio.clone(),
             tcp_ports: self.tcp_ports.clone(),
+            freeswitch: self.freeswitch.as_ref().map(|addr| FreeswitchOptions {
+                addr: addr.clone(),
+                password_file: self.freeswitch_password_file.clone(),
+                caller_header: self.freeswitch_caller_header.clone(),
+            }),
             interval: Secs(self.interval),
             timeout: Duration::from_millis(u64::from(self.timeout)),
             max_age: Secs(self.max_age),

@@ -69,6 +69,9 @@ pub struct ObserveOptions {
     pub kamailio: Option<String>,
     /// Local ports whose established TCP connections are read (the kernel's RTT).
     pub tcp_ports: Vec<u16>,
+    /// `--freeswitch HOST:PORT` (RTCP round trips of calls), its password file and caller
+    /// header.
+    pub freeswitch: Option<FreeswitchOptions>,
     pub interval: Secs,
     /// For the JSON-RPC call: `ul.dump` of 10,000 contacts takes Kamailio seconds.
     pub timeout: Duration,
@@ -100,4 +103,14 @@ pub enum Metric {
         target: String,
         up: bool,
     },
+}
+
+/// `observe --freeswitch HOST:PORT [--freeswitch-password-file FILE]
+/// [--freeswitch-caller-header NAME]`: where the Event Socket is, and the file holding its
+/// password (read when observe starts; FreeSWITCH's default without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeswitchOptions {
+    pub addr: String,
+    pub password_file: Option<PathBuf>,
+    pub caller_header: Option<String>,
 }

@@ -13,7 +13,8 @@
 //!   ([`state::writer`]).
 //! - [`monitor`]: active probes of the targets, one file per source.
 //! - [`observe`]: round trips a SIP server already sees (registrar keepalives, kernel TCP
-//!   RTT), grouped by client network.
+//!   RTT, FreeSWITCH's RTCP of calls), grouped by client network.
+//! - [`esl_wire`]: FreeSWITCH Event Socket framing and event bodies, for any user.
 //! - [`ops`]: the operator's commands: `init`, `status`, `explain`.
 //! - [`config`] holds typed options; [`cli`] turns arguments into them.
 //! - [`dns`]: the vocabulary every layer shares (subnets, name order).
@@ -23,6 +24,7 @@
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod esl_wire;
 pub mod files;
 pub mod logging;
 pub mod monitor;

@@ -5,7 +5,7 @@
 mod esl;
 mod health;
 pub(crate) mod kamailio;
-mod openmetrics;
+pub(crate) mod openmetrics;
 mod vantage;
 
 use std::net::{SocketAddr, UdpSocket};

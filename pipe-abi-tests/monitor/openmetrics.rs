@@ -254,7 +254,7 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
 
 /// `promtool check metrics` must pass `text` (the older format, which it lints) without
 /// a word: a lint warning fails too.
-fn promtool_check(text: &str) {
+pub(crate) fn promtool_check(text: &str) {
     let mut p = Command::new(find_tool("promtool").unwrap())
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

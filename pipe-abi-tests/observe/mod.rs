@@ -3,6 +3,7 @@
 //! Montreal/Vancouver case end to end (two Kamailio registrars, sipp phones behind delaying
 //! relays, pdns_server answering dig with ECS), and bad input that must write nothing.
 
+mod freeswitch;
 pub(crate) mod keepalive;
 mod tcp_rtt;
 

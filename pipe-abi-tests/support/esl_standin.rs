@@ -11,6 +11,17 @@
 //! `fsctl pause_check [inbound|outbound]` answers a bare `true` or `false` with no newline,
 //! as `ctl_function` in mod_commands.c writes it. It uses std only, so it can move into any test harness unchanged.
 //!
+//! Events, as `reference/freeswitch-call-quality.md` gives them: `event plain|json NAMES`
+//! after auth subscribes a connection (`+OK event listener enabled plain`), and the test
+//! then sends [`Event`]s to every subscriber ([`StandIn::emit`]), serialized as
+//! `switch_event_serialize` (URL-encoded `plain`, with its `%XX` passthrough and uppercase
+//! hex) or `switch_event_serialize_json` (cJSON's escapes, no trailing newline) write them,
+//! framed `Content-Length` first. [`rtcp`] and [`hangup`] build RECV_RTCP_MESSAGE and
+//! CHANNEL_HANGUP_COMPLETE with the header order of FreeSWITCH's source (13 standard
+//! headers, the duplicate `Hangup-Cause`, the `variable_` prefix), and reproduce the
+//! reference's examples byte for byte. Raw bytes ([`StandIn::emit_raw`]) make hostile
+//! servers.
+//!
 //! One thread accepts; each connection gets its own thread, as in FreeSWITCH. Dropping the
 //! [`StandIn`] stops and joins them all.
 
@@ -72,6 +83,9 @@ pub struct Config {
     pub since_startup: u64,
     pub peak: u32,
     pub peak_5min: u32,
+    /// Events go out as json whatever format was asked for, as after another `event json`
+    /// on the same listener (the format is per connection in mod_event_socket).
+    pub json_events: bool,
 }
 
 impl Default for Config {
@@ -86,6 +100,7 @@ impl Default for Config {
             since_startup: 1234,
             peak: 57,
             peak_5min: 44,
+            json_events: false,
         }
     }
 }
@@ -108,6 +123,15 @@ struct Shared {
     /// Every command received, in order, as its first line.
     commands: Mutex<Vec<String>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Connections subscribed to events, with the format each asked for.
+    subscribers: Mutex<Vec<(EventFormat, TcpStream)>>,
+}
+
+/// `event plain …` or `event json …`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventFormat {
+    Plain,
+    Json,
 }
 
 /// Starts a stand-in on 127.0.0.1 with an ephemeral port.
@@ -124,6 +148,7 @@ pub fn start(cfg: Config) -> StandIn {
         accepted: AtomicU32::new(0),
         commands: Mutex::new(Vec::new()),
         workers: Mutex::new(Vec::new()),
+        subscribers: Mutex::new(Vec::new()),
     });
     let sh = Arc::clone(&shared);
     let acceptor = thread::spawn(move || {
@@ -178,11 +203,56 @@ impl StandIn {
     pub fn accepted(&self) -> u32 {
         self.shared.accepted.load(Ordering::SeqCst)
     }
+
+    /// Connections subscribed to events now.
+    pub fn subscribed(&self) -> usize {
+        self.shared.subscribers.lock().unwrap().len()
+    }
+
+    /// Sends each event to every subscriber, in its format; a subscriber that cannot take
+    /// it any more is dropped. Returns how many subscribers got them all.
+    pub fn emit(&self, events: &[Event]) -> usize {
+        let json = self.shared.cfg.json_events;
+        self.send_each(|format| {
+            let mut bytes = Vec::new();
+            for e in events {
+                let framed = match (format, json) {
+                    (EventFormat::Json, _) | (_, true) => e.json(),
+                    (EventFormat::Plain, false) => e.plain(),
+                };
+                bytes.extend_from_slice(framed.as_bytes());
+            }
+            bytes
+        })
+    }
+
+    /// Sends bytes as they are to every subscriber.
+    pub fn emit_raw(&self, bytes: &[u8]) -> usize {
+        self.send_each(|_| bytes.to_vec())
+    }
+
+    fn send_each(&self, bytes: impl Fn(EventFormat) -> Vec<u8>) -> usize {
+        let mut subs = self.shared.subscribers.lock().unwrap();
+        subs.retain_mut(|(format, stream)| {
+            let b = bytes(*format);
+            // mod_event_socket writes the frame header and the body separately.
+            stream.write_all(&b).is_ok()
+        });
+        subs.len()
+    }
+
+    /// Closes every subscribed connection, as a FreeSWITCH restart would.
+    pub fn drop_subscribers(&self) {
+        for (_, s) in self.shared.subscribers.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl Drop for StandIn {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.drop_subscribers();
         // Wake the acceptor, which is blocked in accept().
         let _ = TcpStream::connect(self.addr);
         if let Some(acceptor) = self.acceptor.take() {
@@ -241,6 +311,10 @@ fn serve(stream: TcpStream, sh: &Shared) -> io::Result<()> {
             }
             continue;
         }
+        if let Some(args) = command.strip_prefix("event ") {
+            conn.subscribe(args)?;
+            continue;
+        }
         match command.strip_prefix("api ") {
             Some(api) if api.starts_with("fsctl ") && sh.cfg.fault == Fault::DenyFsctl => {
                 conn.reply("-ERR permission denied")?
@@ -293,6 +367,39 @@ impl Conn<'_> {
             return self.stream.shutdown(Shutdown::Both);
         }
         self.send(body)
+    }
+
+    /// `event <format> <names>` as `parse_command` in mod_event_socket.c takes it: only the
+    /// first word may be a format, and at least one name must be an event.
+    fn subscribe(&mut self, args: &str) -> io::Result<()> {
+        let mut words = args.split_whitespace().peekable();
+        let format = match words.peek() {
+            Some(&"plain") => Some(EventFormat::Plain),
+            Some(&"json") => Some(EventFormat::Json),
+            _ => None,
+        };
+        if format.is_some() {
+            words.next();
+        }
+        const KNOWN: [&str; 5] = [
+            "CHANNEL_HANGUP_COMPLETE",
+            "RECV_RTCP_MESSAGE",
+            "HEARTBEAT",
+            "CHANNEL_CREATE",
+            "ALL",
+        ];
+        if !words.any(|w| KNOWN.contains(&w)) {
+            return self.reply("-ERR no keywords supplied");
+        }
+        let format = format.unwrap_or(EventFormat::Plain);
+        let word = match format {
+            EventFormat::Plain => "plain",
+            EventFormat::Json => "json",
+        };
+        self.reply(&format!("+OK event listener enabled {word}"))?;
+        let clone = self.stream.try_clone()?;
+        self.sh.subscribers.lock().unwrap().push((format, clone));
+        Ok(())
     }
 
     fn disconnect(&mut self) -> io::Result<()> {
@@ -488,4 +595,393 @@ fn json_status(cfg: &Config, request: &str, sessions: u32, max: u32, ready: bool
         cfg.peak_5min,
         max,
     )
+}
+
+/// One event: its headers in order, duplicates kept, values as FreeSWITCH holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event(pub Vec<(String, String)>);
+
+impl Event {
+    fn push(&mut self, name: &str, value: impl ToString) {
+        self.0.push((name.to_owned(), value.to_string()));
+    }
+
+    /// `text/event-plain`, framed: `switch_event_serialize(…, SWITCH_TRUE)`.
+    pub fn plain(&self) -> String {
+        let mut body = String::new();
+        for (name, value) in &self.0 {
+            let v = url_encode(value);
+            let v = if v.is_empty() { "_undef_".into() } else { v };
+            body += &format!("{name}: {v}\n");
+        }
+        body.push('\n');
+        format!(
+            "Content-Length: {}\nContent-Type: text/event-plain\n\n{body}",
+            body.len()
+        )
+    }
+
+    /// `text/event-json`, framed: `switch_event_serialize_json`, cJSON_PrintUnformatted.
+    pub fn json(&self) -> String {
+        let members: Vec<String> = self
+            .0
+            .iter()
+            .map(|(n, v)| format!("\"{}\":\"{}\"", json_escape(n), json_escape(v)))
+            .collect();
+        let body = format!("{{{}}}", members.join(","));
+        format!(
+            "Content-Length: {}\nContent-Type: text/event-json\n\n{body}",
+            body.len()
+        )
+    }
+}
+
+/// `switch_url_encode` (switch_utils.c): bytes below 0x20 or above 0x7E and
+/// `SWITCH_URL_UNSAFE` become `%XX` in uppercase hex, except a `%` already followed by two
+/// uppercase hex digits, which is copied as it is.
+pub fn url_encode(s: &str) -> String {
+    const UNSAFE: &[u8] = b"\r\n #%&+:;<=>?@[\\]^`{|}\"";
+    const HEX: &[u8] = b"0123456789ABCDEF";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for (i, &c) in b.iter().enumerate() {
+        let escaped = c == b'%'
+            && b.get(i + 1).is_some_and(|x| HEX.contains(x))
+            && b.get(i + 2).is_some_and(|x| HEX.contains(x));
+        if escaped || ((0x20..=0x7e).contains(&c) && !UNSAFE.contains(&c)) {
+            out.push(c as char);
+        } else {
+            out += &format!("%{c:02X}");
+        }
+    }
+    out
+}
+
+/// cJSON's string escapes: `\" \\ \b \f \n \r \t`, other control bytes `\u00xx`; `/` and
+/// bytes from 0x80 up as they are.
+fn json_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            '\u{8}' => out += "\\b",
+            '\u{c}' => out += "\\f",
+            '\n' => out += "\\n",
+            '\r' => out += "\\r",
+            '\t' => out += "\\t",
+            c if (c as u32) < 0x20 => out += &format!("\\u{:04x}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The FreeSWITCH host of the reference's examples.
+pub const CORE_UUID: &str = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9";
+
+/// The 13 headers `switch_event_prep_for_delivery_detailed` puts first, for an event made
+/// at `micros` (Unix time, UTC: the stand-in's local time is UTC).
+fn standard(name: &str, micros: u64, at: (&str, &str, u32), seq: u64) -> Event {
+    let mut e = Event(Vec::new());
+    let (date, time) = civil(micros / 1_000_000);
+    e.push("Event-Name", name);
+    e.push("Core-UUID", CORE_UUID);
+    e.push("FreeSWITCH-Hostname", "media1");
+    e.push("FreeSWITCH-Switchname", "media1");
+    e.push("FreeSWITCH-IPv4", "10.0.0.5");
+    e.push("FreeSWITCH-IPv6", "::1");
+    e.push("Event-Date-Local", format!("{date} {time}"));
+    e.push("Event-Date-GMT", gmt(micros / 1_000_000));
+    e.push("Event-Date-Timestamp", micros);
+    e.push("Event-Calling-File", at.0);
+    e.push("Event-Calling-Function", at.1);
+    e.push("Event-Calling-Line-Number", at.2);
+    e.push("Event-Sequence", seq);
+    e
+}
+
+/// (`YYYY-MM-DD`, `HH:MM:SS`) of Unix seconds, and the weekday (0 = Sunday).
+fn civil_parts(secs: u64) -> (i64, u32, u32, u64, usize) {
+    let days = (secs / 86400) as i64;
+    let tod = secs % 86400;
+    // Howard Hinnant's days_from_civil, inverted.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, tod, ((days + 4).rem_euclid(7)) as usize)
+}
+
+fn civil(secs: u64) -> (String, String) {
+    let (y, m, d, tod, _) = civil_parts(secs);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", tod / 3600, tod / 60 % 60, tod % 60),
+    )
+}
+
+/// APR's RFC 822 date: `Wed, 15 Jan 2025 10:20:30 GMT`.
+fn gmt(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, m, d, _, wd) = civil_parts(secs);
+    let (_, time) = civil(secs);
+    format!(
+        "{}, {d:02} {} {y} {time} GMT",
+        DAYS[wd],
+        MONTHS[m as usize - 1]
+    )
+}
+
+/// The last sender report FreeSWITCH received from the peer: repeated unchanged by every
+/// later receiver-only report (only the SR path of `process_rtcp_report` writes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderInfo {
+    pub ssrc: u32,
+    pub ntp_msw: u32,
+    pub ntp_lsw: u32,
+    pub rtp_timestamp: u32,
+    pub packets: u32,
+    pub octets: u32,
+}
+
+/// One report block, as `switch_core_media_read_frame` prints it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReportBlock {
+    pub ssrc: u32,
+    pub fraction: u8,
+    pub lost: i32,
+    pub loss_avg: u32,
+    pub highest_seq: u32,
+    pub jitter: u32,
+    pub lsr: u32,
+    pub dlsr: u32,
+    /// Smoothed round trip in seconds, printed `%f`; 0 until a valid sample.
+    pub rtt: f64,
+}
+
+/// A RECV_RTCP_MESSAGE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rtcp {
+    pub uuid: String,
+    pub micros: u64,
+    pub seq: u64,
+    pub sender: SenderInfo,
+    pub last_rtp_timestamp: u32,
+    /// 8000 for audio at 8 kHz, 90000 for video.
+    pub rate: u32,
+    pub blocks: Vec<ReportBlock>,
+}
+
+impl Rtcp {
+    /// The reference's example (§4c): one block, 42.114 ms.
+    pub fn example() -> Rtcp {
+        Rtcp {
+            uuid: "7f4de4bc-1c2b-4b5a-9f1e-2a3b4c5d6e7f".into(),
+            micros: 1_736_936_342_500_000,
+            seq: 4650,
+            sender: SenderInfo {
+                ssrc: 0x5e3a1b7c,
+                ntp_msw: 3_945_925_142,
+                ntp_lsw: 2_147_483_648,
+                rtp_timestamp: 704_000,
+                packets: 4400,
+                octets: 704_000,
+            },
+            last_rtp_timestamp: 3_521_440,
+            rate: 8000,
+            blocks: vec![ReportBlock {
+                ssrc: 0x1a2b3c4d,
+                fraction: 0,
+                lost: 2,
+                loss_avg: 0,
+                highest_seq: 23811,
+                jitter: 37,
+                lsr: 169_211_199,
+                dlsr: 32768,
+                rtt: 0.042114,
+            }],
+        }
+    }
+
+    /// A report of `uuid` with FreeSWITCH's own block at `rtt` seconds and `fraction` lost.
+    pub fn of(uuid: &str, seq: u64, rtt: f64, fraction: u8) -> Rtcp {
+        let mut r = Rtcp::example();
+        r.uuid = uuid.into();
+        r.seq = seq;
+        r.micros += seq * 1000;
+        r.blocks[0].rtt = rtt;
+        r.blocks[0].fraction = fraction;
+        r
+    }
+
+    pub fn event(&self) -> Event {
+        let at = ("switch_core_media.c", "switch_core_media_read_frame", 2960);
+        let mut e = standard("RECV_RTCP_MESSAGE", self.micros, at, self.seq);
+        let s = &self.sender;
+        e.push("Unique-ID", &self.uuid);
+        e.push("SSRC", format!("{:08x}", s.ssrc));
+        e.push("NTP-Most-Significant-Word", s.ntp_msw);
+        e.push("NTP-Least-Significant-Word", s.ntp_lsw);
+        e.push("RTP-Timestamp", s.rtp_timestamp);
+        e.push("Sender-Packet-Count", s.packets);
+        e.push("Octect-Packet-Count", s.octets);
+        e.push("Last-RTP-Timestamp", self.last_rtp_timestamp);
+        e.push("RTP-Rate", self.rate);
+        e.push("Capture-Time", self.micros + 123);
+        for (i, b) in self.blocks.iter().enumerate() {
+            e.push(&format!("Source{i}-SSRC"), format!("{:08x}", b.ssrc));
+            e.push(&format!("Source{i}-Fraction"), b.fraction);
+            // int32 printed %u: -1 is 4294967295.
+            e.push(&format!("Source{i}-Lost"), b.lost as u32);
+            e.push(&format!("Source{i}-Loss-Avg"), b.loss_avg);
+            e.push(
+                &format!("Source{i}-Highest-Sequence-Number-Received"),
+                b.highest_seq,
+            );
+            e.push(&format!("Source{i}-Jitter"), b.jitter);
+            e.push(&format!("Source{i}-LSR"), b.lsr);
+            e.push(&format!("Source{i}-DLSR"), b.dlsr);
+            e.push(&format!("Rtt{i}-Avg"), format!("{:.6}", b.rtt));
+        }
+        e
+    }
+}
+
+/// A CHANNEL_HANGUP_COMPLETE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hangup {
+    pub uuid: String,
+    pub micros: u64,
+    pub seq: u64,
+    pub channel_name: String,
+    /// The SIP source: the phone, or the proxy in front of FreeSWITCH.
+    pub network_addr: String,
+    /// `X-`/`P-` headers of the INVITE (`variable_sip_h_<name>`).
+    pub sip_headers: Vec<(String, String)>,
+    /// SDP `c=` address and port.
+    pub media: (String, u16),
+    /// The RTP source after NAT latching (`rtp_auto_adjust_audio`), if it differed.
+    pub latched: Option<(String, u16)>,
+    /// `variable_rtp_audio_*` as (stat, value), in `set_stats` order.
+    pub stats: Vec<(&'static str, String)>,
+}
+
+impl Hangup {
+    /// The reference's example (§4a), abridged as it is there.
+    pub fn example() -> Hangup {
+        Hangup {
+            uuid: "7f4de4bc-1c2b-4b5a-9f1e-2a3b4c5d6e7f".into(),
+            micros: 1_736_936_430_123_456,
+            seq: 4711,
+            channel_name: "sofia/internal/1001@192.0.2.10".into(),
+            network_addr: "203.0.113.7".into(),
+            sip_headers: Vec::new(),
+            media: ("198.51.100.23".into(), 40000),
+            latched: None,
+            stats: vec![
+                ("in_packet_count", "9004".into()),
+                ("in_skip_packet_count", "12".into()),
+                ("in_jitter_min_variance", "0.41".into()),
+                ("in_jitter_max_variance", "12.87".into()),
+                ("in_jitter_loss_rate", "0.00".into()),
+                ("in_mean_interval", "20.01".into()),
+                ("in_flaw_total", "3".into()),
+                ("in_quality_percentage", "99.00".into()),
+                ("in_mos", "4.49".into()),
+            ],
+        }
+    }
+
+    /// A call of `uuid` from a phone at `phone`, signalled directly, all 27 stats with the
+    /// MOS of quality `r` (`do_mos` in switch_rtp.c).
+    pub fn of(uuid: &str, seq: u64, phone: &str, r: u32, with_rtcp: bool) -> Hangup {
+        let mut h = Hangup::example();
+        h.uuid = uuid.into();
+        h.seq = seq;
+        h.micros += seq * 1000;
+        h.channel_name = format!("sofia/internal/1001@{phone}");
+        h.network_addr = phone.into();
+        h.media = (phone.into(), 40000);
+        let r = f64::from(r);
+        let mos = 1.0 + 0.035 * r + 0.000007 * r * (r - 60.0) * (100.0 - r);
+        let rtcp = if with_rtcp { "4400" } else { "0" };
+        h.stats = vec![
+            ("in_raw_bytes", "1548720".into()),
+            ("in_media_bytes", "1548000".into()),
+            ("in_packet_count", "9004".into()),
+            ("in_media_packet_count", "9000".into()),
+            ("in_skip_packet_count", "12".into()),
+            ("in_jitter_packet_count", "0".into()),
+            ("in_dtmf_packet_count", "4".into()),
+            ("in_cng_packet_count", "0".into()),
+            ("in_flush_packet_count", "0".into()),
+            ("in_largest_jb_size", "0".into()),
+            ("in_jitter_min_variance", "0.41".into()),
+            ("in_jitter_max_variance", "12.87".into()),
+            ("in_jitter_loss_rate", "0.00".into()),
+            ("in_jitter_burst_rate", "0.00".into()),
+            ("in_mean_interval", "20.01".into()),
+            ("in_flaw_total", "3".into()),
+            ("in_quality_percentage", format!("{r:.2}")),
+            ("in_mos", format!("{mos:.2}")),
+            ("out_raw_bytes", "1549408".into()),
+            ("out_media_bytes", "1548688".into()),
+            ("out_packet_count", "9008".into()),
+            ("out_media_packet_count", "9004".into()),
+            ("out_skip_packet_count", "0".into()),
+            ("out_dtmf_packet_count", "0".into()),
+            ("out_cng_packet_count", "0".into()),
+            ("rtcp_packet_count", rtcp.into()),
+            (
+                "rtcp_octet_count",
+                if with_rtcp { "704000" } else { "0" }.into(),
+            ),
+        ];
+        h
+    }
+
+    pub fn event(&self) -> Event {
+        let at = (
+            "switch_core_state_machine.c",
+            "switch_core_session_reporting_state",
+            943,
+        );
+        let mut e = standard("CHANNEL_HANGUP_COMPLETE", self.micros, at, self.seq);
+        e.push("Hangup-Cause", "NORMAL_CLEARING");
+        e.push("Channel-State", "CS_REPORTING");
+        e.push("Channel-Name", &self.channel_name);
+        e.push("Unique-ID", &self.uuid);
+        e.push("Call-Direction", "inbound");
+        e.push("Answer-State", "hangup");
+        // Again, from switch_channel_event_set_basic_data.
+        e.push("Hangup-Cause", "NORMAL_CLEARING");
+        e.push("Caller-Network-Addr", &self.network_addr);
+        e.push("variable_sip_network_ip", &self.network_addr);
+        e.push("variable_sip_received_ip", &self.network_addr);
+        for (name, value) in &self.sip_headers {
+            e.push(&format!("variable_sip_h_{name}"), value);
+        }
+        e.push("variable_remote_media_ip", &self.media.0);
+        e.push("variable_remote_media_port", self.media.1);
+        if let Some((ip, port)) = &self.latched {
+            e.push("variable_remote_audio_ip_reported", &self.media.0);
+            e.push("variable_remote_audio_ip", ip);
+            e.push("variable_remote_audio_port_reported", self.media.1);
+            e.push("variable_remote_audio_port", port);
+            e.push("variable_rtp_auto_adjust_audio", "true");
+        }
+        for (stat, value) in &self.stats {
+            e.push(&format!("variable_rtp_audio_{stat}"), value);
+        }
+        e
+    }
 }

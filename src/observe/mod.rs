@@ -1,6 +1,9 @@
 //! `pdns-ha observe`: round-trip times that a SIP server already sees, turned into latency
-//! per known client network. One file per source (registrar keepalives, kernel TCP RTT) and
-//! one for the statistics that group callers into networks.
+//! per known client network. One file per source (registrar keepalives, kernel TCP RTT,
+//! FreeSWITCH's RTCP round trips of calls) and one for the statistics that group callers
+//! into networks. Calls arrive as events, so [`freeswitch`] listens on a thread of its own
+//! and each round takes the calls that ended since the last; they are written as source
+//! `freeswitch`, apart from the others, with the calls' MOS and loss beside them.
 //!
 //! It runs on or beside one SIP server, named by `--target` (its `ha_targets` row). Each
 //! round reads every source, pools the round trips (a caller seen by both sources counts
@@ -14,6 +17,7 @@
 //! touched.
 
 pub mod aggregate;
+pub mod freeswitch;
 pub mod keepalive;
 pub mod openmetrics;
 pub mod tcp_rtt;
@@ -48,10 +52,28 @@ pub fn run(opts: &ObserveOptions) -> Result<(), String> {
         crate::monitor::openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
     }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
+    // Calls arrive as events: the listener gathers them between rounds, and the first
+    // round (the only one with --once) comes after one interval of listening.
+    let source = opts
+        .freeswitch
+        .as_ref()
+        .map(|f| {
+            let file = f.password_file.as_deref();
+            freeswitch::Endpoint::new(&f.addr, file, f.caller_header.as_deref())
+        })
+        .transpose()?;
+    let calls = source
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(freeswitch::Calls::default())));
+    if let (Some(src), Some(calls)) = (source, &calls) {
+        freeswitch::spawn(&target, src, Arc::clone(calls))?;
+        thread::sleep(interval);
+    }
     loop {
         let start = Instant::now();
         let mut figs = Round::default();
-        let result = round(&w, &target, opts, &mut reported, &mut figs);
+        let calls = calls.as_deref();
+        let result = round(&w, &target, opts, &mut reported, &mut figs, calls);
         if let Ok(mut f) = figures.lock() {
             f.add_round(figs, start.elapsed().as_secs_f64());
         }
@@ -76,6 +98,7 @@ fn round(
     opts: &ObserveOptions,
     reported: &mut Reported,
     figs: &mut Round,
+    calls: Option<&Mutex<freeswitch::Calls>>,
 ) -> Result<(), String> {
     let started = Instant::now();
     // Read every round: an operator's new network applies without a restart.
@@ -93,6 +116,7 @@ fn round(
         min_callers: opts.min_callers as usize,
         ..Policy::default()
     };
+    let calls = calls.map(|c| freeswitch::round(w, target, &networks, &policy, c, figs));
     let (figures, dropped) = aggregate(
         &samples,
         |ip| networks.network_for(Subnet::host(ip)).map(|n| &*n.cidr),
@@ -155,13 +179,15 @@ fn round(
             f.network, f.ms, f.callers, f.samples
         );
     }
-    info!(
-        "{target}: {} samples, {} networks written in {:.0?}",
-        samples.len(),
-        figures.len(),
-        started.elapsed()
-    );
-    Ok(())
+    if opts.kamailio.is_some() || !opts.tcp_ports.is_empty() {
+        info!(
+            "{target}: {} samples, {} networks written in {:.0?}",
+            samples.len(),
+            figures.len(),
+            started.elapsed()
+        );
+    }
+    calls.unwrap_or(Ok(()))
 }
 
 /// Every source's round trips; a source that fails adds none and is reported.

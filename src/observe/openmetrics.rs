@@ -41,6 +41,40 @@ pub const SOURCE_ERRORS: &str = "pdns_ha_observe_source_errors";
 /// Source labels: registrar keepalives (`ul.dump`) and the kernel's TCP RTT (sock_diag).
 pub const KEEPALIVE: &str = "keepalive";
 pub const TCP: &str = "tcp";
+/// Calls that ended with an RTCP round trip (`--freeswitch`).
+pub const FREESWITCH: &str = "freeswitch";
+
+/// `--freeswitch` only: calls' figures per network (written as source `freeswitch`), and
+/// what the Event Socket listener saw.
+pub const CALL_ROUND_LATENCY: &str = "pdns_ha_observe_call_round_latency_seconds";
+pub const CALL_CALLERS: &str = "pdns_ha_observe_call_callers";
+pub const CALL_CALLS: &str = "pdns_ha_observe_call_round_calls";
+pub const CALL_MOS: &str = "pdns_ha_observe_call_mos";
+pub const CALL_LOSS: &str = "pdns_ha_observe_call_loss_ratio";
+pub const FS_EVENTS: &str = "pdns_ha_observe_freeswitch_events";
+pub const FS_CALLS: &str = "pdns_ha_observe_freeswitch_calls";
+pub const FS_IN_FLIGHT: &str = "pdns_ha_observe_freeswitch_calls_in_flight";
+pub const FS_CONNECTED: &str = "pdns_ha_observe_freeswitch_connected";
+pub const FS_CONNECTS: &str = "pdns_ha_observe_freeswitch_connects";
+
+/// One network's figures from calls in the last round, and its stored `freeswitch` reading.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallFigures {
+    pub callers: usize,
+    pub calls: usize,
+    pub round_ms: Option<f64>,
+    pub mos: Option<f64>,
+    pub loss: Option<f64>,
+    pub stored: Option<Latency>,
+}
+
+/// The listener's state at the end of a round.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Listener {
+    pub counts: super::freeswitch::Counts,
+    pub in_flight: usize,
+    pub connected: bool,
+}
 
 /// What one network gave in the last round, and its stored average.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -69,6 +103,9 @@ pub struct Round {
     /// The `ha_networks` keys of this round, `None` if they could not be read: a network
     /// the operator deleted stops being exported, the others keep their stored reading.
     pub known: Option<Vec<String>>,
+    /// `--freeswitch`: networks with calls this round, and the listener's state.
+    pub calls: BTreeMap<String, CallFigures>,
+    pub freeswitch: Option<Listener>,
 }
 
 impl Round {
@@ -89,6 +126,8 @@ pub struct Figures {
     pub source_errors: BTreeMap<(&'static str, &'static str), u64>,
     pub rounds: u64,
     pub last_round_seconds: Option<f64>,
+    pub calls: BTreeMap<String, CallFigures>,
+    pub freeswitch: Option<Listener>,
 }
 
 impl Figures {
@@ -103,6 +142,21 @@ impl Figures {
     pub fn add_round(&mut self, r: Round, seconds: f64) {
         if let Some(known) = &r.known {
             self.networks.retain(|n, _| known.contains(n));
+            self.calls.retain(|n, _| known.contains(n));
+        }
+        for c in self.calls.values_mut() {
+            *c = CallFigures {
+                stored: c.stored,
+                ..CallFigures::default()
+            };
+        }
+        for (net, c) in r.calls {
+            let old = self.calls.entry(net).or_default();
+            let stored = c.stored.or(old.stored);
+            *old = CallFigures { stored, ..c };
+        }
+        if r.freeswitch.is_some() {
+            self.freeswitch = r.freeswitch;
         }
         for n in self.networks.values_mut() {
             n.callers = 0;
@@ -165,6 +219,14 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
             );
         }
     }
+    for (net, l) in f.calls.iter().filter_map(|(n, c)| Some((n, c.stored?))) {
+        let _ = writeln!(
+            out,
+            "{STORED_LATENCY}{{target=\"{target}\",network=\"{}\",source=\"freeswitch\"}} {}",
+            escape(net),
+            l.ewma_ms / 1000.0
+        );
+    }
     family(
         &mut out,
         fmt,
@@ -181,6 +243,14 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
                 age(now, l.updated)
             );
         }
+    }
+    for (net, l) in f.calls.iter().filter_map(|(n, c)| Some((n, c.stored?))) {
+        let _ = writeln!(
+            out,
+            "{LATENCY_AGE}{{target=\"{target}\",network=\"{}\",source=\"freeswitch\"}} {}",
+            escape(net),
+            age(now, l.updated)
+        );
     }
     family(
         &mut out,
@@ -253,6 +323,9 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
             "{SOURCE_ERRORS}_total{{target=\"{target}\",source=\"{source}\",kind=\"{kind}\"}} {n}"
         );
     }
+    if let Some(l) = &f.freeswitch {
+        render_calls(&mut out, fmt, &target, &f.calls, l);
+    }
     rounds_and_end(
         &mut out,
         fmt,
@@ -263,6 +336,126 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
         ),
     );
     out
+}
+
+/// The `--freeswitch` families: per network, the last round's figures from calls; for the
+/// listener, its counters.
+fn render_calls(
+    out: &mut String,
+    fmt: Format,
+    target: &str,
+    calls: &BTreeMap<String, CallFigures>,
+    l: &Listener,
+) {
+    type Value = fn(&CallFigures) -> Option<f64>;
+    let per_network: [(&str, &str, Value); 5] = [
+        (
+            CALL_ROUND_LATENCY,
+            "Median over callers of each caller's median RTCP round trip of the calls that ended in the last round, the sample written as source freeswitch; absent when too few callers.",
+            |c| c.round_ms.map(|ms| ms / 1000.0),
+        ),
+        (
+            CALL_CALLERS,
+            "Distinct caller addresses with a measured call that ended in the last round.",
+            |c| Some(c.callers as f64),
+        ),
+        (
+            CALL_CALLS,
+            "Measured calls behind the last round's figures.",
+            |c| (c.round_ms.is_some()).then_some(c.calls as f64),
+        ),
+        (
+            CALL_MOS,
+            "Median over callers of each caller's median MOS (FreeSWITCH's variable_rtp_audio_in_mos, 1 to 4.5) in the last round; absent when too few callers.",
+            |c| c.mos,
+        ),
+        (
+            CALL_LOSS,
+            "Median over callers of each caller's median RTCP fraction lost (0 to 1) in the last round; absent when too few callers.",
+            |c| c.loss,
+        ),
+    ];
+    for (name, help, value) in per_network {
+        family(out, fmt, name, "gauge", help);
+        for (net, c) in calls {
+            if let Some(v) = value(c) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{target=\"{target}\",network=\"{}\"}} {v}",
+                    escape(net)
+                );
+            }
+        }
+    }
+    let c = &l.counts;
+    family(
+        out,
+        fmt,
+        FS_EVENTS,
+        "counter",
+        "Event Socket events read, by kind; oversized ones are read past.",
+    );
+    for (kind, n) in [
+        ("rtcp", c.rtcp),
+        ("video_rtcp", c.video),
+        ("hangup", c.hangups),
+        ("oversized", c.oversized),
+    ] {
+        let _ = writeln!(
+            out,
+            "{FS_EVENTS}_total{{target=\"{target}\",kind=\"{kind}\"}} {n}"
+        );
+    }
+    family(out, fmt, FS_CALLS, "counter", "Calls by what became of them: measured (a round trip and an address), no_rtt, no_caller, evicted (in flight past the cap), dropped (a round's cap).");
+    for (outcome, n) in [
+        ("measured", c.measured),
+        ("no_rtt", c.no_rtt),
+        ("no_caller", c.no_caller),
+        ("evicted", c.evicted),
+        ("dropped", c.done_dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "{FS_CALLS}_total{{target=\"{target}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    family(
+        out,
+        fmt,
+        FS_IN_FLIGHT,
+        "gauge",
+        "Calls with RTCP reports and no hangup yet.",
+    );
+    let _ = writeln!(out, "{FS_IN_FLIGHT}{{target=\"{target}\"}} {}", l.in_flight);
+    family(
+        out,
+        fmt,
+        FS_CONNECTED,
+        "gauge",
+        "1 while subscribed to the Event Socket.",
+    );
+    let _ = writeln!(
+        out,
+        "{FS_CONNECTED}{{target=\"{target}\"}} {}",
+        u8::from(l.connected)
+    );
+    family(
+        out,
+        fmt,
+        FS_CONNECTS,
+        "counter",
+        "Event Socket subscriptions made, and connections that ended on broken framing.",
+    );
+    let _ = writeln!(
+        out,
+        "{FS_CONNECTS}_total{{target=\"{target}\",result=\"subscribed\"}} {}",
+        c.connects
+    );
+    let _ = writeln!(
+        out,
+        "{FS_CONNECTS}_total{{target=\"{target}\",result=\"broken_stream\"}} {}",
+        c.malformed
+    );
 }
 
 #[cfg(test)]
@@ -375,6 +568,104 @@ pdns_ha_round_duration_seconds 0.25
         f.add_round(r, 0.1);
         assert!(f.networks.is_empty());
         assert!(!render(&f, 1000.0, Format::PrometheusText).contains("network="));
+    }
+
+    #[test]
+    fn freeswitch_families_render_exactly() {
+        let mut f = Figures::new("media1.example.com");
+        let mut r = Round::default();
+        r.calls.insert(
+            "192.0.2.0/24".into(),
+            CallFigures {
+                callers: 3,
+                calls: 7,
+                round_ms: Some(42.5),
+                mos: Some(4.49),
+                loss: Some(0.0125),
+                stored: Some(latency(40.0, 995.0)),
+            },
+        );
+        // Too few callers: only the count.
+        r.calls.insert(
+            "198.51.100.0/24".into(),
+            CallFigures {
+                callers: 1,
+                ..CallFigures::default()
+            },
+        );
+        let mut counts = crate::observe::freeswitch::Counts {
+            rtcp: 120,
+            hangups: 9,
+            measured: 8,
+            no_rtt: 1,
+            connects: 2,
+            ..Default::default()
+        };
+        counts.video = 4;
+        r.freeswitch = Some(Listener {
+            counts,
+            in_flight: 11,
+            connected: true,
+        });
+        f.add_round(r, 0.1);
+        let got = render(&f, 1000.0, Format::OpenMetrics);
+        for line in [
+            r#"pdns_ha_target_latency_seconds{target="media1.example.com",network="192.0.2.0/24",source="freeswitch"} 0.04"#,
+            r#"pdns_ha_latency_age_seconds{target="media1.example.com",network="192.0.2.0/24",source="freeswitch"} 5"#,
+        ] {
+            assert!(got.contains(&format!("{line}\n")), "{line}\n{got}");
+        }
+        let start = got
+            .find("# TYPE pdns_ha_observe_call_round_latency_seconds")
+            .unwrap();
+        let end = got.find("# TYPE pdns_ha_rounds counter").unwrap();
+        let want = r#"# TYPE pdns_ha_observe_call_round_latency_seconds gauge
+# UNIT pdns_ha_observe_call_round_latency_seconds seconds
+# HELP pdns_ha_observe_call_round_latency_seconds Median over callers of each caller's median RTCP round trip of the calls that ended in the last round, the sample written as source freeswitch; absent when too few callers.
+pdns_ha_observe_call_round_latency_seconds{target="media1.example.com",network="192.0.2.0/24"} 0.0425
+# TYPE pdns_ha_observe_call_callers gauge
+# HELP pdns_ha_observe_call_callers Distinct caller addresses with a measured call that ended in the last round.
+pdns_ha_observe_call_callers{target="media1.example.com",network="192.0.2.0/24"} 3
+pdns_ha_observe_call_callers{target="media1.example.com",network="198.51.100.0/24"} 1
+# TYPE pdns_ha_observe_call_round_calls gauge
+# HELP pdns_ha_observe_call_round_calls Measured calls behind the last round's figures.
+pdns_ha_observe_call_round_calls{target="media1.example.com",network="192.0.2.0/24"} 7
+# TYPE pdns_ha_observe_call_mos gauge
+# HELP pdns_ha_observe_call_mos Median over callers of each caller's median MOS (FreeSWITCH's variable_rtp_audio_in_mos, 1 to 4.5) in the last round; absent when too few callers.
+pdns_ha_observe_call_mos{target="media1.example.com",network="192.0.2.0/24"} 4.49
+# TYPE pdns_ha_observe_call_loss_ratio gauge
+# HELP pdns_ha_observe_call_loss_ratio Median over callers of each caller's median RTCP fraction lost (0 to 1) in the last round; absent when too few callers.
+pdns_ha_observe_call_loss_ratio{target="media1.example.com",network="192.0.2.0/24"} 0.0125
+# TYPE pdns_ha_observe_freeswitch_events counter
+# HELP pdns_ha_observe_freeswitch_events Event Socket events read, by kind; oversized ones are read past.
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="rtcp"} 120
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="video_rtcp"} 4
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="hangup"} 9
+pdns_ha_observe_freeswitch_events_total{target="media1.example.com",kind="oversized"} 0
+# TYPE pdns_ha_observe_freeswitch_calls counter
+# HELP pdns_ha_observe_freeswitch_calls Calls by what became of them: measured (a round trip and an address), no_rtt, no_caller, evicted (in flight past the cap), dropped (a round's cap).
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="measured"} 8
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="no_rtt"} 1
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="no_caller"} 0
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="evicted"} 0
+pdns_ha_observe_freeswitch_calls_total{target="media1.example.com",outcome="dropped"} 0
+# TYPE pdns_ha_observe_freeswitch_calls_in_flight gauge
+# HELP pdns_ha_observe_freeswitch_calls_in_flight Calls with RTCP reports and no hangup yet.
+pdns_ha_observe_freeswitch_calls_in_flight{target="media1.example.com"} 11
+# TYPE pdns_ha_observe_freeswitch_connected gauge
+# HELP pdns_ha_observe_freeswitch_connected 1 while subscribed to the Event Socket.
+pdns_ha_observe_freeswitch_connected{target="media1.example.com"} 1
+# TYPE pdns_ha_observe_freeswitch_connects counter
+# HELP pdns_ha_observe_freeswitch_connects Event Socket subscriptions made, and connections that ended on broken framing.
+pdns_ha_observe_freeswitch_connects_total{target="media1.example.com",result="subscribed"} 2
+pdns_ha_observe_freeswitch_connects_total{target="media1.example.com",result="broken_stream"} 0
+"#;
+        assert_eq!(&got[start..end], want);
+        // A later round without the network's figure keeps the stored reading only.
+        f.add_round(Round::default(), 0.1);
+        let again = render(&f, 1000.0, Format::OpenMetrics);
+        assert!(!again.contains("pdns_ha_observe_call_mos{"), "{again}");
+        assert!(again.contains("source=\"freeswitch\"} 0.04"), "{again}");
     }
 
     #[test]

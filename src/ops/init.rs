@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
@@ -27,6 +27,15 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 /// so an old-shaped table is dropped and the schema creates it anew.
 const RESHAPED: &[(&str, &str)] = &[("ha_health", "monitor"), ("ha_latency", "source")];
 
+/// The `CREATE TABLE` statement of `table` in `sql/schema.sql`, without its `;`.
+fn schema_table(table: &str) -> &'static str {
+    let start = SCHEMA
+        .find(&format!("CREATE TABLE IF NOT EXISTS {table} ("))
+        .expect("the table is in sql/schema.sql");
+    let len = SCHEMA[start..].find("\n);").expect("a table ends with );") + 2;
+    &SCHEMA[start..start + len + 1]
+}
+
 fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
     let names = stmt.query_map([table], |r| r.get(0))?;
@@ -42,6 +51,27 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
             log::warn!("{table}: old layout, dropped (soft state; the monitor refills it)");
             conn.execute_batch(&format!("DROP TABLE {table}"))?;
         }
+    }
+    // A CHECK cannot be altered: an ha_latency that refuses the newest source is
+    // rebuilt with its rows (SQLite's own recipe, "ALTER TABLE", section 7).
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ha_latency'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if sql.is_some_and(|s| s.contains("'metric'") && !s.contains("'freeswitch'")) {
+        let cols = columns(conn, "ha_latency")?.join(", ");
+        conn.execute_batch(&format!(
+            "BEGIN;
+             ALTER TABLE ha_latency RENAME TO ha_latency_old;
+             {};
+             INSERT INTO ha_latency ({cols}) SELECT {cols} FROM ha_latency_old;
+             DROP TABLE ha_latency_old;
+             COMMIT;",
+            schema_table("ha_latency")
+        ))?;
     }
     conn.execute_batch(SCHEMA)?;
     for (table, column, definition) in ADDED_COLUMNS {
@@ -173,5 +203,37 @@ mod tests {
             columns(&fresh, "ha_targets").unwrap(),
             columns(&conn, "ha_targets").unwrap()
         );
+    }
+
+    #[test]
+    fn upgrade_lets_the_freeswitch_source_in_and_keeps_the_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        // ha_latency as the release before issue 20 made it.
+        let old = schema_table("ha_latency").replace(", 'freeswitch'", "");
+        assert_ne!(old, schema_table("ha_latency"));
+        conn.execute_batch(&format!(
+            "DROP TABLE ha_latency; {old};
+             INSERT INTO ha_latency (network, target, source, mean_ms, ewma_ms, samples, updated,
+               callers) VALUES ('*', 'sip1.example.com', 'observe', 9, 9, 3, 1.0, 4);"
+        ))
+        .unwrap();
+        let refused = "INSERT INTO ha_latency (network, target, source, mean_ms, ewma_ms, samples,
+               updated) VALUES ('*', 'sip1.example.com', 'freeswitch', 5, 5, 1, 1.0)";
+        assert!(conn.execute_batch(refused).is_err());
+        upgrade(&conn).unwrap();
+        upgrade(&conn).unwrap();
+        conn.execute_batch(refused).unwrap();
+        let kept: (f64, i64) = conn
+            .query_row(
+                "SELECT ewma_ms, callers FROM ha_latency WHERE source = 'observe'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (9.0, 4));
+        assert!(columns(&conn, "ha_quality")
+            .unwrap()
+            .contains(&"mos".to_owned()));
     }
 }

@@ -288,6 +288,7 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         rows.push(vec![shown(name), health, load, latency, source]);
     }
     let mut out = table(&rows);
+    quality(&conn, metrics, &stale, &mut out);
     let mut names: Vec<String> = metrics
         .networks()
         .iter()
@@ -303,6 +304,60 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
     io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| e.to_string())
+}
+
+/// Call quality beside latency (`observe --freeswitch`), one line per target and network,
+/// when there is any. A database from before the table has none to show.
+fn quality(
+    conn: &Connection,
+    metrics: &crate::state::index::Metrics,
+    stale: &dyn Fn(f64) -> String,
+    out: &mut String,
+) {
+    type Row = (String, String, Option<f64>, Option<f64>, i64, i64, f64);
+    let rows: Vec<Row> = conn
+        .prepare(
+            "SELECT target, network, mos, loss, callers, calls, updated FROM ha_quality
+             ORDER BY target, network",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\ncall quality (observe --freeswitch): median over callers of MOS and RTCP loss"
+    );
+    for (target, network, mos, loss, callers, calls, updated) in rows {
+        let name = metrics
+            .networks()
+            .iter()
+            .find(|n| *n.cidr == *network)
+            .map_or(String::new(), |n| format!("{} ", shown(&n.name)));
+        let mos = mos.map_or("-".into(), |m| format!("{m:.2}"));
+        let loss = loss.map_or("-".into(), |l| format!("{:.1} %", l * 100.0));
+        let _ = writeln!(
+            out,
+            "  {} from {name}{}: MOS {mos}, loss {loss} ({callers} callers, {calls} calls) {}",
+            shown(&target),
+            shown(&network),
+            stale(updated)
+        );
+    }
 }
 
 /// The health column, as the pipe sees it (SQLite and memcached): the

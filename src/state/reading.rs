@@ -48,16 +48,25 @@ pub enum Source {
     /// `pdns-ha metric latency`, or a row written by hand: the operator's
     /// own agents.
     Metric,
+    /// `pdns-ha observe --freeswitch`: RTCP round trips of real calls, as
+    /// FreeSWITCH computed them, per caller network.
+    Freeswitch,
 }
 
 impl Source {
-    pub const ALL: [Source; 3] = [Source::Observe, Source::Monitor, Source::Metric];
+    pub const ALL: [Source; 4] = [
+        Source::Observe,
+        Source::Monitor,
+        Source::Metric,
+        Source::Freeswitch,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Observe => "observe",
             Self::Monitor => "monitor",
             Self::Metric => "metric",
+            Self::Freeswitch => "freeswitch",
         }
     }
 

@@ -11,7 +11,7 @@
 //! to 60,000 ms; sessions 0 to 10 million, capacity 1 to 10 million;
 //! samples and timeouts up to 2^32-1, callers 1 to 2^32-1 (a figure from no
 //! caller is no figure); a latency source one of `observe`, `monitor`,
-//! `metric`. Record priorities (MX/SRV) 0 to 65535.
+//! `metric`, `freeswitch`. Record priorities (MX/SRV) 0 to 65535.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,7 +86,7 @@ impl fmt::Display for Invalid {
             Self::Capacity(n) => write!(f, "max sessions {n} out of range (1 to {MAX_SESSIONS})"),
             Self::Count(n) => write!(f, "count {n} out of range (0 to {MAX_COUNT})"),
             Self::Callers(n) => write!(f, "callers {n} out of range (1 to {MAX_COUNT})"),
-            Self::Source => f.write_str("source is not observe, monitor or metric"),
+            Self::Source => f.write_str("source is not observe, monitor, metric or freeswitch"),
         }
     }
 }
@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(source("observe"), Ok(Source::Observe));
         assert_eq!(
             source("Monitor").unwrap_err().to_string(),
-            "source is not observe, monitor or metric"
+            "source is not observe, monitor, metric or freeswitch"
         );
         assert!(C.latency(&Latency { ewma_ms: 1.0, ..l }).is_ok());
         assert_eq!(

@@ -420,6 +420,36 @@ impl Writer {
             .map_err(|e| e.to_string())
     }
 
+    /// A round's call quality for (network, target) (`observe --freeswitch`): replaces the
+    /// last one. Only `status` and the exporter show it, so it is not published.
+    pub fn quality(
+        &self,
+        network: &str,
+        target: &str,
+        mos: Option<f64>,
+        loss: Option<f64>,
+        (callers, calls): (usize, usize),
+    ) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_quality
+                   (network, target, mos, loss, callers, calls, updated, monitor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    network,
+                    target,
+                    mos,
+                    loss,
+                    callers as i64,
+                    calls as i64,
+                    unix_now(),
+                    self.monitor
+                ],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     pub fn load(&self, target: &str, sessions: u32, max: Option<u32>) -> Result<(), String> {
         validate::sessions(u64::from(sessions), max.map(u64::from)).map_err(|e| e.to_string())?;
         let updated = unix_now();

@@ -6,8 +6,11 @@
 //! every warning that input can trigger at will goes through a [`Limited`],
 //! so that 100 MB of garbage on the pipe costs a few lines of log, not 91 MB.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+
+use log::{info, warn};
 
 /// How often one kind of warning may speak: the same period as the other
 /// repeated warnings (memcached rejections, the database outage).
@@ -98,6 +101,27 @@ pub fn shown_bytes(b: &[u8]) -> String {
         let _ = write!(out, "…(+{} bytes)", b.len() - head.len());
     }
     out
+}
+
+/// Per-target problems already logged, so a dead target is reported when
+/// it breaks and when it heals, not every round.
+#[derive(Default)]
+pub struct Reported(HashMap<(String, &'static str), String>);
+
+impl Reported {
+    pub fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
+        let key = (target.to_owned(), what);
+        if self.0.get(&key).map(String::as_str) != Some(msg) {
+            warn!("{}: {what}: {}", shown(target), shown(msg));
+            self.0.insert(key, msg.to_owned());
+        }
+    }
+
+    pub fn fine(&mut self, target: &str, what: &'static str) {
+        if self.0.remove(&(target.to_owned(), what)).is_some() {
+            info!("{}: {what} works again", shown(target));
+        }
+    }
 }
 
 #[cfg(test)]

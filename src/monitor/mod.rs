@@ -28,7 +28,6 @@ pub mod probe;
 pub mod resolve;
 pub mod sip_options;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -42,7 +41,7 @@ use crate::state::reading::{unix_now, Source, ANY_NETWORK};
 /// Every latency reading the monitor writes is a probe's.
 const MONITOR: Source = Source::Monitor;
 use crate::state::writer::Writer;
-use crate::text::shown;
+use crate::text::{shown, Reported};
 use openmetrics::{Figures, LatencyFigure, Stamped};
 
 use self::pool::Degraded;
@@ -319,27 +318,6 @@ fn poll(
         }
     }
     readings
-}
-
-/// Per-target problems already logged, so a dead target is reported when
-/// it breaks and when it heals, not every round.
-#[derive(Default)]
-pub(crate) struct Reported(HashMap<(String, &'static str), String>);
-
-impl Reported {
-    pub(crate) fn problem(&mut self, target: &str, what: &'static str, msg: &str) {
-        let key = (target.to_owned(), what);
-        if self.0.get(&key).map(String::as_str) != Some(msg) {
-            warn!("{}: {what}: {}", shown(target), shown(msg));
-            self.0.insert(key, msg.to_owned());
-        }
-    }
-
-    pub(crate) fn fine(&mut self, target: &str, what: &'static str) {
-        if self.0.remove(&(target.to_owned(), what)).is_some() {
-            info!("{}: {what} works again", shown(target));
-        }
-    }
 }
 
 /// The health verdict of one round for one target: `Some((ok, why))`, or

@@ -30,10 +30,10 @@ use log::{info, warn};
 
 use crate::config::ObserveOptions;
 use crate::dns::Subnet;
-use crate::monitor::Reported;
 use crate::state::index::Metrics;
 use crate::state::reading::{unix_now, Source};
 use crate::state::writer::Writer;
+use crate::text::Reported;
 
 use aggregate::{aggregate, NetworkRtt, Policy, Sample};
 use openmetrics::{Figures, NetworkFigures, Round};
@@ -49,7 +49,7 @@ pub fn run(opts: &ObserveOptions) -> Result<(), String> {
     let mut reported = Reported::default();
     let figures = Arc::new(Mutex::new(Figures::new(&target)));
     if let Some(addr) = opts.metrics_listen {
-        crate::monitor::openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
+        crate::net::openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
     }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     // Calls arrive as events: the listener gathers them between rounds, and the first

@@ -1,5 +1,5 @@
 //! `observe --metrics-listen ADDR:PORT`: what `observe` reads and writes, as OpenMetrics
-//! text, served by the monitor's listener ([`crate::monitor::openmetrics::serve`]) in the
+//! text, served by the daemons' listener ([`crate::net::openmetrics::serve`]) in the
 //! same formats.
 //!
 //! One round of `observe` gives, per known network, the distinct callers seen and the
@@ -23,13 +23,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::monitor::openmetrics::{age, error_kind, escape, family, rounds_and_end, Format};
+use crate::monitor::openmetrics::error_kind;
 use crate::monitor::probe::ProbeErrorKind;
+use crate::net::openmetrics::{age, escape, family, rounds_and_end, Format};
 use crate::state::reading::Latency;
 
 use super::tcp_rtt::DiagError;
 
-pub use crate::monitor::openmetrics::{
+pub use crate::net::openmetrics::{
     LATENCY_AGE, ROUNDS, ROUND_DURATION, TARGET_LATENCY as STORED_LATENCY,
 };
 pub const ROUND_LATENCY: &str = "pdns_ha_observe_round_latency_seconds";

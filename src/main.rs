@@ -1,11 +1,11 @@
 //! pdns-ha: a PowerDNS pipe backend for VoIP high availability. `main` only
 //! wires: parse the command line, set up logging, run the subcommand.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::process::ExitCode;
 
 use pdns_ha::config::{CacheOptions, Command, Metric, PipeOptions};
-use pdns_ha::pipe::{backend, store};
+use pdns_ha::pipe::{backend, store, waiting};
 use pdns_ha::state::reading::Source;
 use pdns_ha::state::{memcached, validate, writer};
 use pdns_ha::{cli, monitor, observe, ops};
@@ -77,14 +77,29 @@ fn init_logging() {
 
 fn pipe(opts: &PipeOptions) -> Result<(), String> {
     validate::set_max_skew(opts.max_clock_skew);
-    let mut store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
-    if let Some(c) = cache(opts.cache.as_ref())? {
-        store = store.with_cache(c);
-    }
-    let mut backend = backend::Backend::new(store, opts.ranker());
+    let mut open = || -> Result<store::Store, String> {
+        let store = store::Store::open(&opts.db)
+            .map_err(|e| waiting::diagnose(&opts.db, &e.to_string()))?;
+        Ok(match cache(opts.cache.as_ref())? {
+            Some(c) => store.with_cache(c),
+            None => store,
+        })
+    };
     let mut input = io::stdin().lock();
     let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
-    match backend.run(&mut input, &mut out) {
+    let served = match open() {
+        Ok(store) => backend::Backend::new(store, opts.ranker()).run(&mut input, &mut out),
+        // Exiting would make pdns_server exit, and every zone it serves
+        // with it: wait for the database instead.
+        Err(why) => match waiting::serve(why, opts.algorithm, &mut open, &mut input, &mut out) {
+            Ok(None) => Ok(()),
+            Ok(Some(w)) => backend::Backend::new(w.store, opts.ranker())
+                .with_abi(w.abi)
+                .run(&mut io::Cursor::new(w.pending).chain(input), &mut out),
+            Err(e) => Err(e),
+        },
+    };
+    match served {
         Ok(()) => Ok(()),
         // pdns closed our stdout (it killed or replaced this coprocess):
         // nobody is left to answer.

@@ -20,6 +20,8 @@ usage:
                  [--dynamic-ttl SECS] [--stale-after SECS] [--max-clock-skew SECS]
                  [MEMCACHED]
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
+                                              (all or nothing, checked before commit)
+  pdns-ha check   --db PATH                   lint: one line per problem, exit 1 if any
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
                   [--once] [--stale-after SECS] [--monitor-id ID] [--workers N]
                   [--metrics-listen ADDR:PORT] [MEMCACHED]
@@ -261,6 +263,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 db: f.db()?,
                 scripts: f.positional.iter().map(PathBuf::from).collect(),
             })
+        }
+        "check" => {
+            let f = Flags::parse(cmd, &["db"], &[], rest)?;
+            f.positional(cmd, 0, 0, "")?;
+            Ok(Command::Check { db: f.db()? })
         }
         "monitor" => {
             let known = [

@@ -130,6 +130,10 @@ pub enum Command {
         db: PathBuf,
         scripts: Vec<PathBuf>,
     },
+    /// `check --db PATH`: lint, one line per problem.
+    Check {
+        db: PathBuf,
+    },
     Monitor(MonitorOptions),
     Observe(ObserveOptions),
     Metric {

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Ok(Command::Init { db, scripts }) => ops::init::run(&db, &scripts),
+        Ok(Command::Check { db }) => ops::check::run(&db),
         Ok(Command::Pipe(opts)) => pipe(&opts),
         Ok(Command::Metric {
             db,

@@ -49,7 +49,7 @@ Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
 --timeout 1000, --down-after 3, --up-after 2, --max-clock-skew 5 (pipe, status, explain),
 --monitor-id the host name, --workers 32;
 observe: --interval 30, --timeout 5000, --max-age 180, --min-callers 3.
---memcached-key-file: a secret (16+ bytes, mode 0600) shared by every writer and pipe;
+--memcached-key-file: a secret (16+ bytes, mode 0600, or 0640 group pdns) shared by every writer and pipe;
 values are then sealed with HMAC-SHA256 and unsealed ones ignored.
 Logs go to stderr; RUST_LOG=info (or debug) for more.
 ";

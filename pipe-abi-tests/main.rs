@@ -1,6 +1,7 @@
 //! The pipe-abi integration-test binary: golden pipe transcripts, fault
 //! injection, and end-to-end runs under a real pdns_server.
 
+mod alerts;
 mod check;
 mod dnsdist;
 mod e2e;

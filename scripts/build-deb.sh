@@ -43,6 +43,11 @@ install -D -m 0644 packaging/pdns-ha-observe@.service "$stage/lib/systemd/system
 # Not in /etc/powerdns/pdns.d: installing must change nothing pdns serves; the operator
 # copies it there to enable pdns-ha (docs/operations.md, "Enabling the pipe").
 install -D -m 0644 packaging/pdns-ha.conf "$doc/examples/pdns-ha.conf"
+# Alert rules and dashboard for the monitor's and observe's --metrics-listen.
+install -D -m 0644 packaging/prometheus/pdns-ha-alerts.yml \
+  "$stage/usr/share/pdns-ha/prometheus/pdns-ha-alerts.yml"
+install -D -m 0644 packaging/grafana/pdns-ha-dashboard.json \
+  "$stage/usr/share/pdns-ha/grafana/pdns-ha-dashboard.json"
 install -D -m 0644 packaging/pdns-ha-monitor.default "$stage/etc/default/pdns-ha-monitor"
 
 for script in postinst prerm postrm; do

@@ -19,6 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::dns::Subnet;
 use crate::monitor::kamailio::connect_target;
 use crate::monitor::sip_options::AcceptCodes;
+use crate::pipe::zone::{Builder, Row, Skip};
 use crate::state::reading::target_key;
 use crate::text::shown;
 
@@ -103,6 +104,7 @@ pub fn lint(conn: &Connection) -> rusqlite::Result<Vec<Finding>> {
         return Ok(l.found);
     }
     let targets = l.targets(conn)?;
+    l.unservable(conn)?;
     l.zones(conn, &targets)?;
     l.networks(conn)?;
     Ok(l.found)
@@ -239,6 +241,57 @@ impl Lint {
         Ok(all)
     }
 
+    /// Records the pipe leaves out, judged by the pipe's own index builder
+    /// (fresh every few thousand rows, so a large zone costs no memory).
+    fn unservable(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare(
+            "SELECT id, CAST(name AS TEXT), CAST(type AS TEXT), CAST(content AS TEXT), ttl, prio,
+                    domain_id
+             FROM records
+             WHERE NOT coalesce(disabled, 0) AND type IS NOT NULL AND type != ''
+               AND name IS NOT NULL AND domain_id IS NOT NULL
+             ORDER BY id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut b = Builder::default();
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let (Ok(Some(name)), Ok(Some(rtype))) = (
+                r.get_ref(1)?.as_str_or_null(),
+                r.get_ref(2)?.as_str_or_null(),
+            ) else {
+                continue;
+            };
+            let row = Row {
+                name,
+                rtype,
+                content: r.get_ref(3)?.as_str_or_null().ok().flatten().unwrap_or(""),
+                ttl: r.get(4).ok().flatten(),
+                prio: r.get(5).ok().flatten(),
+                domain_id: r.get(6).unwrap_or(0),
+                auth: true,
+            };
+            if let Err(why) = b.record(&row) {
+                let why = match why {
+                    Skip::Unservable => "a TAB or line break cannot be sent to pdns",
+                    Skip::NoPriority => "MX/SRV without a priority",
+                    Skip::BadPriority => "priority out of range (0 to 65535)",
+                };
+                self.unused(format!(
+                    "record id {id} ({} {}): not served: {why}",
+                    shown(name),
+                    shown(rtype)
+                ));
+            }
+            n += 1;
+            if n % 10_000 == 0 {
+                b = Builder::default();
+            }
+        }
+        Ok(())
+    }
+
     /// Zones without SOA, and records and targets that do not meet.
     fn zones(
         &mut self,
@@ -264,7 +317,7 @@ impl Lint {
         let mut named: HashSet<String> = HashSet::new();
         // RRsets pdns-ha ranks: SRV, A and AAAA with two records or more.
         let mut stmt = conn.prepare(
-            "SELECT id, lower(name), type, content FROM records
+            "SELECT id, lower(name), type, content, prio FROM records
              WHERE type IN ('SRV', 'A', 'AAAA') AND NOT coalesce(disabled, 0)
                AND (lower(name), type) IN (
                  SELECT lower(name), type FROM records
@@ -282,8 +335,9 @@ impl Lint {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
+            let no_prio = r.get::<_, Option<i64>>(4).ok().flatten().is_none();
             let key = match rtype.as_str() {
-                "SRV" => srv_target(&content).map(target_key),
+                "SRV" => srv_target(&content, no_prio).map(target_key),
                 _ => content
                     .trim()
                     .parse::<IpAddr>()
@@ -332,15 +386,16 @@ impl Lint {
         // Single SRV and address records name targets too (a row there is
         // probed, and shown by status, though a lone record is not ranked).
         let mut stmt = conn.prepare(
-            "SELECT type, content FROM records
+            "SELECT type, content, prio FROM records
              WHERE type IN ('SRV', 'A', 'AAAA') AND NOT coalesce(disabled, 0)",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let (rtype, content): (String, Option<String>) = (r.get(0)?, r.get(1).ok().flatten());
             let content = content.unwrap_or_default();
+            let no_prio = r.get::<_, Option<i64>>(2).ok().flatten().is_none();
             let key = match rtype.as_str() {
-                "SRV" => srv_target(&content).map(target_key),
+                "SRV" => srv_target(&content, no_prio).map(target_key),
                 _ => Some(target_key(&content)),
             };
             named.extend(key);
@@ -422,10 +477,15 @@ impl Lint {
     }
 }
 
-/// The target of an SRV content (`weight port target`), as the pipe reads
-/// it; `None` when it does not parse, or for the "no service" target `.`.
-fn srv_target(content: &str) -> Option<&str> {
+/// The target of an SRV content (`weight port target`, after the priority
+/// when `prio` is NULL and a hand-written row carries it in front), as the
+/// pipe reads it; `None` when it does not parse, or for the "no service"
+/// target `.`.
+fn srv_target(content: &str, no_prio: bool) -> Option<&str> {
     let mut f = content.split_whitespace();
+    if no_prio {
+        f.next()?;
+    }
     let _weight = f.next()?.parse::<u16>().ok()?;
     let _port = f.next()?.parse::<u16>().ok()?;
     let target = f.next()?;
@@ -543,6 +603,32 @@ mod tests {
             assert!(got.contains(want), "{want:?} not in:\n{got}");
         }
         assert_eq!(got.lines().count(), 10, "{got}");
+    }
+
+    #[test]
+    fn records_the_pipe_leaves_out() {
+        let c = db(include_str!("../../sql/example.sql"));
+        c.execute_batch(
+            "INSERT INTO records (domain_id, name, type, content, ttl, prio)
+               SELECT id, 'tab.example.com', 'TXT', 'a	b', 60, NULL FROM domains;
+             INSERT INTO records (domain_id, name, type, content, ttl, prio)
+               SELECT id, 'example.com', 'MX', 'mx9.example.com.', 60, 70000 FROM domains;
+             INSERT INTO records (domain_id, name, type, content, ttl, prio)
+               SELECT id, '_sips._tcp.example.com', 'SRV', '10 20 5061 sip1.example.com.', 60, NULL
+               FROM domains;",
+        )
+        .unwrap();
+        let got = texts(&c).join("\n");
+        assert!(
+            got.contains("(tab.example.com TXT): not served: a TAB"),
+            "{got}"
+        );
+        assert!(
+            got.contains("(example.com MX): not served: priority out of range"),
+            "{got}"
+        );
+        // The priority in front of the content, as the pipe reads it: no finding.
+        assert_eq!(got.lines().count(), 2, "{got}");
     }
 
     #[test]

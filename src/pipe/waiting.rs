@@ -107,7 +107,7 @@ pub fn serve(
             Some(Ok(Request::Query(_))) => out.write_all(b"END\n")?,
             Some(Ok(Request::Axfr { .. })) => out.write_all(b"FAIL\n")?,
             Some(Ok(Request::Cmd(_))) => {
-                writeln!(out, "not serving: {why}")?;
+                writeln!(out, "not serving: {}", shown(&why))?;
                 out.write_all(b"END\n")?;
             }
             Some(Err(e)) => {

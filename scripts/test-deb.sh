@@ -140,6 +140,9 @@ step "checking that installing changed nothing pdns serves"
 grep -rl pdns-ha /etc/powerdns && fail "the install put pdns-ha into pdns's configuration"
 [ -f /usr/share/doc/pdns-ha/examples/pdns-ha.conf ] ||
   fail "no example snippet in /usr/share/doc/pdns-ha/examples"
+for f in prometheus/pdns-ha-alerts.yml grafana/pdns-ha-dashboard.json; do
+  [ -f "/usr/share/pdns-ha/$f" ] || fail "no /usr/share/pdns-ha/$f in the package"
+done
 
 step "checking what postinst made"
 [ "$(id -gn pdns-ha)" = pdns ] || fail "user pdns-ha is not in primary group pdns"

@@ -81,11 +81,12 @@ fn pdns_stays_up_without_the_database_and_serves_it_after_init() {
     ] {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
-    // One coprocess per distributor thread plus the start-up one: a pipe
-    // that failed and was respawned on every question would log the
-    // problem far more often.
+    // Once per coprocess (3 here: UDP, TCP and the one pdns starts first):
+    // a pipe that pdns killed and respawned on every question would log
+    // the problem once per dig, and there were more than 6.
     let said = log.matches("not serving: database").count();
-    assert!((1..=4).contains(&said), "logged {said} times:\n{log}");
+    eprintln!("the reason was logged {said} times");
+    assert!((1..=6).contains(&said), "logged {said} times:\n{log}");
 }
 
 /// The pipe alone, run as `nobody` when the test runs as root (root may

@@ -82,8 +82,8 @@ fn pdns_stays_up_without_the_database_and_serves_it_after_init() {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
     // Once per coprocess (3 here: UDP, TCP and the one pdns starts first):
-    // a pipe that pdns killed and respawned on every question would log
-    // the problem once per dig, and there were more than 6.
+    // a pipe that pdns killed and respawned at every question would log
+    // the problem once per question, and the digs here ask dozens.
     let said = log.matches("not serving: database").count();
     eprintln!("the reason was logged {said} times");
     assert!((1..=6).contains(&said), "logged {said} times:\n{log}");

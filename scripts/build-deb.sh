@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds target/debian/pdns-ha_<version>_<arch>.deb with plain dpkg-deb (no cargo-deb,
 # no debhelper): the release binaries, the SQL files, the man pages, the docs, the systemd
-# units, the pdns.d snippet and the maintainer scripts from packaging/. Checks the units
+# units, the pdns.d snippet (as an example, not enabled), the Prometheus rules and
+# Grafana dashboard, and the maintainer scripts from packaging/. Checks the units
 # with systemd-analyze verify when it is installed. Usage: bash scripts/build-deb.sh
 set -euo pipefail
 
@@ -49,7 +50,14 @@ printf 'pdns-ha (%s) unstable; urgency=medium\n\n  * Built from git %s.\n\n -- p
 chmod 0644 "$doc/changelog.gz"
 install -D -m 0644 packaging/pdns-ha-monitor.service "$stage/lib/systemd/system/pdns-ha-monitor.service"
 install -D -m 0644 packaging/pdns-ha-observe@.service "$stage/lib/systemd/system/pdns-ha-observe@.service"
-install -D -m 0644 packaging/pdns-ha.conf "$stage/etc/powerdns/pdns.d/pdns-ha.conf"
+# Not in /etc/powerdns/pdns.d: installing must change nothing pdns serves; the operator
+# copies it there to enable pdns-ha (docs/operations.md, "Enabling the pipe").
+install -D -m 0644 packaging/pdns-ha.conf "$doc/examples/pdns-ha.conf"
+# Alert rules and dashboard for the monitor's and observe's --metrics-listen.
+install -D -m 0644 packaging/prometheus/pdns-ha-alerts.yml \
+  "$stage/usr/share/pdns-ha/prometheus/pdns-ha-alerts.yml"
+install -D -m 0644 packaging/grafana/pdns-ha-dashboard.json \
+  "$stage/usr/share/pdns-ha/grafana/pdns-ha-dashboard.json"
 install -D -m 0644 packaging/pdns-ha-monitor.default "$stage/etc/default/pdns-ha-monitor"
 
 for script in postinst prerm postrm; do

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Install test of the Debian package, as root on Debian 12 (made for a container, where no
-# systemd runs): builds the .deb, installs it with apt-get, seeds the database with the
-# shipped example, starts pdns_server as user pdns with the shipped pdns.d snippet on a
-# free loopback port, runs the monitor unit's own ExecStart line as the unit's user, digs
+# systemd runs): builds the .deb; checks that postinst refuses a state directory that is a
+# link or someone else's, and a link at the database path; installs it with apt-get and
+# checks that nothing pdns serves changed; seeds the database with the shipped example,
+# enables pdns-ha by the one documented step (copying the example snippet into pdns.d),
+# starts pdns_server as user pdns on a
+# free loopback port, checks that a key file made as documented serves the pipe (pdns)
+# and the monitor (pdns-ha) while an Event Socket password file stays the monitor's, runs the monitor unit's own ExecStart line as the unit's user, digs
 # the live answer, runs the observe unit's ExecStart line for one instance (its source:
 # the kernel's TCP round trip of a connection this script holds to pdns's TCP port), then
 # purges the package and checks that nothing it created is left but the database.
@@ -69,9 +73,13 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 work=$(mktemp -d /tmp/pdns-ha-test-deb.XXXXXX)
 pdns_pid=
 made_env=
+snippet=/etc/powerdns/pdns.d/pdns-ha.conf
+made_snippet=
 cleanup() {
   [ -n "$pdns_pid" ] && kill "$pdns_pid" 2>/dev/null && wait "$pdns_pid" 2>/dev/null
   [ -n "$made_env" ] && rm -f "$observe_env"
+  [ -n "$made_snippet" ] && rm -f "$snippet"
+  rm -f /etc/pdns-ha/test-deb-*
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -85,10 +93,56 @@ snapshot() {
 }
 snapshot > "$work/before"
 
-step "installing $deb with apt-get"
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" \
-  > "$work/apt-install.log" 2>&1 || { cat "$work/apt-install.log"; fail "apt-get install"; }
+[ -e "$snippet" ] && fail "$snippet exists before the install; move it away first"
+
+# Issue 19: postinst runs as root in a directory pdns and pdns-ha write. It must refuse a
+# state directory that is a link or belongs to someone else, and a link at the database
+# path, rather than follow them. Each refusal names the fix, and dpkg --configure then
+# finishes once it is applied.
+step "installing $deb over a state directory that is a symbolic link: refused"
+install -d -m 0755 "$work/elsewhere"
+ln -s "$work/elsewhere" "$state"
+if DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" \
+  > "$work/apt-install.log" 2>&1; then
+  fail "postinst accepted $state as a symbolic link"
+fi
+grep -q "$state is a symbolic link" "$work/apt-install.log" ||
+  { cat "$work/apt-install.log"; fail "no message naming the link"; }
+[ -z "$(ls -A "$work/elsewhere")" ] || fail "postinst wrote through the link"
+rm "$state"
+
+step "configuring over a state directory another user owns: refused"
+install -d -o nobody -m 0770 "$state"
 touch "$marker"
+if dpkg --configure pdns-ha > "$work/configure.log" 2>&1; then
+  fail "postinst accepted $state owned by nobody"
+fi
+grep -q "$state belongs to nobody" "$work/configure.log" ||
+  { cat "$work/configure.log"; fail "no message naming the owner"; }
+
+step "configuring with a link at the database path: the link left alone, not followed"
+chown pdns-ha:pdns "$state"
+ln -s "$work/target.db" "$state/ha.db"
+dpkg --configure pdns-ha > "$work/configure.log" 2>&1 ||
+  { cat "$work/configure.log"; fail "dpkg --configure with a link at the database path"; }
+grep -q "$state/ha.db is a symbolic link; left alone" "$work/configure.log" ||
+  { cat "$work/configure.log"; fail "no message naming the link at the database path"; }
+[ ! -e "$work/target.db" ] || fail "postinst created the link's target"
+[ -L "$state/ha.db" ] || fail "postinst replaced the link"
+rm "$state/ha.db"
+# The package is configured now; what a first install does with a clean path:
+dpkg-reconfigure -fnoninteractive pdns-ha > "$work/configure.log" 2>&1 ||
+  { cat "$work/configure.log"; fail "dpkg-reconfigure after the link went"; }
+[ -f "$state/ha.db" ] || fail "no database after configure"
+chmod 0770 "$state"
+
+step "checking that installing changed nothing pdns serves"
+grep -rl pdns-ha /etc/powerdns && fail "the install put pdns-ha into pdns's configuration"
+[ -f /usr/share/doc/pdns-ha/examples/pdns-ha.conf ] ||
+  fail "no example snippet in /usr/share/doc/pdns-ha/examples"
+for f in prometheus/pdns-ha-alerts.yml grafana/pdns-ha-dashboard.json; do
+  [ -f "/usr/share/pdns-ha/$f" ] || fail "no /usr/share/pdns-ha/$f in the package"
+done
 
 step "checking what postinst made"
 [ "$(id -gn pdns-ha)" = pdns ] || fail "user pdns-ha is not in primary group pdns"
@@ -96,6 +150,8 @@ step "checking what postinst made"
   fail "$state is $(stat -c '%U:%G %a' "$state"), want pdns-ha:pdns 770"
 [ "$(stat -c '%U:%G %a' "$state/ha.db")" = "pdns-ha:pdns 660" ] ||
   fail "$state/ha.db is $(stat -c '%U:%G %a' "$state/ha.db"), want pdns-ha:pdns 660"
+[ "$(stat -c '%U:%G %a' /etc/pdns-ha)" = "root:pdns 750" ] ||
+  fail "/etc/pdns-ha is $(stat -c '%U:%G %a' /etc/pdns-ha), want root:pdns 750"
 MANPATH=/usr/share/man: systemd-analyze verify "$unit" ||
   fail "systemd-analyze verify $unit"
 # A template is verified as an instance, under its instance's name.
@@ -114,6 +170,18 @@ done
 
 step "seeding the database with the shipped example as pdns-ha"
 runuser -u pdns-ha -- pdns-ha init --db "$state/ha.db" /usr/share/pdns-ha/example.sql >/dev/null
+# The example names /etc/pdns-ha/esl-password for its FreeSWITCH boxes; made as the
+# docs say, check finds nothing to flag.
+(umask 077 && printf 'ClueCon\n' > /etc/pdns-ha/test-deb-esl)
+chown pdns-ha /etc/pdns-ha/test-deb-esl
+runuser -u pdns-ha -- sqlite3 "$state/ha.db" \
+  "UPDATE ha_targets SET load_secret_file = '/etc/pdns-ha/test-deb-esl' WHERE load_secret_file IS NOT NULL;"
+runuser -u pdns -- pdns-ha check --db "$state/ha.db" > "$work/check.log" 2>&1 ||
+  { cat "$work/check.log"; fail "check on the shipped example"; }
+runuser -u pdns -- cat /etc/pdns-ha/test-deb-esl >/dev/null 2>&1 &&
+  fail "pdns can read the Event Socket password file"
+runuser -u pdns-ha -- cat /etc/pdns-ha/test-deb-esl | grep -qx ClueCon ||
+  fail "the monitor's user cannot read the Event Socket password file"
 
 # A free port for pdns (UDP and TCP); the monitor will probe pdns's own TCP listener as
 # sip6's SIP server, so one target is up with a measured latency. No python on a bare
@@ -127,6 +195,10 @@ done
 runuser -u pdns-ha -- sqlite3 "$state/ha.db" \
   "UPDATE ha_targets SET probe = 'none', load_source = 'none';
    UPDATE ha_targets SET probe = 'tcp', probe_address = '127.0.0.1:$port' WHERE name = 'sip6.example.com';"
+
+step "enabling pdns-ha as the docs say: the example snippet copied into pdns.d"
+made_snippet=1
+cp /usr/share/doc/pdns-ha/examples/pdns-ha.conf "$snippet"
 
 step "starting pdns_server as pdns on 127.0.0.1:$port with /etc/powerdns (pdns.d/pdns-ha.conf)"
 install -d -o pdns -g pdns "$work/run"
@@ -217,9 +289,31 @@ written=$(runuser -u pdns -- sqlite3 "$state/ha.db" \
 [ "$written" = 1 ] || fail "no ha_latency row from observe (got $written)"
 rm -f "$observe_env"
 
+step "a memcached key made as the docs say serves the pipe (pdns) and the monitor (pdns-ha)"
+key=/etc/pdns-ha/test-deb-memcached.key
+(umask 027 && head -c 32 /dev/urandom | base64 > "$key")
+chgrp pdns "$key"
+[ "$(stat -c '%U:%G %a' "$key")" = "root:pdns 640" ] || fail "key is $(stat -c '%U:%G %a' "$key")"
+cache=(--memcached 127.0.0.1:1 --memcached-key-file "$key")
+helo=$(printf 'HELO\t3\nQ\twww.example.com\tIN\tA\t-1\t127.0.0.1\t127.0.0.1\t127.0.0.1/32\n' |
+  runuser -u pdns -- pdns-ha --db "$state/ha.db" "${cache[@]}" 2> "$work/pipe-key.log")
+echo "$helo" | grep -q '192.0.2.80' ||
+  { cat "$work/pipe-key.log"; fail "the pipe as pdns does not serve with the key: $helo"; }
+runuser -u pdns-ha -- pdns-ha metric health --db "$state/ha.db" --target sip8.example.com up \
+  "${cache[@]}" > "$work/metric-key.log" 2>&1 ||
+  { cat "$work/metric-key.log"; fail "the monitor's user cannot use the key"; }
+chmod 0644 "$key"
+printf 'HELO\t3\n' | runuser -u pdns -- pdns-ha --db "$state/ha.db" "${cache[@]}" \
+  2> "$work/pipe-key.log" >/dev/null
+grep -q "mode 644 lets other users read" "$work/pipe-key.log" ||
+  { cat "$work/pipe-key.log"; fail "a world-readable key was not refused"; }
+rm -f /etc/pdns-ha/test-deb-*
+
 kill "$pdns_pid"
 wait "$pdns_pid" 2>/dev/null || true
 pdns_pid=
+rm -f "$snippet"
+made_snippet=
 
 step "purging"
 apt-get purge -y -q pdns-ha > "$work/apt-purge.log" 2>&1 || { cat "$work/apt-purge.log"; fail "purge"; }
@@ -236,4 +330,4 @@ pgrep -u pdns-ha >/dev/null && fail "pdns-ha processes still running"
 # What purge keeps, the test removes: this machine should look as before.
 rm -rf "$state"
 userdel pdns-ha
-step "ok: installed, served live answers as pdns, monitor and observe units ran, purged cleanly"
+step "ok: refused unsafe paths, installed without touching pdns, served live answers as pdns once enabled, one key for two users, monitor and observe units ran, purged cleanly"

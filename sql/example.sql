@@ -56,12 +56,14 @@ INSERT OR REPLACE INTO ha_networks (cidr, name) VALUES
 
 -- sip1-3 are FreeSWITCH boxes (Event Socket on 8021), sip4-6 Kamailio
 -- (JSON-RPC), sip7-8 only health-checked. Capacity of the FreeSWITCH boxes
--- comes from FreeSWITCH itself (max-sessions).
+-- comes from FreeSWITCH itself (max-sessions). The Event Socket password is
+-- read from a file only the monitor's user reads (load_secret_file), never
+-- from this database, which pdns's user reads (docs/operations.md).
 INSERT OR REPLACE INTO ha_targets
-  (name, probe, probe_address, max_sessions, load_source, load_address, load_secret) VALUES
-  ('sip1.example.com', 'sip-udp', NULL, NULL, 'freeswitch', '192.0.2.11:8021', 'ClueCon'),
-  ('sip2.example.com', 'sip-udp', NULL, NULL, 'freeswitch', '192.0.2.12:8021', 'ClueCon'),
-  ('sip3.example.com', 'sip-udp', NULL, NULL, 'freeswitch', '192.0.2.13:8021', 'ClueCon'),
+  (name, probe, probe_address, max_sessions, load_source, load_address, load_secret_file) VALUES
+  ('sip1.example.com', 'sip-udp', NULL, NULL, 'freeswitch', '192.0.2.11:8021', '/etc/pdns-ha/esl-password'),
+  ('sip2.example.com', 'sip-udp', NULL, NULL, 'freeswitch', '192.0.2.12:8021', '/etc/pdns-ha/esl-password'),
+  ('sip3.example.com', 'sip-udp', NULL, NULL, 'freeswitch', '192.0.2.13:8021', '/etc/pdns-ha/esl-password'),
   ('sip4.example.com', 'sip-udp', NULL, 1000, 'kamailio', 'http://198.51.100.14:5071/RPC', NULL),
   ('sip5.example.com', 'sip-udp', NULL, 1000, 'kamailio', 'http://198.51.100.15:5071/RPC', NULL),
   ('sip6.example.com', 'sip-udp', NULL, 500, 'kamailio', 'http://198.51.100.16:5071/RPC', NULL),

@@ -115,14 +115,21 @@ CREATE TABLE IF NOT EXISTS ha_targets (
                         CHECK (load_source IN ('none', 'freeswitch', 'kamailio')),
   -- FreeSWITCH Event Socket host:port, or Kamailio JSON-RPC http:// URL.
   load_address          TEXT DEFAULT NULL,
-  -- Event Socket password. Never logged, never shown by status or CMD.
+  -- Event Socket password. Never logged, never shown by status or CMD. Kept
+  -- for older databases: pdns's user reads this table and every DNS node
+  -- copies it, so prefer load_secret_file (`pdns-ha check` flags this).
   load_secret           TEXT DEFAULT NULL,
   -- SIP response codes that mean "up" for this target's OPTIONS probe:
   -- codes and classes, comma-separated, e.g. '200,401,404' for a server that
   -- challenges or rejects unknown callers, or '2xx,405'. NULL means '2xx'.
   -- Anything else (503 above all) means unavailable. Added after the first
   -- release: `pdns-ha init` adds it to older databases (see ops/init.rs).
-  probe_ok_codes        TEXT DEFAULT NULL
+  probe_ok_codes        TEXT DEFAULT NULL,
+  -- Absolute path of a file holding the Event Socket password, read by the
+  -- monitor at each round: readable by the monitor's user only, never by
+  -- pdns. Used instead of load_secret when set. Added after the first
+  -- release (see ops/init.rs).
+  load_secret_file      TEXT DEFAULT NULL
 );
 
 -- Hard state: targets an operator took out of service (`pdns-ha drain`).

@@ -53,8 +53,10 @@ pub struct PipeCli {
 pub enum PipeCommand {
     /// Answer PowerDNS's pipe protocol on stdin/stdout (the default command)
     Pipe(PipeArgs),
-    /// Create the schema, then run the seed scripts
+    /// Create the schema, then run the seed scripts (in one transaction, checked before commit)
     Init(InitArgs),
+    /// Lint what the pipe and the monitor will do: one line per problem, exit 1 if any
+    Check(DbArg),
     /// Store a reading by hand (latency, load or health)
     #[command(subcommand)]
     Metric(MetricCommand),

@@ -3,7 +3,7 @@
 //! command. `monitor` and `observe` are handed over to `pdns-ha-daemon`.
 
 use std::ffi::OsString;
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Read};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,7 +11,7 @@ use pdns_ha::cli::{NetworkCommand, PipeCli, PipeCommand, TargetCommand};
 use pdns_ha::config::PipeOptions;
 use pdns_ha::ops::edit;
 use pdns_ha::pipe::answer::Ranker;
-use pdns_ha::pipe::{backend, store};
+use pdns_ha::pipe::{backend, store, waiting};
 use pdns_ha::state::memcached::Cache;
 use pdns_ha::state::validate;
 use pdns_ha::{cli, logging, ops};
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         PipeCommand::Pipe(a) => pipe(&a.options()),
         PipeCommand::Init(a) => ops::init::run(&a.db.db, &a.scripts),
+        PipeCommand::Check(a) => ops::check::run(&a.db),
         PipeCommand::Metric(m) => {
             let (metric, write, monitor_id) = m.split();
             ops::write::metric(&write.db.db, &metric, write.cache().as_ref(), &monitor_id)
@@ -83,14 +84,30 @@ fn main() -> ExitCode {
 
 fn pipe(opts: &PipeOptions) -> Result<(), String> {
     validate::set_max_skew(opts.max_clock_skew);
-    let mut store = store::Store::open(&opts.db).map_err(|e| e.to_string())?;
-    if let Some(c) = opts.cache.as_ref().map(Cache::connect).transpose()? {
-        store = store.with_cache(c);
-    }
-    let mut backend = backend::Backend::new(store, Ranker::from_options(opts));
+    let mut open = || -> Result<store::Store, String> {
+        let store = store::Store::open(&opts.db)
+            .map_err(|e| waiting::diagnose(&opts.db, &e.to_string()))?;
+        Ok(match opts.cache.as_ref().map(Cache::connect).transpose()? {
+            Some(c) => store.with_cache(c),
+            None => store,
+        })
+    };
     let mut input = io::stdin().lock();
     let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
-    match backend.run(&mut input, &mut out) {
+    let ranker = || Ranker::from_options(opts);
+    let served = match open() {
+        Ok(store) => backend::Backend::new(store, ranker()).run(&mut input, &mut out),
+        // Exiting would make pdns_server exit, and every zone it serves with it: wait for
+        // the database instead.
+        Err(why) => match waiting::serve(why, opts.algorithm, &mut open, &mut input, &mut out) {
+            Ok(None) => Ok(()),
+            Ok(Some(w)) => backend::Backend::new(w.store, ranker())
+                .with_abi(w.abi)
+                .run(&mut io::Cursor::new(w.pending).chain(input), &mut out),
+            Err(e) => Err(e),
+        },
+    };
+    match served {
         Ok(()) => Ok(()),
         // pdns closed our stdout (it killed or replaced this coprocess):
         // nobody is left to answer.

@@ -5,6 +5,7 @@ mod dnsdist;
 mod live;
 pub(crate) mod memcached;
 pub(crate) mod reliability;
+mod startup;
 pub(crate) mod trust;
 
 use std::path::{Path, PathBuf};

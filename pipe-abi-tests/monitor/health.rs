@@ -101,8 +101,8 @@ fn a_503_a_paused_or_not_ready_freeswitch_leaves_and_returns() {
             "UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{}' WHERE name = 'sip4.example.com';
              UPDATE ha_targets SET probe = 'sip-udp', probe_address = '{}', probe_ok_codes = '200,401,404'
                WHERE name = 'sip5.example.com';
-             UPDATE ha_targets SET load_source = 'freeswitch', load_address = '{}', load_secret = 'ClueCon'
-               WHERE name = 'sip1.example.com';",
+             UPDATE ha_targets SET load_source = 'freeswitch', load_address = '{}', load_secret = 'ClueCon',
+               load_secret_file = NULL WHERE name = 'sip1.example.com';",
             sip4.addr,
             sip5.addr,
             fs.addr()

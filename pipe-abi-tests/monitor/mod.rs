@@ -2,6 +2,7 @@
 //! delays and a closed port, FreeSWITCH Event Socket stand-ins with faults,
 //! and pdns_server answering from what the monitor wrote.
 
+pub(crate) mod alerts;
 mod esl;
 mod health;
 pub(crate) mod kamailio;
@@ -279,11 +280,18 @@ fn monitor_reads_freeswitch_load_and_survives_broken_servers() {
             b.addr(),
         ));
     }
+    // The password from a file only the monitor's user reads, not from
+    // the database (ha_targets.load_secret_file).
+    let secret = dir.path().join("esl-password");
+    std::fs::write(&secret, "ClueCon\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     for (name, addr) in &set {
         sql(
             &db,
             &format!(
-                "UPDATE ha_targets SET load_source = 'freeswitch', load_address = '{addr}', load_secret = 'ClueCon' WHERE name = '{name}'"
+                "UPDATE ha_targets SET load_source = 'freeswitch', load_address = '{addr}', \
+                 load_secret = NULL, load_secret_file = '{}' WHERE name = '{name}'",
+                secret.display()
             ),
         );
     }

@@ -96,7 +96,7 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
     Connection::open(&db)
         .unwrap()
         .execute_batch(&format!(
-            "UPDATE ha_targets SET probe = 'none', load_source = 'none';
+            "UPDATE ha_targets SET probe = 'none', load_source = 'none', load_secret_file = NULL;
              UPDATE ha_targets SET probe = 'tcp', probe_address = '{}',
                load_source = 'freeswitch', load_address = '{}', load_secret = 'ClueCon'
                WHERE name = 'sip1.example.com';

@@ -118,6 +118,7 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
     let rows = w.targets()?;
     let mut targets = Vec::with_capacity(rows.len());
     for r in rows {
+        let password = secret(&r);
         let probe = match r.probe.as_str() {
             "sip-udp" => Probe::SipUdp,
             "sip-tcp" => Probe::SipTcp,
@@ -142,9 +143,15 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
             }
         };
         let load = match (r.load_source.as_str(), r.load_address) {
-            ("freeswitch", Some(addr)) => LoadSource::FreeSwitch {
-                addr,
-                password: r.load_secret.unwrap_or_default(),
+            ("freeswitch", Some(addr)) => match password {
+                Ok(password) => {
+                    reported.fine(&r.name, "secret");
+                    LoadSource::FreeSwitch { addr, password }
+                }
+                Err(e) => {
+                    reported.problem(&r.name, "secret", &e);
+                    LoadSource::None
+                }
             },
             ("kamailio", Some(url)) => LoadSource::Kamailio { url },
             ("none", _) => LoadSource::None,
@@ -168,6 +175,24 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
         });
     }
     Ok(targets)
+}
+
+/// The Event Socket password: from `load_secret_file` when set (read every
+/// round, so a changed password needs no restart), else `load_secret`.
+fn secret(r: &crate::state::writer::TargetRow) -> Result<String, String> {
+    let Some(path) = &r.load_secret_file else {
+        return Ok(r.load_secret.clone().unwrap_or_default());
+    };
+    let mut text = String::new();
+    crate::files::open_regular(std::path::Path::new(path))
+        .and_then(|f| {
+            use std::io::Read;
+            f.take(4096).read_to_string(&mut text)
+        })
+        .map_err(|e| {
+            format!("load_secret_file {path}: {e} (it must be readable by the monitor's user)")
+        })?;
+    Ok(text.trim().to_owned())
 }
 
 /// A blocking probe for the worker pool.

@@ -20,6 +20,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("ha_targets", "probe_ok_codes", "TEXT DEFAULT NULL"),
     ("ha_load", "monitor", "TEXT DEFAULT NULL"),
     ("ha_latency", "monitor", "TEXT DEFAULT NULL"),
+    ("ha_targets", "load_secret_file", "TEXT DEFAULT NULL"),
 ];
 
 /// Soft-state tables whose key changed: (table, a column only the new shape
@@ -44,7 +45,7 @@ fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
 
 /// Brings an existing database to the current schema; a new one gets it all
 /// from `SCHEMA`.
-fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     for (table, marker) in RESHAPED {
         let have = columns(conn, table)?;
         if !have.is_empty() && !have.iter().any(|c| c == marker) {
@@ -84,6 +85,8 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// `pdns-ha init --db DB [SQL_FILE...]`: the schema, then the seed scripts
+/// all or nothing, then what the database holds.
 pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
     let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
     // Not through a symbolic link (a dangling one would have SQLite create
@@ -115,25 +118,121 @@ pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
         log::warn!("database {}: journal mode is {mode}, not WAL", db.display());
     }
     upgrade(&conn).map_err(|e| at(&e))?;
-    for script in scripts {
-        let sql = std::fs::read_to_string(script)
-            .map_err(|e| format!("seed script {}: {e}", script.display()))?;
-        conn.execute_batch(&sql)
-            .map_err(|e| format!("seed script {}: {e}", script.display()))?;
+    let before = counts(&conn).map_err(|e| at(&e))?;
+    load(&conn, scripts)?;
+    let line = format!("{}: {}", db.display(), counts(&conn).map_err(|e| at(&e))?);
+    let mut out = io::stdout().lock();
+    if !scripts.is_empty() {
+        writeln!(out, "loaded {} script(s); was {before}", scripts.len())
+            .map_err(|e| e.to_string())?;
     }
-    let count = |table: &str| -> Result<i64, String> {
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .map_err(|e| at(&e))
-    };
-    let line = format!(
-        "{}: {} zones, {} records, {} targets, {} networks",
-        db.display(),
-        count("domains")?,
-        count("records")?,
-        count("ha_targets")?,
-        count("ha_networks")?
-    );
-    writeln!(io::stdout(), "{line}").map_err(|e| e.to_string())
+    writeln!(out, "{line}").map_err(|e| e.to_string())
+}
+
+fn counts(conn: &Connection) -> Result<String, String> {
+    crate::ops::check::counts(conn)
+}
+
+/// Runs every seed script in one transaction, then lints the result
+/// (`pdns-ha check`) and commits only if no row is invalid: a failing
+/// statement or a bad row leaves the database as it was. The scripts' own
+/// `BEGIN`/`COMMIT` (example.sql has them, so that it also runs through the
+/// sqlite3 shell) are left out, as the whole load is one transaction.
+fn load(conn: &Connection, scripts: &[PathBuf]) -> Result<(), String> {
+    if scripts.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction().map_err(|e| e.to_string())?;
+    for script in scripts {
+        let name = script.display();
+        let sql =
+            std::fs::read_to_string(script).map_err(|e| format!("seed script {name}: {e}"))?;
+        run_script(&tx, &sql).map_err(|e| {
+            format!("seed script {name}: {e}; nothing of the seed scripts was applied")
+        })?;
+    }
+    let findings = crate::ops::check::lint(&tx).map_err(|e| e.to_string())?;
+    let (invalid, unused): (Vec<_>, Vec<_>) = findings
+        .into_iter()
+        .partition(|f| f.kind == crate::ops::check::Kind::Invalid);
+    for f in &unused {
+        log::warn!("{}", f.text);
+    }
+    if !invalid.is_empty() {
+        let lines: Vec<String> = invalid.into_iter().map(|f| f.text).collect();
+        return Err(format!(
+            "nothing of the seed scripts was applied, because of {} invalid row(s):\n{}",
+            lines.len(),
+            lines.join("\n")
+        ));
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// Runs each statement of `sql` but transaction control, which the caller
+/// owns. A statement that fails is named by its number and start.
+fn run_script(conn: &Connection, sql: &str) -> Result<(), String> {
+    use rusqlite::fallible_iterator::FallibleIterator;
+    let mut batch = rusqlite::Batch::new(conn, sql);
+    let mut n = 0;
+    loop {
+        let mut stmt = match batch.next() {
+            Ok(Some(stmt)) => stmt,
+            Ok(None) => return Ok(()),
+            // Preparing the next statement failed: name it.
+            Err(e) => return Err(format!("statement {}: {e}", n + 1)),
+        };
+        n += 1;
+        let text = stmt.expanded_sql().unwrap_or_default();
+        let body = without_comments(&text);
+        let first = body
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        match first.as_str() {
+            "BEGIN" | "COMMIT" | "END" => continue,
+            "ROLLBACK" => {
+                return Err(format!(
+                    "statement {n}: ROLLBACK in a seed script is not supported (init \
+                     applies all of the scripts or nothing)"
+                ))
+            }
+            _ => {}
+        }
+        // Stepped to the end, as execute_batch does: a SELECT or PRAGMA in
+        // a script returns rows, which are not an error.
+        let mut rows = stmt.raw_query();
+        let ran = loop {
+            match rows.next() {
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = ran {
+            let start: String = body.chars().take(60).collect();
+            return Err(format!(
+                "statement {n} ({}...): {e}",
+                crate::text::shown(start.trim())
+            ));
+        }
+    }
+}
+
+/// `sql` from its first token on: SQLite hands each statement of a batch
+/// over with the comments and blank lines before it.
+fn without_comments(mut sql: &str) -> &str {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = sql.strip_prefix("/*") {
+            sql = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return sql;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::pipe::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE
 use crate::pipe::answer::{as_stored, recycle, Ranker};
 use crate::pipe::store::Store;
 use crate::pipe::zone::Record;
+use crate::select::Algorithm;
 use crate::state::reading::unix_now;
 use crate::text::Limited;
 
@@ -63,6 +64,13 @@ impl Backend {
         }
     }
 
+    /// Continues a dialogue whose `HELO` was answered before the database
+    /// could be read ([`crate::pipe::waiting`]).
+    pub fn with_abi(mut self, abi: Option<AbiVersion>) -> Self {
+        self.abi = abi;
+        self
+    }
+
     /// Judges readings' age by `clock` instead of the system's: golden
     /// transcripts pin ranked answers with readings of a known age.
     pub fn with_clock(mut self, clock: fn() -> f64) -> Self {
@@ -92,12 +100,7 @@ impl Backend {
             match ending {
                 Ending::End => out.write_all(b"END\n")?,
                 Ending::Fail => out.write_all(b"FAIL\n")?,
-                Ending::Banner(abi) => writeln!(
-                    out,
-                    "OK\tpdns-ha {} ({} algorithm), pipe ABI {abi}",
-                    env!("CARGO_PKG_VERSION"),
-                    self.ranker.algorithm
-                )?,
+                Ending::Banner(abi) => banner(out, abi, self.ranker.algorithm, "")?,
             }
             out.flush()?;
         }
@@ -282,7 +285,22 @@ impl Backend {
     }
 }
 
-enum LineRead {
+/// The `OK` line that answers `HELO`; `note` (no TAB or line break) is
+/// appended for pdns's log ("Backend launched with banner: ...").
+pub(super) fn banner(
+    out: &mut dyn Write,
+    abi: AbiVersion,
+    algorithm: Algorithm,
+    note: &str,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "OK\tpdns-ha {} ({algorithm} algorithm), pipe ABI {abi}{note}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+pub(super) enum LineRead {
     Eof,
     Line,
     TooLong,
@@ -292,7 +310,7 @@ enum LineRead {
 /// bytes: the rest of an over-long line is consumed and dropped, so one
 /// huge line costs one `FAIL` and no memory. A last line without `\n`
 /// still counts as a line.
-fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<LineRead> {
+pub(super) fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<LineRead> {
     buf.clear();
     let mut too_long = false;
     loop {

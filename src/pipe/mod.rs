@@ -1,10 +1,13 @@
 //! The pipe backend: everything between pdns's stdin/stdout and the records.
 //! A line comes in through [`backend`], is parsed by [`abi`], looked up in
 //! the [`zone`] index that [`store`] keeps current, ranked and written by
-//! [`answer`], and ended by [`backend`] with exactly one terminator.
+//! [`answer`], and ended by [`backend`] with exactly one terminator. Until the
+//! database can first be read, [`waiting`] answers instead, so that pdns
+//! stays up.
 
 pub mod abi;
 pub mod answer;
 pub mod backend;
 pub mod store;
+pub mod waiting;
 pub mod zone;

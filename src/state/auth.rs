@@ -90,16 +90,21 @@ pub enum Unsealed {
 
 impl Key {
     /// Reads the secret from `path`: a regular file that only its owner
-    /// may read or write (mode 0600 or 0400), holding at least 16 bytes.
+    /// and its group may read and only its owner write (mode 0640, 0600,
+    /// 0440 or 0400), holding at least 16 bytes.
     /// Surrounding white space (a trailing newline) is not part of it.
     pub fn load(path: &Path) -> Result<Self, String> {
         let at =
             |e: &dyn std::fmt::Display| format!("--memcached-key-file {}: {e}", path.display());
         let mut f = open_regular(path).map_err(|e| at(&e))?;
         let mode = f.metadata().map_err(|e| at(&e))?.mode();
-        if mode & 0o077 != 0 {
+        // Group read is allowed: the pipe (user pdns) and the monitor (user
+        // pdns-ha, group pdns) both need the secret, and a 0600 file serves
+        // only one of them. Group write or any access by others is not.
+        if mode & 0o037 != 0 {
             return Err(at(&format_args!(
-                "mode {:o} lets group or others read or write the secret; chmod 600 it",
+                "mode {:o} lets other users read or write the secret: chmod 600 it (one \
+                 user), or chown root:pdns and chmod 640 (the pipe and the monitor)",
                 mode & 0o7777
             )));
         }
@@ -297,7 +302,15 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let f = d.join("key");
         std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o606, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, true),
+            (0o440, true),
+            (0o660, false),
+            (0o604, false),
+            (0o606, false),
+        ] {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
             let r = Key::load(&f);
             assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");

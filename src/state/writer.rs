@@ -80,6 +80,8 @@ pub struct TargetRow {
     pub load_source: String,
     pub load_address: Option<String>,
     pub load_secret: Option<String>,
+    /// Where the Event Socket password is, when not in `load_secret`.
+    pub load_secret_file: Option<String>,
     pub probe_ok_codes: Option<String>,
     /// Capacity set by the operator, for targets whose load source reports none.
     pub max_sessions: Option<u32>,
@@ -115,6 +117,7 @@ impl Writer {
         // than fail on the first statement that names a newer column.
         let newest = [
             ("ha_targets", "probe_ok_codes"),
+            ("ha_targets", "load_secret_file"),
             ("ha_health", "monitor"),
             ("ha_load", "monitor"),
             ("ha_latency", "monitor"),
@@ -182,7 +185,7 @@ impl Writer {
             .conn
             .prepare(
                 "SELECT name, probe, probe_address, load_source, load_address, load_secret,
-                        probe_ok_codes, max_sessions
+                        probe_ok_codes, max_sessions, load_secret_file
                  FROM ha_targets ORDER BY name",
             )
             .map_err(|e| e.to_string())?;
@@ -201,6 +204,7 @@ impl Writer {
                         .get::<_, Option<i64>>(7)?
                         .and_then(|n| u32::try_from(n).ok())
                         .filter(|&n| n > 0),
+                    load_secret_file: r.get(8)?,
                 })
             })
             .map_err(|e| e.to_string())?;

@@ -18,7 +18,8 @@ use crate::util::{init_db, BIN};
 /// trouble.
 fn other_zone(db: &Path) {
     let c = Connection::open(db).unwrap();
-    c.execute_batch(include_str!("../../sql/schema.sql")).unwrap();
+    c.execute_batch(include_str!("../../sql/schema.sql"))
+        .unwrap();
     c.execute_batch(
         "INSERT INTO domains (id, name, type) VALUES (7, 'other.test', 'NATIVE');
          INSERT INTO records (domain_id, name, type, content, ttl) VALUES

@@ -645,24 +645,12 @@ fn session(src: &Endpoint, calls: &Mutex<Calls>, subscribed: &mut bool) -> Sessi
 /// TCP keepalives after a minute of silence, so that a peer that vanished without a reset
 /// is noticed within about two minutes rather than never.
 fn keepalive(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let fd = s.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, v: libc::c_int| {
-        // SAFETY: setsockopt reads one c_int from a pointer that is valid for the call.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
+    use rustix::net::sockopt;
+    // Best effort: without keepalives a vanished peer is noticed at the next reconnect.
+    let _ = sockopt::set_socket_keepalive(s, true);
+    let _ = sockopt::set_tcp_keepidle(s, Duration::from_secs(60));
+    let _ = sockopt::set_tcp_keepintvl(s, Duration::from_secs(15));
+    let _ = sockopt::set_tcp_keepcnt(s, 4);
 }
 
 /// One network's call quality in a round, beside its latency figure.

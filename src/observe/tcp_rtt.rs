@@ -28,7 +28,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 /// One established connection whose local port was asked for.
@@ -143,44 +143,24 @@ pub fn established(ports: &[u16]) -> Result<Vec<TcpRtt>, DiagError> {
     Ok(out)
 }
 
-fn io_err(during: &'static str) -> DiagError {
-    DiagError::Io {
+fn io_err(during: &'static str) -> impl FnOnce(rustix::io::Errno) -> DiagError {
+    move |e| DiagError::Io {
         during,
-        source: io::Error::last_os_error(),
+        source: e.into(),
     }
 }
 
 fn open() -> Result<OwnedFd, DiagError> {
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io_err("opening a netlink socket"));
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    // SAFETY: `tv` is a valid timeval that outlives the call; the length is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io_err("setting the receive timeout"));
-    }
+    use rustix::net::{netlink, socket_with, sockopt, AddressFamily, SocketFlags, SocketType};
+    let sock = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(netlink::SOCK_DIAG),
+    )
+    .map_err(io_err("opening a netlink socket"))?;
+    sockopt::set_socket_timeout(&sock, sockopt::Timeout::Recv, Some(RECV_TIMEOUT))
+        .map_err(io_err("setting the receive timeout"))?;
     Ok(sock)
 }
 
@@ -200,54 +180,24 @@ fn request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
 }
 
 fn send(sock: &OwnedFd, msg: &[u8]) -> Result<(), DiagError> {
-    // SAFETY: a zeroed sockaddr_nl is valid; family AF_NETLINK, pid 0 addresses the kernel.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `msg` and `kernel` are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(io_err("sending the dump request"));
-    }
+    use rustix::net::{netlink::SocketAddrNetlink, sendto, SendFlags};
+    // Port id 0 addresses the kernel.
+    let kernel = SocketAddrNetlink::new(0, 0);
+    sendto(sock, msg, SendFlags::empty(), &kernel).map_err(io_err("sending the dump request"))?;
     Ok(())
 }
 
 /// One datagram. `MSG_TRUNC` makes the kernel return the datagram's real length, so a
 /// datagram that did not fit is an error instead of silently lost connections.
 fn receive(sock: &OwnedFd, buf: &mut [u8]) -> Result<usize, DiagError> {
+    use rustix::net::{recv, RecvFlags};
     loop {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(DiagError::Io {
-                during: "reading the dump",
-                source: e,
-            });
+        match recv(sock, &mut *buf, RecvFlags::TRUNC) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io_err("reading the dump")(e)),
+            Ok((_, n)) if n > buf.len() => return Err(DiagError::Truncated(n)),
+            Ok((_, n)) => return Ok(n),
         }
-        let n = n as usize;
-        if n > buf.len() {
-            return Err(DiagError::Truncated(n));
-        }
-        return Ok(n);
     }
 }
 

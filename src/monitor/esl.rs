@@ -38,7 +38,9 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::probe::{json_str, json_u32, printable, Deadline, ProbeError, ProbeErrorKind};
+use serde_json::Value;
+
+use super::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
 
 /// Real header blocks are under 200 bytes; anything near this is not an ESL server.
 const MAX_HEADER: usize = 8 * 1024;
@@ -210,11 +212,11 @@ impl Conn<'_> {
         };
         log::debug!("{}: {status_said}; trying api json status", self.d.peer());
         let json = self.api(r#"json {"command":"status","data":""}"#)?;
-        let ready = json_str(
-            &String::from_utf8_lossy(&json),
-            &["response", "systemStatus"],
-        )
-        .is_none_or(|s| s == "ready");
+        let doc = serde_json::from_slice::<Value>(&json).ok();
+        let ready = doc
+            .as_ref()
+            .and_then(|d| d.pointer("/response/systemStatus")?.as_str())
+            .is_none_or(|s| s == "ready");
         parse_json_status(&json)
             .map(|l| (l, ready))
             .map_err(|json_said| {
@@ -398,11 +400,12 @@ fn parse_json_status(body: &[u8]) -> Result<Load, String> {
             printable(body, 80)
         ));
     }
-    let text = String::from_utf8_lossy(body);
-    match json_str(&text, &["status"]) {
+    let doc = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    let text = |pointer: &str| doc.pointer(pointer).and_then(Value::as_str);
+    match text("/status") {
         Some("success") => {}
         Some(status) => {
-            let message = json_str(&text, &["message"]).unwrap_or("");
+            let message = text("/message").unwrap_or("");
             let shown = printable(format!("{status} {message}").as_bytes(), 80);
             return Err(format!("api json status answered \"{shown}\""));
         }
@@ -413,7 +416,10 @@ fn parse_json_status(body: &[u8]) -> Result<Load, String> {
             ));
         }
     }
-    let count = |field| json_u32(&text, &["response", "sessions", "count", field]);
+    let count = |field: &str| {
+        let n = doc.pointer(&format!("/response/sessions/count/{field}"))?;
+        u32::try_from(n.as_u64()?).ok()
+    };
     let sessions = count("active").ok_or("api json status has no sessions.count.active")?;
     Ok(Load {
         sessions,

@@ -30,7 +30,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use super::probe::ProbeErrorKind;
-use super::probe::{json_lookup, json_str, json_u32, printable, Deadline, ProbeError};
+use serde_json::Value;
+
+use super::probe::{printable, Deadline, ProbeError};
 
 /// `params: [1]` for `dlg.stats_active` is dialog.c's "own dialogs" flag: in a DMQ cluster
 /// every node also holds the other nodes' dialogs (replicated for failover), and without the
@@ -77,7 +79,11 @@ pub fn read_active_dialogs_via(
         MAX_BODY,
         timeout,
     )?;
-    json_u32(&body, &["result", "all"]).ok_or_else(|| {
+    let all = serde_json::from_str::<Value>(&body).ok().and_then(|doc| {
+        let n = doc.pointer("/result/all")?.as_u64()?;
+        u32::try_from(n).ok()
+    });
+    all.ok_or_else(|| {
         let shown = printable(body.as_bytes(), 80);
         // `call` has refused URLs with credentials, so the URL is fit for a message.
         Deadline::new(url, timeout).err(ProbeErrorKind::Protocol(format!(
@@ -134,9 +140,10 @@ fn call_with(
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
 
     // A JSON-RPC error explains a non-200 status better than the status does.
-    if json_lookup(&body, &["error"]).is_some() {
-        let code = json_lookup(&body, &["error", "code"]).unwrap_or("?");
-        let message = json_str(&body, &["error", "message"]).unwrap_or("");
+    let doc = serde_json::from_str::<Value>(&body).ok();
+    if let Some(error) = doc.as_ref().and_then(|d| d.get("error")) {
+        let code = error.get("code").map_or("?".into(), Value::to_string);
+        let message = error.get("message").and_then(Value::as_str).unwrap_or("");
         let shown = printable(format!("{code} {message}").as_bytes(), 80);
         return Err(d.err(ProbeErrorKind::Remote(format!("json-rpc error {shown}"))));
     }

@@ -47,7 +47,8 @@ use std::time::Duration;
 
 use super::aggregate::{subscriber, Sample};
 use crate::monitor::kamailio;
-use crate::monitor::probe::{json_items, json_lookup, json_members, ProbeError, ProbeErrorKind};
+use crate::monitor::probe::{ProbeError, ProbeErrorKind};
+use serde::Deserialize;
 
 /// An `ul.dump` reply is about 890 bytes per contact (8.9 MB for 10,000 measured); this
 /// allows some 70,000.
@@ -90,28 +91,85 @@ pub fn read(
     })
 }
 
+/// The reply as far as it matters, read by serde: one level of types per level of the
+/// dump. Contacts stay loose values, so that one unreadable contact is skipped and counted
+/// rather than failing the whole round.
+#[derive(Deserialize)]
+struct Reply<'a> {
+    #[serde(borrow)]
+    result: Dumped<'a>,
+}
+
+#[derive(Deserialize)]
+struct Dumped<'a> {
+    #[serde(rename = "Domains", borrow)]
+    domains: Vec<DomainItem<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DomainItem<'a> {
+    #[serde(rename = "Domain", borrow)]
+    domain: Domain<'a>,
+}
+
+#[derive(Deserialize)]
+struct Domain<'a> {
+    /// The usrloc table, e.g. `location`.
+    #[serde(rename = "Domain", default)]
+    table: String,
+    #[serde(rename = "AoRs", borrow)]
+    aors: Vec<AorItem<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AorItem<'a> {
+    #[serde(rename = "Info", borrow)]
+    info: Info<'a>,
+}
+
+#[derive(Deserialize)]
+struct Info<'a> {
+    #[serde(rename = "AoR")]
+    aor: Option<String>,
+    /// Absent in `ul.dump brief`: nothing to measure. Kept as raw text, read one by one.
+    #[serde(rename = "Contacts", borrow)]
+    contacts: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+/// One `{"Contact": {…}}`: the fields that matter.
+#[derive(Deserialize)]
+struct ContactItem {
+    #[serde(rename = "Contact")]
+    contact: Contact,
+}
+
+#[derive(Deserialize)]
+struct Contact {
+    #[serde(rename = "Address")]
+    address: Option<String>,
+    #[serde(rename = "Received")]
+    received: Option<String>,
+    /// Seconds left as a number; "permanent", "expired" or "deleted" as a string.
+    #[serde(rename = "Expires")]
+    expires: Option<serde_json::Value>,
+    #[serde(rename = "Last-Keepalive")]
+    last_keepalive: Option<i64>,
+    #[serde(rename = "KA-Roundtrip")]
+    ka_roundtrip: Option<i64>,
+}
+
 /// Parses an `ul.dump` JSON-RPC reply. A reply without the `result.Domains[].Domain.AoRs`
 /// structure is an error; a contact that cannot be read is skipped and counted.
 pub fn parse(body: &str, now: f64, max_age: f64, require_received: bool) -> Result<Dump, String> {
-    // One pass per level: each array is split once, each contact walked once.
-    let domains = json_items(body, &["result", "Domains"])
-        .ok_or("no result.Domains array in the ul.dump reply")?;
+    let reply: Reply =
+        serde_json::from_str(body).map_err(|e| format!("not an ul.dump reply: {e}"))?;
     let mut dump = Dump::default();
-    for domain in domains {
-        let aors =
-            json_items(domain, &["Domain", "AoRs"]).ok_or("a domain without an AoRs array")?;
-        let table = string(json_lookup(domain, &["Domain", "Domain"])).unwrap_or("");
-        for aor in aors {
-            let who = string(json_lookup(aor, &["Info", "AoR"])).map(|a| subscriber(table, a));
-            // `ul.dump brief` lists AoRs without contacts: nothing to measure.
-            let Some(contacts) = json_items(aor, &["Info", "Contacts"]) else {
-                if json_lookup(aor, &["Info", "Contacts"]).is_some() {
-                    return Err("a malformed Contacts array".into());
-                }
-                continue;
-            };
-            for c in contacts {
-                match contact(c, now, max_age, require_received) {
+    for DomainItem { domain } in reply.result.domains {
+        for AorItem { info } in domain.aors {
+            let who = info.aor.as_deref().map(|a| subscriber(&domain.table, a));
+            for c in info.contacts.into_iter().flatten() {
+                let parsed = serde_json::from_str::<ContactItem>(c.get()).map_err(|_| Skip::Unusable);
+                match parsed.and_then(|c| contact(&c.contact, now, max_age, require_received)) {
                     Ok(s) => dump.samples.push(Sample {
                         subscriber: who,
                         ..s
@@ -136,45 +194,22 @@ enum Skip {
     NoReceived,
 }
 
-/// The fields of one `Contact` object that matter, as raw JSON text.
-#[derive(Default)]
-struct Fields<'t> {
-    address: Option<&'t str>,
-    received: Option<&'t str>,
-    expires: Option<&'t str>,
-    last_keepalive: Option<&'t str>,
-    ka_roundtrip: Option<&'t str>,
-}
-
-/// A JSON string's text, still escaped (SIP URIs have nothing to escape).
-fn string(v: Option<&str>) -> Option<&str> {
-    v?.strip_prefix('"')?.strip_suffix('"')
-}
-
-/// One element of a `Contacts` array: `{"Contact": {…}}`.
-fn contact(c: &str, now: f64, max_age: f64, require_received: bool) -> Result<Sample, Skip> {
-    let mut f = Fields::default();
-    json_members(c, &["Contact"], |key, value| match key {
-        "Address" => f.address = Some(value),
-        "Received" => f.received = Some(value),
-        "Expires" => f.expires = Some(value),
-        "Last-Keepalive" => f.last_keepalive = Some(value),
-        "KA-Roundtrip" => f.ka_roundtrip = Some(value),
-        _ => {}
-    })
-    .ok_or(Skip::Unusable)?;
-    let number = |v: Option<&str>| v?.parse::<i64>().ok();
-    // Seconds left as a number; "permanent" as a string; "expired" and "deleted" are gone.
-    if string(f.expires).is_some_and(|state| state != "permanent") {
+fn contact(c: &Contact, now: f64, max_age: f64, require_received: bool) -> Result<Sample, Skip> {
+    if c
+        .expires
+        .as_ref()
+        .and_then(|e| e.as_str())
+        .is_some_and(|state| state != "permanent")
+    {
         return Err(Skip::Expired);
     }
-    let rtt_us = number(f.ka_roundtrip).ok_or(Skip::Unusable)?;
-    let last = number(f.last_keepalive).ok_or(Skip::Unusable)?;
-    let received = string(f.received).filter(|r| *r != "[not set]");
+    let rtt_us = c.ka_roundtrip.ok_or(Skip::Unusable)?;
+    let last = c.last_keepalive.ok_or(Skip::Unusable)?;
+    let received = c.received.as_deref().filter(|r| *r != "[not set]");
     if require_received && received.is_none() {
         return Err(Skip::NoReceived);
     }
-    let uri = received.or_else(|| string(f.address));
+    let uri = received.or(c.address.as_deref());
     let caller = uri.and_then(uri_host).ok_or(Skip::Unusable)?;
     if rtt_us <= 0 {
         return Err(Skip::Unanswered);

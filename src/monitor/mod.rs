@@ -27,6 +27,8 @@ pub mod pool;
 pub mod probe;
 pub mod resolve;
 pub mod sip_options;
+pub mod stream;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

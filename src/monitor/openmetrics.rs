@@ -152,6 +152,7 @@ pub fn error_kind(kind: &ProbeErrorKind) -> &'static str {
         ProbeErrorKind::Protocol(_) => "protocol",
         ProbeErrorKind::AuthRejected => "auth_rejected",
         ProbeErrorKind::Remote(_) => "remote",
+        ProbeErrorKind::Tls { .. } => "tls",
     }
 }
 

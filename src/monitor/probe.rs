@@ -42,6 +42,9 @@ pub enum ProbeErrorKind {
     /// The peer understood and answered with an error (`-ERR …`, a JSON-RPC error, an HTTP
     /// status other than 200, an ACL rejection).
     Remote(String),
+    /// The TLS handshake failed: `reason` is a label from a small fixed set (`expired`,
+    /// `wrong_name`, `untrusted`, ...), `text` the words for the log and `status`.
+    Tls { reason: &'static str, text: String },
 }
 
 impl ProbeError {
@@ -103,6 +106,7 @@ impl fmt::Display for ProbeError {
             ProbeErrorKind::Protocol(detail) => write!(f, "{peer}: protocol error: {detail}"),
             ProbeErrorKind::AuthRejected => write!(f, "{peer}: authentication rejected"),
             ProbeErrorKind::Remote(detail) => write!(f, "{peer}: {detail}"),
+            ProbeErrorKind::Tls { text, .. } => write!(f, "{peer}: {text}"),
         }
     }
 }

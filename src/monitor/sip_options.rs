@@ -43,9 +43,9 @@ use super::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 /// A TCP peer that streams more than this without our answer is not answering OPTIONS.
-const MAX_TCP_READ: usize = 64 * 1024;
+pub(crate) const MAX_TCP_READ: usize = 64 * 1024;
 
-const WAITING: &str = "waiting for a final response";
+pub(crate) const WAITING: &str = "waiting for a final response";
 
 /// A final response to our OPTIONS: how long it took, and what it said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,14 +304,14 @@ pub fn probe_tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<Duration
 }
 
 /// The identifiers that make one probe's request unique and let us match its response.
-struct Ids {
+pub(crate) struct Ids {
     branch: String,
     tag: String,
     call_id: String,
 }
 
 impl Ids {
-    fn new(local: SocketAddr) -> Ids {
+    pub(crate) fn new(local: SocketAddr) -> Ids {
         Ids {
             branch: format!("z9hG4bK{:016x}", token()),
             tag: format!("{:08x}", token() as u32),
@@ -344,7 +344,7 @@ fn uri_host(ip: IpAddr) -> String {
     }
 }
 
-fn options_request(transport: &str, local: SocketAddr, remote: SocketAddr, ids: &Ids) -> String {
+pub(crate) fn options_request(transport: &str, local: SocketAddr, remote: SocketAddr, ids: &Ids) -> String {
     let local_host = uri_host(local.ip());
     // `rport` asks the server to answer the address and port it saw, which is where a
     // connected UDP socket listens even behind NAT.
@@ -366,7 +366,7 @@ fn options_request(transport: &str, local: SocketAddr, remote: SocketAddr, ids: 
 /// The code and reason phrase if `message` is a final response (200–699) to our request.
 /// Responses to other requests (a late answer to an earlier probe from the same port, a
 /// confused peer) carry another Call-ID or CSeq and are ignored, as are requests and garbage.
-fn final_answer(message: &[u8], ids: &Ids) -> Option<(u16, String)> {
+pub(crate) fn final_answer(message: &[u8], ids: &Ids) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(message);
     let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
     let status_line = lines.next().unwrap_or("");
@@ -393,7 +393,7 @@ fn final_answer(message: &[u8], ids: &Ids) -> Option<(u16, String)> {
 
 /// Length of the first complete SIP message in a TCP stream buffer (header block plus
 /// `Content-Length` body), counting leading keep-alive CRLFs, or `None` if incomplete.
-fn sip_message_len(buf: &[u8]) -> Option<usize> {
+pub(crate) fn sip_message_len(buf: &[u8]) -> Option<usize> {
     let skip = buf
         .iter()
         .take_while(|c| matches!(c, b'\r' | b'\n'))

@@ -22,7 +22,8 @@ usage:
   pdns-ha init    --db PATH [SQL_FILE...]     create the schema, then run the seed scripts
   pdns-ha monitor --db PATH [--interval SECS] [--timeout MS] [--down-after N] [--up-after N]
                   [--once] [--stale-after SECS] [--monitor-id ID] [--workers N]
-                  [--metrics-listen ADDR:PORT] [MEMCACHED]
+                  [--metrics-listen ADDR:PORT] [--cert-warn-days N]
+                  [--tls-client-cert FILE --tls-client-key FILE] [MEMCACHED]
   pdns-ha observe --db PATH --target NAME [--kamailio URL] [--tcp-ports P,P...]
                   [--interval SECS] [--timeout MS] [--max-age SECS] [--min-callers N]
                   [--once] [--stale-after SECS] [--metrics-listen ADDR:PORT] [MEMCACHED]
@@ -45,7 +46,7 @@ pipe is what pdns.conf runs:
   pipe-command=/usr/local/bin/pdns-ha --db /var/lib/pdns-ha/ha.db --algorithm least-latency
 Defaults: --algorithm static, --dynamic-ttl 30, --stale-after 30, --interval 5,
 --timeout 1000, --down-after 3, --up-after 2, --max-clock-skew 5 (pipe, status, explain),
---monitor-id the host name, --workers 32;
+--monitor-id the host name, --workers 32, --cert-warn-days 14;
 observe: --interval 30, --timeout 5000, --max-age 180, --min-callers 3.
 --memcached-key-file: a secret (16+ bytes, mode 0600) shared by every writer and pipe;
 values are then sealed with HMAC-SHA256 and unsealed ones ignored.
@@ -275,6 +276,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     "workers",
                     "metrics-listen",
                     "network",
+                    "cert-warn-days",
+                    "tls-client-cert",
+                    "tls-client-key",
                 ][..],
                 &MEMCACHED_FLAGS,
             ]
@@ -299,6 +303,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 workers: count("workers", 32)? as usize,
                 metrics_listen: f.metrics_listen()?,
                 network: f.get("network").map(str::to_owned),
+                cert_warn_days: count("cert-warn-days", 14)?,
+                tls_client_cert: f.get("tls-client-cert").map(PathBuf::from),
+                tls_client_key: f.get("tls-client-key").map(PathBuf::from),
             }))
         }
         "observe" => parse_observe(rest),

@@ -79,6 +79,11 @@ pub struct MonitorOptions {
     /// in (a vantage point). Its latency readings are that network's; without
     /// it they are the monitor host's own (`*`). Health stays global.
     pub network: Option<String>,
+    /// A valid TLS certificate this close to its expiry is warned about (`--cert-warn-days`).
+    pub cert_warn_days: u32,
+    /// Client certificate chain and key (PEM) for mutual TLS with `_sips._tcp` services.
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// `pdns-ha observe`: round trips one SIP server sees, grouped by client network, written as

@@ -149,20 +149,21 @@ fn would_block(e: &io::Error) -> bool {
 
 impl StreamProbe {
     /// Opens the socket and starts connecting. Fails at once when no socket can be had.
-    pub fn start(spec: StreamSpec, timeout: Duration) -> Result<StreamProbe, ProbeError> {
+    pub fn start(spec: &StreamSpec, timeout: Duration) -> Result<StreamProbe, ProbeError> {
         let peer = spec.addr.to_string();
         let d = Deadline::new(&peer, timeout);
         let sock = connect_nonblocking(spec.addr).map_err(|e| d.io_err("connecting", e))?;
-        let (tls, seen) = match spec.tls {
+        let (tls, seen) = match &spec.tls {
             None => (None, None),
             Some(t) => {
-                let conn = ClientConnection::new(t.config, t.server_name).map_err(|e| {
+                let (config, name) = (Arc::clone(&t.config), t.server_name.clone());
+                let conn = ClientConnection::new(config, name).map_err(|e| {
                     d.err(ProbeErrorKind::Tls {
                         reason: "other",
                         text: format!("tls: {e}"),
                     })
                 })?;
-                (Some(Box::new(conn)), Some(t.seen))
+                (Some(Box::new(conn)), Some(Arc::clone(&t.seen)))
             }
         };
         Ok(StreamProbe {
@@ -171,7 +172,7 @@ impl StreamProbe {
             phase: Phase::Connecting,
             tls,
             seen,
-            names: spec.names,
+            names: spec.names.clone(),
             sip: spec.sip,
             ids: None,
             request: Vec::new(),
@@ -262,8 +263,14 @@ impl StreamProbe {
                         return Ok(Some(StreamOk::Connected(self.start.elapsed())));
                     }
                     let d = self.deadline();
-                    let local = self.sock.local_addr().map_err(|e| d.io_err("connecting", e))?;
-                    let remote = self.sock.peer_addr().map_err(|e| d.io_err("connecting", e))?;
+                    let local = self
+                        .sock
+                        .local_addr()
+                        .map_err(|e| d.io_err("connecting", e))?;
+                    let remote = self
+                        .sock
+                        .peer_addr()
+                        .map_err(|e| d.io_err("connecting", e))?;
                     let ids = Ids::new(local);
                     let transport = if self.tls.is_some() { "TLS" } else { "TCP" };
                     self.request = options_request(transport, local, remote, &ids).into_bytes();
@@ -284,9 +291,9 @@ impl StreamProbe {
                     if !self.sip {
                         return Ok(Some(StreamOk::Connected(self.start.elapsed())));
                     }
-                    conn.writer()
-                        .write_all(&self.request)
-                        .map_err(|e| Deadline::new(&self.peer, self.timeout).io_err("sending", e))?;
+                    conn.writer().write_all(&self.request).map_err(|e| {
+                        Deadline::new(&self.peer, self.timeout).io_err("sending", e)
+                    })?;
                     self.sent_at = Some(Instant::now());
                     self.phase = Phase::Waiting;
                 }
@@ -399,7 +406,7 @@ impl StreamProbe {
 
 /// Drives one stream probe to its end on this thread.
 pub fn probe_one(spec: StreamSpec, timeout: Duration) -> StreamDone {
-    let mut p = match StreamProbe::start(spec, timeout) {
+    let mut p = match StreamProbe::start(&spec, timeout) {
         Ok(p) => p,
         Err(e) => {
             return StreamDone {

@@ -68,8 +68,8 @@ pub struct TlsSpec {
 
 fn roots_from(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
     for c in certs {
         let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
         // A bundle may hold a certificate webpki cannot use (an old v1 root); the others
@@ -126,7 +126,9 @@ impl TlsSettings {
         match ca_file {
             None => match &self.system {
                 Ok(v) => Ok((Arc::clone(v), self.system_from.clone())),
-                Err(e) => Err(format!("no trusted roots ({e}); set SSL_CERT_FILE or probe_ca_file")),
+                Err(e) => Err(format!(
+                    "no trusted roots ({e}); set SSL_CERT_FILE or probe_ca_file"
+                )),
             },
             Some(f) => {
                 let roots = roots_from(Path::new(f)).map_err(|e| format!("probe_ca_file {e}"))?;
@@ -265,7 +267,11 @@ struct Untrusted(String);
 
 impl fmt::Display for Untrusted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "certificate not trusted (no chain to the roots in {})", self.0)
+        write!(
+            f,
+            "certificate not trusted (no chain to the roots in {})",
+            self.0
+        )
     }
 }
 
@@ -312,14 +318,15 @@ pub fn refusal(e: &Error, names: &[&str]) -> Refused {
             CertificateError::Other(o) if o.0.downcast_ref::<Untrusted>().is_some() => {
                 ("untrusted", o.0.to_string())
             }
-            CertificateError::UnknownIssuer => {
-                ("untrusted", "certificate not trusted (unknown issuer)".into())
-            }
+            CertificateError::UnknownIssuer => (
+                "untrusted",
+                "certificate not trusted (unknown issuer)".into(),
+            ),
             other => ("invalid", format!("certificate refused: {other:?}")),
         },
-        Error::PeerMisbehaved(_) | Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
-            ("protocol", format!("tls: {e}"))
-        }
+        Error::PeerMisbehaved(_)
+        | Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. } => ("protocol", format!("tls: {e}")),
         Error::AlertReceived(a) => ("alert", format!("tls: peer sent alert {a:?}")),
         other => ("other", format!("tls: {other}")),
     };
@@ -365,7 +372,9 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
             let k = usize::from(first & 0x7f);
             let (bytes, rest) = (b.get(..k)?, b.get(k..)?);
             b = rest;
-            bytes.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x))
+            bytes
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x))
         }
         _ => return None,
     };
@@ -430,10 +439,7 @@ mod tests {
         p.not_after = rcgen::date_time_ymd(2026, 11, 30);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = p.self_signed(&key).unwrap();
-        assert_eq!(
-            not_after(cert.der()),
-            Some(unix_of(2026, 11, 30, 0, 0, 0))
-        );
+        assert_eq!(not_after(cert.der()), Some(unix_of(2026, 11, 30, 0, 0, 0)));
         p.not_after = rcgen::date_time_ymd(2051, 1, 2);
         let cert = p.self_signed(&key).unwrap();
         assert_eq!(date(not_after(cert.der()).unwrap()), "2051-01-02");

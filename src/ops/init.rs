@@ -18,6 +18,7 @@ const SCHEMA: &str = include_str!("../../sql/schema.sql");
 /// rows stay.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("ha_targets", "probe_ok_codes", "TEXT DEFAULT NULL"),
+    ("ha_targets", "probe_ca_file", "TEXT DEFAULT NULL"),
     ("ha_load", "monitor", "TEXT DEFAULT NULL"),
     ("ha_latency", "monitor", "TEXT DEFAULT NULL"),
 ];

@@ -20,6 +20,7 @@ mod openmetrics;
 mod pdns;
 mod reliability;
 mod scale;
+mod service_tls;
 mod tcp_rtt;
 mod trust;
 mod udp_relay;

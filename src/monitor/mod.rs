@@ -252,10 +252,14 @@ fn read_services(w: &Writer, targets: &[Target]) -> Result<Vec<ServiceProbe>, St
             continue;
         };
         let key = crate::state::reading::target_key(target);
-        // No row, no probe: the row is where an operator says how to reach it.
+        // No row, no probe: the row is where an operator says how to reach it; and
+        // `probe = 'none'` opts a target out of every probe, its services' too.
         let Some(&i) = index.get(key.as_str()) else {
             continue;
         };
+        if targets[i].probe == Probe::None {
+            continue;
+        }
         let service = Service { transport, port };
         let domain = domain.to_ascii_lowercase();
         match at.get(&(i, service)) {

@@ -305,7 +305,7 @@ pub fn refusal(e: &Error, names: &[&str]) -> Refused {
                 let shown: Vec<String> = presented
                     .iter()
                     .take(5)
-                    .map(|n| super::probe::printable(n.as_bytes(), 80))
+                    .map(|n| super::probe::printable(presented_name(n).as_bytes(), 80))
                     .collect();
                 let listed = match shown.is_empty() {
                     true => "no name".to_owned(),
@@ -332,6 +332,14 @@ pub fn refusal(e: &Error, names: &[&str]) -> Refused {
         other => ("other", format!("tls: {other}")),
     };
     Refused { reason, text }
+}
+
+/// A name webpki lists as presented, without its Debug wrapping (`DnsName("a.example")`).
+fn presented_name(n: &str) -> &str {
+    n.split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map(|inner| inner.trim_matches('"'))
+        .unwrap_or(n)
 }
 
 /// Unix time of a calendar date and time (UTC).
@@ -408,6 +416,16 @@ pub fn not_after(cert: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_lose_their_debug_wrapping() {
+        assert_eq!(
+            presented_name("DnsName(\"unrelated.invalid\")"),
+            "unrelated.invalid"
+        );
+        assert_eq!(presented_name("IpAddress(192.0.2.1)"), "192.0.2.1");
+        assert_eq!(presented_name("plain.example"), "plain.example");
+    }
 
     #[test]
     fn dates_round_trip() {

@@ -874,11 +874,11 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             warn!("writing readings: {e}");
         }
         info!(
-            "polled {} targets and {} services in {:.2?} (written after {:.2?})",
+            "polled {} targets in {:.2?} (written after {:.2?}), {} advertised services with them",
             targets.len(),
-            services.len(),
             probed,
-            start.elapsed()
+            start.elapsed(),
+            services.len()
         );
         if let Ok(mut f) = figures.lock() {
             f.rounds += 1;

@@ -435,3 +435,6 @@ pub fn probe_one(spec: StreamSpec, timeout: Duration) -> StreamDone {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -86,12 +86,6 @@ pub struct TargetRow {
     pub probe_ca_file: Option<String>,
 }
 
-/// One advertised service's state, as this monitor stored it.
-pub struct ServiceState {
-    pub up: bool,
-    pub reason: String,
-    pub cert_expiry: Option<f64>,
-}
 
 impl Writer {
     pub fn open(db: &Path, cache: Option<Cache>) -> Result<Self, String> {

@@ -70,8 +70,8 @@ pub struct MonitorOptions {
     pub cache: Option<CacheOptions>,
     /// Whose verdicts these are: several monitors vote (`--monitor-id`).
     pub monitor_id: String,
-    /// Threads for blocking probes (TCP, Event Socket, JSON-RPC); UDP
-    /// probes all run on the main thread.
+    /// Threads for load reads (Event Socket, JSON-RPC); every health
+    /// probe (UDP, TCP, TLS) runs on the main thread.
     pub workers: usize,
     /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,

@@ -1,13 +1,14 @@
 //! Bounded concurrency for a monitor round.
 //!
-//! - SIP OPTIONS over UDP, the common probe, runs as [`UdpProbe`] state machines on
-//!   non-blocking sockets, all in flight at once on the calling thread ([`udp_many`]), so
-//!   5,000 targets of which hundreds are silent still take about one timeout. At most
+//! - Every health probe (SIP OPTIONS over UDP as [`UdpProbe`], a TCP connect, OPTIONS over
+//!   TCP or over TLS as [`StreamProbe`]) is a state machine on a non-blocking socket, all
+//!   in flight at once on the calling thread ([`many`]), so 5,000 targets of which
+//!   hundreds are silent still take about one timeout, with no thread per target. At most
 //!   `max_open` sockets are open at a time; when the process runs out of file descriptors
 //!   anyway, the window shrinks to what is open and the rest wait for a free slot.
-//! - Blocking exchanges (TCP connect, SIP over TCP, Event Socket, JSON-RPC) run on a fixed
-//!   pool of worker threads ([`run_blocking`]). Silent TCP peers cost one timeout per
-//!   worker, so a round takes about `ceil(silent / workers)` timeouts.
+//! - Blocking exchanges (Event Socket, JSON-RPC load reads) run on a fixed pool of worker
+//!   threads ([`run_blocking`]). Silent load sources cost one timeout per worker, so they
+//!   take about `ceil(silent / workers)` timeouts.
 //! - A thread that cannot be started (a low `ulimit -u`, memory) makes the pool smaller; with
 //!   none at all the calling thread does the work itself. The round is slower, never
 //!   aborted, and [`Degraded`] says why.

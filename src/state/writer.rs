@@ -86,7 +86,6 @@ pub struct TargetRow {
     pub probe_ca_file: Option<String>,
 }
 
-
 impl Writer {
     pub fn open(db: &Path, cache: Option<Cache>) -> Result<Self, String> {
         let at = |e: rusqlite::Error| format!("database {}: {e}", db.display());

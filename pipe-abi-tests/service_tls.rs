@@ -323,6 +323,8 @@ fn each_sip_service_is_judged_by_its_own_transport_port_and_certificate() {
         assert!(status.contains(&want), "status lacks {want:?}:\n{status}");
     }
 
+    // What docs/service-health.md quotes (shown with --nocapture).
+    eprintln!("{status}");
     let pdns = start_pdns(&db, "least-load");
     let ok_tls = ["sip1", "sip5", "sip6"];
     until_served(&pdns, "_sips._tcp.example.com", &ok_tls, &log);
@@ -346,6 +348,8 @@ fn each_sip_service_is_judged_by_its_own_transport_port_and_certificate() {
         "{explain}"
     );
 
+    eprintln!("{explain}");
+
     // sip1's TLS listener stops; its UDP service stays up.
     drop(k1);
     let log = monitor_once(&db, &ca_file);
@@ -367,4 +371,45 @@ fn each_sip_service_is_judged_by_its_own_transport_port_and_certificate() {
     let log = monitor_once(&db, &ca_file);
     assert_eq!(tls(1).map(|s| s.0), Some(true), "{log}\n{}", k1.log_tail());
     until_served(&pdns, "_sips._tcp.example.com", &ok_tls, &log);
+}
+
+/// A database from before per-service health (no `ha_service_health`): the pipe's code
+/// (through `explain`, which runs it) and `status` still work, and SRV records follow the
+/// target's row health as before.
+#[test]
+fn a_database_without_service_health_serves_by_row_health() {
+    let scratch = TempDir::new("service-old-db");
+    let db = scratch.path().join("ha.db");
+    init_db(&db, &["sql/example.sql"]);
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            // What an older monitor wrote: sip1 down, by its row probe.
+            "DROP TABLE ha_service_health;
+             INSERT INTO ha_health (target, monitor, up, updated)
+               VALUES ('sip1.example.com', 'old', 0, CAST(strftime('%s', 'now') AS REAL));",
+        )
+        .unwrap();
+    let db_arg = db.to_str().unwrap();
+    let explain = crate::util::run_ok(&[
+        "explain",
+        "--db",
+        db_arg,
+        "--algorithm",
+        "least-load",
+        "_sip._udp.example.com",
+        "SRV",
+    ]);
+    let text = String::from_utf8(explain.stdout).unwrap();
+    let sip1 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("sip1.example.com"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(sip1.contains("left out: down"), "{text}");
+    assert!(
+        text.contains("no verdict: the target's own health decides"),
+        "{text}"
+    );
+    let status = crate::util::run_ok(&["status", "--db", db_arg]);
+    assert!(status.status.success());
 }

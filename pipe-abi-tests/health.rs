@@ -497,7 +497,10 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
         .find_map(|l| l.split("polled 5000 targets in ").nth(1))
         .unwrap_or_else(|| panic!("no round summary:\n{log}"));
     let probed = polled.split(' ').next().unwrap();
-    eprintln!("5000 targets, 500 silent, timeout 1000ms: probes {probed}, whole run {took:?}");
+    eprintln!(
+        "5000 targets, 500 silent over UDP and 400 over TCP, timeout 1000ms, RLIMIT_NPROC 4: \
+         probes {probed}, whole run {took:?}"
+    );
     let secs: f64 = match probed.strip_suffix("ms") {
         Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
         None => probed.trim_end_matches('s').parse().unwrap(),

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::*;
@@ -22,6 +23,8 @@ struct Pki {
     ca_file: std::path::PathBuf,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    /// The leaf and its key as PEM, for a client certificate file.
+    pem: (String, String),
 }
 
 /// A CA (written to a file for the probe's trust) and a server certificate it signs.
@@ -46,6 +49,7 @@ fn pki(tag: &str, names: &[&str]) -> Pki {
         ca_file,
         chain: vec![cert.der().clone()],
         key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        pem: (cert.pem(), key.serialize_pem()),
     }
 }
 
@@ -249,6 +253,78 @@ fn refused_certificates_say_why() {
     );
     assert!(e.to_string().contains("certificate not trusted"), "{e}");
     for f in [wrong.ca_file, other.ca_file] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// A server that demands a client certificate signed by `client_ca`, answering OPTIONS.
+fn mutual_server(server: &Pki, client_ca: &std::path::Path) -> std::net::SocketAddr {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(client_ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(server.chain.clone(), server.key.clone_key())
+            .unwrap(),
+    );
+    peer(move |s| {
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tls.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tls.write_all(answer(&String::from_utf8_lossy(&got)).as_bytes());
+        let _ = tls.flush();
+        thread::sleep(Duration::from_millis(200));
+    })
+}
+
+#[test]
+fn mutual_tls_presents_the_client_certificate() {
+    let server = pki("mtls-server", &["sip1.example.com"]);
+    let client = pki("mtls-client", &["pdns-ha.example.net"]);
+    let dir = std::env::temp_dir();
+    let (cert, key) = (
+        dir.join(format!("pdns-ha-stream-{}-client.crt", std::process::id())),
+        dir.join(format!("pdns-ha-stream-{}-client.key", std::process::id())),
+    );
+    std::fs::write(&cert, &client.pem.0).unwrap();
+    std::fs::write(&key, &client.pem.1).unwrap();
+    assert!(PrivateKeyDer::from_pem_file(&key).is_ok());
+
+    // Without a client certificate: refused, and the reason says TLS.
+    let plain = TlsSettings::load(None, None).unwrap();
+    let addr = mutual_server(&server, &client.ca_file);
+    let e = probe_one(spec(&plain, &server.ca_file, addr), TIMEOUT)
+        .result
+        .unwrap_err();
+    assert!(matches!(e.kind, ProbeErrorKind::Tls { .. }), "{e}");
+    // With it: answered.
+    let mutual = TlsSettings::load(Some(&cert), Some(&key)).unwrap();
+    let addr = mutual_server(&server, &client.ca_file);
+    match probe_one(spec(&mutual, &server.ca_file, addr), TIMEOUT).result {
+        Ok(StreamOk::Sip(a)) => assert_eq!(a.code, 200),
+        other => panic!("{other:?}"),
+    }
+    // Half a pair is refused at start.
+    assert!(TlsSettings::load(Some(&cert), None).is_err());
+    for f in [cert, key, server.ca_file, client.ca_file] {
         let _ = std::fs::remove_file(f);
     }
 }

@@ -16,6 +16,7 @@ use rusqlite::Connection;
 
 use crate::kamailio::{poll, Server};
 use crate::monitor::{srv, start_pdns, Responder};
+use crate::openmetrics::{get, value, Running};
 use crate::pdns::{find_tool, require, Pdns, TempDir};
 use crate::util::{in_ci, init_db, BIN};
 
@@ -322,6 +323,70 @@ fn each_sip_service_is_judged_by_its_own_transport_port_and_certificate() {
     ] {
         assert!(status.contains(&want), "status lacks {want:?}:\n{status}");
     }
+
+    // The same round as OpenMetrics: a monitor serving --metrics-listen for a round or two
+    // (same monitor id, steady peers: the states stay as they are).
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", crate::pdns::free_port())
+        .parse()
+        .unwrap();
+    let running = Running(
+        std::process::Command::new(BIN)
+            .args([
+                "monitor",
+                "--interval",
+                "1",
+                "--timeout",
+                "3000",
+                "--down-after",
+                "2",
+            ])
+            .args([
+                "--up-after",
+                "2",
+                "--metrics-listen",
+                &listen.to_string(),
+                "--db",
+            ])
+            .arg(&db)
+            .env("SSL_CERT_FILE", &ca_file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let labels = |n: usize| {
+        format!(
+            "{{target=\"sip{n}.example.com\",transport=\"tls\",port=\"{}\"}}",
+            ports[n - 1]
+        )
+    };
+    let mut last = String::new();
+    let scraped = poll(Duration::from_secs(20), || {
+        let (_, body) = get(listen, "/metrics", None)?;
+        last = body.clone();
+        let expiry = value(
+            &body,
+            &format!("probe_ssl_earliest_cert_expiry{}", labels(2)),
+        )?;
+        let expiring = value(
+            &body,
+            &format!("pdns_ha_service_cert_expiring{}", labels(6)),
+        )?;
+        let up = value(&body, &format!("pdns_ha_service_up{}", labels(2)))?;
+        let failures = body.lines().find(|l| {
+            l.starts_with("pdns_ha_tls_verify_failures_total{target=\"sip3.example.com\"")
+                && l.contains("reason=\"wrong_name\"")
+        })?;
+        Some((expiry, expiring, up, failures.to_owned()))
+    });
+    drop(running);
+    let (expiry, expiring, up, failures) =
+        scraped.unwrap_or_else(|| panic!("no service figures scraped:\n{last}"));
+    assert_eq!(expiry, expired_at as f64);
+    assert_eq!((expiring, up), (1.0, 0.0));
+    assert!(
+        failures.ends_with(" 1") || failures.ends_with(" 2"),
+        "{failures}"
+    );
 
     // What docs/service-health.md quotes (shown with --nocapture).
     eprintln!("{status}");

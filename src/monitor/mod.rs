@@ -121,6 +121,7 @@ struct ServiceReading {
 
 /// What a health probe found: a SIP answer (accepted or not), a bare TCP
 /// handshake's time, or why there was no answer.
+#[derive(Clone)]
 enum Checked {
     Sip(Answer),
     Connected(Duration),
@@ -415,9 +416,14 @@ fn poll(
     let mut starts: Vec<Start> = Vec::new();
     let mut purposes: Vec<For> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
+    // A target's own SIP probe and its advertised service at the same address and
+    // transport are one probe: a server is asked once a round, not twice.
+    let mut row_at: HashMap<(usize, SocketAddr), Probe> = HashMap::new();
+    let mut shared: Vec<(usize, usize)> = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         if t.probe != Probe::None {
             if let Some(a) = lookup(reported, &t.name, &t.probe_address, "resolving") {
+                row_at.insert((i, a), t.probe);
                 starts.push(match t.probe {
                     Probe::SipUdp => Start::Udp(a),
                     p => Start::Stream(StreamSpec {
@@ -451,6 +457,14 @@ fn poll(
         let Some(a) = lookup(reported, &label, &sp.address, "resolving") else {
             continue;
         };
+        let same = matches!(
+            (sp.service.transport, row_at.get(&(sp.target, a))),
+            (Transport::Udp, Some(Probe::SipUdp)) | (Transport::Tcp, Some(Probe::SipTcp))
+        );
+        if same {
+            shared.push((k, sp.target));
+            continue;
+        }
         let mut names = vec![t.name.clone()];
         names.extend(sp.domains.iter().cloned());
         let start = match sp.service.transport {
@@ -515,6 +529,12 @@ fn poll(
                 });
             }
         }
+    }
+    for (k, i) in shared {
+        service_readings[k] = readings[i].health.clone().map(|checked| ServiceReading {
+            checked,
+            cert: None,
+        });
     }
     for (Job(i, _), r) in jobs.iter().zip(done) {
         if r.load.is_some() {

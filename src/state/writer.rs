@@ -211,13 +211,16 @@ impl Writer {
         rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
     }
 
-    /// Every enabled SRV record as (owner name, content): the services to probe.
+    /// Every enabled SRV record whose owner starts with `_sip` (as pdns's tools store
+    /// names: lower case) as (owner name, content): the services to probe. A range of
+    /// gsqlite3's (name, type) index, so a round does not scan a large zone.
     pub fn srv_records(&self) -> Result<Vec<(String, String)>, String> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT CAST(name AS TEXT), CAST(content AS TEXT) FROM records
-                 WHERE type = 'SRV' AND disabled = 0 AND name IS NOT NULL AND content IS NOT NULL
+                 WHERE name >= '_sip' AND name < '_siq' AND type = 'SRV' AND disabled = 0
+                   AND content IS NOT NULL
                  ORDER BY name, id",
             )
             .map_err(|e| e.to_string())?;

@@ -211,7 +211,11 @@ fn tls_probes_answer_and_hostile_peers_cost_one_timeout_together() {
     // rustls refuses a handshake message over 64 KiB before reading the rest.
     assert!(text(2).contains("HandshakePayloadTooLarge"), "{}", text(2));
     assert!(text(3).contains("connection closed by peer"), "{}", text(3));
-    assert!(text(4).contains("tls: received corrupt message"), "{}", text(4));
+    assert!(
+        text(4).contains("tls: received corrupt message"),
+        "{}",
+        text(4)
+    );
     let _ = std::fs::remove_file(&ca);
 }
 

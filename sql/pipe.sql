@@ -60,6 +60,11 @@ SELECT name, max_sessions FROM ha_targets WHERE max_sessions IS NOT NULL;
 -- One row per target and monitor: the pipe counts the fresh verdicts.
 SELECT target, monitor, up, updated FROM ha_health;
 
+-- name: service_health
+-- One row per advertised service and monitor (a newer table: a database
+-- without it is served as before).
+SELECT target, transport, port, monitor, up, updated FROM ha_service_health;
+
 -- name: load
 SELECT target, sessions, max_sessions, updated FROM ha_load;
 

@@ -129,7 +129,12 @@ CREATE TABLE IF NOT EXISTS ha_targets (
   -- monitor at each round: readable by the monitor's user only, never by
   -- pdns. Used instead of load_secret when set. Added after the first
   -- release (see ops/init.rs).
-  load_secret_file      TEXT DEFAULT NULL
+  load_secret_file      TEXT DEFAULT NULL,
+  -- PEM file of the CA(s) that sign this target's TLS certificate, for its
+  -- `_sips._tcp` services: replaces the system roots for this target alone.
+  -- NULL: the system roots (or the file named by SSL_CERT_FILE). Added after
+  -- the first release, like probe_ok_codes.
+  probe_ca_file         TEXT DEFAULT NULL
 );
 
 -- Hard state: targets an operator took out of service (`pdns-ha drain`).
@@ -171,6 +176,30 @@ CREATE TABLE IF NOT EXISTS ha_health (
   fail_streak           INTEGER NOT NULL DEFAULT 0,
   updated               REAL NOT NULL,
   PRIMARY KEY (target, monitor)
+);
+
+-- Health per advertised service: one row per (target, transport, port) that
+-- an SRV record under _sip._udp, _sip._tcp or _sips._tcp names, and per
+-- monitor. The pipe judges an SRV record by its own service's rows (majority
+-- of fresh monitors, as ha_health) and falls back to ha_health only while its
+-- service has no fresh row. A/AAAA answers and SRV records of other services
+-- are judged by ha_health alone. Added after the first release: a pipe
+-- reading a database without it serves as before.
+CREATE TABLE IF NOT EXISTS ha_service_health (
+  target                TEXT NOT NULL COLLATE NOCASE,
+  transport             TEXT NOT NULL CHECK (transport IN ('udp', 'tcp', 'tls')),
+  port                  INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+  monitor               TEXT NOT NULL DEFAULT '',
+  up                    INTEGER NOT NULL CHECK (up IN (0, 1)),
+  ok_streak             INTEGER NOT NULL DEFAULT 0,
+  fail_streak           INTEGER NOT NULL DEFAULT 0,
+  -- Why, in words: the SIP answer, or the failure ("certificate expired
+  -- 2026-11-30"), or the warning of a certificate about to expire.
+  reason                TEXT NOT NULL DEFAULT '',
+  -- TLS only: the earliest notAfter of the chain the server sent, Unix time.
+  cert_expiry           REAL DEFAULT NULL,
+  updated               REAL NOT NULL,
+  PRIMARY KEY (target, transport, port, monitor)
 );
 
 CREATE TABLE IF NOT EXISTS ha_load (

@@ -106,7 +106,7 @@ pub struct DaemonCli {
 
 #[derive(Subcommand, Debug)]
 pub enum DaemonCommand {
-    /// Probe the targets: health by SIP OPTIONS or TCP, load from FreeSWITCH or Kamailio, latency
+    /// Probe the targets: health of each advertised service (SIP OPTIONS over UDP, TCP, TLS), load from FreeSWITCH or Kamailio, latency
     Monitor(MonitorArgs),
     /// Round trips the server NAME already sees (registrar keepalives, the kernel's TCP RTT, FreeSWITCH's RTCP of calls), as latency per known network
     Observe(ObserveArgs),
@@ -541,9 +541,18 @@ pub struct MonitorArgs {
     pub stale_after: u32,
     #[command(flatten)]
     pub monitor: MonitorId,
-    /// Threads for blocking probes (TCP, Event Socket, JSON-RPC)
+    /// Threads for load readers (Event Socket, JSON-RPC); health probes of every transport share one thread without blocking
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = count)]
     pub workers: u32,
+    /// A valid certificate expiring within N days stays up, and is warned about (once a day) and exported
+    #[arg(long, value_name = "N", default_value_t = 14, value_parser = count)]
+    pub cert_warn_days: u32,
+    /// PEM certificate chain to present to TLS servers that ask for one (mutual TLS)
+    #[arg(long, value_name = "FILE", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert
+    #[arg(long, value_name = "FILE", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
     /// Serve OpenMetrics at http://ADDR:PORT/metrics
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -570,6 +579,9 @@ impl MonitorArgs {
             workers: self.workers as usize,
             metrics_listen: self.metrics_listen,
             network: self.network.clone(),
+            cert_warn_days: self.cert_warn_days,
+            tls_client_cert: self.tls_client_cert.clone(),
+            tls_client_key: self.tls_client_key.clone(),
         }
     }
 }

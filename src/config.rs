@@ -47,8 +47,8 @@ pub struct MonitorOptions {
     pub cache: Option<CacheOptions>,
     /// Whose verdicts these are: several monitors vote (`--monitor-id`).
     pub monitor_id: String,
-    /// Threads for blocking probes (TCP, Event Socket, JSON-RPC); UDP
-    /// probes all run on the main thread.
+    /// Threads for load reads (Event Socket, JSON-RPC); every health
+    /// probe (UDP, TCP, TLS) runs on the main thread.
     pub workers: usize,
     /// Where to serve OpenMetrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -56,6 +56,11 @@ pub struct MonitorOptions {
     /// in (a vantage point). Its latency readings are that network's; without
     /// it they are the monitor host's own (`*`). Health stays global.
     pub network: Option<String>,
+    /// A valid TLS certificate this close to its expiry is warned about (`--cert-warn-days`).
+    pub cert_warn_days: u32,
+    /// Client certificate chain and key (PEM) for mutual TLS with `_sips._tcp` services.
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// `pdns-ha observe`: round trips one SIP server sees, grouped by client network, written as

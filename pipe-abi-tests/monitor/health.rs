@@ -413,20 +413,36 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
     let dir = TempDir::new("health-5000");
     let db = dir.path().join("ha.db");
     init_db(&db, &[]);
-    // Ten answering sockets share 4,400 targets, ten silent ones 500; 100
-    // more are TCP-probed, which needs the worker threads.
+    // Ten answering sockets share 4,000 targets, ten silent ones 500; 100
+    // more are TCP-probed (a bare connect) and 400 send OPTIONS over TCP to
+    // a peer that accepts and never answers (issue 19, item 8): every probe
+    // shares one poll loop, so the 400 silent ones cost one timeout in all,
+    // with or without threads.
     let answering: Vec<Responder> = (0..10).map(|_| Responder::with_code(200)).collect();
     let silent: Vec<UdpSocket> = (0..10)
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp = listener.local_addr().unwrap();
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_tcp = mute.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     listener.set_nonblocking(true).unwrap();
+    mute.set_nonblocking(true).unwrap();
     let acceptor = thread::spawn(move || {
+        // Held open and never answered: silent SIP-over-TCP peers.
+        let mut held = Vec::new();
         while !flag.load(Ordering::Relaxed) {
-            if listener.accept().is_err() {
+            let answered = listener.accept().is_ok();
+            let muted = match mute.accept() {
+                Ok((s, _)) => {
+                    held.push(s);
+                    true
+                }
+                Err(_) => false,
+            };
+            if !answered && !muted {
                 thread::sleep(Duration::from_millis(5));
             }
         }
@@ -436,6 +452,7 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
         let (probe, addr) = match (i % 10, i % 50) {
             (0, _) => ("sip-udp", silent[i / 10 % 10].local_addr().unwrap()),
             (_, 5) => ("tcp", tcp),
+            (_, 15 | 25 | 35 | 45) => ("sip-tcp", silent_tcp),
             _ => ("sip-udp", answering[i % 10].addr),
         };
         batch += &format!(
@@ -515,7 +532,10 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
         .find_map(|l| l.split("polled 5000 targets in ").nth(1))
         .unwrap_or_else(|| panic!("no round summary:\n{log}"));
     let probed = polled.split(' ').next().unwrap();
-    eprintln!("5000 targets, 500 silent, timeout 1000ms: probes {probed}, whole run {took:?}");
+    eprintln!(
+        "5000 targets, 500 silent over UDP and 400 over TCP, timeout 1000ms, RLIMIT_NPROC 4: \
+         probes {probed}, whole run {took:?}"
+    );
     let secs: f64 = match probed.strip_suffix("ms") {
         Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
         None => probed.trim_end_matches('s').parse().unwrap(),
@@ -523,10 +543,6 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
     // One timeout plus a margin for two cores busy with the other tests
     // (alone: 1.2-1.7 s in a debug build, the time to start 5,000 probes).
     assert!((1.0..3.5).contains(&secs), "probes took {probed}\n{log}");
-    assert!(
-        log.contains("probe threads"),
-        "no thread limit seen:\n{log}"
-    );
     // The lines the README quotes (shown with --nocapture).
     for l in log.lines().filter(|l| l.contains("monitor: round")) {
         eprintln!("{l}");
@@ -537,7 +553,7 @@ fn five_thousand_targets_with_few_threads_complete_a_round() {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert_eq!((up, down), (4500, 500));
+    assert_eq!((up, down), (4100, 900));
 
     // Few file descriptors: fewer probes in flight, a longer round, no abort.
     let (log, _) = run("300", Some(200));

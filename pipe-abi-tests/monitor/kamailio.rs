@@ -183,6 +183,7 @@ fn kamailio_load_from_real_calls_reaches_the_answer() {
     // same tier, has a fixed reading to be weighed against.
     let db = dir.join("ha.db");
     init_db(&db, &["sql/example.sql"]);
+    crate::monitor::srv_ports_follow_probes(&db);
     Connection::open(&db)
         .unwrap()
         .execute_batch(&format!(

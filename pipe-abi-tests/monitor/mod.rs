@@ -7,6 +7,7 @@ mod esl;
 mod health;
 pub(crate) mod kamailio;
 pub(crate) mod openmetrics;
+mod service_tls;
 mod vantage;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -122,7 +123,32 @@ pub(crate) fn db(dir: &TempDir) -> PathBuf {
         "UPDATE ha_targets SET probe = 'none', load_source = 'none';
          INSERT INTO ha_networks (cidr, name) VALUES ('127.0.0.0/8', 'loopback');",
     );
+    srv_ports_follow_probes(&db);
     db
+}
+
+/// The monitor probes each `_sip._udp` SRV record at its own port (issue 18), and the
+/// tests' responders listen on ports the kernel picks: a target given a `probe_address`
+/// gets its SRV record's port changed to that address's port, as a deployment's records
+/// name the port its server listens on. A trigger, so every test that sets a
+/// `probe_address` (also later, to a dead one) keeps its records in step.
+pub(crate) fn srv_ports_follow_probes(db: &Path) {
+    // content = 'weight port target': keep the weight and target, take the digits after
+    // the address's last ':' as the port.
+    sql(
+        db,
+        "CREATE TRIGGER test_srv_port_follows_probe AFTER UPDATE OF probe_address ON ha_targets
+         WHEN NEW.probe_address IS NOT NULL
+         BEGIN
+           UPDATE records SET content =
+             substr(content, 1, instr(content, ' '))
+             || substr(NEW.probe_address, length(rtrim(NEW.probe_address, '0123456789')) + 1)
+             || substr(substr(content, instr(content, ' ') + 1),
+                       instr(substr(content, instr(content, ' ') + 1), ' '))
+           WHERE type = 'SRV' AND name = '_sip._udp.example.com'
+             AND lower(content) LIKE '% ' || NEW.name || '.';
+         END;",
+    );
 }
 
 pub(crate) fn sql(db: &Path, batch: &str) {

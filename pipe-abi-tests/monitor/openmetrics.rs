@@ -25,7 +25,7 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
 const WITHIN: Duration = Duration::from_secs(20);
 
 /// A child process killed on drop.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -35,7 +35,7 @@ impl Drop for Running {
 }
 
 /// One HTTP/1.0 GET; returns the head and the body.
-fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Option<(String, String)> {
+pub(crate) fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Option<(String, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let accept = accept
@@ -64,7 +64,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
 }
 
 /// The value of the sample line that starts with `series` (name and labels).
-fn value(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

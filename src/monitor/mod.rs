@@ -27,7 +27,10 @@ pub mod pool;
 pub mod probe;
 pub mod resolve;
 pub mod sip_options;
+pub mod stream;
+pub mod tls;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -44,15 +47,18 @@ use crate::state::writer::Writer;
 use crate::text::{shown, Reported};
 use openmetrics::{Figures, LatencyFigure, Stamped};
 
-use self::pool::Degraded;
+use self::pool::{Degraded, Done, Start};
 use self::probe::ProbeError;
 use self::resolve::{Lookup, Resolver};
 use self::sip_options::{AcceptCodes, Answer};
+use self::stream::{StreamDone, StreamOk, StreamSpec};
+use self::tls::{CertSeen, TlsSettings};
+use crate::state::service::{Service, Transport};
 
 /// SIP's default port, for targets without a `probe_address`.
 const SIP_PORT: u16 = 5060;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
     None,
     SipUdp,
@@ -89,10 +95,33 @@ struct Target {
     load: LoadSource,
     /// `ha_targets.max_sessions`: the capacity when the load source reports none.
     max_sessions: Option<u32>,
+    /// The host its advertised services are probed at: `probe_address`'s host, else the
+    /// name (IPv6 in brackets, ready for `:port`).
+    host: String,
+    /// `ha_targets.probe_ca_file`, for its TLS services.
+    ca_file: Option<String>,
+}
+
+/// One advertised service of a target, probed as a client of that SRV record would.
+struct ServiceProbe {
+    /// Index into the round's targets.
+    target: usize,
+    service: Service,
+    /// The SIP domains whose records name it (for the certificate's name).
+    domains: Vec<String>,
+    /// `host:port` to resolve.
+    address: String,
+}
+
+/// What a service probe found, and for TLS what the certificate said.
+struct ServiceReading {
+    checked: Checked,
+    cert: Option<CertSeen>,
 }
 
 /// What a health probe found: a SIP answer (accepted or not), a bare TCP
 /// handshake's time, or why there was no answer.
+#[derive(Clone)]
 enum Checked {
     Sip(Answer),
     Connected(Duration),
@@ -124,6 +153,10 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
             "sip-tcp" => Probe::SipTcp,
             "tcp" => Probe::Tcp,
             _ => Probe::None,
+        };
+        let host = match &r.probe_address {
+            Some(a) => host_of(a),
+            None => bracketed(&r.name),
         };
         let probe_address = r
             .probe_address
@@ -172,6 +205,8 @@ fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, Stri
             accept,
             load,
             max_sessions: r.max_sessions,
+            host,
+            ca_file: r.probe_ca_file,
         });
     }
     Ok(targets)
@@ -195,32 +230,126 @@ fn secret(r: &crate::state::writer::TargetRow) -> Result<String, String> {
     Ok(text.trim().to_owned())
 }
 
-/// A blocking probe for the worker pool.
-#[derive(Clone, Copy)]
-enum Job {
-    Health(usize, SocketAddr),
-    Load(usize, Option<SocketAddr>),
+/// A host ready for `:port`: an IPv6 literal in brackets.
+fn bracketed(host: &str) -> String {
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]"),
+        Err(_) => host.to_owned(),
+    }
 }
 
+/// The host part of a `probe_address` (`host:port`, `[v6]:port`, or a bare host).
+fn host_of(address: &str) -> String {
+    let a = address.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        if let Some((h, _)) = rest.split_once(']') {
+            return format!("[{h}]");
+        }
+    }
+    if a.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{a}]");
+    }
+    match a.rsplit_once(':') {
+        Some((h, _)) => h.to_owned(),
+        None => a.to_owned(),
+    }
+}
+
+/// Every service the SRV records advertise whose target has an `ha_targets` row.
+fn read_services(w: &Writer, targets: &[Target]) -> Result<Vec<ServiceProbe>, String> {
+    let index: HashMap<&str, usize> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut found: Vec<ServiceProbe> = Vec::new();
+    let mut at: HashMap<(usize, Service), usize> = HashMap::new();
+    for (owner, content) in w.srv_records()? {
+        let Some((transport, domain)) = Transport::of_owner(&owner) else {
+            continue;
+        };
+        let mut f = content.split_whitespace();
+        let (Some(_weight), Some(port), Some(target), None) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Some(port) = port.parse::<u16>().ok().filter(|&p| p > 0) else {
+            continue;
+        };
+        let key = crate::state::reading::target_key(target);
+        // No row, no probe: the row is where an operator says how to reach it; and
+        // `probe = 'none'` opts a target out of every probe, its services' too.
+        let Some(&i) = index.get(key.as_str()) else {
+            continue;
+        };
+        if targets[i].probe == Probe::None {
+            continue;
+        }
+        let service = Service { transport, port };
+        let domain = domain.to_ascii_lowercase();
+        match at.get(&(i, service)) {
+            Some(&k) => {
+                if !found[k].domains.contains(&domain) {
+                    found[k].domains.push(domain);
+                }
+            }
+            None => {
+                at.insert((i, service), found.len());
+                found.push(ServiceProbe {
+                    target: i,
+                    service,
+                    domains: vec![domain],
+                    address: format!("{}:{port}", targets[i].host),
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A service's key in the exported figures.
+fn key_of(t: &Target, sp: &ServiceProbe) -> (String, &'static str, u16) {
+    (
+        t.name.clone(),
+        sp.service.transport.as_str(),
+        sp.service.port,
+    )
+}
+
+/// The name a service goes by in logs and `Reported`: `target transport/port`.
+fn service_label(t: &Target, s: Service) -> String {
+    format!("{} {}/{}", t.name, s.transport, s.port)
+}
+
+/// A blocking load read for the worker pool: (target, resolved address).
+#[derive(Clone, Copy)]
+struct Job(usize, Option<SocketAddr>);
+
 fn run_job(job: Job, targets: &[Target], timeout: Duration) -> Reading {
-    match job {
-        Job::Health(i, addr) => Reading {
-            health: Some(match targets[i].probe {
-                Probe::SipTcp => match sip_options::probe_tcp_sip(addr, timeout) {
-                    Ok(a) => Checked::Sip(a),
-                    Err(e) => Checked::Failed(e),
-                },
-                _ => match sip_options::probe_tcp_connect(addr, timeout) {
-                    Ok(rtt) => Checked::Connected(rtt),
-                    Err(e) => Checked::Failed(e),
-                },
-            }),
-            load: None,
-        },
-        Job::Load(i, via) => Reading {
-            health: None,
-            load: Some(read_load(&targets[i].load, via, timeout)),
-        },
+    let Job(i, via) = job;
+    Reading {
+        health: None,
+        load: Some(read_load(&targets[i].load, via, timeout)),
+    }
+}
+
+impl From<Done> for Checked {
+    fn from(d: Done) -> Checked {
+        match d {
+            Done::Udp(Ok(a))
+            | Done::Stream(StreamDone {
+                result: Ok(StreamOk::Sip(a)),
+                ..
+            }) => Checked::Sip(a),
+            Done::Stream(StreamDone {
+                result: Ok(StreamOk::Connected(rtt)),
+                ..
+            }) => Checked::Connected(rtt),
+            Done::Udp(Err(e)) | Done::Stream(StreamDone { result: Err(e), .. }) => {
+                Checked::Failed(e)
+            }
+        }
     }
 }
 
@@ -250,15 +379,27 @@ fn read_load(
     }
 }
 
-/// Runs every probe of a round: names first (bounded by one timeout), then
-/// UDP probes all at once on this thread while the pool runs the rest.
+/// Everything a round probes, and with what.
+struct Round<'a> {
+    targets: &'a [Target],
+    services: &'a [ServiceProbe],
+    tls: Option<&'a TlsSettings>,
+}
+
+/// Runs every probe of a round: names first (bounded by one timeout), then every health
+/// probe (UDP, TCP and TLS alike) at once on this thread while the pool reads loads.
 fn poll(
-    targets: &[Target],
+    round: &Round<'_>,
     opts: &MonitorOptions,
     resolver: &mut Resolver,
     reported: &mut Reported,
     degraded: &mut Degraded,
-) -> Vec<Reading> {
+) -> (Vec<Reading>, Vec<Option<ServiceReading>>) {
+    let Round {
+        targets,
+        services,
+        tls,
+    } = *round;
     let timeout = opts.timeout;
     let mut names: Vec<&str> = Vec::new();
     let load_to: Vec<Option<String>> = targets.iter().map(|t| t.load.connect_to()).collect();
@@ -270,8 +411,9 @@ fn poll(
             names.push(l);
         }
     }
+    names.extend(services.iter().map(|s| s.address.as_str()));
     let found = resolver.resolve_all(&names, timeout);
-    let mut lookup = |t: &Target, name: &str, what: &'static str| -> Option<SocketAddr> {
+    let lookup = |reported: &mut Reported, who: &str, name: &str, what: &'static str| {
         let Lookup { addr, problem } = found.get(name).cloned().unwrap_or_default();
         match problem {
             Some(p) => {
@@ -283,66 +425,148 @@ fn poll(
                     "resolving {name}: {p} (a resolver or configuration problem, not the \
                      server; {kept})"
                 );
-                reported.problem(&t.name, what, &msg);
+                reported.problem(who, what, &msg);
             }
-            None => reported.fine(&t.name, what),
+            None => reported.fine(who, what),
         }
         addr
     };
 
     let mut readings: Vec<Reading> = targets.iter().map(|_| Reading::default()).collect();
-    let mut udp: Vec<(usize, SocketAddr)> = Vec::new();
+    // What each started probe is for: a target's row probe or an advertised service.
+    enum For {
+        Row(usize),
+        Service(usize),
+    }
+    let mut starts: Vec<Start> = Vec::new();
+    let mut purposes: Vec<For> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
+    // A target's own SIP probe and its advertised service at the same address and
+    // transport are one probe: a server is asked once a round, not twice.
+    let mut row_at: HashMap<(usize, SocketAddr), Probe> = HashMap::new();
+    let mut shared: Vec<(usize, usize)> = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         if t.probe != Probe::None {
-            match (lookup(t, &t.probe_address, "resolving"), &t.probe) {
-                (None, _) => {}
-                (Some(a), Probe::SipUdp) => udp.push((i, a)),
-                (Some(a), _) => jobs.push(Job::Health(i, a)),
+            if let Some(a) = lookup(reported, &t.name, &t.probe_address, "resolving") {
+                row_at.insert((i, a), t.probe);
+                starts.push(match t.probe {
+                    Probe::SipUdp => Start::Udp(a),
+                    p => Start::Stream(StreamSpec {
+                        addr: a,
+                        sip: p == Probe::SipTcp,
+                        tls: None,
+                        names: Vec::new(),
+                    }),
+                });
+                purposes.push(For::Row(i));
             }
         }
         match &load_to[i] {
             // Not resolved within the timeout: no reading this round, so the
             // last load stands until it is stale.
             Some(l) => {
-                if let Some(via) = lookup(t, l, "resolving load") {
-                    jobs.push(Job::Load(i, Some(via)));
+                if let Some(via) = lookup(reported, &t.name, l, "resolving load") {
+                    jobs.push(Job(i, Some(via)));
                 }
             }
             // A URL the client refuses: it says why.
-            None if t.load != LoadSource::None => jobs.push(Job::Load(i, None)),
+            None if t.load != LoadSource::None => jobs.push(Job(i, None)),
             None => {}
         }
     }
-    let addrs: Vec<SocketAddr> = udp.iter().map(|(_, a)| *a).collect();
+    // Verifiers by CA file, read once a round (an operator may replace a file).
+    let mut verifiers: HashMap<Option<&str>, Result<_, String>> = HashMap::new();
+    for (k, sp) in services.iter().enumerate() {
+        let t = &targets[sp.target];
+        let label = service_label(t, sp.service);
+        let Some(a) = lookup(reported, &label, &sp.address, "resolving") else {
+            continue;
+        };
+        let same = matches!(
+            (sp.service.transport, row_at.get(&(sp.target, a))),
+            (Transport::Udp, Some(Probe::SipUdp)) | (Transport::Tcp, Some(Probe::SipTcp))
+        );
+        if same {
+            shared.push((k, sp.target));
+            continue;
+        }
+        let mut names = vec![t.name.clone()];
+        names.extend(sp.domains.iter().cloned());
+        let start = match sp.service.transport {
+            Transport::Udp => Start::Udp(a),
+            Transport::Tcp => Start::Stream(StreamSpec {
+                addr: a,
+                sip: true,
+                tls: None,
+                names,
+            }),
+            Transport::Tls => {
+                let Some(settings) = tls else { continue };
+                let v = verifiers
+                    .entry(t.ca_file.as_deref())
+                    .or_insert_with(|| settings.verifier_for(t.ca_file.as_deref()));
+                // A CA file that cannot be read is the configuration's fault: no verdict.
+                let spec = v
+                    .clone()
+                    .and_then(|(inner, trust)| settings.spec(inner, &trust, &t.name, &sp.domains));
+                match spec {
+                    Ok(spec) => {
+                        reported.fine(&label, "tls set-up");
+                        Start::Stream(StreamSpec {
+                            addr: a,
+                            sip: true,
+                            tls: Some(spec),
+                            names,
+                        })
+                    }
+                    Err(e) => {
+                        reported.problem(&label, "tls set-up", &format!("not probed: {e}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        starts.push(start);
+        purposes.push(For::Service(k));
+    }
     let window = pool::udp_window(opts.workers);
-    let mut udp_degraded = Degraded::default();
-    let (done, udp_results) = pool::run_blocking(
+    let mut probe_degraded = Degraded::default();
+    let (done, probed) = pool::run_blocking(
         jobs.len(),
         opts.workers,
         |k| run_job(jobs[k], targets, timeout),
-        || pool::udp_many(&addrs, timeout, window, &mut udp_degraded),
+        || pool::many(starts, timeout, window, &mut probe_degraded),
         degraded,
     );
-    degraded.0.extend(udp_degraded.0);
-    for ((i, _), r) in udp.iter().zip(udp_results) {
-        readings[*i].health = Some(match r {
-            Ok(a) => Checked::Sip(a),
-            Err(e) => Checked::Failed(e),
+    degraded.0.extend(probe_degraded.0);
+    let mut service_readings: Vec<Option<ServiceReading>> = services.iter().map(|_| None).collect();
+    for (purpose, d) in purposes.into_iter().zip(probed) {
+        match purpose {
+            For::Row(i) => readings[i].health = Some(d.into()),
+            For::Service(k) => {
+                let cert = match &d {
+                    Done::Stream(s) => s.cert.clone(),
+                    Done::Udp(_) => None,
+                };
+                service_readings[k] = Some(ServiceReading {
+                    checked: d.into(),
+                    cert,
+                });
+            }
+        }
+    }
+    for (k, i) in shared {
+        service_readings[k] = readings[i].health.clone().map(|checked| ServiceReading {
+            checked,
+            cert: None,
         });
     }
-    for (job, r) in jobs.iter().zip(done) {
-        let i = match job {
-            Job::Health(i, _) | Job::Load(i, _) => *i,
-        };
-        if r.health.is_some() {
-            readings[i].health = r.health;
-        }
+    for (Job(i, _), r) in jobs.iter().zip(done) {
         if r.load.is_some() {
-            readings[i].load = r.load;
+            readings[*i].load = r.load;
         }
     }
-    readings
+    (readings, service_readings)
 }
 
 /// The health verdict of one round for one target: `Some((ok, why))`, or
@@ -390,17 +614,84 @@ fn verdict(t: &Target, r: &Reading, reported: &mut Reported) -> Option<(bool, St
     v
 }
 
+/// One service's verdict of a round: up or down, why, and what its certificate said.
+struct ServiceVerdict {
+    ok: bool,
+    why: String,
+    cert_expiry: Option<i64>,
+    expiring: bool,
+}
+
+/// A service's verdict: as a row probe's (accepted codes, our own shortage is none), and
+/// for TLS the certificate's expiry, warned about within `warn_days`.
+fn service_verdict(
+    t: &Target,
+    sp: &ServiceProbe,
+    r: &ServiceReading,
+    warn_days: u32,
+    now: f64,
+    reported: &mut Reported,
+) -> Option<ServiceVerdict> {
+    let label = service_label(t, sp.service);
+    let (ok, mut why) = match &r.checked {
+        Checked::Sip(a) if t.accept.accepts(a.code) => (true, format!("answered {a}")),
+        Checked::Sip(a) => (
+            false,
+            format!(
+                "{}: answered {a}, not in the accepted codes ({})",
+                sp.address, t.accept
+            ),
+        ),
+        Checked::Connected(_) => (true, "connected".to_owned()),
+        Checked::Failed(e) if e.is_resource_shortage() => {
+            reported.problem(&label, "health", &format!("not probed: {e}"));
+            return None;
+        }
+        Checked::Failed(e) => (false, e.to_string()),
+    };
+    match ok {
+        true => reported.fine(&label, "health"),
+        false => reported.problem(&label, "health", &why),
+    }
+    let cert_expiry = r.cert.as_ref().and_then(|c| c.earliest_expiry);
+    let left = cert_expiry.map(|e| e as f64 - now);
+    let expiring = ok && left.is_some_and(|l| l < f64::from(warn_days) * 86_400.0);
+    match (expiring, cert_expiry, left) {
+        (true, Some(e), Some(l)) => {
+            // The words change once a day, so the warning is logged once a day.
+            let within = match l < 86_400.0 {
+                true => format!("{} hours", (l / 3600.0).floor().max(0.0)),
+                false => format!("{} days", (l / 86_400.0).round()),
+            };
+            let msg = format!("certificate expires in {within} ({})", tls::date(e));
+            reported.problem(&label, "certificate", &msg);
+            why = format!("{why}; {msg}");
+        }
+        _ if ok => reported.fine(&label, "certificate"),
+        _ => {}
+    }
+    Some(ServiceVerdict {
+        ok,
+        why,
+        cert_expiry,
+        expiring,
+    })
+}
+
 /// `network`: where the latency readings belong, `*` or the vantage
 /// network of `--network`.
 fn write_round(
     w: &Writer,
     network: &str,
-    targets: &[Target],
-    readings: &[Reading],
+    round: &Round<'_>,
+    (readings, service_readings): (&[Reading], &[Option<ServiceReading>]),
     opts: &MonitorOptions,
     reported: &mut Reported,
     figures: &Mutex<Figures>,
 ) -> Result<(), String> {
+    let Round {
+        targets, services, ..
+    } = *round;
     let now = unix_now();
     // Decided before the transaction, which holds the write lock.
     let verdicts: Vec<_> = targets
@@ -408,11 +699,25 @@ fn write_round(
         .zip(readings)
         .map(|(t, r)| verdict(t, r, reported))
         .collect();
+    let service_verdicts: Vec<_> = services
+        .iter()
+        .zip(service_readings)
+        .map(|(sp, r)| {
+            let t = &targets[sp.target];
+            r.as_ref()
+                .and_then(|r| service_verdict(t, sp, r, opts.cert_warn_days, now, reported))
+        })
+        .collect();
     let drained: std::collections::HashSet<String> =
         w.drains()?.into_iter().map(|d| d.target).collect();
     // A copy, put back after the commit: a scrape never waits on SQLite's write lock.
     let mut f = figures.lock().unwrap_or_else(|p| p.into_inner()).clone();
     f.retain_targets(targets.iter().map(|t| t.name.as_str()));
+    let advertised: std::collections::HashSet<_> = services
+        .iter()
+        .map(|sp| key_of(&targets[sp.target], sp))
+        .collect();
+    f.services.retain(|k, _| advertised.contains(k));
     let changes = w.transaction(|w| {
         let mut changes = Vec::new();
         for ((t, r), v) in targets.iter().zip(readings).zip(&verdicts) {
@@ -488,6 +793,38 @@ fn write_round(
                 }
             }
         }
+        let keys: Vec<(String, Service)> = services
+            .iter()
+            .map(|sp| (targets[sp.target].name.clone(), sp.service))
+            .collect();
+        w.retain_services(&keys)?;
+        for ((sp, r), v) in services.iter().zip(service_readings).zip(&service_verdicts) {
+            let t = &targets[sp.target];
+            f.services.entry(key_of(t, sp)).or_default();
+            if let Some(Checked::Failed(e)) = r.as_ref().map(|r| &r.checked) {
+                f.probe_error(&t.name, sp.service.transport.as_str(), &e.kind);
+                if let probe::ProbeErrorKind::Tls { reason, .. } = &e.kind {
+                    let x = f.services.entry(key_of(t, sp)).or_default();
+                    *x.tls_failures.entry(reason).or_default() += 1;
+                }
+            }
+            let Some(v) = v else { continue };
+            let expiry = v.cert_expiry.map(|e| e as f64);
+            let (before, after) =
+                w.service_probe(&t.name, sp.service, v.ok, &v.why, expiry, opts.anti_flap)?;
+            let x = f.services.entry(key_of(t, sp)).or_default();
+            x.health = Some(Stamped {
+                value: after,
+                at: now,
+            });
+            if v.cert_expiry.is_some() {
+                x.cert_expiry = v.cert_expiry;
+                x.cert_expiring = v.expiring;
+            }
+            if before.is_some_and(|b| b != after) || (before.is_none() && !after) {
+                changes.push((service_label(t, sp.service), after, v.why.clone()));
+            }
+        }
         Ok(changes)
     })?;
     *figures.lock().unwrap_or_else(|p| p.into_inner()) = f;
@@ -525,12 +862,25 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
         openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
     }
     let interval = Duration::from_secs(u64::from(opts.interval.0));
+    // Loaded once: a bad client certificate stops the monitor at start; missing system
+    // roots only stop TLS probes of targets without a CA file (logged).
+    let tls = TlsSettings::load(
+        opts.tls_client_cert.as_deref(),
+        opts.tls_client_key.as_deref(),
+    )?;
     loop {
         let start = Instant::now();
         w.register_monitor();
         let targets = read_targets(&w, &mut reported)?;
+        let services = read_services(&w, &targets)?;
+        let round = Round {
+            targets: &targets,
+            services: &services,
+            tls: Some(&tls),
+        };
         let mut degraded = Degraded::default();
-        let readings = poll(&targets, opts, &mut resolver, &mut reported, &mut degraded);
+        let (readings, service_readings) =
+            poll(&round, opts, &mut resolver, &mut reported, &mut degraded);
         let probed = start.elapsed();
         match degraded.0.is_empty() {
             true => reported.fine("monitor", "round"),
@@ -539,8 +889,8 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
         let written = write_round(
             &w,
             &network,
-            &targets,
-            &readings,
+            &round,
+            (&readings, &service_readings),
             opts,
             &mut reported,
             &figures,
@@ -554,10 +904,11 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             warn!("writing readings: {e}");
         }
         info!(
-            "polled {} targets in {:.2?} (written after {:.2?})",
+            "polled {} targets in {:.2?} (written after {:.2?}), {} advertised services with them",
             targets.len(),
             probed,
-            start.elapsed()
+            start.elapsed(),
+            services.len()
         );
         if let Ok(mut f) = figures.lock() {
             f.rounds += 1;
@@ -583,6 +934,8 @@ mod tests {
             accept: AcceptCodes::parse(codes).unwrap(),
             load: LoadSource::None,
             max_sessions: None,
+            host: "192.0.2.11".into(),
+            ca_file: None,
         }
     }
 

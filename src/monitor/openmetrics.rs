@@ -35,6 +35,11 @@ pub const TARGET_SESSIONS: &str = "pdns_ha_target_sessions";
 pub const TARGET_CAPACITY: &str = "pdns_ha_target_capacity_sessions";
 pub const READING_AGE: &str = "pdns_ha_reading_age_seconds";
 pub const PROBE_ERRORS: &str = "pdns_ha_probe_errors";
+pub const SERVICE_UP: &str = "pdns_ha_service_up";
+/// Prometheus's blackbox exporter's name, so that existing certificate alerts apply.
+pub const CERT_EXPIRY: &str = "probe_ssl_earliest_cert_expiry";
+pub const CERT_EXPIRING: &str = "pdns_ha_service_cert_expiring";
+pub const TLS_FAILURES: &str = "pdns_ha_tls_verify_failures";
 
 /// A value and when it was read (Unix seconds), so that its age can be told at scrape time.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,6 +58,20 @@ pub struct LatencyFigure {
     pub source: String,
     pub seconds: f64,
     pub at: f64,
+}
+
+/// One advertised service (an SRV record's target, transport and port).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceFigures {
+    /// Up or down after anti-flap; `None` while unknown.
+    pub health: Option<Stamped<bool>>,
+    /// TLS: the earliest `notAfter` of the chain last seen, Unix seconds.
+    pub cert_expiry: Option<i64>,
+    /// TLS: valid, but within `--cert-warn-days` of its expiry.
+    pub cert_expiring: bool,
+    /// TLS verifications that failed since start, by reason (`expired`, `wrong_name`,
+    /// `untrusted`, ...). Monotonic.
+    pub tls_failures: BTreeMap<&'static str, u64>,
 }
 
 /// Everything known about one target.
@@ -77,6 +96,8 @@ pub struct TargetFigures {
 pub struct Figures {
     /// By target name, so the text comes out in a stable order.
     pub targets: BTreeMap<String, TargetFigures>,
+    /// Advertised services, by (target, transport, port).
+    pub services: BTreeMap<(String, &'static str, u16), ServiceFigures>,
     /// Rounds completed since start.
     pub rounds: u64,
     /// How long the last round took, probes and write together.
@@ -107,6 +128,7 @@ pub fn error_kind(kind: &ProbeErrorKind) -> &'static str {
         ProbeErrorKind::Protocol(_) => "protocol",
         ProbeErrorKind::AuthRejected => "auth_rejected",
         ProbeErrorKind::Remote(_) => "remote",
+        ProbeErrorKind::Tls { .. } => "tls",
     }
 }
 
@@ -254,6 +276,7 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
             );
         }
     }
+    services(&mut out, f, fmt);
     rounds_and_end(
         &mut out,
         fmt,
@@ -264,6 +287,74 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
         ),
     );
     out
+}
+
+/// The families of advertised services (issue 18).
+fn services(out: &mut String, f: &Figures, fmt: Format) {
+    let s = &f.services;
+    let labels = |(t, transport, port): &(String, &str, u16)| {
+        format!(
+            "target=\"{}\",transport=\"{transport}\",port=\"{port}\"",
+            escape(t)
+        )
+    };
+    family(
+        out,
+        fmt,
+        SERVICE_UP,
+        "gauge",
+        "Whether an advertised service (SRV target, transport, port) is up (1) or down (0) after anti-flap; absent while unknown.",
+    );
+    for (k, x) in s {
+        if let Some(h) = x.health {
+            let _ = writeln!(out, "{SERVICE_UP}{{{}}} {}", labels(k), u8::from(h.value));
+        }
+    }
+    family(
+        out,
+        fmt,
+        CERT_EXPIRY,
+        "gauge",
+        "Earliest notAfter of the certificate chain a TLS service sent, Unix seconds (blackbox exporter's name).",
+    );
+    for (k, x) in s {
+        if let Some(e) = x.cert_expiry {
+            let _ = writeln!(out, "{CERT_EXPIRY}{{{}}} {e}", labels(k));
+        }
+    }
+    family(
+        out,
+        fmt,
+        CERT_EXPIRING,
+        "gauge",
+        "Whether a TLS service's valid certificate expires within --cert-warn-days (1) or not (0).",
+    );
+    for (k, x) in s {
+        if x.cert_expiry.is_some() {
+            let _ = writeln!(
+                out,
+                "{CERT_EXPIRING}{{{}}} {}",
+                labels(k),
+                u8::from(x.cert_expiring)
+            );
+        }
+    }
+    family(
+        out,
+        fmt,
+        TLS_FAILURES,
+        "counter",
+        "TLS handshakes of a service that failed verification or negotiation, by reason.",
+    );
+    for (k, x) in s {
+        for (reason, n) in &x.tls_failures {
+            let _ = writeln!(
+                out,
+                "{TLS_FAILURES}_total{{{},reason=\"{reason}\"}} {n}",
+                labels(k)
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +414,27 @@ mod tests {
         // A name a label must escape.
         f.targets
             .insert("odd\"name\\".into(), TargetFigures::default());
+        f.services.insert(
+            ("sip1.example.com".into(), "udp", 5060),
+            ServiceFigures {
+                health: Some(Stamped {
+                    value: true,
+                    at: 995.0,
+                }),
+                ..ServiceFigures::default()
+            },
+        );
+        let mut tls = ServiceFigures {
+            health: Some(Stamped {
+                value: false,
+                at: 995.0,
+            }),
+            cert_expiry: Some(1_795_996_800),
+            ..ServiceFigures::default()
+        };
+        tls.tls_failures.insert("expired", 3);
+        f.services
+            .insert(("sip1.example.com".into(), "tls", 5061), tls);
         f
     }
 
@@ -362,6 +474,19 @@ pdns_ha_latency_age_seconds{target="sip1.example.com",network="*",source="monito
 # HELP pdns_ha_probe_errors Probes that gave no reading, by what was probed and why.
 pdns_ha_probe_errors_total{target="sip2.example.com",probe="health",kind="io"} 2
 pdns_ha_probe_errors_total{target="sip2.example.com",probe="load",kind="auth_rejected"} 1
+# TYPE pdns_ha_service_up gauge
+# HELP pdns_ha_service_up Whether an advertised service (SRV target, transport, port) is up (1) or down (0) after anti-flap; absent while unknown.
+pdns_ha_service_up{target="sip1.example.com",transport="tls",port="5061"} 0
+pdns_ha_service_up{target="sip1.example.com",transport="udp",port="5060"} 1
+# TYPE probe_ssl_earliest_cert_expiry gauge
+# HELP probe_ssl_earliest_cert_expiry Earliest notAfter of the certificate chain a TLS service sent, Unix seconds (blackbox exporter's name).
+probe_ssl_earliest_cert_expiry{target="sip1.example.com",transport="tls",port="5061"} 1795996800
+# TYPE pdns_ha_service_cert_expiring gauge
+# HELP pdns_ha_service_cert_expiring Whether a TLS service's valid certificate expires within --cert-warn-days (1) or not (0).
+pdns_ha_service_cert_expiring{target="sip1.example.com",transport="tls",port="5061"} 0
+# TYPE pdns_ha_tls_verify_failures counter
+# HELP pdns_ha_tls_verify_failures TLS handshakes of a service that failed verification or negotiation, by reason.
+pdns_ha_tls_verify_failures_total{target="sip1.example.com",transport="tls",port="5061",reason="expired"} 3
 # TYPE pdns_ha_rounds counter
 # HELP pdns_ha_rounds Monitor rounds completed.
 pdns_ha_rounds_total 7
@@ -413,7 +538,7 @@ pdns_ha_round_duration_seconds 0.032
             .filter(|l| !l.starts_with("# UNIT ") && *l != "# EOF")
             .map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
                 ["#", kw @ ("TYPE" | "HELP"), name, ..]
-                    if [PROBE_ERRORS, ROUNDS].contains(&name) =>
+                    if [PROBE_ERRORS, TLS_FAILURES, ROUNDS].contains(&name) =>
                 {
                     l.replacen(
                         &format!("# {kw} {name}"),

@@ -1,13 +1,14 @@
 //! Bounded concurrency for a monitor round.
 //!
-//! - SIP OPTIONS over UDP, the common probe, runs as [`UdpProbe`] state machines on
-//!   non-blocking sockets, all in flight at once on the calling thread ([`udp_many`]), so
-//!   5,000 targets of which hundreds are silent still take about one timeout. At most
+//! - Every health probe (SIP OPTIONS over UDP as [`UdpProbe`], a TCP connect, OPTIONS over
+//!   TCP or over TLS as [`StreamProbe`]) is a state machine on a non-blocking socket, all
+//!   in flight at once on the calling thread ([`many`]), so 5,000 targets of which
+//!   hundreds are silent still take about one timeout, with no thread per target. At most
 //!   `max_open` sockets are open at a time; when the process runs out of file descriptors
 //!   anyway, the window shrinks to what is open and the rest wait for a free slot.
-//! - Blocking exchanges (TCP connect, SIP over TCP, Event Socket, JSON-RPC) run on a fixed
-//!   pool of worker threads ([`run_blocking`]). Silent TCP peers cost one timeout per
-//!   worker, so a round takes about `ceil(silent / workers)` timeouts.
+//! - Blocking exchanges (Event Socket, JSON-RPC load reads) run on a fixed pool of worker
+//!   threads ([`run_blocking`]). Silent load sources cost one timeout per worker, so they
+//!   take about `ceil(silent / workers)` timeouts.
 //! - A thread that cannot be started (a low `ulimit -u`, memory) makes the pool smaller; with
 //!   none at all the calling thread does the work itself. The round is slower, never
 //!   aborted, and [`Degraded`] says why.
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::probe::ProbeError;
 use super::sip_options::{Answer, UdpProbe};
+use super::stream::{StreamDone, StreamProbe, StreamSpec};
 
 /// Stack for a worker thread: the probes keep their buffers on the heap, and threads that
 /// ask for less address space are more likely to start when memory is tight.
@@ -53,6 +55,70 @@ fn open_files_limit() -> usize {
     }
 }
 
+/// A probe to start: SIP OPTIONS over UDP, or a TCP or TLS exchange.
+pub enum Start {
+    Udp(SocketAddr),
+    Stream(StreamSpec),
+}
+
+/// How a probe ended, by kind.
+#[derive(Debug)]
+pub enum Done {
+    Udp(Result<Answer, ProbeError>),
+    Stream(StreamDone),
+}
+
+enum Inflight {
+    Udp(UdpProbe),
+    Stream(Box<StreamProbe>),
+}
+
+impl Inflight {
+    fn start(s: &Start, timeout: Duration) -> Result<Inflight, ProbeError> {
+        match s {
+            Start::Udp(a) => UdpProbe::start(*a, timeout).map(Inflight::Udp),
+            Start::Stream(spec) => {
+                StreamProbe::start(spec, timeout).map(|p| Inflight::Stream(Box::new(p)))
+            }
+        }
+    }
+
+    fn fd(&self) -> libc::c_int {
+        match self {
+            Inflight::Udp(p) => p.fd(),
+            Inflight::Stream(p) => p.fd(),
+        }
+    }
+
+    fn events(&self) -> i16 {
+        match self {
+            Inflight::Udp(_) => libc::POLLIN,
+            Inflight::Stream(p) => p.events(),
+        }
+    }
+
+    fn wake_at(&self) -> Instant {
+        match self {
+            Inflight::Udp(p) => p.wake_at(),
+            Inflight::Stream(p) => p.wake_at(),
+        }
+    }
+
+    fn ready(&mut self, revents: i16, buf: &mut [u8]) -> Option<Done> {
+        match self {
+            Inflight::Udp(p) => p.readable(buf).map(Done::Udp),
+            Inflight::Stream(p) => p.ready(revents).map(Done::Stream),
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Done> {
+        match self {
+            Inflight::Udp(p) => p.tick(now).map(Done::Udp),
+            Inflight::Stream(p) => p.tick(now).map(Done::Stream),
+        }
+    }
+}
+
 /// Probes every address in `addrs` over UDP, at most `max_open` at once; results in order.
 pub fn udp_many(
     addrs: &[SocketAddr],
@@ -60,25 +126,43 @@ pub fn udp_many(
     max_open: usize,
     degraded: &mut Degraded,
 ) -> Vec<Result<Answer, ProbeError>> {
-    if max_open < addrs.len().min(MAX_UDP_OPEN) {
+    let starts = addrs.iter().map(|a| Start::Udp(*a)).collect();
+    many(starts, timeout, max_open, degraded)
+        .into_iter()
+        .map(|d| match d {
+            Done::Udp(r) => r,
+            Done::Stream(_) => unreachable!("only udp probes were started"),
+        })
+        .collect()
+}
+
+/// Runs every probe in `starts` on this thread, at most `max_open` sockets at once, all
+/// sharing one `poll`; results in order. Silent peers cost one timeout in all, not each.
+pub fn many(
+    starts: Vec<Start>,
+    timeout: Duration,
+    max_open: usize,
+    degraded: &mut Degraded,
+) -> Vec<Done> {
+    let total = starts.len();
+    if max_open < total.min(MAX_UDP_OPEN) {
         degraded.0.push(format!(
-            "at most {max_open} udp probes in flight for {} targets (open files limit {}); \
+            "at most {max_open} probes in flight for {total} (open files limit {}); \
              silent targets beyond that cost another timeout each (raise ulimit -n)",
-            addrs.len(),
             open_files_limit()
         ));
     }
-    let mut results: Vec<Option<Result<Answer, ProbeError>>> = Vec::new();
-    results.resize_with(addrs.len(), || None);
+    let mut results: Vec<Option<Done>> = Vec::new();
+    results.resize_with(total, || None);
     let mut window = max_open.max(1);
     let mut next = 0;
-    let mut active: Vec<(usize, UdpProbe)> = Vec::new();
+    let mut active: Vec<(usize, Inflight)> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut buf = vec![0u8; 65536];
     let mut shortage: Option<String> = None;
     loop {
-        while active.len() < window && next < addrs.len() {
-            match UdpProbe::start(addrs[next], timeout) {
+        while active.len() < window && next < total {
+            match Inflight::start(&starts[next], timeout) {
                 Ok(p) => active.push((next, p)),
                 Err(e) if e.is_resource_shortage() && !active.is_empty() => {
                     // Wait for a slot: the probes in flight free theirs within a timeout.
@@ -86,7 +170,15 @@ pub fn udp_many(
                     shortage.get_or_insert_with(|| e.to_string());
                     break;
                 }
-                Err(e) => results[next] = Some(Err(e)),
+                Err(e) => {
+                    results[next] = Some(match starts[next] {
+                        Start::Udp(_) => Done::Udp(Err(e)),
+                        Start::Stream(_) => Done::Stream(StreamDone {
+                            result: Err(e),
+                            cert: None,
+                        }),
+                    })
+                }
             }
             next += 1;
         }
@@ -96,7 +188,7 @@ pub fn udp_many(
         fds.clear();
         fds.extend(active.iter().map(|(_, p)| libc::pollfd {
             fd: p.fd(),
-            events: libc::POLLIN,
+            events: p.events(),
             revents: 0,
         }));
         let wake = active.iter().map(|(_, p)| p.wake_at()).min();
@@ -112,7 +204,7 @@ pub fn udp_many(
             let (idx, p) = &mut active[i];
             let mut done = None;
             if ready > 0 && fds[i].revents != 0 {
-                done = p.readable(&mut buf);
+                done = p.ready(fds[i].revents, &mut buf);
             }
             if done.is_none() {
                 done = p.tick(now);
@@ -130,12 +222,12 @@ pub fn udp_many(
     }
     if let Some(e) = shortage {
         degraded.0.push(format!(
-            "udp probes limited to {window} at once ({e}); raise the open files limit (ulimit -n)"
+            "probes limited to {window} at once ({e}); raise the open files limit (ulimit -n)"
         ));
     }
     results
         .into_iter()
-        .map(|r| r.expect("every udp probe ends with a result"))
+        .map(|r| r.expect("every probe ends with a result"))
         .collect()
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Why a probe produced no reading. The monitor treats every error as "no data", never as
 /// zero load.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ProbeError {
     /// The target as configured (`host:port` or a URL without credentials); never a password.
     pub peer: String,
@@ -42,6 +42,39 @@ pub enum ProbeErrorKind {
     /// The peer understood and answered with an error (`-ERR …`, a JSON-RPC error, an HTTP
     /// status other than 200, an ACL rejection).
     Remote(String),
+    /// The TLS handshake failed: `reason` is a label from a small fixed set (`expired`,
+    /// `wrong_name`, `untrusted`, ...), `text` the words for the log and `status`.
+    Tls { reason: &'static str, text: String },
+}
+
+/// One probe's result may stand for two readings (a target's own probe and the advertised
+/// service at the same address), so errors are copied; an OS error keeps its errno, which
+/// is what [`ProbeError::is_resource_shortage`] and the metrics' `kind` look at.
+impl Clone for ProbeErrorKind {
+    fn clone(&self) -> Self {
+        match self {
+            ProbeErrorKind::BadTarget(w) => ProbeErrorKind::BadTarget(w),
+            ProbeErrorKind::Io { during, source } => ProbeErrorKind::Io {
+                during,
+                source: match source.raw_os_error() {
+                    Some(errno) => io::Error::from_raw_os_error(errno),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            ProbeErrorKind::Timeout { during, after } => ProbeErrorKind::Timeout {
+                during,
+                after: *after,
+            },
+            ProbeErrorKind::Closed { during } => ProbeErrorKind::Closed { during },
+            ProbeErrorKind::Protocol(d) => ProbeErrorKind::Protocol(d.clone()),
+            ProbeErrorKind::AuthRejected => ProbeErrorKind::AuthRejected,
+            ProbeErrorKind::Remote(d) => ProbeErrorKind::Remote(d.clone()),
+            ProbeErrorKind::Tls { reason, text } => ProbeErrorKind::Tls {
+                reason,
+                text: text.clone(),
+            },
+        }
+    }
 }
 
 impl ProbeError {
@@ -103,6 +136,7 @@ impl fmt::Display for ProbeError {
             ProbeErrorKind::Protocol(detail) => write!(f, "{peer}: protocol error: {detail}"),
             ProbeErrorKind::AuthRejected => write!(f, "{peer}: authentication rejected"),
             ProbeErrorKind::Remote(detail) => write!(f, "{peer}: {detail}"),
+            ProbeErrorKind::Tls { text, .. } => write!(f, "{peer}: {text}"),
         }
     }
 }

@@ -31,21 +31,22 @@
 
 use std::fmt;
 use std::io::ErrorKind::{Interrupted, WouldBlock};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
+use super::probe::{printable, Deadline, ProbeError};
+use super::stream::{self, StreamOk, StreamSpec};
 
 /// RFC 3261 timers for retransmitting a non-INVITE request over UDP: first after T1, then
 /// doubling up to T2. Only probes with a timeout above T1 ever retransmit.
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 /// A TCP peer that streams more than this without our answer is not answering OPTIONS.
-const MAX_TCP_READ: usize = 64 * 1024;
+pub(crate) const MAX_TCP_READ: usize = 64 * 1024;
 
-const WAITING: &str = "waiting for a final response";
+pub(crate) const WAITING: &str = "waiting for a final response";
 
 /// A final response to our OPTIONS: how long it took, and what it said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,63 +256,46 @@ impl UdpProbe {
 }
 
 /// Probes `addr` with SIP OPTIONS over TCP. The round trip excludes the TCP handshake, so it
-/// compares with [`probe_udp`]; use [`probe_tcp_connect`] for the handshake alone.
+/// compares with [`probe_udp`]; use [`probe_tcp_connect`] for the handshake alone. The same
+/// non-blocking state machine the monitor's rounds run by the thousand
+/// ([`super::stream`]), driven alone.
 pub fn probe_tcp_sip(addr: SocketAddr, timeout: Duration) -> Result<Answer, ProbeError> {
-    let peer = addr.to_string();
-    let d = Deadline::new(&peer, timeout);
-    let mut stream = d.connect(&peer)?;
-    let local = stream.local_addr().map_err(|e| d.io_err("connecting", e))?;
-    let ids = Ids::new(local);
-    let request = options_request("TCP", local, addr, &ids);
-
-    let start = Instant::now();
-    d.write_all(&mut stream, request.as_bytes(), "sending options")?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let mut total = 0;
-    loop {
-        // Each complete message is taken off the front; others (keep-alive CRLFs, stray
-        // responses) are skipped.
-        while let Some(len) = sip_message_len(&buf) {
-            let message: Vec<u8> = buf.drain(..len).collect();
-            if let Some((code, reason)) = final_answer(&message, &ids) {
-                let rtt = start.elapsed();
-                return Ok(Answer { rtt, code, reason });
-            }
-        }
-        let n = d.read(&mut stream, &mut chunk, WAITING)?;
-        if n == 0 {
-            return Err(d.err(ProbeErrorKind::Closed { during: WAITING }));
-        }
-        total += n;
-        if total > MAX_TCP_READ {
-            let shown = printable(&buf, 60);
-            let detail = format!("{MAX_TCP_READ} bytes without our response, starting \"{shown}\"");
-            return Err(d.err(ProbeErrorKind::Protocol(detail)));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let spec = StreamSpec {
+        addr,
+        sip: true,
+        tls: None,
+        names: Vec::new(),
+    };
+    match stream::probe_one(spec, timeout).result? {
+        StreamOk::Sip(a) => Ok(a),
+        StreamOk::Connected(_) => unreachable!("a sip probe ends with an answer"),
     }
 }
 
 /// Times a TCP handshake with `addr`; about one network round trip. A refused connection is
 /// an error, though the RST was also a round trip: the port is closed, so the target is down.
 pub fn probe_tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-    let peer = addr.to_string();
-    let d = Deadline::new(&peer, timeout);
-    let start = Instant::now();
-    TcpStream::connect_timeout(&addr, timeout).map_err(|e| d.io_err("connecting", e))?;
-    Ok(start.elapsed())
+    let spec = StreamSpec {
+        addr,
+        sip: false,
+        tls: None,
+        names: Vec::new(),
+    };
+    match stream::probe_one(spec, timeout).result? {
+        StreamOk::Connected(rtt) => Ok(rtt),
+        StreamOk::Sip(_) => unreachable!("a connect probe sends nothing"),
+    }
 }
 
 /// The identifiers that make one probe's request unique and let us match its response.
-struct Ids {
+pub(crate) struct Ids {
     branch: String,
     tag: String,
     call_id: String,
 }
 
 impl Ids {
-    fn new(local: SocketAddr) -> Ids {
+    pub(crate) fn new(local: SocketAddr) -> Ids {
         Ids {
             branch: format!("z9hG4bK{:016x}", token()),
             tag: format!("{:08x}", token() as u32),
@@ -344,7 +328,12 @@ fn uri_host(ip: IpAddr) -> String {
     }
 }
 
-fn options_request(transport: &str, local: SocketAddr, remote: SocketAddr, ids: &Ids) -> String {
+pub(crate) fn options_request(
+    transport: &str,
+    local: SocketAddr,
+    remote: SocketAddr,
+    ids: &Ids,
+) -> String {
     let local_host = uri_host(local.ip());
     // `rport` asks the server to answer the address and port it saw, which is where a
     // connected UDP socket listens even behind NAT.
@@ -366,7 +355,7 @@ fn options_request(transport: &str, local: SocketAddr, remote: SocketAddr, ids: 
 /// The code and reason phrase if `message` is a final response (200–699) to our request.
 /// Responses to other requests (a late answer to an earlier probe from the same port, a
 /// confused peer) carry another Call-ID or CSeq and are ignored, as are requests and garbage.
-fn final_answer(message: &[u8], ids: &Ids) -> Option<(u16, String)> {
+pub(crate) fn final_answer(message: &[u8], ids: &Ids) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(message);
     let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
     let status_line = lines.next().unwrap_or("");
@@ -393,7 +382,7 @@ fn final_answer(message: &[u8], ids: &Ids) -> Option<(u16, String)> {
 
 /// Length of the first complete SIP message in a TCP stream buffer (header block plus
 /// `Content-Length` body), counting leading keep-alive CRLFs, or `None` if incomplete.
-fn sip_message_len(buf: &[u8]) -> Option<usize> {
+pub(crate) fn sip_message_len(buf: &[u8]) -> Option<usize> {
     let skip = buf
         .iter()
         .take_while(|c| matches!(c, b'\r' | b'\n'))

@@ -168,7 +168,8 @@ pub fn parse(body: &str, now: f64, max_age: f64, require_received: bool) -> Resu
         for AorItem { info } in domain.aors {
             let who = info.aor.as_deref().map(|a| subscriber(&domain.table, a));
             for c in info.contacts.into_iter().flatten() {
-                let parsed = serde_json::from_str::<ContactItem>(c.get()).map_err(|_| Skip::Unusable);
+                let parsed =
+                    serde_json::from_str::<ContactItem>(c.get()).map_err(|_| Skip::Unusable);
                 match parsed.and_then(|c| contact(&c.contact, now, max_age, require_received)) {
                     Ok(s) => dump.samples.push(Sample {
                         subscriber: who,
@@ -195,8 +196,7 @@ enum Skip {
 }
 
 fn contact(c: &Contact, now: f64, max_age: f64, require_received: bool) -> Result<Sample, Skip> {
-    if c
-        .expires
+    if c.expires
         .as_ref()
         .and_then(|e| e.as_str())
         .is_some_and(|state| state != "permanent")

@@ -18,6 +18,7 @@ const SCHEMA: &str = include_str!("../../sql/schema.sql");
 /// rows stay.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("ha_targets", "probe_ok_codes", "TEXT DEFAULT NULL"),
+    ("ha_targets", "probe_ca_file", "TEXT DEFAULT NULL"),
     ("ha_load", "monitor", "TEXT DEFAULT NULL"),
     ("ha_latency", "monitor", "TEXT DEFAULT NULL"),
     ("ha_targets", "load_secret_file", "TEXT DEFAULT NULL"),
@@ -296,6 +297,14 @@ mod tests {
                     ('*', 'sip1.example.com', 'observe', 9, 9, 3, 1.0);",
         )
         .unwrap();
+        // Issue 18: the per-target CA file and the per-service health table.
+        let ca: Option<String> = conn
+            .query_row("SELECT probe_ca_file FROM ha_targets", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ca, None);
+        assert!(columns(&conn, "ha_service_health")
+            .unwrap()
+            .contains(&"cert_expiry".to_owned()));
         let fresh = Connection::open_in_memory().unwrap();
         upgrade(&fresh).unwrap();
         assert_eq!(

@@ -288,6 +288,24 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         rows.push(vec![shown(name), health, load, latency, source]);
     }
     let mut out = table(&rows);
+    let services = services(&conn, now, f64::from(stale_after));
+    if !services.is_empty() {
+        let mut rows = vec![vec![
+            "service (SRV target transport/port)".to_owned(),
+            "state".into(),
+            "reason".into(),
+            "certificate".into(),
+        ]];
+        for ((target, transport, port), s) in &services {
+            rows.push(vec![
+                format!("{} {transport}/{port}", shown(target)),
+                s.state.clone(),
+                shown(&s.reason),
+                s.expiry.clone(),
+            ]);
+        }
+        let _ = write!(out, "\n{}", table(&rows));
+    }
     quality(&conn, metrics, &stale, &mut out);
     let mut names: Vec<String> = metrics
         .networks()
@@ -358,6 +376,100 @@ fn quality(
             stale(updated)
         );
     }
+}
+
+/// One advertised service as `status` and `explain` show it.
+struct ServiceLine {
+    /// `up`, `DOWN` or `unknown`, with the age of the newest verdict.
+    state: String,
+    /// The newest word of a monitor that agrees with the verdict.
+    reason: String,
+    /// TLS: `expires 2026-12-05 (in 3 days)` or `EXPIRED 2026-11-30`; else `-`.
+    expiry: String,
+}
+
+/// Every row of `ha_service_health` by (target, transport, port), decided as the pipe
+/// decides (most fresh monitors); empty for a database without the table.
+fn services(
+    conn: &Connection,
+    now: f64,
+    stale_after: f64,
+) -> std::collections::BTreeMap<(String, String, i64), ServiceLine> {
+    type Row = (String, String, i64, String, bool, String, Option<f64>, f64);
+    let rows: Vec<Row> = conn
+        .prepare(
+            "SELECT target, transport, port, monitor, up, reason, cert_expiry, updated
+             FROM ha_service_health ORDER BY target, transport, port, updated DESC",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for group in rows.chunk_by(|a, b| (&a.0, &a.1, a.2) == (&b.0, &b.1, b.2)) {
+        let fresh: Vec<&Row> = group.iter().filter(|r| now - r.7 <= stale_after).collect();
+        let down = fresh.iter().filter(|r| !r.4).count();
+        let verdict = match fresh.len() {
+            0 => None,
+            n => Some(down * 2 <= n),
+        };
+        let newest = group[0].7;
+        let state = match verdict {
+            None => format!("unknown ({} old, STALE)", age(now - newest)),
+            Some(up) => format!(
+                "{} ({} of {} fresh say down, newest {} old)",
+                if up { "up" } else { "DOWN" },
+                down,
+                fresh.len(),
+                age(now - newest)
+            ),
+        };
+        let reason = group
+            .iter()
+            .find(|r| verdict.is_none_or(|up| r.4 == up))
+            .map_or(String::new(), |r| match r.3.is_empty() {
+                true => r.5.clone(),
+                false => format!("{}: {}", r.3, r.5),
+            });
+        let expiry =
+            group
+                .iter()
+                .filter_map(|r| r.6)
+                .reduce(f64::min)
+                .map_or("-".to_owned(), |e| {
+                    let when = crate::text::date(e as i64);
+                    let left = e - now;
+                    match left {
+                        l if l <= 0.0 => format!("EXPIRED {when}"),
+                        l if l < 86_400.0 => {
+                            format!("expires {when} (in {} hours)", (l / 3600.0) as u64)
+                        }
+                        l => format!("expires {when} (in {} days)", (l / 86_400.0).round() as u64),
+                    }
+                });
+        let key = (group[0].0.clone(), group[0].1.clone(), group[0].2);
+        out.insert(
+            key,
+            ServiceLine {
+                state,
+                reason,
+                expiry,
+            },
+        );
+    }
+    out
 }
 
 /// The health column, as the pipe sees it (SQLite and memcached): the
@@ -472,6 +584,10 @@ pub fn explain(
         false => vec![opts.algorithm],
     };
     let now = unix_now();
+    let service_lines = match open(&opts.db) {
+        Ok(conn) => services(&conn, now, f64::from(opts.stale_after.0)),
+        Err(_) => Default::default(),
+    };
     for alg in algorithms {
         let _ = writeln!(out, "\n== {alg}");
         let mut ranker = Ranker::new(alg, opts.dynamic_ttl.0, opts.stale_after.0);
@@ -518,6 +634,37 @@ pub fn explain(
                 ]);
             }
             let _ = write!(out, "{}", table(&rows));
+            // Each record's own service, when health is kept per service.
+            let mut lines = Vec::new();
+            for p in ranker.placed() {
+                let Some(c) = candidate(&rrset[p.idx]) else {
+                    continue;
+                };
+                let Some(svc) = c.service else { continue };
+                let key = (
+                    target_key(c.target),
+                    svc.transport.as_str().to_owned(),
+                    i64::from(svc.port),
+                );
+                let line = match service_lines.get(&key) {
+                    Some(s) => vec![
+                        format!("  {} {}/{}", shown(c.target), svc.transport, svc.port),
+                        s.state.clone(),
+                        shown(&s.reason),
+                        s.expiry.clone(),
+                    ],
+                    None => vec![
+                        format!("  {} {}/{}", shown(c.target), svc.transport, svc.port),
+                        "no verdict: the target's own health decides".into(),
+                        String::new(),
+                        String::new(),
+                    ],
+                };
+                lines.push(line);
+            }
+            if !lines.is_empty() {
+                let _ = write!(out, "  services:\n{}", table(&lines));
+            }
             if outcome.fail_open {
                 let _ = writeln!(
                     out,

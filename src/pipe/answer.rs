@@ -11,6 +11,7 @@ use crate::pipe::abi::{self, AbiVersion, Data};
 use crate::pipe::zone::Record;
 use crate::select::{self, Algorithm, Candidate, Context, Outcome, Placed};
 use crate::state::index::Metrics;
+use crate::state::service::{Service, Transport};
 
 /// What [`Ranker::answer`] did with an RRset.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -205,17 +206,20 @@ pub fn candidate<'a>(r: &Record<'a>) -> Option<Candidate<'a>> {
             target: r.content,
             prio: 0,
             weight: 0,
+            service: None,
         });
     }
     let mut f = r.content.split_whitespace();
     let weight = f.next()?.parse::<u16>().ok()?;
-    let _port = f.next()?.parse::<u16>().ok()?;
+    let port = f.next()?.parse::<u16>().ok()?;
     let target = f.next()?;
     f.next().is_none().then_some(())?;
     let target = target.strip_suffix('.').unwrap_or(target);
+    let service = Transport::of_owner(r.name).map(|(transport, _)| Service { transport, port });
     Some(Candidate {
         target,
         prio: r.prio?,
         weight: u32::from(weight),
+        service,
     })
 }

@@ -33,6 +33,7 @@ use crate::state::reading::{drain_key, health_key, latency_key, load_key, Readin
 use crate::state::reading::{
     target_key, unix_now, Drain, Health, Latency, Load, Source, ANY_NETWORK,
 };
+use crate::state::service::{Service, Transport};
 use crate::state::validate::Clock;
 use crate::text::{shown, Limited};
 
@@ -816,6 +817,22 @@ fn load_metrics(
         m.add_health(&col::<String>(r, 0)?, &col::<String>(r, 1)?, h);
         Ok(())
     })?;
+    // A newer table: absent from older databases, which then serve as before.
+    each_row(tx, "ha_service_health", "service_health", skipped, |r| {
+        let transport = col::<String>(r, 1)?;
+        let service = Service {
+            transport: Transport::parse(&transport)
+                .ok_or_else(|| format!("transport {} is not udp, tcp or tls", shown(&transport)))?,
+            port: u16::try_from(col::<i64>(r, 2)?).map_err(|_| "port out of range".to_owned())?,
+        };
+        let h = Health {
+            up: col(r, 4)?,
+            updated: col(r, 5)?,
+        };
+        valid(clock.health(&h))?;
+        m.add_service_health(&col::<String>(r, 0)?, service, &col::<String>(r, 3)?, h);
+        Ok(())
+    })?;
     each_row(tx, "ha_load", "load", skipped, |r| {
         let max_sessions = match col::<Option<i64>>(r, 2)? {
             Some(_) => Some(count(r, 2)?),
@@ -929,6 +946,7 @@ mod tests {
             "targets",
             "capacity",
             "health",
+            "service_health",
             "load",
             "latency",
             "drains",

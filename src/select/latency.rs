@@ -119,7 +119,7 @@ pub fn select(
         })
     };
     for (idx, c) in cands.iter().enumerate() {
-        let why = match cx.excluded(m, c.target) {
+        let why = match cx.excluded(m, c) {
             Some(out) => out,
             None => full(c.target)
                 .or_else(|| latency(c.target))

@@ -15,7 +15,7 @@ pub fn select(
     out: &mut Vec<Placed>,
 ) -> Outcome {
     let why_of = |c: &Candidate<'_>| {
-        if let Some(out) = cx.excluded(m, c.target) {
+        if let Some(out) = cx.excluded(m, c) {
             return out;
         }
         let Some(l) = m.load(c.target).filter(|l| cx.fresh(l.updated)) else {

@@ -45,6 +45,7 @@ mod load;
 
 use crate::dns::Subnet;
 use crate::state::index::Metrics;
+use crate::state::service::Service;
 
 /// One record of the RRset being ordered: an SRV target, or an address of
 /// an A/AAAA RRset (whose priority and weight are 0).
@@ -54,6 +55,10 @@ pub struct Candidate<'a> {
     pub target: &'a str,
     pub prio: i64,
     pub weight: u32,
+    /// The advertised service an SRV record under `_sip._udp`, `_sip._tcp` or
+    /// `_sips._tcp` stands for (its transport and port): its own health
+    /// decides the record. `None` for A/AAAA and other services.
+    pub service: Option<Service>,
 }
 
 /// The inputs every algorithm shares besides the RRset and the metrics.
@@ -88,12 +93,31 @@ impl Context {
         down * 2 > fresh
     }
 
-    /// Why a target must stay out of the answer, if it must: the operator's
-    /// drain first (hard state beats every probe), then health.
-    fn excluded(&self, m: &Metrics, target: &str) -> Option<Why> {
-        if m.drain(target).is_some() {
+    /// Whether most monitors with a fresh verdict on `target`'s service `s`
+    /// say down, by the same rule as [`Self::down`]; `None` while no monitor
+    /// has a fresh verdict on it (the target's own health then decides).
+    pub fn service_down(&self, m: &Metrics, target: &str, s: Service) -> Option<bool> {
+        let (mut fresh, mut down) = (0u32, 0u32);
+        for (_, h) in m.service_health(target, s) {
+            if self.fresh(h.updated) {
+                fresh += 1;
+                down += u32::from(!h.up);
+            }
+        }
+        (fresh > 0).then_some(down * 2 > fresh)
+    }
+
+    /// Why a candidate must stay out of the answer, if it must: the
+    /// operator's drain first (hard state beats every probe), then the
+    /// health of its own service, or of the target while that is unknown.
+    fn excluded(&self, m: &Metrics, c: &Candidate<'_>) -> Option<Why> {
+        let down = || match c.service.and_then(|s| self.service_down(m, c.target, s)) {
+            Some(down) => down,
+            None => self.down(m, c.target),
+        };
+        if m.drain(c.target).is_some() {
             Some(Why::Drained)
-        } else if self.down(m, target) {
+        } else if down() {
             Some(Why::Down)
         } else {
             None
@@ -192,7 +216,7 @@ pub fn select(
     }
     // Fail open among the targets not drained: "down" may be the monitors'
     // mistake, a drain is an operator's decision.
-    if cands.iter().all(|c| cx.excluded(m, c.target).is_some()) {
+    if cands.iter().all(|c| cx.excluded(m, c).is_some()) {
         stored(cands, out, Why::Static, Exclude::Drained, m, cx);
         return Outcome {
             fail_open: true,
@@ -220,7 +244,7 @@ fn stored(
         let out = match exclude {
             Exclude::Nothing => None,
             Exclude::Drained => m.drain(c.target).map(|_| Why::Drained),
-            Exclude::DrainedAndDown => cx.excluded(m, c.target),
+            Exclude::DrainedAndDown => cx.excluded(m, c),
         };
         Placed {
             idx,

@@ -22,6 +22,7 @@ fn example() -> Vec<Candidate<'static>> {
         target,
         prio,
         weight,
+        service: None,
     })
     .collect()
 }
@@ -509,4 +510,75 @@ fn least_latency_with_fusion_does_not_allocate() {
     assert_eq!(after - before, 0);
     assert_eq!(cands[out[0].idx].target, "sip2.example.com");
     assert!(matches!(out[0].why, Why::Latency { ms, from_any: false } if (ms - 9.0).abs() < 1e-9));
+}
+
+#[test]
+fn a_record_follows_its_own_service_not_the_hosts_other_services() {
+    use crate::state::service::{Service, Transport};
+    let udp = Service {
+        transport: Transport::Udp,
+        port: 5060,
+    };
+    let tls = Service {
+        transport: Transport::Tls,
+        port: 5061,
+    };
+    let cands = |s: Service| -> Vec<Candidate<'static>> {
+        ["sip1.example.com", "sip2.example.com"]
+            .into_iter()
+            .map(|target| Candidate {
+                target,
+                prio: 10,
+                weight: 50,
+                service: Some(s),
+            })
+            .collect()
+    };
+    let h = |up| Health {
+        up,
+        updated: NOW - 1.0,
+    };
+    let mut m = networks();
+    // sip1: TLS down, UDP up, and the host's own row (the 5060 probe) down.
+    m.add_service_health("sip1.example.com", tls, "a", h(false));
+    m.add_service_health("sip1.example.com", udp, "a", h(true));
+    m.add_health("sip1.example.com", "a", h(false));
+    // sip2: no service verdicts: its host row decides.
+    m.add_health("sip2.example.com", "a", h(true));
+    let m = m.finish();
+    let kept = |s: Service| -> Vec<&str> {
+        let c = cands(s);
+        let mut out = Vec::new();
+        select(Algorithm::LeastLoad, &c, &m, &cx("192.0.2.1"), &mut out);
+        out.iter()
+            .filter(|p| p.place.is_some())
+            .map(|p| c[p.idx].target)
+            .collect()
+    };
+    assert_eq!(kept(tls), ["sip2.example.com"]);
+    assert_eq!(kept(udp), ["sip1.example.com", "sip2.example.com"]);
+    // An A/AAAA-style candidate (no service) still follows the host row.
+    let mut out = Vec::new();
+    let host = example();
+    select(
+        Algorithm::LeastLoad,
+        &host[..2],
+        &m,
+        &cx("192.0.2.1"),
+        &mut out,
+    );
+    let kept: Vec<_> = out
+        .iter()
+        .filter(|p| p.place.is_some())
+        .map(|p| host[p.idx].target)
+        .collect();
+    assert_eq!(kept, ["sip2.example.com"]);
+    // A stale service verdict is unknown: the host row decides again.
+    let c = cx("192.0.2.1");
+    assert_eq!(c.service_down(&m, "sip1.example.com", tls), Some(true));
+    let later = Context {
+        now: NOW + 120.0,
+        ..c
+    };
+    assert_eq!(later.service_down(&m, "sip1.example.com", tls), None);
 }

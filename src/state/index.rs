@@ -7,6 +7,7 @@ use crate::dns::cmp_name;
 use crate::dns::Subnet;
 use crate::state::reading::Reading;
 use crate::state::reading::{target_key, Drain, Health, Latency, Load, Source};
+use crate::state::service::Service;
 
 /// A known client network from `ha_networks`.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,9 @@ type NetworkTarget = (Box<str>, Box<str>, Source);
 /// (target, monitor), the key of a health verdict.
 type TargetMonitor = (Box<str>, Box<str>);
 
+/// (target, service, monitor), the key of an advertised service's verdict.
+type ServiceMonitor = (Box<str>, Service, Box<str>);
+
 #[derive(Default, Debug, Clone)]
 pub struct Metrics {
     /// Every `ha_targets` name: what there is to fetch from memcached.
@@ -33,6 +37,8 @@ pub struct Metrics {
     capacity: Vec<(Box<str>, u32)>,
     /// Sorted by target, then monitor: one target's verdicts are adjacent.
     health: Vec<(TargetMonitor, Health)>,
+    /// Sorted by target, service, then monitor: one service's verdicts are adjacent.
+    service_health: Vec<(ServiceMonitor, Health)>,
     drains: Vec<(Box<str>, Drain)>,
     load: Vec<(Box<str>, Load)>,
     /// Keyed by (network, target, source): one pair's sources are adjacent.
@@ -75,6 +81,11 @@ impl Metrics {
     pub fn add_health(&mut self, target: &str, monitor: &str, h: Health) {
         self.health
             .push(((target_key(target).into(), monitor.into()), h));
+    }
+
+    pub fn add_service_health(&mut self, target: &str, s: Service, monitor: &str, h: Health) {
+        self.service_health
+            .push(((target_key(target).into(), s, monitor.into()), h));
     }
 
     pub fn add_drain(&mut self, target: &str, d: Drain) {
@@ -174,6 +185,7 @@ impl Metrics {
             .sort_by_key(|n| std::cmp::Reverse(n.subnet.prefix));
         self.capacity.sort_by(|a, b| a.0.cmp(&b.0));
         self.health.sort_by(|a, b| a.0.cmp(&b.0));
+        self.service_health.sort_by(|a, b| a.0.cmp(&b.0));
         self.drains.sort_by(|a, b| a.0.cmp(&b.0));
         self.load.sort_by(|a, b| a.0.cmp(&b.0));
         self.latency.sort_by(|a, b| a.0.cmp(&b.0));
@@ -199,6 +211,21 @@ impl Metrics {
             .iter()
             .take_while(move |((t, _), _)| cmp_name(t, target).is_eq())
             .map(|((_, m), h)| (&**m, *h))
+    }
+
+    /// Every monitor's verdict on one advertised service of `target`.
+    pub fn service_health<'a>(
+        &'a self,
+        target: &'a str,
+        s: Service,
+    ) -> impl Iterator<Item = (&'a str, Health)> + 'a {
+        let v = &self.service_health;
+        let key = move |t: &str, k: Service| cmp_name(t, target).then(k.cmp(&s));
+        let start = v.partition_point(|((t, k, _), _)| key(t, *k).is_lt());
+        v[start..]
+            .iter()
+            .take_while(move |((t, k, _), _)| key(t, *k).is_eq())
+            .map(|((_, _, m), h)| (&**m, *h))
     }
 
     pub fn drain(&self, target: &str) -> Option<&Drain> {
@@ -376,6 +403,42 @@ mod tests {
         m.overlay(&drain(Some("again"), 12.0));
         assert_eq!(&*m.drain("sip1.example.com").unwrap().reason, "again");
         assert!(m.any_drained());
+    }
+
+    #[test]
+    fn service_verdicts_sit_apart_by_transport_and_port() {
+        use crate::state::service::Transport;
+        let mut m = Metrics::default();
+        let h = |up| Health { up, updated: 1.0 };
+        let udp = Service {
+            transport: Transport::Udp,
+            port: 5060,
+        };
+        let tls = Service {
+            transport: Transport::Tls,
+            port: 5061,
+        };
+        m.add_service_health("sip1.example.com", tls, "a", h(false));
+        m.add_service_health("Sip1.example.com.", udp, "a", h(true));
+        m.add_service_health("sip1.example.com", tls, "b", h(true));
+        m.add_service_health("sip10.example.com", tls, "a", h(true));
+        let m = m.finish();
+        let ids = |t: &str, s| {
+            m.service_health(t, s)
+                .map(|(id, h)| format!("{id}:{}", h.up))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("SIP1.example.com", tls), ["a:false", "b:true"]);
+        assert_eq!(ids("sip1.example.com", udp), ["a:true"]);
+        assert!(ids("sip1.example.com", Service { port: 5062, ..tls }).is_empty());
+        assert!(ids(
+            "sip1.example.com",
+            Service {
+                transport: Transport::Tcp,
+                port: 5061
+            }
+        )
+        .is_empty());
     }
 
     #[test]

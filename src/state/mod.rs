@@ -8,5 +8,6 @@ pub mod auth;
 pub mod index;
 pub mod memcached;
 pub mod reading;
+pub mod service;
 pub mod validate;
 pub mod writer;

@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::state::memcached::Cache;
 use crate::state::reading::Reading;
 use crate::state::reading::{Health, Latency, Load, Source};
+use crate::state::service::Service;
 
 use crate::dns::Subnet;
 use crate::state::reading::{target_key, unix_now, ANY_NETWORK};
@@ -85,6 +86,8 @@ pub struct TargetRow {
     pub probe_ok_codes: Option<String>,
     /// Capacity set by the operator, for targets whose load source reports none.
     pub max_sessions: Option<u32>,
+    /// CA file for the target's TLS services (`_sips._tcp`); `None`: the system roots.
+    pub probe_ca_file: Option<String>,
 }
 
 impl Writer {
@@ -122,6 +125,8 @@ impl Writer {
             ("ha_load", "monitor"),
             ("ha_latency", "monitor"),
             ("ha_latency", "source"),
+            ("ha_targets", "probe_ca_file"),
+            ("ha_service_health", "transport"),
         ];
         for (table, column) in newest {
             let has: bool = conn
@@ -185,7 +190,7 @@ impl Writer {
             .conn
             .prepare(
                 "SELECT name, probe, probe_address, load_source, load_address, load_secret,
-                        probe_ok_codes, max_sessions, load_secret_file
+                        probe_ok_codes, max_sessions, load_secret_file, probe_ca_file
                  FROM ha_targets ORDER BY name",
             )
             .map_err(|e| e.to_string())?;
@@ -205,10 +210,108 @@ impl Writer {
                         .and_then(|n| u32::try_from(n).ok())
                         .filter(|&n| n > 0),
                     load_secret_file: r.get(8)?,
+                    probe_ca_file: r.get(9)?,
                 })
             })
             .map_err(|e| e.to_string())?;
         rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    /// Every enabled SRV record whose owner starts with `_sip` (as pdns's tools store
+    /// names: lower case) as (owner name, content): the services to probe. A range of
+    /// gsqlite3's (name, type) index, so a round does not scan a large zone.
+    pub fn srv_records(&self) -> Result<Vec<(String, String)>, String> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT CAST(name AS TEXT), CAST(content AS TEXT) FROM records
+                 WHERE name >= '_sip' AND name < '_siq' AND type = 'SRV' AND disabled = 0
+                   AND content IS NOT NULL
+                 ORDER BY name, id",
+            )
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    /// One probe result of an advertised service, through the same anti-flap thresholds
+    /// as [`Self::probe`]. Returns the state before (`None`: none yet) and after it.
+    pub fn service_probe(
+        &self,
+        target: &str,
+        service: Service,
+        ok: bool,
+        reason: &str,
+        cert_expiry: Option<f64>,
+        t: AntiFlap,
+    ) -> Result<(Option<bool>, bool), String> {
+        let (transport, port) = (service.transport.as_str(), service.port);
+        let old: Option<(bool, u32, u32)> = self
+            .conn
+            .query_row(
+                "SELECT up, ok_streak, fail_streak FROM ha_service_health
+                 WHERE target = ?1 AND transport = ?2 AND port = ?3 AND monitor = ?4",
+                params![target, transport, port, self.monitor],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        let before = old.map(|(up, _, _)| up);
+        let (up, oks, fails) = flap(old, ok, t);
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO ha_service_health
+                   (target, transport, port, monitor, up, ok_streak, fail_streak, reason,
+                    cert_expiry, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    target,
+                    transport,
+                    port,
+                    self.monitor,
+                    up,
+                    oks,
+                    fails,
+                    reason,
+                    cert_expiry,
+                    unix_now()
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok((before, up))
+    }
+
+    /// Forgets this monitor's rows of services no longer advertised, so that `status`
+    /// does not show them and the pipe never reads them.
+    pub fn retain_services(&self, keep: &[(String, Service)]) -> Result<(), String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target, transport, port FROM ha_service_health WHERE monitor = ?1")
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<(String, String, i64)> = stmt
+            .query_map([&self.monitor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| e.to_string())?
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        for (target, transport, port) in rows {
+            let kept = keep.iter().any(|(t, s)| {
+                t.eq_ignore_ascii_case(&target)
+                    && s.transport.as_str() == transport
+                    && i64::from(s.port) == port
+            });
+            if !kept {
+                self.conn
+                    .execute(
+                        "DELETE FROM ha_service_health
+                         WHERE target = ?1 AND transport = ?2 AND port = ?3 AND monitor = ?4",
+                        params![target, transport, port, self.monitor],
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
     }
 
     /// Every `ha_networks` row as (cidr, name), for grouping callers the way the pipe does.
@@ -661,19 +764,25 @@ impl Writer {
             .optional()
             .map_err(|e| e.to_string())?;
         let before = old.map(|(up, _, _)| up);
-        let (up, oks, fails) = match (old, ok) {
-            (None, _) => (ok, u32::from(ok), u32::from(!ok)),
-            (Some((up, oks, _)), true) => {
-                let oks = oks.saturating_add(1);
-                (up || oks >= t.up_after, oks, 0)
-            }
-            (Some((up, _, fails)), false) => {
-                let fails = fails.saturating_add(1);
-                (up && fails < t.down_after, 0, fails)
-            }
-        };
+        let (up, oks, fails) = flap(old, ok, t);
         self.set_health(target, up, oks, fails)?;
         Ok((before, up))
+    }
+}
+
+/// The anti-flap step: (state, ok streak, fail streak) before and one raw result give
+/// them after. A first result decides at once.
+fn flap(old: Option<(bool, u32, u32)>, ok: bool, t: AntiFlap) -> (bool, u32, u32) {
+    match (old, ok) {
+        (None, _) => (ok, u32::from(ok), u32::from(!ok)),
+        (Some((up, oks, _)), true) => {
+            let oks = oks.saturating_add(1);
+            (up || oks >= t.up_after, oks, 0)
+        }
+        (Some((up, _, fails)), false) => {
+            let fails = fails.saturating_add(1);
+            (up && fails < t.down_after, 0, fails)
+        }
     }
 }
 

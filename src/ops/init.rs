@@ -18,10 +18,11 @@ const SCHEMA: &str = include_str!("../../sql/schema.sql");
 /// rows stay.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("ha_targets", "probe_ok_codes", "TEXT DEFAULT NULL"),
-    ("ha_targets", "probe_ca_file", "TEXT DEFAULT NULL"),
     ("ha_load", "monitor", "TEXT DEFAULT NULL"),
     ("ha_latency", "monitor", "TEXT DEFAULT NULL"),
+    // In the schema's order, so that an upgraded table is shaped like a new one.
     ("ha_targets", "load_secret_file", "TEXT DEFAULT NULL"),
+    ("ha_targets", "probe_ca_file", "TEXT DEFAULT NULL"),
 ];
 
 /// Soft-state tables whose key changed: (table, a column only the new shape

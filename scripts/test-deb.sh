@@ -167,6 +167,13 @@ for cmd in $(pdns-ha --help | sed -n '/^Commands:/,/^$/s/^  \([a-z]\+\) .*/\1/p'
   pdns-ha "$cmd" --help >/dev/null || fail "pdns-ha $cmd --help"
 done
 [ -e /usr/share/man/man1/pdns-ha-monitor.1.gz ] || fail "no man page pdns-ha-monitor(1)"
+# Two binaries: what pdns runs holds none of the daemons' code (probes, HTTP, JSON, TLS,
+# netlink), which pdns would otherwise load once per thread.
+[ -x /usr/bin/pdns-ha-daemon ] || fail "no /usr/bin/pdns-ha-daemon beside pdns-ha"
+for marker in 'OPTIONS sip:' ul.dump dlg.stats_active 'HTTP/1.1' rustls serde_json sock_diag; do
+  ! grep -q -a -F "$marker" /usr/bin/pdns-ha || fail "the pipe binary links daemon code ($marker)"
+  grep -q -a -F "$marker" /usr/bin/pdns-ha-daemon || fail "the daemon binary lacks $marker"
+done
 
 step "seeding the database with the shipped example as pdns-ha"
 runuser -u pdns-ha -- pdns-ha init --db "$state/ha.db" /usr/share/pdns-ha/example.sql >/dev/null

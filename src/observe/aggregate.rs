@@ -86,12 +86,53 @@ pub struct Dropped {
     pub unknown_network: usize,
     /// Distinct callers among them.
     pub unknown_callers: usize,
+    /// Where those callers are: each /24 (IPv4) or /48 (IPv6) with its distinct callers,
+    /// most first, at most [`UNKNOWN_PREFIXES`]. What an operator adds to `ha_networks`.
+    pub unknown_prefixes: Vec<(String, usize)>,
     /// Samples that cannot be a round trip (0, negative, not finite, above `max_ms`).
     pub implausible: usize,
     /// Networks with callers, but fewer than `min_callers`: (network, callers).
     pub too_few_callers: Vec<(String, usize)>,
     /// Samples from those networks.
     pub too_few_samples: usize,
+}
+
+/// How many prefixes of callers in no known network a round names.
+pub const UNKNOWN_PREFIXES: usize = 10;
+
+/// Callers' addresses counted per /24 (IPv4) or /48 (IPv6), most first (then by prefix),
+/// the first [`UNKNOWN_PREFIXES`].
+fn prefixes(addresses: impl Iterator<Item = IpAddr>) -> Vec<(String, usize)> {
+    let mut count: std::collections::BTreeMap<String, usize> = Default::default();
+    for a in addresses {
+        let len = if a.is_ipv4() { 24 } else { 48 };
+        let net = crate::dns::Subnet {
+            addr: a,
+            prefix: len,
+        }
+        .network();
+        *count.entry(net.to_string()).or_default() += 1;
+    }
+    let mut by: Vec<(String, usize)> = count.into_iter().collect();
+    by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    by.truncate(UNKNOWN_PREFIXES);
+    by
+}
+
+impl Dropped {
+    /// `; most from 192.0.2.0/24 (2 callers), 2001:db8:5::/48 (1 caller)` for a log line,
+    /// empty when all callers were in known networks.
+    pub fn unknown_where(&self) -> String {
+        let parts: Vec<String> = self
+            .unknown_prefixes
+            .iter()
+            .map(|(p, n)| format!("{p} ({n} caller{})", if *n == 1 { "" } else { "s" }))
+            .collect();
+        match parts.is_empty() {
+            true => String::new(),
+            false => format!("; most from {}", parts.join(", ")),
+        }
+    }
 }
 
 /// Groups `samples` by network. `network_of` is the longest-prefix lookup (the pipe's own,
@@ -102,7 +143,7 @@ pub fn aggregate<'n>(
     policy: &Policy,
 ) -> (Vec<NetworkRtt>, Dropped) {
     let mut dropped = Dropped::default();
-    let mut unknown: Vec<Who> = Vec::new();
+    let mut unknown: Vec<(Who, IpAddr)> = Vec::new();
     let mut kept: Vec<(&str, Who, f64)> = Vec::with_capacity(samples.len());
     for s in samples {
         if !(s.rtt_ms > 0.0 && s.rtt_ms <= policy.max_ms) {
@@ -117,13 +158,14 @@ pub fn aggregate<'n>(
             Some(net) => kept.push((net, who, s.rtt_ms)),
             None => {
                 dropped.unknown_network += 1;
-                unknown.push(who);
+                unknown.push((who, address));
             }
         }
     }
-    unknown.sort_unstable();
-    unknown.dedup();
+    unknown.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    unknown.dedup_by(|a, b| a.0 == b.0);
     dropped.unknown_callers = unknown.len();
+    dropped.unknown_prefixes = prefixes(unknown.iter().map(|(_, a)| *a));
 
     // Sorted by (network, caller), each caller's samples and each network's callers are runs.
     kept.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));

@@ -755,8 +755,10 @@ pub(super) fn round(
     );
     if dropped.unknown_network > 0 {
         info!(
-            "{target}: freeswitch: {} calls from {} callers in no known network, ignored",
-            dropped.unknown_network, dropped.unknown_callers
+            "{target}: freeswitch: {} calls from {} callers in no known network, ignored{}",
+            dropped.unknown_network,
+            dropped.unknown_callers,
+            dropped.unknown_where()
         );
     }
     for (net, callers) in &dropped.too_few_callers {

@@ -161,8 +161,8 @@ struct Contact {
 /// Parses an `ul.dump` JSON-RPC reply. A reply without the `result.Domains[].Domain.AoRs`
 /// structure is an error; a contact that cannot be read is skipped and counted.
 pub fn parse(body: &str, now: f64, max_age: f64, require_received: bool) -> Result<Dump, String> {
-    let reply: Reply =
-        serde_json::from_str(body).map_err(|e| format!("not an ul.dump reply: {e}"))?;
+    let reply: Reply = serde_json::from_str(body)
+        .map_err(|e| format!("no result.Domains array in the ul.dump reply ({e})"))?;
     let mut dump = Dump::default();
     for DomainItem { domain } in reply.result.domains {
         for AorItem { info } in domain.aors {

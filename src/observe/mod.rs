@@ -124,8 +124,10 @@ fn round(
     );
     if dropped.unknown_network > 0 {
         info!(
-            "{target}: {} round trips from {} callers in no known network, ignored",
-            dropped.unknown_network, dropped.unknown_callers
+            "{target}: {} round trips from {} callers in no known network, ignored{}",
+            dropped.unknown_network,
+            dropped.unknown_callers,
+            dropped.unknown_where()
         );
     }
     if dropped.implausible > 0 {

@@ -101,6 +101,12 @@ fn implausible_values_and_unknown_callers_are_dropped_and_counted() {
     );
     assert_eq!(dropped.implausible, 5);
     assert_eq!((dropped.unknown_network, dropped.unknown_callers), (3, 2));
+    // Where they are, for the operator to add to ha_networks.
+    assert_eq!(dropped.unknown_prefixes, [("192.0.2.0/24".to_string(), 2)]);
+    assert_eq!(
+        dropped.unknown_where(),
+        "; most from 192.0.2.0/24 (2 callers)"
+    );
     assert_eq!(
         figures(&out),
         [("127.1.0.0/16", 5003.5, 2, 2), ("2001:db8::/32", 7.0, 1, 1)],

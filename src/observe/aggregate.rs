@@ -162,7 +162,7 @@ pub fn aggregate<'n>(
             }
         }
     }
-    unknown.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    unknown.sort_unstable_by_key(|u| u.0);
     unknown.dedup_by(|a, b| a.0 == b.0);
     dropped.unknown_callers = unknown.len();
     dropped.unknown_prefixes = prefixes(unknown.iter().map(|(_, a)| *a));

@@ -1,7 +1,17 @@
 //! Soft state as the pipe sees it: known client networks, target capacity,
 //! operators' drains, and the latest health (one verdict per monitor), load
-//! and latency readings with their timestamps. Loaded with the zones, looked
-//! up by binary search without allocating.
+//! and latency readings with their timestamps. Looked up by binary search
+//! without allocating, and changed in place a row at a time
+//! (`set_*`), so that a commit costs the rows it changed (issue 22).
+//!
+//! Compact on purpose, since every pdns pipe process holds its own copy:
+//! targets, networks and monitors are interned once each ([`Names`]), and a
+//! reading row is a fixed-size record of ids and numbers in one sorted
+//! `Vec` per kind, with no heap allocation of its own. At 20,000 networks
+//! × 8 targets (160,000 latency rows) that is about 9 MiB.
+
+use std::cmp::Ordering;
+use std::net::IpAddr;
 
 use crate::dns::cmp_name;
 use crate::dns::Subnet;
@@ -17,33 +27,220 @@ pub struct Network {
     pub name: Box<str>,
 }
 
-/// (network, target, source), the key of a latency reading: each source
-/// keeps its own, and the ranking fuses them.
-type NetworkTarget = (Box<str>, Box<str>, Source);
+/// Strings kept once each in one arena, named by a `u32` id; ids never
+/// change while the index lives, so rows can name them across changes.
+#[derive(Default, Debug, Clone)]
+struct Names {
+    text: String,
+    /// Id to (start, end) in `text`.
+    spans: Vec<(u32, u32)>,
+    /// Ids sorted by their text.
+    sorted: Vec<u32>,
+}
 
-/// (target, monitor), the key of a health verdict.
-type TargetMonitor = (Box<str>, Box<str>);
+impl Names {
+    fn get(&self, id: u32) -> &str {
+        let (s, e) = self.spans[id as usize];
+        &self.text[s as usize..e as usize]
+    }
+
+    /// The id of `s` under `cmp` (stored text, asked text).
+    fn find(&self, s: &str, cmp: fn(&str, &str) -> Ordering) -> Option<u32> {
+        self.sorted
+            .binary_search_by(|&id| cmp(self.get(id), s))
+            .ok()
+            .map(|i| self.sorted[i])
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        match self.sorted.binary_search_by(|&id| self.get(id).cmp(s)) {
+            Ok(i) => self.sorted[i],
+            Err(i) => {
+                let id = self.spans.len() as u32;
+                let start = self.text.len() as u32;
+                self.text.push_str(s);
+                self.spans.push((start, self.text.len() as u32));
+                self.sorted.insert(i, id);
+                id
+            }
+        }
+    }
+}
+
+fn exact(stored: &str, asked: &str) -> Ordering {
+    stored.cmp(asked)
+}
+
+/// A sorted table of `(key, value)` rows changed a row at a time: a new
+/// key goes to the unsorted tail, which `settle` merges in one pass.
+#[derive(Debug, Clone)]
+struct Table<K, T> {
+    rows: Vec<(K, T)>,
+    sorted: usize,
+}
+
+impl<K, T> Default for Table<K, T> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            sorted: 0,
+        }
+    }
+}
+
+impl<K: Ord + Copy, T> Table<K, T> {
+    fn find(&self, key: &K) -> Result<usize, usize> {
+        self.rows[..self.sorted].binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    fn get(&self, key: &K) -> Option<&T> {
+        self.find(key).ok().map(|i| &self.rows[i].1)
+    }
+
+    /// Sets or (`None`) removes the row of `key`. Call `settle` before
+    /// the next lookup.
+    fn set(&mut self, key: K, value: Option<T>) {
+        match (self.find(&key), value) {
+            (Ok(i), Some(v)) => self.rows[i].1 = v,
+            (Ok(i), None) => {
+                self.rows.remove(i);
+                self.sorted -= 1;
+            }
+            (Err(_), Some(v)) => {
+                if let Some(row) = self.rows[self.sorted..].iter_mut().find(|(k, _)| *k == key) {
+                    row.1 = v;
+                } else {
+                    self.rows.push((key, v));
+                }
+            }
+            (Err(_), None) => {
+                if let Some(i) = self.rows[self.sorted..].iter().position(|(k, _)| *k == key) {
+                    self.rows.remove(self.sorted + i);
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        if self.sorted < self.rows.len() {
+            // Two sorted runs: the stable sort finds them and merges once.
+            self.rows[self.sorted..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            self.rows.sort_by(|a, b| a.0.cmp(&b.0));
+            // A key added twice before settling keeps its last value.
+            self.rows.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+            self.sorted = self.rows.len();
+        }
+    }
+
+    /// The rows whose key starts with `prefix` (by `part`).
+    fn run<P: Ord>(&self, prefix: &P, part: impl Fn(&K) -> P) -> &[(K, T)] {
+        let v = &self.rows[..self.sorted];
+        let start = v.partition_point(|(k, _)| part(k) < *prefix);
+        let len = v[start..].partition_point(|(k, _)| part(k) == *prefix);
+        &v[start..start + len]
+    }
+}
+
+/// The networks, grouped by (family, prefix length) longest first, each
+/// group sorted by address: a lookup is one binary search per prefix
+/// length in use, not a scan of every network.
+#[derive(Default, Debug, Clone)]
+struct NetworkIndex {
+    /// In lookup order; `keys[i]` is `list[i]`'s network bits.
+    list: Vec<Network>,
+    keys: Vec<u128>,
+    /// (IPv4?, prefix, start, end) into `list`.
+    groups: Vec<(bool, u8, u32, u32)>,
+}
+
+fn bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The network part of `a` at `prefix`, shifted down.
+fn net_bits(a: IpAddr, prefix: u8) -> u128 {
+    let width: u8 = if a.is_ipv4() { 32 } else { 128 };
+    bits(a)
+        .checked_shr(u32::from(width - prefix.min(width)))
+        .unwrap_or(0)
+}
+
+impl NetworkIndex {
+    fn build(mut list: Vec<Network>) -> Self {
+        let key = |n: &Network| {
+            (
+                std::cmp::Reverse(n.subnet.prefix),
+                !n.subnet.addr.is_ipv4(),
+                net_bits(n.subnet.addr, n.subnet.prefix),
+            )
+        };
+        // Stable: of two rows for one network, the first read wins, as
+        // when the list was scanned in order.
+        list.sort_by_key(key);
+        let keys = list
+            .iter()
+            .map(|n| net_bits(n.subnet.addr, n.subnet.prefix))
+            .collect();
+        let mut groups: Vec<(bool, u8, u32, u32)> = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            let g = (n.subnet.addr.is_ipv4(), n.subnet.prefix);
+            match groups.last_mut() {
+                Some(last) if (last.0, last.1) == g => last.3 = i as u32 + 1,
+                _ => groups.push((g.0, g.1, i as u32, i as u32 + 1)),
+            }
+        }
+        Self { list, keys, groups }
+    }
+
+    fn lookup(&self, client: Subnet) -> Option<&Network> {
+        // IPv4-mapped IPv6 clients count as IPv4 (`Subnet::contains`).
+        let addr = match client.addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client.addr, IpAddr::V4),
+            v4 => v4,
+        };
+        for &(v4, prefix, start, end) in &self.groups {
+            if v4 != addr.is_ipv4() || prefix > client.prefix {
+                continue;
+            }
+            let want = net_bits(addr, prefix);
+            let keys = &self.keys[start as usize..end as usize];
+            let i = keys.partition_point(|k| *k < want);
+            if keys.get(i) == Some(&want) {
+                return Some(&self.list[start as usize + i]);
+            }
+        }
+        None
+    }
+}
 
 #[derive(Default, Debug, Clone)]
 pub struct Metrics {
     /// Every `ha_targets` name: what there is to fetch from memcached.
     targets: Vec<Box<str>>,
-    /// Longest prefix first, so the first match is the best.
-    networks: Vec<Network>,
-    capacity: Vec<(Box<str>, u32)>,
-    /// Sorted by target, then monitor: one target's verdicts are adjacent.
-    health: Vec<(TargetMonitor, Health)>,
-    drains: Vec<(Box<str>, Drain)>,
-    load: Vec<(Box<str>, Load)>,
-    /// Keyed by (network, target, source): one pair's sources are adjacent.
-    latency: Vec<(NetworkTarget, Latency)>,
-}
-
-/// Looks up a target; SRV targets may come in any case.
-fn find<'a, T>(v: &'a [(Box<str>, T)], target: &str) -> Option<&'a T> {
-    v.binary_search_by(|(k, _)| cmp_name(k, target))
-        .ok()
-        .map(|i| &v[i].1)
+    /// Networks as added, until `finish` indexes them.
+    adding: Vec<Network>,
+    networks: NetworkIndex,
+    /// Target keys (lower case, as `target_key` makes them) of every row.
+    target_names: Names,
+    /// Network keys (CIDRs as stored, and `*`) of latency rows.
+    network_names: Names,
+    monitor_names: Names,
+    capacity: Table<u32, u32>,
+    /// By (target, monitor): one target's verdicts are adjacent.
+    health: Table<(u32, u32), Health>,
+    drains: Table<u32, Drain>,
+    load: Table<u32, Load>,
+    /// By (network, target, source): one pair's sources are adjacent.
+    latency: Table<(u32, u32, Source), Latency>,
 }
 
 impl Metrics {
@@ -56,7 +253,7 @@ impl Metrics {
                     crate::text::shown(cidr)
                 )
             })?;
-        self.networks.push(Network {
+        self.adding.push(Network {
             subnet,
             cidr: cidr.into(),
             name: name.into(),
@@ -64,96 +261,119 @@ impl Metrics {
         Ok(())
     }
 
+    /// Forgets the networks, to add them again (`ha_networks` changed).
+    pub fn clear_networks(&mut self) {
+        self.adding.clear();
+        self.networks = NetworkIndex::default();
+    }
+
+    /// Forgets the targets and their capacity (`ha_targets` changed).
+    pub fn clear_targets(&mut self) {
+        self.targets.clear();
+        self.capacity = Table::default();
+    }
+
     pub fn add_target(&mut self, target: &str) {
         self.targets.push(target_key(target).into());
     }
 
     pub fn add_capacity(&mut self, target: &str, max: u32) {
-        self.capacity.push((target_key(target).into(), max));
+        let t = self.target_names.intern(&target_key(target));
+        self.capacity.set(t, Some(max));
     }
 
     pub fn add_health(&mut self, target: &str, monitor: &str, h: Health) {
-        self.health
-            .push(((target_key(target).into(), monitor.into()), h));
+        self.set_health(target, monitor, Some(h));
     }
 
     pub fn add_drain(&mut self, target: &str, d: Drain) {
-        self.drains.push((target_key(target).into(), d));
+        self.set_drain(target, Some(d));
     }
 
     pub fn add_load(&mut self, target: &str, l: Load) {
-        self.load.push((target_key(target).into(), l));
+        self.set_load(target, Some(l));
     }
 
     pub fn add_latency(&mut self, network: &str, target: &str, source: Source, l: Latency) {
-        self.latency
-            .push(((network.into(), target_key(target).into(), source), l));
+        self.set_latency(network, target, source, Some(l));
+    }
+
+    /// Sets or (`None`) removes one monitor's verdict on `target`.
+    pub fn set_health(&mut self, target: &str, monitor: &str, h: Option<Health>) {
+        let t = self.target_names.intern(&target_key(target));
+        let m = self.monitor_names.intern(monitor);
+        self.health.set((t, m), h);
+    }
+
+    pub fn set_drain(&mut self, target: &str, d: Option<Drain>) {
+        let t = self.target_names.intern(&target_key(target));
+        self.drains.set(t, d);
+    }
+
+    pub fn set_load(&mut self, target: &str, l: Option<Load>) {
+        let t = self.target_names.intern(&target_key(target));
+        self.load.set(t, l);
+    }
+
+    pub fn set_latency(&mut self, network: &str, target: &str, source: Source, l: Option<Latency>) {
+        let n = self.network_names.intern(network);
+        let t = self.target_names.intern(&target_key(target));
+        self.latency.set((n, t, source), l);
     }
 
     pub fn targets(&self) -> &[Box<str>] {
         &self.targets
     }
 
+    /// Longest prefix first.
     pub fn networks(&self) -> &[Network] {
-        &self.networks
+        &self.networks.list
+    }
+
+    /// How many latency rows are held: what a change is compared with.
+    pub fn latency_rows(&self) -> usize {
+        self.latency.rows.len()
     }
 
     /// Lays a reading from memcached over this one where it is newer: the
     /// freshest word on a target wins, wherever it was written.
     pub fn overlay(&mut self, r: &Reading) {
-        fn put<K: Ord, T>(
-            v: &mut Vec<(K, T)>,
-            key: K,
-            new: Option<T>,
-            updated: f64,
-            at: impl Fn(&T) -> f64,
-        ) {
-            match v.binary_search_by(|(k, _)| k.cmp(&key)) {
-                Ok(i) if at(&v[i].1) >= updated => {}
-                Ok(i) => match new {
-                    Some(t) => v[i].1 = t,
-                    None => drop(v.remove(i)),
-                },
-                Err(i) => {
-                    if let Some(t) = new {
-                        v.insert(i, (key, t));
-                    }
+        match r {
+            Reading::Health { target, monitor, h } => {
+                let t = self.target_names.intern(&target_key(target));
+                let m = self.monitor_names.intern(monitor);
+                if self
+                    .health
+                    .get(&(t, m))
+                    .is_none_or(|o| o.updated < h.updated)
+                {
+                    self.health.set((t, m), Some(*h));
                 }
             }
-        }
-        match r {
-            Reading::Health { target, monitor, h } => put(
-                &mut self.health,
-                (target_key(target).into(), monitor.as_str().into()),
-                Some(*h),
-                h.updated,
-                |h| h.updated,
-            ),
             Reading::Drain {
                 target,
                 reason,
                 updated,
-            } => put(
-                &mut self.drains,
-                target_key(target).into(),
-                reason.as_deref().map(|r| Drain {
-                    reason: r.into(),
-                    since: *updated,
-                }),
-                *updated,
-                |d| d.since,
-            ),
+            } => {
+                let t = self.target_names.intern(&target_key(target));
+                if self.drains.get(&t).is_none_or(|d| d.since < *updated) {
+                    let d = reason.as_deref().map(|r| Drain {
+                        reason: r.into(),
+                        since: *updated,
+                    });
+                    self.drains.set(t, d);
+                }
+            }
             Reading::Load {
                 target,
                 load,
                 updated,
-            } => put(
-                &mut self.load,
-                target_key(target).into(),
-                *load,
-                *updated,
-                |l| l.updated,
-            ),
+            } => {
+                let t = self.target_names.intern(&target_key(target));
+                if self.load.get(&t).is_none_or(|l| l.updated < *updated) {
+                    self.load.set(t, *load);
+                }
+            }
             Reading::Latency {
                 network,
                 target,
@@ -161,56 +381,81 @@ impl Metrics {
                 l,
                 ..
             } => {
-                let key = (network.as_str().into(), target_key(target).into(), *source);
-                put(&mut self.latency, key, Some(*l), l.updated, |l| l.updated)
+                let n = self.network_names.intern(network);
+                let t = self.target_names.intern(&target_key(target));
+                let key = (n, t, *source);
+                if self.latency.get(&key).is_none_or(|o| o.updated < l.updated) {
+                    self.latency.set(key, Some(*l));
+                }
             }
         }
+        self.settle();
+    }
+
+    /// Merges what `set_*` added: every lookup needs it first.
+    pub fn settle(&mut self) {
+        self.capacity.settle();
+        self.health.settle();
+        self.drains.settle();
+        self.load.settle();
+        self.latency.settle();
     }
 
     pub fn finish(mut self) -> Self {
-        self.targets.sort();
-        self.networks
-            .sort_by_key(|n| std::cmp::Reverse(n.subnet.prefix));
-        self.capacity.sort_by(|a, b| a.0.cmp(&b.0));
-        self.health.sort_by(|a, b| a.0.cmp(&b.0));
-        self.drains.sort_by(|a, b| a.0.cmp(&b.0));
-        self.load.sort_by(|a, b| a.0.cmp(&b.0));
-        self.latency.sort_by(|a, b| a.0.cmp(&b.0));
+        self.finish_in_place();
         self
+    }
+
+    /// As `finish`, for an index changed where it lies.
+    pub fn finish_in_place(&mut self) {
+        self.targets.sort();
+        self.targets.dedup();
+        if !self.adding.is_empty() {
+            let mut all = std::mem::take(&mut self.networks.list);
+            all.append(&mut self.adding);
+            self.networks = NetworkIndex::build(all);
+        }
+        self.settle();
     }
 
     /// The most specific known network holding the whole client subnet.
     pub fn network_for(&self, client: Subnet) -> Option<&Network> {
-        self.networks
-            .iter()
-            .find(|n| n.subnet.prefix <= client.prefix && n.subnet.contains(client.addr))
+        self.networks.lookup(client)
+    }
+
+    fn target_id(&self, target: &str) -> Option<u32> {
+        self.target_names.find(target, cmp_name)
     }
 
     pub fn capacity(&self, target: &str) -> Option<u32> {
-        find(&self.capacity, target).copied()
+        self.capacity.get(&self.target_id(target)?).copied()
     }
 
-    /// Every monitor's verdict on `target`, as (monitor, verdict).
+    /// Every monitor's verdict on `target`, as (monitor, verdict), in
+    /// monitor order.
     pub fn health<'a>(&'a self, target: &'a str) -> impl Iterator<Item = (&'a str, Health)> + 'a {
-        let v = &self.health;
-        let start = v.partition_point(|((t, _), _)| cmp_name(t, target).is_lt());
-        v[start..]
-            .iter()
-            .take_while(move |((t, _), _)| cmp_name(t, target).is_eq())
-            .map(|((_, m), h)| (&**m, *h))
+        let run = match self.target_id(target) {
+            Some(t) => self.health.run(&t, |k| k.0),
+            None => &[],
+        };
+        HealthIter {
+            names: &self.monitor_names,
+            run,
+            last: None,
+        }
     }
 
     pub fn drain(&self, target: &str) -> Option<&Drain> {
-        find(&self.drains, target)
+        self.drains.get(&self.target_id(target)?)
     }
 
     /// Whether any target is drained: the static answer's fast path.
     pub fn any_drained(&self) -> bool {
-        !self.drains.is_empty()
+        !self.drains.rows.is_empty()
     }
 
     pub fn load(&self, target: &str) -> Option<Load> {
-        find(&self.load, target).copied()
+        self.load.get(&self.target_id(target)?).copied()
     }
 
     /// Every source's reading of (network, target), fresh or not, in
@@ -221,13 +466,38 @@ impl Metrics {
         network: &'a str,
         target: &'a str,
     ) -> impl Iterator<Item = (Source, Latency)> + 'a {
-        let v = &self.latency;
-        let key = move |n: &str, t: &str| (*n).cmp(network).then_with(|| cmp_name(t, target));
-        let start = v.partition_point(|((n, t, _), _)| key(n, t).is_lt());
-        v[start..]
+        let run = match (
+            self.network_names.find(network, exact),
+            self.target_id(target),
+        ) {
+            (Some(n), Some(t)) => self.latency.run(&(n, t), |k| (k.0, k.1)),
+            _ => &[],
+        };
+        run.iter().map(|((_, _, s), l)| (*s, *l))
+    }
+}
+
+/// One target's verdicts in monitor-name order (ids are in order of first
+/// sight): a target has a handful of monitors, so each step scans them.
+struct HealthIter<'a> {
+    names: &'a Names,
+    run: &'a [((u32, u32), Health)],
+    last: Option<&'a str>,
+}
+
+impl<'a> Iterator for HealthIter<'a> {
+    type Item = (&'a str, Health);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let names = self.names;
+        let next = self
+            .run
             .iter()
-            .take_while(move |((n, t, _), _)| key(n, t).is_eq())
-            .map(|((_, _, s), l)| (*s, *l))
+            .map(|((_, m), h)| (names.get(*m), *h))
+            .filter(|(m, _)| self.last.is_none_or(|l| *m > l))
+            .min_by(|a, b| a.0.cmp(b.0))?;
+        self.last = Some(next.0);
+        Some(next)
     }
 }
 

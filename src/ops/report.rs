@@ -47,7 +47,7 @@ fn view(opts: &PipeOptions) -> Result<Store, String> {
     let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
     match &opts.cache {
         None => Ok(store),
-        Some(c) => Ok(store.with_cache(c.connect()?)),
+        Some(c) => Ok(store.with_cache_for_all(c.connect()?)),
     }
 }
 

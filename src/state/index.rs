@@ -93,8 +93,15 @@ impl<K: Ord + Copy, T> Table<K, T> {
         self.rows[..self.sorted].binary_search_by(|(k, _)| k.cmp(key))
     }
 
+    /// The row of `key`, also among those added since the last `settle`.
     fn get(&self, key: &K) -> Option<&T> {
-        self.find(key).ok().map(|i| &self.rows[i].1)
+        match self.find(key) {
+            Ok(i) => Some(&self.rows[i].1),
+            Err(_) => self.rows[self.sorted..]
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v),
+        }
     }
 
     /// Sets or (`None`) removes the row of `key`. Call `settle` before
@@ -338,6 +345,19 @@ impl Metrics {
     /// Lays a reading from memcached over this one where it is newer: the
     /// freshest word on a target wins, wherever it was written.
     pub fn overlay(&mut self, r: &Reading) {
+        self.overlay_one(r);
+        self.settle();
+    }
+
+    /// As `overlay` for each of `readings`, merging once at the end.
+    pub fn overlay_all(&mut self, readings: &[Reading]) {
+        for r in readings {
+            self.overlay_one(r);
+        }
+        self.settle();
+    }
+
+    fn overlay_one(&mut self, r: &Reading) {
         match r {
             Reading::Health { target, monitor, h } => {
                 let t = self.target_names.intern(&target_key(target));
@@ -389,7 +409,6 @@ impl Metrics {
                 }
             }
         }
-        self.settle();
     }
 
     /// Merges what `set_*` added: every lookup needs it first.

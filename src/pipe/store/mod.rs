@@ -1,0 +1,502 @@
+//! SQLite access for the pipe: the records index ([`Zones`]: whole for a
+//! small database, per name for a large one), the soft-state readings, and
+//! the watch that notices a change. One concern per file: the watch
+//! ([`watch`]), the whole read ([`load`]), the changed readings
+//! ([`changes`]); the memcached overlay is [`crate::state::overlay`].
+//!
+//! The watch is a fingerprint of the file and its WAL, taken with `stat`
+//! every 250 ms: any commit changes it. A database held whole is then read
+//! through a connection opened for the read and closed after it, so a pipe
+//! process keeps none of SQLite's memory between changes (four or more pipe
+//! processes each kept about 190 KiB of it); a database read per name keeps
+//! its connection, which every new name needs. Monitors commit readings
+//! several times a second, so a change is sorted by kind: the readings are
+//! read as the rows the change log `ha_log` names (issue 22: a change costs
+//! what changed, not the 160,000 readings of 20,000 networks × 8 targets),
+//! while the zones are dropped or re-read only when the `ha_changes` counter
+//! that triggers keep on `domains` and `records` moved (`sql/schema.sql`).
+//! A database without those tables (plain gsqlite3, or made by an older
+//! `pdns-ha init`) is read whole at every commit.
+//!
+//! A missing, replaced-by-garbage, locked or corrupt file keeps the last good
+//! data answering: all of it when held whole, the cached names otherwise.
+
+mod changes;
+mod load;
+mod watch;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::dns::Subnet;
+use crate::pipe::zone::{is_apex, Builder, Zones, WHOLE_LIMIT};
+use crate::state::index::Metrics;
+use crate::state::memcached::Cache;
+use crate::state::overlay::Overlay;
+use crate::state::reading::{unix_now, Reading};
+
+use changes::Cursor;
+use load::{
+    give_back_memory, load, named, open_read_only, read_row, skip_reason, zones_version, Loaded,
+    Skipped, SKIPPED_KEPT,
+};
+use watch::{fingerprint, Fingerprint};
+
+/// How often the pipe looks for a changed database. The contract is that an
+/// operator's change is served within a second; a check costs two `stat`s,
+/// a few microseconds.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// While the database stays broken, repeat the error at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the first load may wait for a writer's lock. Later reads never
+/// wait: what is held answers and the next check tries again.
+const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An error that names the database file.
+#[derive(Debug)]
+pub struct StoreError {
+    path: PathBuf,
+    what: String,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "database {}: {}", self.path.display(), self.what)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// What the store did, for CMD `status` and the scale tests.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct StoreStats {
+    /// The zones were re-read (held whole) or dropped (per name).
+    pub zone_loads: u64,
+    /// The readings were brought up to date (whole or by their changes).
+    pub reading_loads: u64,
+    /// Of those, how many read every reading.
+    pub reading_full_loads: u64,
+    /// Reading rows read, over all loads, and by the last one.
+    pub reading_rows: u64,
+    pub reading_rows_last: u64,
+    /// Names read from the database one at a time (per-name mode).
+    pub name_reads: u64,
+    /// Questions that could not be read from the database and were FAILed.
+    pub read_failures: u64,
+}
+
+pub struct Store {
+    path: PathBuf,
+    /// Held between changes only while the records are read per name.
+    conn: Option<Connection>,
+    /// The database as last read; `None` forces the next check to read.
+    seen: Option<Fingerprint>,
+    /// The `ha_changes` zones counter the zones were read at; `None` when
+    /// the database has no such table.
+    zones_version: Option<i64>,
+    /// Where the change log was read up to; `None`: the next read of the
+    /// readings is whole.
+    cursor: Option<Cursor>,
+    zones: Zones,
+    /// A zone read for one AXFR when the database is not held whole.
+    axfr: Zones,
+    /// Asked names, lower-cased for the per-name query.
+    name_buf: String,
+    /// The readings in SQLite.
+    base: Metrics,
+    /// memcached's readings, laid over `base`, when `--memcached` is given.
+    overlay: Option<Overlay>,
+    /// When `refresh` last ran: the time a lookup's network is noted at.
+    now: Instant,
+    /// Rows left out of the whole index, and of the readings; their
+    /// reasons are logged again only when a count changes, not on every
+    /// reload.
+    skipped_zones: Skipped,
+    skipped_readings: Skipped,
+    /// The first [`SKIPPED_KEPT`] reasons of both.
+    skipped_why: Vec<String>,
+    loaded_at: Instant,
+    next_check: Instant,
+    /// Set while the database cannot be read: when the error was last
+    /// logged and how many checks failed since.
+    failing: Option<(Instant, u64)>,
+    stats: StoreStats,
+    /// What readings' timestamps are judged against.
+    clock: fn() -> f64,
+}
+
+impl Store {
+    /// Opens the database and loads it; any failure here is fatal to the
+    /// caller, because there is nothing earlier to fall back on.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_at(path, unix_now)
+    }
+
+    /// As `open`, judging readings' timestamps (in the future or not) by
+    /// `clock`: golden transcripts run at a fixed time, as the backend does.
+    pub fn open_at(path: &Path, clock: fn() -> f64) -> Result<Self, StoreError> {
+        let err = |what: String| StoreError {
+            path: path.to_owned(),
+            what,
+        };
+        let seen = fingerprint(path).map_err(err)?;
+        let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
+        let loaded =
+            load(&conn, true, None, clock()).map_err(|e| match e.contains("no such table") {
+                true => err(format!(
+                    "{e} (not a PowerDNS database; create one with pdns-ha init)"
+                )),
+                false => err(e),
+            })?;
+        conn.busy_timeout(Duration::ZERO)
+            .map_err(|e| err(e.to_string()))?;
+        let now = Instant::now();
+        let mut store = Self {
+            path: path.to_owned(),
+            conn: Some(conn),
+            seen: Some(seen),
+            zones_version: None,
+            cursor: None,
+            zones: Zones::default(),
+            axfr: Zones::default(),
+            name_buf: String::new(),
+            base: Metrics::default(),
+            overlay: None,
+            now,
+            skipped_zones: Skipped::default(),
+            skipped_readings: Skipped::default(),
+            skipped_why: Vec::new(),
+            loaded_at: now,
+            next_check: now + CHECK_EVERY,
+            failing: None,
+            stats: StoreStats::default(),
+            clock,
+        };
+        store.install(loaded, now);
+        store.keep_connection_if_needed();
+        Ok(store)
+    }
+
+    pub fn zones(&self) -> &Zones {
+        &self.zones
+    }
+
+    /// What answers: SQLite's readings, with memcached's newer ones.
+    pub fn metrics(&self) -> &Metrics {
+        match &self.overlay {
+            Some(o) => o.metrics(),
+            None => &self.base,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the zones were last read (or, per name, last dropped).
+    pub fn loaded_at(&self) -> Instant {
+        self.loaded_at
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    /// How many rows the last load left out, and the first reasons: what
+    /// `status` and `explain` show, in the words the pipe logs.
+    pub fn skipped(&self) -> (usize, &[String]) {
+        let n = self.skipped_zones.count + self.skipped_readings.count;
+        (n, &self.skipped_why)
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.overlay.as_ref().map(Overlay::cache)
+    }
+
+    pub fn overlay(&self) -> Option<&Overlay> {
+        self.overlay.as_ref()
+    }
+
+    /// The readings taken from memcached (the rest came from SQLite).
+    pub fn from_memcached(&self) -> &[Reading] {
+        self.overlay.as_ref().map_or(&[], |o| o.readings())
+    }
+
+    /// A client is being answered: with memcached, its network's readings
+    /// are fetched from the next refresh on. No I/O.
+    pub fn asked_from(&mut self, client: Subnet) {
+        if let Some(o) = &mut self.overlay {
+            if let Some(n) = self.base.network_for(client) {
+                o.asked(&n.cidr, self.now);
+            }
+        }
+    }
+
+    /// Makes sure `zones()` can answer for `qname`: held whole it always
+    /// can; per name, a name not cached yet is read now, one indexed query.
+    /// An error means the database could not be read for it (the caller
+    /// answers FAIL: pdns must not cache "no such name" for an outage).
+    pub fn prepare(&mut self, qname: &str) -> Result<(), String> {
+        if self.zones.knows(qname) {
+            return Ok(());
+        }
+        self.stats.name_reads += 1;
+        self.name_buf.clear();
+        self.name_buf
+            .push_str(qname.strip_suffix('.').unwrap_or(qname));
+        self.name_buf.make_ascii_lowercase();
+        let first = self.zones.start_name();
+        let mut skipped = Vec::new();
+        let mut read = || -> rusqlite::Result<()> {
+            let conn = self.conn.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
+            let mut stmt = conn.prepare_cached(named("records_named"))?;
+            let mut rows = stmt.query([&self.name_buf])?;
+            while let Some(r) = rows.next()? {
+                let row = read_row(r)?;
+                let apex = is_apex(row.name, r.get_ref(7)?.as_str()?);
+                if let Err(why) = self.zones.push_row(&row, apex) {
+                    skipped.push(skip_reason(&row, &why));
+                }
+            }
+            Ok(())
+        };
+        let result = read().map_err(|e| e.to_string());
+        match result {
+            Ok(()) => self.zones.finish_name(&self.name_buf, first),
+            Err(_) => self.zones.abort_name(first),
+        }
+        // Logged once per name while it stays cached.
+        for why in skipped {
+            warn!("not served: record {why}");
+        }
+        if let Err(e) = &result {
+            self.stats.read_failures += 1;
+            self.report(Instant::now(), e);
+        }
+        result
+    }
+
+    /// The records of a zone for AXFR, by id or (ABI 4+) by name: from the
+    /// index when held whole, else read now. `None`: no such zone.
+    pub fn zone_for_axfr(&mut self, id: i64, zone: Option<&str>) -> Result<&Zones, String> {
+        if self.zones.is_whole() {
+            return Ok(&self.zones);
+        }
+        let read = || -> rusqlite::Result<Zones> {
+            let conn = self.conn.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
+            let mut b = Builder::default();
+            let by_id = conn
+                .prepare_cached(named("domain_by_id"))?
+                .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()?;
+            let domain = match (by_id, zone) {
+                (Some(d), _) => Some(d),
+                (None, Some(z)) => conn
+                    .prepare_cached(named("domain_by_name"))?
+                    .query_row([z.strip_suffix('.').unwrap_or(z)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?,
+                (None, None) => None,
+            };
+            let Some((id, name)) = domain else {
+                return Ok(b.finish());
+            };
+            b.domain(id, &name);
+            let mut stmt = conn.prepare_cached(named("zone_records"))?;
+            let mut rows = stmt.query([id])?;
+            while let Some(r) = rows.next()? {
+                // Unservable rows are logged when their names are asked.
+                let _ = b.record(&read_row(r)?);
+            }
+            Ok(b.finish())
+        };
+        self.axfr = read().map_err(|e| e.to_string())?;
+        Ok(&self.axfr)
+    }
+
+    /// Frees what `zone_for_axfr` read: a large zone is not kept for the
+    /// next AXFR, which may be hours away.
+    pub fn end_axfr(&mut self) {
+        if self.axfr.record_count() > 0 {
+            self.axfr = Zones::default();
+            give_back_memory(self.conn.as_ref());
+        }
+    }
+
+    /// Re-reads what changed, at most every `CHECK_EVERY`. Never fails: on
+    /// error what is held stays and answers.
+    pub fn refresh(&mut self, now: Instant) {
+        self.now = now;
+        if let Some(o) = &mut self.overlay {
+            if o.due(now) {
+                o.fetch(&self.base, now);
+            }
+        }
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + CHECK_EVERY;
+        match self.check(now) {
+            Ok(()) => {
+                if let Some((_, n)) = self.failing.take() {
+                    // At the outage's level, so whoever saw it start sees it end.
+                    warn!(
+                        "database {} readable again after {n} failed checks",
+                        self.path.display()
+                    );
+                }
+            }
+            Err(what) => self.report(now, &what),
+        }
+    }
+
+    /// Reads shared readings from memcached from now on, the first batch
+    /// at once: those of the networks asked for (the pipe).
+    pub fn with_cache(self, cache: Cache) -> Self {
+        self.with_overlay(Overlay::new(cache))
+    }
+
+    /// As `with_cache`, fetching every known network's readings (`status`).
+    pub fn with_cache_for_all(self, cache: Cache) -> Self {
+        self.with_overlay(Overlay::new(cache).fetching_all())
+    }
+
+    fn with_overlay(mut self, mut o: Overlay) -> Self {
+        o.fetch(&self.base, Instant::now());
+        self.overlay = Some(o);
+        self
+    }
+
+    /// Forces a full re-read at the next `refresh` (CMD `reload`).
+    pub fn expire(&mut self) {
+        self.seen = None;
+        self.zones_version = None;
+        self.cursor = None;
+        self.next_check = Instant::now();
+    }
+
+    /// Reads what changed since the last fingerprint. The fingerprint is
+    /// taken before the read and kept only after it succeeded, so a commit
+    /// during the read is read again next time, and a failed read is tried
+    /// again at every check until the file heals.
+    fn check(&mut self, now: Instant) -> Result<(), String> {
+        let fp = fingerprint(&self.path)?;
+        if self.seen == Some(fp) {
+            return Ok(());
+        }
+        let replaced = self.seen.is_some_and(|s| fp.replaces(&s));
+        let opened = match (&self.conn, replaced) {
+            (Some(_), false) => None,
+            _ => Some(open_read_only(&self.path, Duration::ZERO)?),
+        };
+        let Some(conn) = opened.as_ref().or(self.conn.as_ref()) else {
+            unreachable!("a connection is either held or just opened")
+        };
+        let zones_changed = replaced
+            || self.zones_version.is_none()
+            || zones_version(conn).map_err(|e| e.to_string())? != self.zones_version;
+        let held = match (replaced, self.cursor) {
+            (false, Some(c)) => Some((&mut self.base, c)),
+            _ => None,
+        };
+        let loaded = match load(conn, zones_changed, held, (self.clock)()) {
+            Ok(l) => l,
+            Err(e) => {
+                // Changes applied before the failure are applied again
+                // (they are idempotent), or the next read is whole.
+                self.cursor = None;
+                return Err(e);
+            }
+        };
+        if replaced {
+            info!("database {} was replaced; reopened it", self.path.display());
+        }
+        if opened.is_some() {
+            self.conn = opened;
+        }
+        self.install(loaded, now);
+        self.seen = Some(fp);
+        self.keep_connection_if_needed();
+        Ok(())
+    }
+
+    /// Closes the connection unless the records are read per name, and
+    /// gives back what reading took.
+    fn keep_connection_if_needed(&mut self) {
+        if self.zones.is_whole() {
+            self.conn = None;
+        }
+        give_back_memory(self.conn.as_ref());
+    }
+
+    fn install(&mut self, loaded: Loaded, now: Instant) {
+        if let Some((zones, skipped)) = loaded.zones {
+            if skipped.count != self.skipped_zones.count {
+                skipped.log();
+            }
+            self.skipped_zones = skipped;
+            match zones.is_whole() {
+                true => info!(
+                    "loaded {}: {} zones, {} records, held whole",
+                    self.path.display(),
+                    zones.zone_count(),
+                    zones.record_count()
+                ),
+                false => info!(
+                    "opened {}: over {WHOLE_LIMIT} records, read per name as asked",
+                    self.path.display()
+                ),
+            }
+            self.zones = zones;
+            self.zones_version = loaded.zones_version;
+            self.loaded_at = now;
+            self.stats.zone_loads += 1;
+        }
+        self.cursor = loaded.cursor;
+        self.stats.reading_loads += 1;
+        self.stats.reading_rows += loaded.rows;
+        self.stats.reading_rows_last = loaded.rows;
+        if let Some((metrics, skipped)) = loaded.metrics {
+            if skipped.count != self.skipped_readings.count {
+                skipped.log();
+            }
+            self.skipped_readings = skipped;
+            self.base = metrics;
+            self.stats.reading_full_loads += 1;
+        }
+        self.skipped_why = (self.skipped_zones.kept.iter())
+            .chain(&self.skipped_readings.kept)
+            .take(SKIPPED_KEPT)
+            .cloned()
+            .collect();
+        if let Some(o) = &mut self.overlay {
+            o.rebuild(&self.base);
+        }
+    }
+
+    fn report(&mut self, now: Instant, what: &str) {
+        let (last, n) = self.failing.get_or_insert((now, 0));
+        *n += 1;
+        if *n == 1 || now.duration_since(*last) >= ERROR_LOG_EVERY {
+            let held = match self.zones.is_whole() {
+                true => format!(
+                    "the copy loaded {:.0?} ago",
+                    now.duration_since(self.loaded_at)
+                ),
+                false => format!("the {} names cached", self.zones.name_count()),
+            };
+            error!(
+                "database {}: {what}; answering from {held} ({n} failed checks)",
+                self.path.display(),
+            );
+            *last = now;
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The memcached overlay of a pipe process: which shared readings it
+//! fetches, and the index it answers from (SQLite's readings with
+//! memcached's newer ones laid over them).
+//!
+//! A fetch costs what was asked, not what exists (issue 22): every refresh
+//! (once a second while the pipe answers) asks for each target's health
+//! (one key per monitor), drain, load and `*` latency, and for the latency
+//! of the networks whose clients this process answered in the last
+//! [`ASKED_FOR`]; never for every known network. A lookup never waits for
+//! memcached: it notes its network, and the next refresh (at most
+//! [`EARLY_FETCH`] later for a network not fetched yet) fetches it, in the
+//! one batch of that refresh. Until then the network is ranked from SQLite
+//! and `*`, as it is while memcached is down.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::state::index::Metrics;
+use crate::state::memcached::Cache;
+use crate::state::reading::{drain_key, health_key, latency_key, load_key, Reading};
+use crate::state::reading::{Source, ANY_NETWORK};
+
+/// How often the shared readings are read: about as fresh as SQLite's, one
+/// batch per server per second.
+const FETCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A network asked for is fetched for this long after its last lookup:
+/// the pipe's short list of what its clients need.
+pub const ASKED_FOR: Duration = Duration::from_secs(10);
+
+/// A network asked for the first time brings the next fetch forward, but
+/// fetches stay at least this far apart, so a burst of new networks costs
+/// a few batches, not one per network.
+const EARLY_FETCH: Duration = Duration::from_millis(100);
+
+/// What the overlay did, for CMD `status` and the tests.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct OverlayStats {
+    pub fetches: u64,
+    /// Keys asked of memcached, over all fetches.
+    pub keys: u64,
+    /// Keys of the last fetch.
+    pub last_keys: u64,
+}
+
+pub struct Overlay {
+    cache: Cache,
+    /// The readings last fetched (drains seen before and missing now kept).
+    readings: Vec<Reading>,
+    /// The monitors publishing health, as last read from memcached; kept
+    /// while the list's server is unreachable.
+    monitors: Vec<String>,
+    /// Networks (CIDR as stored) and when a client of theirs was last answered.
+    asked: HashMap<Box<str>, Instant>,
+    /// Every known network is fetched (`status`), not only those asked.
+    all: bool,
+    last_fetch: Option<Instant>,
+    next_fetch: Instant,
+    /// The base readings with `readings` laid over them.
+    merged: Metrics,
+    stats: OverlayStats,
+}
+
+impl Overlay {
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            readings: Vec::new(),
+            monitors: Vec::new(),
+            asked: HashMap::new(),
+            all: false,
+            last_fetch: None,
+            next_fetch: Instant::now(),
+            merged: Metrics::default(),
+            stats: OverlayStats::default(),
+        }
+    }
+
+    /// Fetches every known network's latency, as `status` shows them all.
+    pub fn fetching_all(mut self) -> Self {
+        self.all = true;
+        self
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn stats(&self) -> OverlayStats {
+        self.stats
+    }
+
+    /// What answers: SQLite's readings with memcached's newer ones.
+    pub fn metrics(&self) -> &Metrics {
+        &self.merged
+    }
+
+    /// The readings taken from memcached.
+    pub fn readings(&self) -> &[Reading] {
+        &self.readings
+    }
+
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next_fetch
+    }
+
+    /// A client of `network` is being answered: its readings are fetched
+    /// from the next refresh on. No I/O here.
+    pub fn asked(&mut self, network: &str, now: Instant) {
+        match self.asked.get_mut(network) {
+            Some(at) => *at = now,
+            None => {
+                self.asked.insert(network.into(), now);
+                let soon = self.last_fetch.map_or(now, |t| t + EARLY_FETCH);
+                self.next_fetch = self.next_fetch.min(soon);
+            }
+        }
+    }
+
+    /// The keys one fetch asks for, given the targets and networks of `base`.
+    pub fn keys(&mut self, base: &Metrics, now: Instant) -> Vec<String> {
+        self.asked
+            .retain(|_, at| now.saturating_duration_since(*at) < ASKED_FOR);
+        let p = &self.cache.prefix;
+        let mut keys = Vec::new();
+        for t in base.targets() {
+            keys.extend(self.monitors.iter().map(|m| health_key(p, t, m)));
+            keys.push(drain_key(p, t));
+            keys.push(load_key(p, t));
+        }
+        let mut networks: Vec<&str> = match self.all {
+            true => base.networks().iter().map(|n| &*n.cidr).collect(),
+            false => self.asked.keys().map(|n| &**n).collect(),
+        };
+        networks.sort_unstable();
+        networks.push(ANY_NETWORK);
+        for n in networks {
+            for t in base.targets() {
+                keys.extend(Source::ALL.map(|s| latency_key(p, n, t, s)));
+            }
+        }
+        keys
+    }
+
+    /// One batch per server: the keys of [`Self::keys`], then the index
+    /// rebuilt over `base`.
+    pub fn fetch(&mut self, base: &Metrics, now: Instant) {
+        self.next_fetch = now + FETCH_EVERY;
+        self.last_fetch = Some(now);
+        if let Some(ids) = self.cache.monitors() {
+            self.monitors = ids;
+        }
+        let keys = self.keys(base, now);
+        self.stats.fetches += 1;
+        self.stats.keys += keys.len() as u64;
+        self.stats.last_keys = keys.len() as u64;
+        let fresh = self.cache.fetch(&keys);
+        // A drain is hard state: a miss (memcached restarted, or down and in
+        // back-off) never undoes one seen before; only an undrain does.
+        let kept: Vec<Reading> = std::mem::take(&mut self.readings)
+            .into_iter()
+            .filter(|old| match old {
+                Reading::Drain { target, .. } => !fresh
+                    .iter()
+                    .any(|r| matches!(r, Reading::Drain { target: t, .. } if t == target)),
+                _ => false,
+            })
+            .collect();
+        self.readings = fresh;
+        self.readings.extend(kept);
+        self.rebuild(base);
+    }
+
+    /// Lays the fetched readings over `base` (after a change of `base`).
+    pub fn rebuild(&mut self, base: &Metrics) {
+        self.merged.clone_from(base);
+        self.merged.overlay_all(&self.readings);
+    }
+}

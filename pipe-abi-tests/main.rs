@@ -15,6 +15,7 @@ mod manpage;
 mod memcached;
 mod monitor;
 mod netns;
+mod networks;
 mod observe;
 mod openmetrics;
 mod pdns;

@@ -131,8 +131,8 @@ impl<K: Ord + Copy, T> Table<K, T> {
     fn settle(&mut self) {
         if self.sorted < self.rows.len() {
             // Two sorted runs: the stable sort finds them and merges once.
-            self.rows[self.sorted..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            self.rows.sort_by(|a, b| a.0.cmp(&b.0));
+            self.rows[self.sorted..].sort_unstable_by_key(|r| r.0);
+            self.rows.sort_by_key(|r| r.0);
             // A key added twice before settling keeps its last value.
             self.rows.dedup_by(|later, earlier| {
                 let same = later.0 == earlier.0;

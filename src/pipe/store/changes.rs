@@ -71,7 +71,6 @@ pub(super) fn apply(
             tx,
             "latency_changed",
             since.seq,
-            8,
             &mut rows,
             |r| {
                 let (network, target) = (text(r, 0)?, text(r, 1)?);
@@ -102,7 +101,6 @@ pub(super) fn apply(
             tx,
             "health_changed",
             since.seq,
-            4,
             &mut rows,
             |r| {
                 let (target, monitor) = (text(r, 0)?, text(r, 1)?);
@@ -119,7 +117,6 @@ pub(super) fn apply(
             tx,
             "load_changed",
             since.seq,
-            4,
             &mut rows,
             |r| {
                 let l = match present(r, 4) {
@@ -135,7 +132,6 @@ pub(super) fn apply(
             tx,
             "drains_changed",
             since.seq,
-            3,
             &mut rows,
             |r| {
                 let d = match present(r, 3) {
@@ -167,11 +163,12 @@ fn present(r: &rusqlite::Row<'_>, i: usize) -> bool {
     r.get::<_, bool>(i).unwrap_or(false)
 }
 
+/// Runs the `*_changed` statement named `statement` from `since`, handing
+/// each row to `f`; rows `f` rejects are listed in `skipped`.
 fn changed(
     tx: &Connection,
     statement: &str,
     since: i64,
-    _present_at: usize,
     rows_read: &mut u64,
     mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
     skipped: &mut Skipped,

@@ -460,9 +460,13 @@ impl Store {
             self.stats.zone_loads += 1;
         }
         self.cursor = loaded.cursor;
-        self.stats.reading_loads += 1;
-        self.stats.reading_rows += loaded.rows;
-        self.stats.reading_rows_last = loaded.rows;
+        // A commit that touched no reading (an edit of the zones) is no
+        // reading load: the counters say what reading cost.
+        if loaded.metrics.is_some() || loaded.rows > 0 {
+            self.stats.reading_loads += 1;
+            self.stats.reading_rows += loaded.rows;
+            self.stats.reading_rows_last = loaded.rows;
+        }
         if let Some((metrics, skipped)) = loaded.metrics {
             if skipped.count != self.skipped_readings.count {
                 skipped.log();
@@ -498,5 +502,145 @@ impl Store {
             );
             *last = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::reading::Source;
+
+    const NOW: f64 = 2_000_000_000.0;
+
+    fn now() -> f64 {
+        NOW
+    }
+
+    fn temp_db(name: &str) -> (PathBuf, Connection) {
+        let dir = std::env::temp_dir().join(format!("pdns-ha-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ha.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(include_str!("../../../sql/schema.sql"))
+            .unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO domains (id, name, type) VALUES (1, 'example.com', 'NATIVE');
+             INSERT INTO records (domain_id, name, type, content, ttl)
+               VALUES (1, 'example.com', 'SOA', 'ns. h. 1 2 3 4 5', 300);
+             INSERT INTO ha_targets (name) VALUES ('sip1.example.com'), ('sip2.example.com');
+             WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n < 99)
+             INSERT INTO ha_networks (cidr, name) SELECT '10.0.' || n || '.0/24', 'n' || n FROM i;
+             INSERT INTO ha_latency (network, target, source, mean_ms, ewma_ms, samples, updated)
+               SELECT cidr, t.name, 'observe', 10, 10, 1, {}
+               FROM ha_networks, ha_targets t;",
+            NOW - 5.0
+        ))
+        .unwrap();
+        (path, conn)
+    }
+
+    fn ewma(s: &Store, network: &str, target: &str) -> Option<f64> {
+        s.metrics()
+            .latency(network, target)
+            .find(|(src, _)| *src == Source::Observe)
+            .map(|(_, l)| l.ewma_ms)
+    }
+
+    /// The watch reads nothing while nothing changed, the rows a change of
+    /// readings touched when they did, and the zones only when they moved.
+    #[test]
+    fn the_watch_reads_what_changed() {
+        let (path, conn) = temp_db("watch");
+        let mut s = Store::open_at(&path, now).unwrap();
+        let rows = s.stats().reading_rows;
+        assert!(rows >= 200, "{rows}");
+        assert_eq!(s.stats().reading_full_loads, 1);
+        let mut t = Instant::now();
+        let mut tick = |s: &mut Store| {
+            t += CHECK_EVERY;
+            s.refresh(t);
+        };
+        // Run as root, SQLite gives the WAL its database's owner at every
+        // open, which moves the WAL's ctime: a check may then look, but it
+        // reads no row and counts no load.
+        let loads = s.stats().reading_loads;
+        tick(&mut s);
+        tick(&mut s);
+        assert_eq!(
+            s.stats().reading_loads,
+            loads,
+            "nothing changed, nothing read"
+        );
+
+        conn.execute(
+            "UPDATE ha_latency SET ewma_ms = 3 WHERE network = '10.0.7.0/24'
+             AND target = 'sip2.example.com'",
+            [],
+        )
+        .unwrap();
+        tick(&mut s);
+        let st = s.stats();
+        assert_eq!((st.reading_loads, st.reading_rows_last), (loads + 1, 1));
+        assert_eq!(ewma(&s, "10.0.7.0/24", "sip2.example.com"), Some(3.0));
+        assert_eq!(ewma(&s, "10.0.7.0/24", "sip1.example.com"), Some(10.0));
+
+        // A new key and a deleted one: two rows.
+        conn.execute_batch(&format!(
+            "INSERT INTO ha_latency (network, target, source, mean_ms, ewma_ms, samples, updated)
+               VALUES ('*', 'sip1.example.com', 'monitor', 7, 7, 1, {NOW});
+             DELETE FROM ha_latency WHERE network = '10.0.8.0/24' AND target = 'sip1.example.com';"
+        ))
+        .unwrap();
+        tick(&mut s);
+        assert_eq!(s.stats().reading_rows_last, 2);
+        assert_eq!(ewma(&s, "10.0.8.0/24", "sip1.example.com"), None);
+        assert!(s.metrics().latency("*", "SIP1.example.com").count() == 1);
+
+        // An edit of the zones re-reads them, and no reading.
+        conn.execute("UPDATE records SET ttl = 60", []).unwrap();
+        tick(&mut s);
+        let st = s.stats();
+        assert_eq!((st.zone_loads, st.reading_loads), (2, loads + 2));
+        assert_eq!(st.reading_full_loads, 1);
+
+        // CMD reload reads everything again.
+        s.expire();
+        s.refresh(t + CHECK_EVERY);
+        assert_eq!(s.stats().reading_full_loads, 2);
+        assert_eq!(ewma(&s, "10.0.7.0/24", "sip2.example.com"), Some(3.0));
+        drop(conn);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    /// A database whose change log is gone (an older schema) is read whole
+    /// at every change, as before the log existed.
+    #[test]
+    fn without_the_log_every_change_reads_everything() {
+        let (path, conn) = temp_db("nolog");
+        let triggers: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'ha_log_%' AND type = 'trigger'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for t in triggers {
+            conn.execute_batch(&format!("DROP TRIGGER {t}")).unwrap();
+        }
+        conn.execute_batch("DROP TABLE ha_log").unwrap();
+        let mut s = Store::open_at(&path, now).unwrap();
+        let rows = s.stats().reading_rows;
+        conn.execute("UPDATE ha_latency SET ewma_ms = 4 WHERE rowid = 1", [])
+            .unwrap();
+        s.refresh(Instant::now() + CHECK_EVERY);
+        let st = s.stats();
+        assert_eq!(st.reading_full_loads, 2);
+        assert_eq!(st.reading_rows_last, rows);
+        drop(conn);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }

@@ -34,7 +34,8 @@ usage:
                  (metric also takes --stale-after SECS, --monitor-id ID and MEMCACHED)
   pdns-ha drain   --db PATH --target NAME [--reason TEXT] [MEMCACHED]
   pdns-ha undrain --db PATH --target NAME [MEMCACHED]
-  pdns-ha status  --db PATH [--stale-after SECS] [--max-clock-skew SECS] [MEMCACHED]
+  pdns-ha status  --db PATH [--stale-after SECS] [--max-clock-skew SECS] [--all-networks]
+                  [MEMCACHED]
   pdns-ha explain --db PATH [--algorithm ALG] [--client IP|CIDR] [--max-clock-skew SECS]
                   [MEMCACHED] QNAME [QTYPE]
   pdns-ha --help | --version
@@ -323,9 +324,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 &MEMCACHED_FLAGS,
             ]
             .concat();
-            let f = Flags::parse(cmd, &known, &[], rest)?;
+            let f = Flags::parse(cmd, &known, &["all-networks"], rest)?;
             f.positional(cmd, 0, 0, "")?;
-            Ok(Command::Status(f.pipe_options()?))
+            let all_networks = f.has("all-networks");
+            Ok(Command::Status(f.pipe_options()?, all_networks))
         }
         "explain" => {
             let known = [
@@ -548,7 +550,7 @@ mod tests {
             let got = format!("{:?}", p(&args));
             assert!(got.contains("key_file: Some(\"/k\")"), "{cmd}: {got}");
         }
-        let Ok(Command::Status(o)) = p("status --db x --max-clock-skew 0") else {
+        let Ok(Command::Status(o, _)) = p("status --db x --max-clock-skew 0") else {
             panic!()
         };
         assert_eq!(o.max_clock_skew, 0);

@@ -147,8 +147,9 @@ pub enum Command {
         cache: Option<CacheOptions>,
     },
     /// `status` reads as the pipe does: `algorithm` and `dynamic_ttl` are
-    /// left at their defaults.
-    Status(PipeOptions),
+    /// left at their defaults. `true`: every network's latency is listed
+    /// (`--all-networks`), not a summary.
+    Status(PipeOptions, bool),
     Explain {
         opts: PipeOptions,
         all: bool,

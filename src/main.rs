@@ -37,9 +37,9 @@ fn main() -> ExitCode {
             reason,
             cache,
         }) => drain(&db, &target, reason.as_deref(), cache.as_ref()),
-        Ok(Command::Status(opts)) => {
+        Ok(Command::Status(opts, all_networks)) => {
             validate::set_max_skew(opts.max_clock_skew);
-            ops::report::status(&opts)
+            ops::report::status(&opts, all_networks)
         }
         Ok(Command::Explain {
             opts,

@@ -5,7 +5,7 @@
 //! (`set_*`), so that a commit costs the rows it changed (issue 22).
 //!
 //! Compact on purpose, since every pdns pipe process holds its own copy:
-//! targets, networks and monitors are interned once each ([`Names`]), and a
+//! targets, networks and monitors are interned once each (`Names`), and a
 //! reading row is a fixed-size record of ids and numbers in one sorted
 //! `Vec` per kind, with no heap allocation of its own. At 20,000 networks
 //! × 8 targets (160,000 latency rows) that is about 9 MiB.

@@ -8,7 +8,7 @@
 //! of the networks whose clients this process answered in the last
 //! [`ASKED_FOR`]; never for every known network. A lookup never waits for
 //! memcached: it notes its network, and the next refresh (at most
-//! [`EARLY_FETCH`] later for a network not fetched yet) fetches it, in the
+//! `EARLY_FETCH` later for a network not fetched yet) fetches it, in the
 //! one batch of that refresh. Until then the network is ranked from SQLite
 //! and `*`, as it is while memcached is down.
 

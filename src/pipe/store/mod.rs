@@ -1,8 +1,8 @@
 //! SQLite access for the pipe: the records index ([`Zones`]: whole for a
 //! small database, per name for a large one), the soft-state readings, and
 //! the watch that notices a change. One concern per file: the watch
-//! ([`watch`]), the whole read ([`load`]), the changed readings
-//! ([`changes`]); the memcached overlay is [`crate::state::overlay`].
+//! (`watch.rs`), the whole read (`load.rs`), the changed readings
+//! (`changes.rs`); the memcached overlay is [`crate::state::overlay`].
 //!
 //! The watch is a fingerprint of the file and its WAL, taken with `stat`
 //! every 250 ms: any commit changes it. A database held whole is then read

@@ -128,15 +128,20 @@ impl<K: Ord + Copy, T> Table<K, T> {
         let mut pending = std::mem::take(&mut self.pending);
         // Stable: of one key set several times, the last comes last.
         pending.sort_by_key(|p| p.0);
-        let mut new = Vec::with_capacity(pending.len());
-        let mut it = pending.into_iter().peekable();
-        while let Some((k, v)) = it.next() {
-            if it.peek().is_some_and(|(next, _)| *next == k) {
-                continue;
+        // Keeps the last of each run of one key (`dedup_by` drops the later
+        // of two equal neighbours, so the later value moves back first).
+        pending.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                std::mem::swap(later, earlier);
             }
-            if let Some(v) = v {
-                new.push((k, v));
-            }
+            same
+        });
+        let new = pending.into_iter().filter_map(|(k, v)| Some((k, v?)));
+        if self.rows.is_empty() {
+            // A whole load: no second copy of the table at its peak.
+            self.rows = new.collect();
+            return;
         }
         let sorted = self.rows.len();
         self.rows.extend(new);

@@ -12,6 +12,7 @@
 
 use std::cmp::Ordering;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::dns::cmp_name;
 use crate::dns::Subnet;
@@ -67,6 +68,15 @@ impl Names {
     }
 }
 
+/// The id of `s` in shared `names`, added (to a copy of its own, when
+/// another index shares them) if it is not there yet.
+fn intern(names: &mut Arc<Names>, s: &str) -> u32 {
+    match names.find(s, exact) {
+        Some(id) => id,
+        None => Arc::make_mut(names).intern(s),
+    }
+}
+
 fn exact(stored: &str, asked: &str) -> Ordering {
     stored.cmp(asked)
 }
@@ -76,12 +86,28 @@ fn exact(stored: &str, asked: &str) -> Ordering {
 /// `settle` merges all of them in one pass (a whole load adds 160,000 rows
 /// at 20,000 networks; one at a time into a sorted table would be
 /// quadratic).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Table<K, T> {
     /// Sorted by key, one row per key.
     rows: Vec<(K, T)>,
     /// Keys not in `rows`, in the order set; `None`: set, then removed.
     pending: Vec<(K, Option<T>)>,
+}
+
+impl<K: Clone, T: Clone> Clone for Table<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            rows: self.rows.clone(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Into the rows already allocated: the memcached overlay copies the
+    /// index at every change, and must not hold three copies at once.
+    fn clone_from(&mut self, source: &Self) {
+        self.rows.clone_from(&source.rows);
+        self.pending.clone_from(&source.pending);
+    }
 }
 
 impl<K, T> Default for Table<K, T> {
@@ -236,18 +262,20 @@ impl NetworkIndex {
     }
 }
 
-#[derive(Default, Debug, Clone)]
+/// Names and networks are shared between copies (the memcached overlay's
+/// copy of the index), copied only when one of them changes.
+#[derive(Default, Debug)]
 pub struct Metrics {
     /// Every `ha_targets` name: what there is to fetch from memcached.
     targets: Vec<Box<str>>,
     /// Networks as added, until `finish` indexes them.
     adding: Vec<Network>,
-    networks: NetworkIndex,
+    networks: Arc<NetworkIndex>,
     /// Target keys (lower case, as `target_key` makes them) of every row.
-    target_names: Names,
+    target_names: Arc<Names>,
     /// Network keys (CIDRs as stored, and `*`) of latency rows.
-    network_names: Names,
-    monitor_names: Names,
+    network_names: Arc<Names>,
+    monitor_names: Arc<Names>,
     capacity: Table<u32, u32>,
     /// By (target, monitor): one target's verdicts are adjacent.
     health: Table<(u32, u32), Health>,
@@ -255,6 +283,28 @@ pub struct Metrics {
     load: Table<u32, Load>,
     /// By (network, target, source): one pair's sources are adjacent.
     latency: Table<(u32, u32, Source), Latency>,
+}
+
+impl Clone for Metrics {
+    fn clone(&self) -> Self {
+        let mut m = Self::default();
+        m.clone_from(self);
+        m
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.targets.clone_from(&source.targets);
+        self.adding.clone_from(&source.adding);
+        self.networks = source.networks.clone();
+        self.target_names = source.target_names.clone();
+        self.network_names = source.network_names.clone();
+        self.monitor_names = source.monitor_names.clone();
+        self.capacity.clone_from(&source.capacity);
+        self.health.clone_from(&source.health);
+        self.drains.clone_from(&source.drains);
+        self.load.clone_from(&source.load);
+        self.latency.clone_from(&source.latency);
+    }
 }
 
 impl Metrics {
@@ -278,7 +328,7 @@ impl Metrics {
     /// Forgets the networks, to add them again (`ha_networks` changed).
     pub fn clear_networks(&mut self) {
         self.adding.clear();
-        self.networks = NetworkIndex::default();
+        self.networks = Arc::default();
     }
 
     /// Forgets the targets and their capacity (`ha_targets` changed).
@@ -292,7 +342,7 @@ impl Metrics {
     }
 
     pub fn add_capacity(&mut self, target: &str, max: u32) {
-        let t = self.target_names.intern(&target_key(target));
+        let t = intern(&mut self.target_names, &target_key(target));
         self.capacity.set(t, Some(max));
     }
 
@@ -314,24 +364,24 @@ impl Metrics {
 
     /// Sets or (`None`) removes one monitor's verdict on `target`.
     pub fn set_health(&mut self, target: &str, monitor: &str, h: Option<Health>) {
-        let t = self.target_names.intern(&target_key(target));
-        let m = self.monitor_names.intern(monitor);
+        let t = intern(&mut self.target_names, &target_key(target));
+        let m = intern(&mut self.monitor_names, monitor);
         self.health.set((t, m), h);
     }
 
     pub fn set_drain(&mut self, target: &str, d: Option<Drain>) {
-        let t = self.target_names.intern(&target_key(target));
+        let t = intern(&mut self.target_names, &target_key(target));
         self.drains.set(t, d);
     }
 
     pub fn set_load(&mut self, target: &str, l: Option<Load>) {
-        let t = self.target_names.intern(&target_key(target));
+        let t = intern(&mut self.target_names, &target_key(target));
         self.load.set(t, l);
     }
 
     pub fn set_latency(&mut self, network: &str, target: &str, source: Source, l: Option<Latency>) {
-        let n = self.network_names.intern(network);
-        let t = self.target_names.intern(&target_key(target));
+        let n = intern(&mut self.network_names, network);
+        let t = intern(&mut self.target_names, &target_key(target));
         self.latency.set((n, t, source), l);
     }
 
@@ -362,8 +412,8 @@ impl Metrics {
     fn overlay_one(&mut self, r: &Reading) {
         match r {
             Reading::Health { target, monitor, h } => {
-                let t = self.target_names.intern(&target_key(target));
-                let m = self.monitor_names.intern(monitor);
+                let t = intern(&mut self.target_names, &target_key(target));
+                let m = intern(&mut self.monitor_names, monitor);
                 if self
                     .health
                     .get(&(t, m))
@@ -377,7 +427,7 @@ impl Metrics {
                 reason,
                 updated,
             } => {
-                let t = self.target_names.intern(&target_key(target));
+                let t = intern(&mut self.target_names, &target_key(target));
                 if self.drains.get(&t).is_none_or(|d| d.since < *updated) {
                     let d = reason.as_deref().map(|r| Drain {
                         reason: r.into(),
@@ -391,7 +441,7 @@ impl Metrics {
                 load,
                 updated,
             } => {
-                let t = self.target_names.intern(&target_key(target));
+                let t = intern(&mut self.target_names, &target_key(target));
                 if self.load.get(&t).is_none_or(|l| l.updated < *updated) {
                     self.load.set(t, *load);
                 }
@@ -403,8 +453,8 @@ impl Metrics {
                 l,
                 ..
             } => {
-                let n = self.network_names.intern(network);
-                let t = self.target_names.intern(&target_key(target));
+                let n = intern(&mut self.network_names, network);
+                let t = intern(&mut self.target_names, &target_key(target));
                 let key = (n, t, *source);
                 if self.latency.get(&key).is_none_or(|o| o.updated < l.updated) {
                     self.latency.set(key, Some(*l));
@@ -432,9 +482,9 @@ impl Metrics {
         self.targets.sort();
         self.targets.dedup();
         if !self.adding.is_empty() {
-            let mut all = std::mem::take(&mut self.networks.list);
+            let mut all = self.networks.list.clone();
             all.append(&mut self.adding);
-            self.networks = NetworkIndex::build(all);
+            self.networks = Arc::new(NetworkIndex::build(all));
         }
         self.settle();
     }

@@ -464,4 +464,31 @@ mod tests {
         }
         assert_eq!(named("no_such_statement"), "");
     }
+
+    /// The change queries go through the `seq` index: on the primary key
+    /// (kind first) SQLite would read every key of the kind at each change.
+    #[test]
+    fn changes_are_read_through_the_seq_index() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../../../sql/schema.sql"))
+            .unwrap();
+        for name in [
+            "latency_changed",
+            "health_changed",
+            "load_changed",
+            "drains_changed",
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", named(name)))
+                .unwrap()
+                .query_map([0], |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().any(|step| step.contains("ha_log_seq (seq>?)")),
+                "{name}: {plan:?}"
+            );
+        }
+    }
 }

@@ -28,6 +28,12 @@ const FETCH_EVERY: Duration = Duration::from_secs(1);
 /// the pipe's short list of what its clients need.
 pub const ASKED_FOR: Duration = Duration::from_secs(10);
 
+/// At most this many networks are fetched for (the most recently asked):
+/// a pipe whose clients come from every one of 20,000 networks within
+/// [`ASKED_FOR`] would otherwise fetch them all. The others are ranked
+/// from SQLite and `*`, as while memcached is down.
+pub const MAX_ASKED: usize = 1000;
+
 /// A network asked for the first time brings the next fetch forward, but
 /// fetches stay at least this far apart, so a burst of new networks costs
 /// a few batches, not one per network.
@@ -121,6 +127,11 @@ impl Overlay {
     pub fn keys(&mut self, base: &Metrics, now: Instant) -> Vec<String> {
         self.asked
             .retain(|_, at| now.saturating_duration_since(*at) < ASKED_FOR);
+        if self.asked.len() > MAX_ASKED {
+            let mut times: Vec<Instant> = self.asked.values().copied().collect();
+            let (_, &mut cut, _) = times.select_nth_unstable_by(MAX_ASKED, |a, b| b.cmp(a));
+            self.asked.retain(|_, at| *at > cut);
+        }
         let p = &self.cache.prefix;
         let mut keys = Vec::new();
         for t in base.targets() {
@@ -175,5 +186,66 @@ impl Overlay {
     pub fn rebuild(&mut self, base: &Metrics) {
         self.merged.clone_from(base);
         self.merged.overlay_all(&self.readings);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(networks: u32) -> Metrics {
+        let mut m = Metrics::default();
+        for t in ["sip1.example.com", "sip2.example.com"] {
+            m.add_target(t);
+        }
+        for i in 0..networks {
+            m.add_network(&format!("10.{}.{}.0/24", i / 256, i % 256), "n")
+                .unwrap();
+        }
+        m.finish()
+    }
+
+    fn latency_networks(keys: &[String]) -> Vec<&str> {
+        let mut n: Vec<&str> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("p:latency:")?.split('|').next())
+            .collect();
+        n.dedup();
+        n
+    }
+
+    /// Per target its drain, load and `*` latency; per network asked in the
+    /// last ten seconds its latency; never the networks nobody asked for.
+    #[test]
+    fn a_fetch_asks_for_what_was_asked() {
+        let cache = Cache::new("127.0.0.1:1", "p", 30).unwrap();
+        let mut o = Overlay::new(cache);
+        let m = base(3000);
+        let t0 = Instant::now();
+        assert_eq!(o.keys(&m, t0).len(), 2 * 2 + 2 * 3);
+        o.asked("10.0.7.0/24", t0);
+        o.asked("10.1.1.0/24", t0 + Duration::from_secs(5));
+        let keys = o.keys(&m, t0 + Duration::from_secs(6));
+        assert_eq!(keys.len(), 2 * 2 + 3 * 2 * 3);
+        assert_eq!(latency_networks(&keys), ["10.0.7.0/24", "10.1.1.0/24", "*"]);
+        assert!(keys.contains(&"p:drain:sip2.example.com".to_owned()));
+        // Ten seconds without a lookup from it: no longer fetched.
+        let keys = o.keys(&m, t0 + Duration::from_secs(11));
+        assert_eq!(latency_networks(&keys), ["10.1.1.0/24", "*"]);
+        // At most MAX_ASKED, the most recent.
+        let t1 = t0 + Duration::from_secs(12);
+        for i in 0..1500u32 {
+            let at = t1 + Duration::from_millis(u64::from(i));
+            o.asked(&format!("10.{}.{}.0/24", i / 256, i % 256), at);
+        }
+        let keys = o.keys(&m, t1 + Duration::from_secs(2));
+        let nets = latency_networks(&keys);
+        assert_eq!(nets.len(), MAX_ASKED + 1);
+        assert!(!nets.contains(&"10.0.0.0/24"), "the oldest went first");
+        assert!(nets.contains(&"10.5.219.0/24"), "the newest stays");
+        // `status` fetches every known network.
+        let cache = Cache::new("127.0.0.1:1", "p", 30).unwrap();
+        let mut all = Overlay::new(cache).fetching_all();
+        assert_eq!(latency_networks(&all.keys(&m, t0)).len(), 3001);
     }
 }

@@ -153,7 +153,11 @@ fn table(rows: &[Vec<String>]) -> String {
     for r in rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
-            let _ = write!(line, "{cell:<w$}  ", w = width[c]);
+            // Padded by hand: a format width is at most 65,535, and the
+            // latency cell of `--all-networks` at 20,000 networks is wider.
+            line.push_str(cell);
+            let pad = width[c].saturating_sub(cell.chars().count()) + 2;
+            line.extend(std::iter::repeat_n(' ', pad));
         }
         out += line.trim_end();
         out.push('\n');
@@ -192,6 +196,15 @@ fn shown_networks(fused: &[(bool, Option<f64>)], all: bool) -> Vec<usize> {
     );
     shown.sort_unstable();
     shown.dedup();
+    // `*` first, then fastest to slowest.
+    shown.sort_by(|&a, &b| {
+        (!fused[a].0).cmp(&!fused[b].0).then(
+            fused[a]
+                .1
+                .partial_cmp(&fused[b].1)
+                .unwrap_or(std::cmp::Ordering::Equal),
+        )
+    });
     shown
 }
 
@@ -621,11 +634,9 @@ mod tests {
         many.push((false, None));
         many.push((true, Some(50.0)));
         let shown = shown_networks(&many, false);
-        let ms: Vec<Option<f64>> = shown.iter().map(|&i| many[i].1).collect();
-        let mut sorted: Vec<f64> = ms.iter().flatten().copied().collect();
-        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        assert_eq!(sorted, [0.0, 1.0, 2.0, 50.0, 97.0, 98.0, 99.0]);
-        assert!(shown.contains(&101), "`*` always");
+        let ms: Vec<f64> = shown.iter().filter_map(|&i| many[i].1).collect();
+        assert_eq!(ms, [50.0, 0.0, 1.0, 2.0, 97.0, 98.0, 99.0]);
+        assert_eq!(shown[0], 101, "`*` always, first");
         assert_eq!(shown_networks(&many, true).len(), 102);
         assert_eq!(
             summary(&many, shown.len()),

@@ -7,7 +7,7 @@
 use rusqlite::Connection;
 
 use crate::state::index::Metrics;
-use crate::state::validate::Clock;
+use crate::state::validate::{self, Clock};
 
 use super::load::{
     drain_row, health_row, latency_row, load_networks, load_row, load_targets, named, row_problem,
@@ -67,100 +67,47 @@ pub(super) fn apply(
         load_targets(tx, m, &mut skipped, &mut rows)?;
     }
     if now.seq != since.seq {
-        changed(
-            tx,
-            "latency_changed",
-            since.seq,
-            &mut rows,
-            |r| {
-                let (network, target) = (text(r, 0)?, text(r, 1)?);
-                match present(r, 8) {
-                    false => {
-                        let source = crate::state::validate::source(text(r, 6)?)
-                            .map_err(|e| e.to_string())?;
-                        m.set_latency(network, target, source, None);
-                        Ok(())
-                    }
-                    true => match latency_row(r, clock) {
-                        Ok((source, l)) => {
-                            m.set_latency(network, target, source, Some(l));
-                            Ok(())
-                        }
-                        Err(why) => {
-                            if let Ok(source) = crate::state::validate::source(text(r, 6)?) {
-                                m.set_latency(network, target, source, None);
-                            }
-                            Err(why)
-                        }
-                    },
-                }
-            },
-            &mut skipped,
-        )?;
-        changed(
-            tx,
-            "health_changed",
-            since.seq,
-            &mut rows,
-            |r| {
-                let (target, monitor) = (text(r, 0)?, text(r, 1)?);
-                let h = match present(r, 4) {
-                    true => Some(health_row(r, clock)),
-                    false => None,
-                };
-                m.set_health(target, monitor, h.clone().and_then(Result::ok));
-                h.transpose().map(drop)
-            },
-            &mut skipped,
-        )?;
-        changed(
-            tx,
-            "load_changed",
-            since.seq,
-            &mut rows,
-            |r| {
-                let l = match present(r, 4) {
-                    true => Some(load_row(r, clock)),
-                    false => None,
-                };
-                m.set_load(text(r, 0)?, l.clone().and_then(Result::ok));
-                l.transpose().map(drop)
-            },
-            &mut skipped,
-        )?;
-        changed(
-            tx,
-            "drains_changed",
-            since.seq,
-            &mut rows,
-            |r| {
-                let d = match present(r, 3) {
-                    true => Some(drain_row(r, clock)),
-                    false => None,
-                };
-                let target = text(r, 0)?;
-                match d {
-                    Some(Ok(d)) => m.set_drain(target, Some(d)),
-                    Some(Err(why)) => {
-                        m.set_drain(target, None);
-                        return Err(why);
-                    }
-                    None => m.set_drain(target, None),
-                }
-                Ok(())
-            },
-            &mut skipped,
-        )?;
+        let (seq, skip) = (since.seq, &mut skipped);
+        changed(tx, "latency_changed", seq, &mut rows, skip, |r| {
+            let (network, target) = (text(r, 0)?, text(r, 1)?);
+            let source = validate::source(text(r, 6)?).map_err(|e| e.to_string())?;
+            let v = value(r, 8, || latency_row(r, clock).map(|(_, l)| l));
+            m.set_latency(network, target, source, v.clone().ok().flatten());
+            v.map(drop)
+        })?;
+        changed(tx, "health_changed", seq, &mut rows, skip, |r| {
+            let v = value(r, 4, || health_row(r, clock));
+            m.set_health(text(r, 0)?, text(r, 1)?, v.clone().ok().flatten());
+            v.map(drop)
+        })?;
+        changed(tx, "load_changed", seq, &mut rows, skip, |r| {
+            let v = value(r, 4, || load_row(r, clock));
+            m.set_load(text(r, 0)?, v.clone().ok().flatten());
+            v.map(drop)
+        })?;
+        changed(tx, "drains_changed", seq, &mut rows, skip, |r| {
+            let v = value(r, 3, || drain_row(r, clock));
+            m.set_drain(text(r, 0)?, v.clone().ok().flatten());
+            v.map(drop)
+        })?;
     }
     m.finish_in_place();
     skipped.log();
     Ok((now, rows))
 }
 
-/// Whether the changed row is still in its table (the last column of each
-/// `*_changed` statement).
-fn present(r: &rusqlite::Row<'_>, i: usize) -> bool {
-    r.get::<_, bool>(i).unwrap_or(false)
+/// A changed row's reading: `Ok(None)` when the row is gone (the last
+/// column of each `*_changed` statement says whether it is there), `Err`
+/// when it fails the validation; either way it leaves the index.
+fn value<T>(
+    r: &rusqlite::Row<'_>,
+    present_at: usize,
+    parse: impl FnOnce() -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    match r.get::<_, bool>(present_at).unwrap_or(false) {
+        false => Ok(None),
+        true => parse().map(Some),
+    }
 }
 
 /// Runs the `*_changed` statement named `statement` from `since`, handing
@@ -170,8 +117,8 @@ fn changed(
     statement: &str,
     since: i64,
     rows_read: &mut u64,
-    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
     skipped: &mut Skipped,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(named(statement))?;
     let mut rows = stmt.query([since])?;

@@ -6,11 +6,13 @@
 //! (once a second while the pipe answers) asks for each target's health
 //! (one key per monitor), drain, load and `*` latency, and for the latency
 //! of the networks whose clients this process answered in the last
-//! [`ASKED_FOR`]; never for every known network. A lookup never waits for
-//! memcached: it notes its network, and the next refresh (at most
-//! `EARLY_FETCH` later for a network not fetched yet) fetches it, in the
-//! one batch of that refresh. Until then the network is ranked from SQLite
-//! and `*`, as it is while memcached is down.
+//! [`ASKED_FOR`]; never for every known network. A lookup from a network
+//! not fetched yet has its fetch brought forward to that lookup, so its
+//! first answer already has memcached's readings; such early fetches are
+//! at least `EARLY_FETCH` apart (a burst of new networks waits for the
+//! next one, ranked from SQLite and `*` meanwhile, as while memcached is
+//! down), and no lookup ever waits for more than one fetch (one batch per
+//! server).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -61,6 +63,8 @@ pub struct Overlay {
     /// Every known network is fetched (`status`), not only those asked.
     all: bool,
     last_fetch: Option<Instant>,
+    /// When a new network last brought a fetch forward.
+    last_early: Option<Instant>,
     next_fetch: Instant,
     /// The base readings with `readings` laid over them.
     merged: Metrics,
@@ -76,6 +80,7 @@ impl Overlay {
             asked: HashMap::new(),
             all: false,
             last_fetch: None,
+            last_early: None,
             next_fetch: Instant::now(),
             merged: Metrics::default(),
             stats: OverlayStats::default(),
@@ -110,14 +115,23 @@ impl Overlay {
         now >= self.next_fetch
     }
 
+    /// Whether the last fetch was at `now` (this lookup's refresh).
+    pub fn fetched_at(&self, now: Instant) -> bool {
+        self.last_fetch == Some(now)
+    }
+
     /// A client of `network` is being answered: its readings are fetched
-    /// from the next refresh on. No I/O here.
+    /// from now on, at once if it is new and no other new network brought
+    /// a fetch forward in the last `EARLY_FETCH`. No I/O here.
     pub fn asked(&mut self, network: &str, now: Instant) {
         match self.asked.get_mut(network) {
             Some(at) => *at = now,
             None => {
                 self.asked.insert(network.into(), now);
-                let soon = self.last_fetch.map_or(now, |t| t + EARLY_FETCH);
+                let soon = self.last_early.map_or(now, |t| (t + EARLY_FETCH).max(now));
+                if soon == now {
+                    self.last_early = Some(now);
+                }
                 self.next_fetch = self.next_fetch.min(soon);
             }
         }

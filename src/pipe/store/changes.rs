@@ -44,15 +44,15 @@ pub(super) fn cursor(tx: &Connection) -> rusqlite::Result<Option<Cursor>> {
 }
 
 /// Applies to `m` every change logged after `since`; returns the new
-/// cursor and how many rows were read. A changed row that fails the
-/// validation is taken out of the index (it would have been left out of a
-/// whole load too) and logged.
+/// cursor, how many rows were read and the rows left out. A changed row
+/// that fails the validation is taken out of the index (it would have been
+/// left out of a whole load too).
 pub(super) fn apply(
     tx: &Connection,
     m: &mut Metrics,
     since: Cursor,
     clock: &Clock,
-) -> rusqlite::Result<(Cursor, u64)> {
+) -> rusqlite::Result<(Cursor, u64, Skipped)> {
     let Some(now) = cursor(tx)? else {
         return Err(rusqlite::Error::QueryReturnedNoRows);
     };
@@ -92,8 +92,7 @@ pub(super) fn apply(
         })?;
     }
     m.finish_in_place();
-    skipped.log();
-    Ok((now, rows))
+    Ok((now, rows, skipped))
 }
 
 /// A changed row's reading: `Ok(None)` when the row is gone (the last

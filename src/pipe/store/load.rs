@@ -125,6 +125,8 @@ pub(super) struct Loaded {
     pub(super) cursor: Option<Cursor>,
     /// Reading rows read (whole, or changed).
     pub(super) rows: u64,
+    /// Changed rows left out (not counted in a whole load's `metrics`).
+    pub(super) changed_skipped: Skipped,
 }
 
 /// Rows left out of a load: all counted, the first few with a reason.
@@ -176,13 +178,14 @@ pub(super) fn load(
         };
         let clock = Clock::at(now);
         if let Some((m, since)) = held {
-            let (cursor, rows) = changes::apply(&tx, m, since, &clock)?;
+            let (cursor, rows, changed_skipped) = changes::apply(&tx, m, since, &clock)?;
             return Ok(Loaded {
                 zones,
                 zones_version,
                 metrics: None,
                 cursor: Some(cursor),
                 rows,
+                changed_skipped,
             });
         }
         let mut skipped = Skipped::default();
@@ -195,6 +198,7 @@ pub(super) fn load(
             zones_version,
             cursor,
             rows,
+            changed_skipped: Skipped::default(),
         })
     };
     run().map_err(|e| e.to_string())

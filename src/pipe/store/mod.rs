@@ -121,6 +121,10 @@ pub struct Store {
     skipped_readings: Skipped,
     /// The first [`SKIPPED_KEPT`] reasons of both.
     skipped_why: Vec<String>,
+    /// When changed rows left out were last logged: a writer that keeps
+    /// writing a bad row is reported every `ERROR_LOG_EVERY`, not at every
+    /// change.
+    changed_skipped_logged: Option<Instant>,
     loaded_at: Instant,
     next_check: Instant,
     /// Set while the database cannot be read: when the error was last
@@ -172,6 +176,7 @@ impl Store {
             skipped_zones: Skipped::default(),
             skipped_readings: Skipped::default(),
             skipped_why: Vec::new(),
+            changed_skipped_logged: None,
             loaded_at: now,
             next_check: now + CHECK_EVERY,
             failing: None,
@@ -229,11 +234,16 @@ impl Store {
     }
 
     /// A client is being answered: with memcached, its network's readings
-    /// are fetched from the next refresh on. No I/O.
+    /// are fetched from now on; for a network not fetched yet, before this
+    /// answer, unless this lookup's refresh fetched already (one fetch per
+    /// lookup at most) or another new network did so very recently.
     pub fn asked_from(&mut self, client: Subnet) {
         if let Some(o) = &mut self.overlay {
             if let Some(n) = self.base.network_for(client) {
                 o.asked(&n.cidr, self.now);
+                if o.due(self.now) && !o.fetched_at(self.now) {
+                    o.fetch(&self.base, self.now);
+                }
             }
         }
     }
@@ -460,6 +470,12 @@ impl Store {
             self.stats.zone_loads += 1;
         }
         self.cursor = loaded.cursor;
+        let due =
+            (self.changed_skipped_logged).is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY);
+        if loaded.changed_skipped.count > 0 && due {
+            loaded.changed_skipped.log();
+            self.changed_skipped_logged = Some(now);
+        }
         // A commit that touched no reading (an edit of the zones) is no
         // reading load: the counters say what reading cost.
         if loaded.metrics.is_some() || loaded.rows > 0 {

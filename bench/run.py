@@ -24,6 +24,9 @@
    answering a recorded question stream while readings are written 10 times
    a second, one operator edit, start-up, memory, and pdns_server + dnsperf
    with a monitor round every second.
+6. Thousands of networks (`--only networks`, bench/networks.py): 100, 2,000
+   and 20,000 known networks × 8 targets, lookups while readings change,
+   memcached keys fetched, an observe round, `status`.
 
 `--baseline PATH` adds an older pdns-ha binary (e.g. built from an earlier
 commit in a scratch worktree) to parts 2, 4 and 5, so its figures stand
@@ -46,6 +49,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import large  # noqa: E402
+import networks  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "target", "release", "pdns-ha")
@@ -619,7 +623,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--clients", type=int, default=10, help="dnsperf clients per network")
     ap.add_argument("--lookups", type=int, default=1_000_000, help="pipe microbenchmark stream length")
-    ap.add_argument("--only", choices=["pdns", "pipe", "dnsdist", "footprint", "large"],
+    ap.add_argument("--only", choices=["pdns", "pipe", "dnsdist", "footprint", "large", "networks"],
                     help="run one part (dnsdist: its rows and the rows they are compared with)")
     ap.add_argument("--no-dhat", action="store_true", help="skip valgrind in the pipe part")
     ap.add_argument("--footprint-lookups", type=int, default=200_000, help="stream length for the four copies")
@@ -628,9 +632,16 @@ def main():
     ap.add_argument("--large-duration", type=int, default=30, help="seconds of question stream per run")
     ap.add_argument("--large-pdns-duration", type=int, default=60, help="seconds of dnsperf at the large size")
     ap.add_argument("--large-skip-pdns", action="store_true")
+    ap.add_argument("--networks-duration", type=int, default=20, help="seconds per networks run")
+    ap.add_argument("--networks-sizes", default=None, help="known networks per run, e.g. 100,2000,20000")
     # A partial run (--only) writes beside the full results rather than over them.
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.only == "networks":
+        os.makedirs(WORK, exist_ok=True)
+        bins = [("pdns-ha", BIN)] + ([("baseline", args.baseline)] if args.baseline else [])
+        networks.run(args, bins, os.path.join(REPO, "sql", "example.sql"), WORK, FOREVER)
+        return
     ha, lua = make_databases()
     pdns_rows = bench_pdns(args, ha, lua) if args.only in (None, "pdns", "dnsdist") else []
     pipe_rows = bench_pipe(args, ha) if args.only in (None, "pipe") else []

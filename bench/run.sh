@@ -12,7 +12,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need=()
-for pair in pdns_server:pdns-server dig:dnsutils dnsperf:dnsperf dnsdist:dnsdist valgrind:valgrind gcc:gcc /usr/bin/time:time; do
+for pair in memcached:memcached pdns_server:pdns-server dig:dnsutils dnsperf:dnsperf dnsdist:dnsdist valgrind:valgrind gcc:gcc /usr/bin/time:time; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 ls /usr/lib/*/pdns/libpipebackend.so >/dev/null 2>&1 || need+=(pdns-backend-pipe)

@@ -79,3 +79,44 @@ SELECT target, reason, since FROM ha_drain;
 -- name: drain_generations
 -- Absent from databases made before issue 19: read only where it exists.
 SELECT target, generation FROM ha_drain_generation;
+
+-- Changes since the last read (sql/schema.sql, ha_log), each in its table's
+-- shape above plus a last column that says whether the row is still there.
+-- `+l.kind` keeps the planner on the seq index: on the primary key (kind
+-- first) it would scan every latency key, 160,000 at 20,000 networks.
+
+-- name: hard_versions
+SELECT (SELECT n FROM ha_changes WHERE kind = 'networks'),
+       (SELECT n FROM ha_changes WHERE kind = 'targets');
+
+-- name: log_seq
+SELECT ifnull(max(seq), 0) FROM ha_log;
+
+-- name: latency_changed
+SELECT l.k1, l.k2, t.ewma_ms, t.mean_ms, t.samples, t.updated, l.k3, t.callers,
+       t.network IS NOT NULL
+FROM ha_log l LEFT JOIN ha_latency t ON t.network = l.k1 AND t.target = l.k2 AND t.source = l.k3
+WHERE l.seq > ?1 AND +l.kind = 'latency';
+
+-- name: health_changed
+SELECT l.k1, l.k2, t.up, t.updated, t.target IS NOT NULL
+FROM ha_log l LEFT JOIN ha_health t ON t.target = l.k1 AND t.monitor = l.k2
+WHERE l.seq > ?1 AND +l.kind = 'health';
+
+-- name: load_changed
+SELECT l.k1, t.sessions, t.max_sessions, t.updated, t.target IS NOT NULL
+FROM ha_log l LEFT JOIN ha_load t ON t.target = l.k1
+WHERE l.seq > ?1 AND +l.kind = 'load';
+
+-- name: drains_changed
+SELECT l.k1, t.reason, t.since, t.target IS NOT NULL, g.generation
+FROM ha_log l LEFT JOIN ha_drain t ON t.target = l.k1
+  LEFT JOIN ha_drain_generation g ON g.target = l.k1
+WHERE l.seq > ?1 AND +l.kind = 'drain';
+
+-- name: service_health_changed
+-- Keyed (target, 'transport/port', monitor) in the log.
+SELECT l.k1, l.k2, l.k3, t.up, t.updated, t.target IS NOT NULL
+FROM ha_log l LEFT JOIN ha_service_health t ON t.target = l.k1
+  AND t.transport || '/' || t.port = l.k2 AND t.monitor = l.k3
+WHERE l.seq > ?1 AND +l.kind = 'service';

@@ -281,3 +281,143 @@ CREATE TRIGGER IF NOT EXISTS ha_zones_domains_update AFTER UPDATE ON domains
 BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;
 CREATE TRIGGER IF NOT EXISTS ha_zones_domains_delete AFTER DELETE ON domains
 BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'zones'; END;
+
+-- Hard state the pipe holds beside the readings: an edit of the networks or
+-- the targets moves its own counter, and only then is that table re-read.
+INSERT OR IGNORE INTO ha_changes (kind, n) VALUES ('networks', 0);
+INSERT OR IGNORE INTO ha_changes (kind, n) VALUES ('targets', 0);
+
+CREATE TRIGGER IF NOT EXISTS ha_networks_insert AFTER INSERT ON ha_networks
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'networks'; END;
+CREATE TRIGGER IF NOT EXISTS ha_networks_update AFTER UPDATE ON ha_networks
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'networks'; END;
+CREATE TRIGGER IF NOT EXISTS ha_networks_delete AFTER DELETE ON ha_networks
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'networks'; END;
+CREATE TRIGGER IF NOT EXISTS ha_targets_insert AFTER INSERT ON ha_targets
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'targets'; END;
+CREATE TRIGGER IF NOT EXISTS ha_targets_update AFTER UPDATE ON ha_targets
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'targets'; END;
+CREATE TRIGGER IF NOT EXISTS ha_targets_delete AFTER DELETE ON ha_targets
+BEGIN UPDATE ha_changes SET n = n + 1 WHERE kind = 'targets'; END;
+
+-- Which readings changed, so that a pipe reads the rows a commit touched
+-- and not every reading (issue 22: 160,000 rows at 20,000 networks × 8
+-- targets). One row per reading key ever written, stamped with a sequence
+-- number that every write of that key moves past all others; a pipe reads
+-- the rows stamped after the last number it saw, joined to the readings
+-- (a key whose reading is gone was deleted). Kept by triggers, so every
+-- writer (monitor, observe, metric, sqlite3 by hand) is seen. Keys are
+-- (network, target, source) for 'latency', (target, monitor) for
+-- 'health', (target, 'transport/port', monitor) for 'service', the target
+-- for 'load' and 'drain' (a drain's generation moves with it).
+CREATE TABLE IF NOT EXISTS ha_log (
+  kind                  TEXT NOT NULL,
+  k1                    TEXT NOT NULL,
+  k2                    TEXT NOT NULL DEFAULT '',
+  k3                    TEXT NOT NULL DEFAULT '',
+  seq                   INTEGER NOT NULL,
+  PRIMARY KEY (kind, k1, k2, k3)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ha_log_seq ON ha_log (seq);
+
+-- An upsert, not INSERT OR REPLACE: a writer's own upsert would override
+-- the trigger's conflict policy. The sequence number is taken before the
+-- row is replaced, so it always moves past every number a pipe has seen.
+CREATE TRIGGER IF NOT EXISTS ha_log_latency_insert AFTER INSERT ON ha_latency
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('latency', new.network, new.target, new.source, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_latency_update AFTER UPDATE ON ha_latency
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('latency', new.network, new.target, new.source, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_latency_rekey AFTER UPDATE ON ha_latency
+WHEN old.network IS NOT new.network OR old.target IS NOT new.target OR old.source IS NOT new.source
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('latency', old.network, old.target, old.source, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_latency_delete AFTER DELETE ON ha_latency
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('latency', old.network, old.target, old.source, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_health_insert AFTER INSERT ON ha_health
+BEGIN INSERT INTO ha_log (kind, k1, k2, seq)
+  VALUES ('health', new.target, new.monitor, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_health_update AFTER UPDATE ON ha_health
+BEGIN INSERT INTO ha_log (kind, k1, k2, seq)
+  VALUES ('health', new.target, new.monitor, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_health_rekey AFTER UPDATE ON ha_health
+WHEN old.target IS NOT new.target OR old.monitor IS NOT new.monitor
+BEGIN INSERT INTO ha_log (kind, k1, k2, seq)
+  VALUES ('health', old.target, old.monitor, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_health_delete AFTER DELETE ON ha_health
+BEGIN INSERT INTO ha_log (kind, k1, k2, seq)
+  VALUES ('health', old.target, old.monitor, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_load_insert AFTER INSERT ON ha_load
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('load', new.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_load_update AFTER UPDATE ON ha_load
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('load', new.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_load_rekey AFTER UPDATE ON ha_load
+WHEN old.target IS NOT new.target
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('load', old.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_load_delete AFTER DELETE ON ha_load
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('load', old.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_drain_insert AFTER INSERT ON ha_drain
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('drain', new.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_drain_update AFTER UPDATE ON ha_drain
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('drain', new.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_drain_rekey AFTER UPDATE ON ha_drain
+WHEN old.target IS NOT new.target
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('drain', old.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_drain_delete AFTER DELETE ON ha_drain
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('drain', old.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_drain_generation_insert AFTER INSERT ON ha_drain_generation
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('drain', new.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_drain_generation_update AFTER UPDATE ON ha_drain_generation
+BEGIN INSERT INTO ha_log (kind, k1, seq)
+  VALUES ('drain', new.target, (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_service_insert AFTER INSERT ON ha_service_health
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('service', new.target, new.transport || '/' || new.port, new.monitor,
+          (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_service_update AFTER UPDATE ON ha_service_health
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('service', new.target, new.transport || '/' || new.port, new.monitor,
+          (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_service_rekey AFTER UPDATE ON ha_service_health
+WHEN old.target IS NOT new.target OR old.transport IS NOT new.transport
+  OR old.port IS NOT new.port OR old.monitor IS NOT new.monitor
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('service', old.target, old.transport || '/' || old.port, old.monitor,
+          (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;
+CREATE TRIGGER IF NOT EXISTS ha_log_service_delete AFTER DELETE ON ha_service_health
+BEGIN INSERT INTO ha_log (kind, k1, k2, k3, seq)
+  VALUES ('service', old.target, old.transport || '/' || old.port, old.monitor,
+          (SELECT ifnull(max(seq), 0) + 1 FROM ha_log))
+  ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq; END;

@@ -460,6 +460,9 @@ pub enum TargetCommand {
 pub struct StatusArgs {
     #[command(flatten)]
     pub read: ReadArgs,
+    /// List every network's latency per target; past ten networks a target's are summarized
+    #[arg(long)]
+    pub all_networks: bool,
 }
 
 impl StatusArgs {

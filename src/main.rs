@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         PipeCommand::Status(a) => {
             let opts = a.options();
             validate::set_max_skew(opts.max_clock_skew);
-            ops::report::status(&opts)
+            ops::report::status(&opts, a.all_networks)
         }
         PipeCommand::Explain(a) => {
             let opts = a.options();

@@ -4,6 +4,7 @@ mod attacks;
 mod dnsdist;
 mod live;
 pub(crate) mod memcached;
+pub(crate) mod networks;
 pub(crate) mod reliability;
 mod startup;
 pub(crate) mod trust;

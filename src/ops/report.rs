@@ -47,7 +47,7 @@ pub(super) fn view(opts: &PipeOptions) -> Result<Store, String> {
     let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
     match &opts.cache {
         None => Ok(store),
-        Some(c) => Ok(store.with_cache(crate::state::memcached::Cache::connect(c)?)),
+        Some(c) => Ok(store.with_cache_for_all(crate::state::memcached::Cache::connect(c)?)),
     }
 }
 
@@ -153,7 +153,11 @@ pub(super) fn table(rows: &[Vec<String>]) -> String {
     for r in rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
-            let _ = write!(line, "{cell:<w$}  ", w = width[c]);
+            // Padded by hand: a format width is at most 65,535, and the
+            // latency cell of `--all-networks` at 20,000 networks is wider.
+            line.push_str(cell);
+            let pad = width[c].saturating_sub(cell.chars().count()) + 2;
+            line.extend(std::iter::repeat_n(' ', pad));
         }
         out += line.trim_end();
         out.push('\n');
@@ -161,7 +165,65 @@ pub(super) fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn status(opts: &PipeOptions) -> Result<(), String> {
+/// Past this many measured networks per target, `status` shows `*`, the
+/// fastest and the slowest [`SUMMARY_TOP`] and a summary line, unless
+/// `--all-networks` (issue 22: 20,000 networks make a line nobody reads).
+const SUMMARY_OVER: usize = 10;
+const SUMMARY_TOP: usize = 3;
+
+/// Which of `fused` (one per measured network, `None` when stale) are
+/// shown: all of them, or `*` (`any`), the fastest and the slowest.
+fn shown_networks(fused: &[(bool, Option<f64>)], all: bool) -> Vec<usize> {
+    if all || fused.len() <= SUMMARY_OVER {
+        return (0..fused.len()).collect();
+    }
+    let mut fresh: Vec<usize> = (0..fused.len())
+        .filter(|&i| !fused[i].0 && fused[i].1.is_some())
+        .collect();
+    fresh.sort_by(|&a, &b| {
+        fused[a]
+            .1
+            .partial_cmp(&fused[b].1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut shown: Vec<usize> = (0..fused.len()).filter(|&i| fused[i].0).collect();
+    shown.extend(fresh.iter().take(SUMMARY_TOP));
+    shown.extend(
+        fresh
+            .iter()
+            .rev()
+            .take(SUMMARY_TOP.min(fresh.len().saturating_sub(SUMMARY_TOP))),
+    );
+    shown.sort_unstable();
+    shown.dedup();
+    // `*` first, then fastest to slowest.
+    shown.sort_by(|&a, &b| {
+        (!fused[a].0).cmp(&!fused[b].0).then(
+            fused[a]
+                .1
+                .partial_cmp(&fused[b].1)
+                .unwrap_or(std::cmp::Ordering::Equal),
+        )
+    });
+    shown
+}
+
+/// The summary of the networks `shown_networks` left out.
+fn summary(fused: &[(bool, Option<f64>)], shown: usize) -> String {
+    let mut fresh: Vec<f64> = fused.iter().filter(|f| !f.0).filter_map(|f| f.1).collect();
+    fresh.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let median = fresh
+        .get(fresh.len() / 2)
+        .map_or("-".into(), |m| format!("{m:.1} ms"));
+    format!(
+        "{} more of {} networks measured ({} fresh, median {median}; --all-networks lists them)",
+        fused.len() - shown,
+        fused.iter().filter(|f| !f.0).count(),
+        fresh.len()
+    )
+}
+
+pub fn status(opts: &PipeOptions, all_networks: bool) -> Result<(), String> {
     let store = view(opts)?;
     let metrics = store.metrics();
     let conn = open(&opts.db)?;
@@ -225,11 +287,22 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
             format!("{}/{max} {} ({from})", l.sessions, stale(l.updated))
         });
         let mut latency = Vec::new();
+        // Fused figure per measured network, then details for those shown.
+        let mut measured: Vec<(&str, &str)> = Vec::new();
+        let mut fused_all: Vec<(bool, Option<f64>)> = Vec::new();
         for (cidr, label) in &networks {
-            let parts: Vec<(Source, Latency)> = metrics.latency(cidr, name).collect();
-            if parts.is_empty() {
+            let mut parts = metrics.latency(cidr, name).peekable();
+            if parts.peek().is_none() {
                 continue;
             }
+            let fused = fuse(parts, now, f64::from(stale_after));
+            measured.push((cidr, label));
+            fused_all.push((*cidr == ANY_NETWORK, fused.map(|f| f.ms)));
+        }
+        let listed = shown_networks(&fused_all, all_networks);
+        for &i in &listed {
+            let (cidr, label) = measured[i];
+            let parts: Vec<(Source, Latency)> = metrics.latency(cidr, name).collect();
             let fused = fuse(parts.iter().copied(), now, f64::from(stale_after));
             let each: Vec<String> = parts
                 .into_iter()
@@ -256,6 +329,9 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
                 .collect();
             let figure = fused.map_or("STALE".into(), |f| format!("{:.1} ms", f.ms));
             latency.push(format!("{}: {figure} = {}", shown(label), each.join(" + ")));
+        }
+        if listed.len() < measured.len() {
+            latency.push(summary(&fused_all, listed.len()));
         }
         let latency = if latency.is_empty() {
             "-".into()
@@ -307,13 +383,21 @@ pub fn status(opts: &PipeOptions) -> Result<(), String> {
         let _ = write!(out, "\n{}", table(&rows));
     }
     quality(&conn, metrics, &stale, &mut out);
-    let mut names: Vec<String> = metrics
-        .networks()
-        .iter()
-        .map(|n| format!("{} {}", shown(&n.name), shown(&n.cidr)))
-        .collect();
-    names.sort();
-    let _ = writeln!(out, "\nnetworks: {}", names.join(", "));
+    let known = metrics.networks();
+    if known.len() > SUMMARY_OVER && !all_networks {
+        let _ = writeln!(
+            out,
+            "\nnetworks: {} known (--all-networks lists them)",
+            known.len()
+        );
+    } else {
+        let mut names: Vec<String> = known
+            .iter()
+            .map(|n| format!("{} {}", shown(&n.name), shown(&n.cidr)))
+            .collect();
+        names.sort();
+        let _ = writeln!(out, "\nnetworks: {}", names.join(", "));
+    }
     let _ = writeln!(
         out,
         "readings older than {stale_after}s are STALE and count as unknown"
@@ -737,4 +821,32 @@ fn reading_from(
         Why::Static | Why::Unmeasured | Why::UnknownLoad => None,
     };
     from.map_or(String::new(), |f| format!("({f})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Few networks: all listed. Many: `*`, the three fastest and the three
+    /// slowest fresh ones; stale ones only counted.
+    #[test]
+    fn many_networks_are_summarized() {
+        let few: Vec<(bool, Option<f64>)> =
+            (0..SUMMARY_OVER).map(|i| (false, Some(i as f64))).collect();
+        assert_eq!(shown_networks(&few, false).len(), SUMMARY_OVER);
+        let mut many: Vec<(bool, Option<f64>)> = (0..100)
+            .map(|i| (false, Some(f64::from((i * 37) % 100))))
+            .collect();
+        many.push((false, None));
+        many.push((true, Some(50.0)));
+        let shown = shown_networks(&many, false);
+        let ms: Vec<f64> = shown.iter().filter_map(|&i| many[i].1).collect();
+        assert_eq!(ms, [50.0, 0.0, 1.0, 2.0, 97.0, 98.0, 99.0]);
+        assert_eq!(shown[0], 101, "`*` always, first");
+        assert_eq!(shown_networks(&many, true).len(), 102);
+        assert_eq!(
+            summary(&many, shown.len()),
+            "95 more of 101 networks measured (100 fresh, median 50.0 ms; --all-networks lists them)"
+        );
+    }
 }

@@ -177,6 +177,9 @@ impl Backend {
         self.stats.questions += 1;
         let abi = self.abi_or_v1();
         let (client, now) = (q.client(), (self.clock)());
+        if self.ranker.algorithm == crate::select::Algorithm::LeastLatency {
+            self.store.asked_from(client);
+        }
         let mut n = 0;
         // pdns asks class IN only; anything else has no data here.
         if q.qclass.eq_ignore_ascii_case("IN") {
@@ -259,6 +262,11 @@ impl Backend {
                     "zone loads: {}, reading loads: {}, names read: {}, read failures: {}",
                     st.zone_loads, st.reading_loads, st.name_reads, st.read_failures
                 )?;
+                writeln!(
+                    out,
+                    "reading rows read: {} (last load: {}), full reading loads: {}",
+                    st.reading_rows, st.reading_rows_last, st.reading_full_loads
+                )?;
                 writeln!(out, "rows skipped: {}", self.store.skipped().0)?;
                 if let Some(c) = self.store.cache() {
                     let auth = match c.authenticated() {
@@ -271,6 +279,13 @@ impl Backend {
                         c.failures(),
                         c.rejects()
                     )?;
+                    if let Some(o) = self.store.overlay().map(|o| o.stats()) {
+                        writeln!(
+                            out,
+                            "memcached fetches: {}, keys fetched: {} (last fetch: {})",
+                            o.fetches, o.keys, o.last_keys
+                        )?;
+                    }
                 }
                 writeln!(out, "uptime: {:.0?}", self.started.elapsed())?;
             }

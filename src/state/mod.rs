@@ -1,12 +1,14 @@
 //! Soft state: health, load and latency readings. Types and their text form
 //! in [`reading`], the pipe's lookup index in [`index`], memcached transport
-//! in [`memcached`], and the SQLite (plus memcached) [`writer`] that
-//! `monitor` and `metric` use. Their one validation is [`validate`]; the
-//! sealing of shared values and the hashing of long keys is [`auth`].
+//! in [`memcached`] and what a pipe fetches through it in [`overlay`], and
+//! the SQLite (plus memcached) [`writer`] that `monitor` and `metric` use.
+//! Their one validation is [`validate`]; the sealing of shared values and
+//! the hashing of long keys is [`auth`].
 
 pub mod auth;
 pub mod index;
 pub mod memcached;
+pub mod overlay;
 pub mod reading;
 pub mod service;
 pub mod validate;

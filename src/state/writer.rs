@@ -429,14 +429,19 @@ impl Writer {
         callers: Option<u32>,
     ) -> Result<Latency, String> {
         validate::latency_ms(ms).map_err(|e| e.to_string())?;
+        // Cached statements: observe writes one row per network in a round,
+        // 20,000 of them at the scale of issue 22.
         let old: Option<(f64, f64, i64, i64)> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT mean_ms, ewma_ms, samples, timeouts FROM ha_latency
                  WHERE network = ?1 AND target = ?2 AND source = ?3",
-                [network, target, source.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
+            .and_then(|mut s| {
+                s.query_row([network, target, source.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+            })
             .optional()
             .map_err(|e| e.to_string())?;
         // A stored row out of range (written by hand, or by a broken
@@ -477,7 +482,7 @@ impl Writer {
         };
         Clock::now().latency(&l).map_err(|e| e.to_string())?;
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO ha_latency
                    (network, target, source, mean_ms, ewma_ms, samples, timeouts, updated,
                     callers, monitor)
@@ -485,7 +490,9 @@ impl Writer {
                  ON CONFLICT (network, target, source) DO UPDATE SET
                    mean_ms = ?4, ewma_ms = ?5, samples = ?6, updated = ?7, callers = ?8,
                    monitor = ?9",
-                params![
+            )
+            .and_then(|mut s| {
+                s.execute(params![
                     network,
                     target,
                     source.as_str(),
@@ -495,8 +502,8 @@ impl Writer {
                     updated,
                     callers,
                     self.monitor
-                ],
-            )
+                ])
+            })
             .map_err(|e| e.to_string())?;
         let (network, target) = (network.to_owned(), target.to_owned());
         self.publish(Reading::Latency {

@@ -207,19 +207,20 @@ fn memcached_is_asked_for_the_networks_answered() {
     );
     p.ask("HELO\t5");
     // Before any lookup: per target its drain and load (no monitor is
-    // listed, so no health keys) and `*` latency from three sources.
+    // listed, so no health keys) and `*` latency from every source.
     let targets: u32 = Connection::open(&db)
         .unwrap()
         .query_row("SELECT count(*) FROM ha_targets", [], |r| r.get(0))
         .unwrap();
-    let per_target = targets * (2 + 3);
+    let sources = pdns_ha::state::reading::Source::ALL.len() as u32;
+    let per_target = targets * (2 + sources);
     assert_eq!(figure(&mut p, "(last fetch"), u64::from(per_target));
     for client in ["10.0.5.1", "10.1.9.1"] {
         srv_from(&mut p, client);
     }
     // The next fetches (at most a second apart while the pipe answers)
     // add the latency of the two networks asked for, and no others.
-    let want = u64::from(per_target + 2 * targets * 3);
+    let want = u64::from(per_target + 2 * targets * sources);
     let deadline = Instant::now() + Duration::from_secs(10);
     while figure(&mut p, "(last fetch") != want {
         assert!(

@@ -276,7 +276,7 @@ fn fuzz_json_rpc_reader() {
     fuzz("json-rpc", 0x4a5, &seeds, dictionary, |input| {
         tx.send(input.to_vec()).unwrap();
         let t = Instant::now();
-        let _ = crate::monitor::kamailio::read_active_dialogs(&url, PROBE_TIMEOUT);
+        let _ = crate::net::kamailio::read_active_dialogs(&url, PROBE_TIMEOUT);
         assert!(t.elapsed() < PROBE_TIMEOUT * 3, "took {:?}", t.elapsed());
     });
 }

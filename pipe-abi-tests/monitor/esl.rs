@@ -5,7 +5,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use pdns_ha::monitor::esl::{read_load, read_status, Load};
-use pdns_ha::monitor::probe::{ProbeError, ProbeErrorKind};
+use pdns_ha::net::probe::{ProbeError, ProbeErrorKind};
 
 use crate::esl_standin::{self, Config, Fault, StandIn};
 

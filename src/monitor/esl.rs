@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
+use crate::net::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
 
 /// Real header blocks are under 200 bytes; anything near this is not an ESL server.
 const MAX_HEADER: usize = 8 * 1024;

@@ -21,10 +21,8 @@
 //! keeps its last state (unknown once stale).
 
 pub mod esl;
-pub mod kamailio;
 pub mod openmetrics;
 pub mod pool;
-pub mod probe;
 pub mod resolve;
 pub mod sip_options;
 pub mod stream;
@@ -48,11 +46,12 @@ use crate::text::{shown, Reported};
 use openmetrics::{Figures, LatencyFigure, Stamped};
 
 use self::pool::{Degraded, Done, Start};
-use self::probe::ProbeError;
 use self::resolve::{Lookup, Resolver};
 use self::sip_options::{AcceptCodes, Answer};
 use self::stream::{StreamDone, StreamOk, StreamSpec};
 use self::tls::{CertSeen, TlsSettings};
+use crate::net::kamailio;
+use crate::net::probe::{self, ProbeError};
 use crate::state::service::{Service, Transport};
 
 /// SIP's default port, for targets without a `probe_address`.

@@ -25,7 +25,7 @@ pub use crate::net::openmetrics::{
     LATENCY_AGE, ROUNDS, ROUND_DURATION, TARGET_LATENCY,
 };
 
-use super::probe::ProbeErrorKind;
+use crate::net::probe::ProbeErrorKind;
 
 // Metric family names. Units in the name, base units only (seconds), as Prometheus's
 // naming conventions ask; counters get `_total` on their samples.

@@ -19,9 +19,9 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::probe::ProbeError;
 use super::sip_options::{Answer, UdpProbe};
 use super::stream::{StreamDone, StreamProbe, StreamSpec};
+use crate::net::probe::ProbeError;
 
 /// Stack for a worker thread: the probes keep their buffers on the heap, and threads that
 /// ask for less address space are more likely to start when memory is tight.

@@ -36,8 +36,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::probe::{printable, Deadline, ProbeError};
 use super::stream::{self, StreamOk, StreamSpec};
+use crate::net::probe::{printable, Deadline, ProbeError};
 
 /// RFC 3261 timers for retransmitting a non-INVITE request over UDP: first after T1, then
 /// doubling up to T2. Only probes with a timeout above T1 ever retransmit.

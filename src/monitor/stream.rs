@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConnection;
 
-use super::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
 use super::sip_options::{
     final_answer, options_request, sip_message_len, Answer, Ids, MAX_TCP_READ, WAITING,
 };
 use super::tls::{self, CertSeen};
+use crate::net::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
 
 /// What to do once connected.
 pub struct StreamSpec {

@@ -305,7 +305,7 @@ pub fn refusal(e: &Error, names: &[&str]) -> Refused {
                 let shown: Vec<String> = presented
                     .iter()
                     .take(5)
-                    .map(|n| super::probe::printable(presented_name(n).as_bytes(), 80))
+                    .map(|n| crate::net::probe::printable(presented_name(n).as_bytes(), 80))
                     .collect();
                 let listed = match shown.is_empty() {
                     true => "no name".to_owned(),

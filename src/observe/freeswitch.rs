@@ -54,7 +54,7 @@ use log::{info, warn};
 use super::aggregate::{aggregate, Dropped, NetworkRtt, Policy, Sample};
 use super::openmetrics::{CallFigures, Listener, Round};
 use crate::dns::Subnet;
-use crate::esl_wire::{each_header, Format, Next, Raw, Reader, WireError};
+use crate::net::esl_wire::{each_header, Format, Next, Raw, Reader, WireError};
 use crate::state::index::Metrics;
 use crate::state::reading::Source;
 use crate::state::writer::Writer;

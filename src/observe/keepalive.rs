@@ -46,8 +46,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::aggregate::{subscriber, Sample};
-use crate::monitor::kamailio;
-use crate::monitor::probe::{ProbeError, ProbeErrorKind};
+use crate::net::kamailio;
+use crate::net::probe::{ProbeError, ProbeErrorKind};
 use serde::Deserialize;
 
 /// An `ul.dump` reply is about 890 bytes per contact (8.9 MB for 10,000 measured); this

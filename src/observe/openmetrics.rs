@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::monitor::openmetrics::error_kind;
-use crate::monitor::probe::ProbeErrorKind;
 use crate::net::openmetrics::{age, escape, family, rounds_and_end, Format};
+use crate::net::probe::ProbeErrorKind;
 use crate::state::reading::Latency;
 
 use super::tcp_rtt::DiagError;

@@ -17,8 +17,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::dns::Subnet;
-use crate::monitor::kamailio::connect_target;
 use crate::monitor::sip_options::AcceptCodes;
+use crate::net::kamailio::connect_target;
 use crate::pipe::zone::{Builder, Row, Skip};
 use crate::state::reading::target_key;
 use crate::text::shown;

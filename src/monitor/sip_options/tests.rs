@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use super::*;
-use crate::monitor::probe::ProbeErrorKind;
+use crate::net::probe::ProbeErrorKind;
 
 const T: Duration = Duration::from_millis(1000);
 const MS: Duration = Duration::from_millis(1);

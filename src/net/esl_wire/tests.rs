@@ -4,9 +4,10 @@
 use super::*;
 
 const HANGUP_PLAIN: &str =
-    include_str!("../../pipe-abi-tests/fixtures/freeswitch-hangup-plain.txt");
-const HANGUP_JSON: &str = include_str!("../../pipe-abi-tests/fixtures/freeswitch-hangup-json.txt");
-const RTCP_PLAIN: &str = include_str!("../../pipe-abi-tests/fixtures/freeswitch-rtcp-plain.txt");
+    include_str!("../../../pipe-abi-tests/fixtures/freeswitch-hangup-plain.txt");
+const HANGUP_JSON: &str =
+    include_str!("../../../pipe-abi-tests/fixtures/freeswitch-hangup-json.txt");
+const RTCP_PLAIN: &str = include_str!("../../../pipe-abi-tests/fixtures/freeswitch-rtcp-plain.txt");
 
 /// A reader that hands out `step` bytes per read, as a slow network does.
 struct Drip<'a> {

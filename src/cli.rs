@@ -150,7 +150,7 @@ impl MemcachedArgs {
         self.memcached.as_ref().map(|servers| CacheOptions {
             servers: servers.clone(),
             prefix: self.memcached_prefix.clone(),
-            ttl: Secs(stale_after),
+            ttl: stale_after,
             key_file: self.memcached_key_file.clone(),
         })
     }

@@ -5,23 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::select::Algorithm;
+pub use crate::state::memcached::CacheOptions;
 use crate::state::writer::AntiFlap;
 
 /// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Secs(pub u32);
-
-/// `--memcached HOST:PORT[,...]` with its prefix, the expiry of what is
-/// published (the `--stale-after` of the command) and the shared secret
-/// that seals values (`--memcached-key-file`). Every command that talks to
-/// memcached takes all of these.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheOptions {
-    pub servers: String,
-    pub prefix: String,
-    pub ttl: Secs,
-    pub key_file: Option<PathBuf>,
-}
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct PipeOptions {

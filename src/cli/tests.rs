@@ -53,7 +53,7 @@ fn pipe_is_the_default() {
     let want = CacheOptions {
         servers: "127.0.0.1:11211,[::1]:11211".into(),
         prefix: "pdns-ha".into(),
-        ttl: Secs(9),
+        ttl: 9,
         key_file: None,
     };
     assert_eq!(o.cache, Some(want));

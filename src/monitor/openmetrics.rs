@@ -24,6 +24,7 @@ pub use crate::net::openmetrics::{
     age, escape, family, rounds_and_end, serve, Format, CONTENT_TYPE, CONTENT_TYPE_TEXT,
     LATENCY_AGE, ROUNDS, ROUND_DURATION, TARGET_LATENCY,
 };
+pub use crate::net::probe::error_kind;
 
 use crate::net::probe::ProbeErrorKind;
 
@@ -115,20 +116,6 @@ impl Figures {
     pub fn retain_targets<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
         let keep: std::collections::HashSet<&str> = names.into_iter().collect();
         self.targets.retain(|name, _| keep.contains(name.as_str()));
-    }
-}
-
-/// The `kind` label of a failed probe: a small, fixed set, as labels must be.
-pub fn error_kind(kind: &ProbeErrorKind) -> &'static str {
-    match kind {
-        ProbeErrorKind::BadTarget(_) => "bad_target",
-        ProbeErrorKind::Io { .. } => "io",
-        ProbeErrorKind::Timeout { .. } => "timeout",
-        ProbeErrorKind::Closed { .. } => "closed",
-        ProbeErrorKind::Protocol(_) => "protocol",
-        ProbeErrorKind::AuthRejected => "auth_rejected",
-        ProbeErrorKind::Remote(_) => "remote",
-        ProbeErrorKind::Tls { .. } => "tls",
     }
 }
 

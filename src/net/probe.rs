@@ -50,6 +50,20 @@ pub enum ProbeErrorKind {
 /// One probe's result may stand for two readings (a target's own probe and the advertised
 /// service at the same address), so errors are copied; an OS error keeps its errno, which
 /// is what [`ProbeError::is_resource_shortage`] and the metrics' `kind` look at.
+/// The `kind` label of a failed probe: a small, fixed set, as labels must be.
+pub fn error_kind(kind: &ProbeErrorKind) -> &'static str {
+    match kind {
+        ProbeErrorKind::BadTarget(_) => "bad_target",
+        ProbeErrorKind::Io { .. } => "io",
+        ProbeErrorKind::Timeout { .. } => "timeout",
+        ProbeErrorKind::Closed { .. } => "closed",
+        ProbeErrorKind::Protocol(_) => "protocol",
+        ProbeErrorKind::AuthRejected => "auth_rejected",
+        ProbeErrorKind::Remote(_) => "remote",
+        ProbeErrorKind::Tls { .. } => "tls",
+    }
+}
+
 impl Clone for ProbeErrorKind {
     fn clone(&self) -> Self {
         match self {

@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::monitor::openmetrics::error_kind;
 use crate::net::openmetrics::{age, escape, family, rounds_and_end, Format};
+use crate::net::probe::error_kind;
 use crate::net::probe::ProbeErrorKind;
 use crate::state::reading::Latency;
 

@@ -17,9 +17,9 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::dns::Subnet;
-use crate::monitor::sip_options::AcceptCodes;
 use crate::net::kamailio::connect_target;
 use crate::pipe::zone::{Builder, Row, Skip};
+use crate::state::codes::AcceptCodes;
 use crate::state::reading::target_key;
 use crate::text::shown;
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::dns::Subnet;
-use crate::monitor::sip_options::AcceptCodes;
+use crate::state::codes::AcceptCodes;
 use crate::text::shown;
 
 /// What `target add` and `target set` may change; `None` leaves a column as it is (set)

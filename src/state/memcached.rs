@@ -197,6 +197,18 @@ impl Server {
     }
 }
 
+/// `--memcached HOST:PORT[,...]` with its prefix, the expiry in seconds of what is
+/// published (the `--stale-after` of the command) and the shared secret that seals values
+/// (`--memcached-key-file`). Every command that talks to memcached takes all of these, and
+/// connects through [`Cache::connect`], so none can forget the key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheOptions {
+    pub servers: String,
+    pub prefix: String,
+    pub ttl: u32,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
 pub struct Cache {
     servers: Vec<Server>,
     pub prefix: String,
@@ -288,8 +300,8 @@ impl Cache {
     /// one constructor every command uses, so none forgets the key.
     /// The client `--memcached` and its companions describe: the one way every command
     /// connects, so none can forget the key file.
-    pub fn connect(o: &crate::config::CacheOptions) -> Result<Self, String> {
-        Self::open(&o.servers, &o.prefix, o.ttl.0, o.key_file.as_deref())
+    pub fn connect(o: &CacheOptions) -> Result<Self, String> {
+        Self::open(&o.servers, &o.prefix, o.ttl, o.key_file.as_deref())
     }
 
     pub fn open(

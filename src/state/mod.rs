@@ -3,9 +3,12 @@
 //! in [`memcached`] and what a pipe fetches through it in [`overlay`], and
 //! the SQLite (plus memcached) [`writer`] that `monitor` and `metric` use.
 //! Their one validation is [`validate`]; the sealing of shared values and
-//! the hashing of long keys is [`auth`].
+//! the hashing of long keys is [`auth`]. What an `ha_targets` row says about a
+//! target's services: [`service`] (transports and ports from the SRV records)
+//! and [`codes`] (the SIP codes that mean up).
 
 pub mod auth;
+pub mod codes;
 pub mod index;
 pub mod memcached;
 pub mod overlay;

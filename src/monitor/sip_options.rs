@@ -36,7 +36,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::stream::{self, StreamOk, StreamSpec};
 use crate::net::probe::{printable, Deadline, ProbeError};
 pub use crate::state::codes::AcceptCodes;
 
@@ -187,38 +186,6 @@ impl UdpProbe {
                 Err(e) => return Some(Err(self.deadline().io_err(WAITING, e))),
             }
         }
-    }
-}
-
-/// Probes `addr` with SIP OPTIONS over TCP. The round trip excludes the TCP handshake, so it
-/// compares with [`probe_udp`]; use [`probe_tcp_connect`] for the handshake alone. The same
-/// non-blocking state machine the monitor's rounds run by the thousand
-/// ([`super::stream`]), driven alone.
-pub fn probe_tcp_sip(addr: SocketAddr, timeout: Duration) -> Result<Answer, ProbeError> {
-    let spec = StreamSpec {
-        addr,
-        sip: true,
-        tls: None,
-        names: Vec::new(),
-    };
-    match stream::probe_one(spec, timeout).result? {
-        StreamOk::Sip(a) => Ok(a),
-        StreamOk::Connected(_) => unreachable!("a sip probe ends with an answer"),
-    }
-}
-
-/// Times a TCP handshake with `addr`; about one network round trip. A refused connection is
-/// an error, though the RST was also a round trip: the port is closed, so the target is down.
-pub fn probe_tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-    let spec = StreamSpec {
-        addr,
-        sip: false,
-        tls: None,
-        names: Vec::new(),
-    };
-    match stream::probe_one(spec, timeout).result? {
-        StreamOk::Connected(rtt) => Ok(rtt),
-        StreamOk::Sip(_) => unreachable!("a connect probe sends nothing"),
     }
 }
 

@@ -436,5 +436,37 @@ pub fn probe_one(spec: StreamSpec, timeout: Duration) -> StreamDone {
     }
 }
 
+/// Probes `addr` with SIP OPTIONS over TCP. The round trip excludes the TCP handshake, so it
+/// compares with [`super::sip_options::probe_udp`]; use [`probe_tcp_connect`] for the handshake alone. The same
+/// non-blocking state machine the monitor's rounds run by the thousand
+/// (this module), driven alone.
+pub fn probe_tcp_sip(addr: SocketAddr, timeout: Duration) -> Result<Answer, ProbeError> {
+    let spec = StreamSpec {
+        addr,
+        sip: true,
+        tls: None,
+        names: Vec::new(),
+    };
+    match probe_one(spec, timeout).result? {
+        StreamOk::Sip(a) => Ok(a),
+        StreamOk::Connected(_) => unreachable!("a sip probe ends with an answer"),
+    }
+}
+
+/// Times a TCP handshake with `addr`; about one network round trip. A refused connection is
+/// an error, though the RST was also a round trip: the port is closed, so the target is down.
+pub fn probe_tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<Duration, ProbeError> {
+    let spec = StreamSpec {
+        addr,
+        sip: false,
+        tls: None,
+        names: Vec::new(),
+    };
+    match probe_one(spec, timeout).result? {
+        StreamOk::Connected(rtt) => Ok(rtt),
+        StreamOk::Sip(_) => unreachable!("a connect probe sends nothing"),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -52,7 +52,7 @@ use std::time::Duration;
 use log::{info, warn};
 
 use super::aggregate::{aggregate, Dropped, NetworkRtt, Policy, Sample};
-use super::openmetrics::{CallFigures, Listener, Round};
+use super::openmetrics::{CallFigures, Counts, Listener, Round};
 use crate::dns::Subnet;
 use crate::net::esl_wire::{each_header, Format, Next, Raw, Reader, WireError};
 use crate::state::index::Metrics;
@@ -281,32 +281,6 @@ pub struct Done {
     pub mos: Option<f64>,
     /// Mean of the call's reported `Source<i>-Fraction`, as a ratio (0 to 1).
     pub loss: Option<f64>,
-}
-
-/// What the listener has seen since it started (counters only grow).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Audio RTCP reports read.
-    pub rtcp: u64,
-    /// Video RTCP reports, passed over.
-    pub video: u64,
-    pub hangups: u64,
-    /// Calls finished with a round trip and an address.
-    pub measured: u64,
-    /// Calls finished without a round trip (no RTCP, or never a non-zero one).
-    pub no_rtt: u64,
-    /// Calls with a round trip but no usable caller address.
-    pub no_caller: u64,
-    /// Calls in flight dropped to stay under [`MAX_CALLS`].
-    pub evicted: u64,
-    /// Finished calls dropped because a round already held [`MAX_DONE`].
-    pub done_dropped: u64,
-    /// Events longer than [`MAX_EVENT`], read past.
-    pub oversized: u64,
-    /// Connections that ended on a framing error (endless header, absurd length).
-    pub malformed: u64,
-    /// Successful subscriptions.
-    pub connects: u64,
 }
 
 struct Live {

@@ -69,10 +69,37 @@ pub struct CallFigures {
     pub stored: Option<Latency>,
 }
 
+/// The FreeSWITCH listener's counters: what it has seen since it started (counters only
+/// grow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Audio RTCP reports read.
+    pub rtcp: u64,
+    /// Video RTCP reports, passed over.
+    pub video: u64,
+    pub hangups: u64,
+    /// Calls finished with a round trip and an address.
+    pub measured: u64,
+    /// Calls finished without a round trip (no RTCP, or never a non-zero one).
+    pub no_rtt: u64,
+    /// Calls with a round trip but no usable caller address.
+    pub no_caller: u64,
+    /// Calls in flight dropped to stay under [`super::freeswitch::MAX_CALLS`].
+    pub evicted: u64,
+    /// Finished calls dropped because a round already held [`super::freeswitch::MAX_DONE`].
+    pub done_dropped: u64,
+    /// Events longer than [`super::freeswitch::MAX_EVENT`], read past.
+    pub oversized: u64,
+    /// Connections that ended on a framing error (endless header, absurd length).
+    pub malformed: u64,
+    /// Successful subscriptions.
+    pub connects: u64,
+}
+
 /// The listener's state at the end of a round.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Listener {
-    pub counts: super::freeswitch::Counts,
+    pub counts: Counts,
     pub in_flight: usize,
     pub connected: bool,
 }
@@ -594,7 +621,7 @@ pdns_ha_round_duration_seconds 0.25
                 ..CallFigures::default()
             },
         );
-        let mut counts = crate::observe::freeswitch::Counts {
+        let mut counts = Counts {
             rtcp: 120,
             hangups: 9,
             measured: 8,

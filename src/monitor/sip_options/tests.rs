@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use super::*;
+use crate::monitor::stream::{probe_tcp_connect, probe_tcp_sip};
 use crate::net::probe::ProbeErrorKind;
 
 const T: Duration = Duration::from_millis(1000);

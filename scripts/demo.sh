@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine: install PowerDNS if missing,
 # build pdns-ha, seed a database from sql/example.sql, start pdns_server on
-# 127.0.0.1 with pdns-ha as its pipe backend, and dig the SIP SRV record.
+# 127.0.0.1 with pdns-ha as its pipe backend, and dig the SIP SRV record; then
+# show it live: latency readings for two networks give each its own first
+# server (dig +subnet), and a drain takes a server out of the answers.
 # pdns is left running; the last lines say how to stop it.
 #
 # Everything lives in a directory only this user can write: a fresh one
@@ -17,7 +19,7 @@ umask 077
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 port=${PDNS_HA_DEMO_PORT:-5300}
-algorithm=${PDNS_HA_ALGORITHM:-static}
+algorithm=${PDNS_HA_ALGORITHM:-least-latency}
 
 refuse() { echo "demo.sh: $*" >&2; exit 1; }
 
@@ -102,6 +104,37 @@ for _ in $(seq 50); do
 done
 
 dig @127.0.0.1 -p "$port" _sip._udp.example.com SRV
+
+# Live: what a client of each network gets first, by priority.
+first() {
+  dig @127.0.0.1 -p "$port" +short +subnet="$1" _sip._udp.example.com SRV |
+    sort -n | awk 'NR == 1 { p = $1 } $1 == p { printf "%s ", $4 }'
+}
+# Polls (the pipe sees a change within a second), 5 s at most.
+until_first() {
+  for _ in $(seq 50); do
+    got=$(first "$1")
+    case " $got" in *" $2"*) echo "  $3 $1: $got"; return 0;; esac
+    sleep 0.1
+  done
+  echo "  $3 $1: $got (expected $2 first)"; return 1
+}
+if [ "$algorithm" = least-latency ]; then
+  echo "== live: latency from two networks (site-b 198.51.100.0/24, site-c 203.0.113.0/24)"
+  for reading in "198.51.100.0/24 sip7 4" "198.51.100.0/24 sip8 61" \
+                 "203.0.113.0/24 sip8 3" "203.0.113.0/24 sip7 58"; do
+    set -- $reading
+    "$demo/pdns-ha" metric latency --db "$demo/ha.db" --network "$1" \
+      --target "$2.example.com" --ms "$3"
+    echo "  pdns-ha metric latency --network $1 --target $2.example.com --ms $3"
+  done
+  until_first 198.51.100.7/32 sip7.example.com "first for site-b"
+  until_first 203.0.113.9/32 sip8.example.com "first for site-c"
+  echo "== live: sip7 drained"
+  "$demo/pdns-ha" drain --db "$demo/ha.db" --target sip7.example.com --reason "demo"
+  until_first 198.51.100.7/32 sip8.example.com "first for site-b"
+  "$demo/pdns-ha" explain --db "$demo/ha.db" --networks _sip._udp.example.com SRV
+fi
 
 cat <<MSG
 

@@ -99,7 +99,7 @@ pub fn select(
         ..Outcome::default()
     };
     let latency = |t: &str| {
-        if let Some(f) = fuse(m.latency(&net.cidr, t), cx.now, cx.stale_after) {
+        if let Some(f) = fuse(m.network_latency(net, t), cx.now, cx.stale_after) {
             return Some(Why::Latency {
                 ms: f.ms,
                 from_any: false,

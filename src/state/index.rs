@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::dns::cmp_name;
 use crate::dns::Subnet;
 use crate::state::reading::Reading;
-use crate::state::reading::{target_key, Drain, Health, Latency, Load, Source};
+use crate::state::reading::{target_key, Drain, Health, Latency, Load, Source, ANY_NETWORK};
 use crate::state::service::Service;
 
 /// A known client network from `ha_networks`.
@@ -27,6 +27,9 @@ pub struct Network {
     /// The CIDR as stored: the key of its latency samples.
     pub cidr: Box<str>,
     pub name: Box<str>,
+    /// `cidr`'s id among the latency rows' network names, so that a lookup
+    /// does not search 20,000 names for it once per candidate target.
+    key: u32,
 }
 
 /// Strings kept once each in one arena, named by a `u32` id; ids never
@@ -276,6 +279,8 @@ pub struct Metrics {
     target_names: Arc<Names>,
     /// Network keys (CIDRs as stored, and `*`) of latency rows.
     network_names: Arc<Names>,
+    /// The id of `*` among them, the fallback every ranking looks up.
+    any: Option<u32>,
     monitor_names: Arc<Names>,
     capacity: Table<u32, u32>,
     /// By (target, monitor): one target's verdicts are adjacent.
@@ -305,6 +310,7 @@ impl Clone for Metrics {
         self.networks = source.networks.clone();
         self.target_names = source.target_names.clone();
         self.network_names = source.network_names.clone();
+        self.any = source.any;
         self.monitor_names = source.monitor_names.clone();
         self.capacity.clone_from(&source.capacity);
         self.health.clone_from(&source.health);
@@ -326,10 +332,12 @@ impl Metrics {
                     crate::text::shown(cidr)
                 )
             })?;
+        let key = intern(&mut self.network_names, cidr);
         self.adding.push(Network {
             subnet,
             cidr: cidr.into(),
             name: name.into(),
+            key,
         });
         Ok(())
     }
@@ -518,6 +526,7 @@ impl Metrics {
 
     /// Merges what `set_*` added: every lookup needs it first.
     pub fn settle(&mut self) {
+        self.any = self.network_names.find(ANY_NETWORK, exact);
         self.capacity.settle();
         self.health.settle();
         self.service_health.settle();
@@ -606,10 +615,28 @@ impl Metrics {
         network: &'a str,
         target: &'a str,
     ) -> impl Iterator<Item = (Source, Latency)> + 'a {
-        let run = match (
-            self.network_names.find(network, exact),
-            self.target_id(target),
-        ) {
+        let id = match network == ANY_NETWORK {
+            true => self.any,
+            false => self.network_names.find(network, exact),
+        };
+        self.latency_of(id, target)
+    }
+
+    /// As `latency`, for a network `network_for` found.
+    pub fn network_latency<'a>(
+        &'a self,
+        network: &Network,
+        target: &'a str,
+    ) -> impl Iterator<Item = (Source, Latency)> + 'a {
+        self.latency_of(Some(network.key), target)
+    }
+
+    fn latency_of<'a>(
+        &'a self,
+        network: Option<u32>,
+        target: &'a str,
+    ) -> impl Iterator<Item = (Source, Latency)> + 'a {
+        let run = match (network, self.target_id(target)) {
             (Some(n), Some(t)) => self.latency.run(&(n, t), |k| (k.0, k.1)),
             _ => &[],
         };

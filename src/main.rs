@@ -13,7 +13,6 @@ use pdns_ha::ops::edit;
 use pdns_ha::pipe::answer::Ranker;
 use pdns_ha::pipe::{backend, store, waiting};
 use pdns_ha::state::memcached::Cache;
-use pdns_ha::state::validate;
 use pdns_ha::{cli, logging, ops};
 
 fn main() -> ExitCode {
@@ -55,12 +54,10 @@ fn main() -> ExitCode {
         },
         PipeCommand::Status(a) => {
             let opts = a.options();
-            validate::set_max_skew(opts.max_clock_skew);
             ops::report::status(&opts, a.all_networks)
         }
         PipeCommand::Explain(a) => {
             let opts = a.options();
-            validate::set_max_skew(opts.max_clock_skew);
             let qtype = a.qtype.to_ascii_uppercase();
             match a.networks {
                 true => ops::networks::explain_networks(&opts, &a.qname, &qtype, a.limit),
@@ -83,9 +80,9 @@ fn main() -> ExitCode {
 }
 
 fn pipe(opts: &PipeOptions) -> Result<(), String> {
-    validate::set_max_skew(opts.max_clock_skew);
     let mut open = || -> Result<store::Store, String> {
-        let store = store::Store::open(&opts.db)
+        let at = pdns_ha::state::reading::unix_now;
+        let store = store::Store::open_with(&opts.db, at, opts.max_clock_skew)
             .map_err(|e| waiting::diagnose(&opts.db, &e.to_string()))?;
         Ok(match opts.cache.as_ref().map(Cache::connect).transpose()? {
             Some(c) => store.with_cache(c),

@@ -58,7 +58,8 @@ fn run_case(input: &Path, dir: &TempDir) -> String {
     };
     // Readings are judged at the golden clock too: stamped near NOW, they
     // are not in the future.
-    let store = Store::open_at(&db, || NOW).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let skew = pdns_ha::state::validate::DEFAULT_MAX_SKEW;
+    let store = Store::open_with(&db, || NOW, skew).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut backend =
         Backend::new(store, pdns_ha::pipe::answer::Ranker::from_options(&opts)).with_clock(|| NOW);
     let mut input = body.join("\n");

@@ -44,7 +44,8 @@ fn open(db: &Path) -> Result<Connection, String> {
 /// same validation, the same skipped rows) with memcached's readings laid
 /// over it when `--memcached` is given.
 pub(super) fn view(opts: &PipeOptions) -> Result<Store, String> {
-    let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+    let store =
+        Store::open_with(&opts.db, unix_now, opts.max_clock_skew).map_err(|e| e.to_string())?;
     match &opts.cache {
         None => Ok(store),
         Some(c) => Ok(store.with_cache_for_all(crate::state::memcached::Cache::connect(c)?)),

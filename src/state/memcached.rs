@@ -229,6 +229,9 @@ pub struct Cache {
     /// When a refused write was last logged: a server that refuses every
     /// write (out of memory, say) is reported every 30 s, not every write.
     refused_logged_at: Option<Instant>,
+    /// Readings stamped further ahead of this host's clock are refused (the reader's
+    /// `--max-clock-skew`).
+    max_skew: u32,
 }
 
 /// Said once per process on stderr, whatever the command: without a key
@@ -290,6 +293,7 @@ impl Cache {
             seen: HashMap::new(),
             rejects: Rejects::default(),
             unlogged: 0,
+            max_skew: crate::state::validate::DEFAULT_MAX_SKEW,
             last_reject: None,
             logged_at: None,
             refused_logged_at: None,
@@ -321,6 +325,12 @@ impl Cache {
     /// Seals what is published and accepts only sealed values from now on.
     pub fn with_key(mut self, key: Option<Key>) -> Self {
         self.key = key;
+        self
+    }
+
+    /// How far ahead of this host's clock a fetched reading may be stamped.
+    pub fn with_max_skew(mut self, secs: u32) -> Self {
+        self.max_skew = secs;
         self
     }
 
@@ -686,7 +696,7 @@ impl Cache {
     /// Servers in back-off are skipped.
     pub fn fetch(&mut self, keys: &[String]) -> Vec<Reading> {
         let now = Instant::now();
-        let clock = Clock::now();
+        let clock = Clock::at(crate::state::reading::unix_now(), self.max_skew);
         let mut found = Vec::new();
         let mut seen = HashMap::with_capacity(self.seen.len());
         let wires: Vec<String> = keys

@@ -93,6 +93,12 @@ impl Overlay {
         self
     }
 
+    /// Fetched readings stamped further ahead of this host's clock are refused.
+    pub fn with_max_skew(mut self, secs: u32) -> Self {
+        self.cache = self.cache.with_max_skew(secs);
+        self
+    }
+
     pub fn cache(&self) -> &Cache {
         &self.cache
     }

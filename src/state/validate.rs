@@ -14,7 +14,6 @@
 //! `metric`, `freeswitch`. Record priorities (MX/SRV) 0 to 65535.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::state::reading::{unix_now, Health, Latency, Load, Reading, Source};
 
@@ -32,16 +31,6 @@ pub const MAX_PRIORITY: i64 = 65_535;
 /// Default of `--max-clock-skew`: NTP keeps hosts within milliseconds, a
 /// few seconds absorbs a host whose clock is being slewed back.
 pub const DEFAULT_MAX_SKEW: u32 = 5;
-
-/// `--max-clock-skew`, set once by `main` before anything is loaded. A
-/// process-wide setting rather than a parameter threaded through every
-/// loader: every path must use the same value, and tests pass their own
-/// [`Clock`].
-static MAX_SKEW: AtomicU32 = AtomicU32::new(DEFAULT_MAX_SKEW);
-
-pub fn set_max_skew(secs: u32) {
-    MAX_SKEW.store(secs, Ordering::Relaxed);
-}
 
 /// Why a reading was not used. `Display` is the short reason logged,
 /// counted and shown by `status` and `explain`.
@@ -101,16 +90,18 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// This host's clock with the process's `--max-clock-skew`.
+    /// This host's clock with the default skew ([`DEFAULT_MAX_SKEW`]): what writers judge
+    /// their own readings by.
     pub fn now() -> Self {
-        Self::at(unix_now())
+        Self::at(unix_now(), DEFAULT_MAX_SKEW)
     }
 
-    /// A given time with the process's `--max-clock-skew`.
-    pub fn at(now: f64) -> Self {
+    /// A given time, with `max_skew` seconds of tolerance for a writer's clock ahead of it
+    /// (the reader's `--max-clock-skew`).
+    pub fn at(now: f64, max_skew: u32) -> Self {
         Self {
             now,
-            max_skew: f64::from(MAX_SKEW.load(Ordering::Relaxed)),
+            max_skew: f64::from(max_skew),
         }
     }
 

@@ -1,7 +1,7 @@
-//! Reading the database whole: the zones (when they changed) and every
-//! reading, in one read transaction, into a fresh index. What the store does
-//! at start, after the file was replaced, and on a database without the
-//! change log (`ha_log`); otherwise readings follow the log ([`super::changes`]).
+//! Reading the database whole: the zones, and every reading into a fresh index, with the
+//! row parsers the change log's reader shares ([`super::changes`]). What the store does at
+//! start, after the file was replaced, and on a database without the change log
+//! (`ha_log`); [`super::read`] decides which in one read transaction.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,8 +15,6 @@ use crate::state::reading::{Drain, Health, Latency, Load, Source};
 use crate::state::service::{Service, Transport};
 use crate::state::validate::Clock;
 use crate::text::shown;
-
-use super::changes::{self, Cursor};
 
 /// SQLite's page cache for this read-only connection, in KiB. Pages of a
 /// large database are shared in the kernel's page cache anyway; this only
@@ -113,23 +111,6 @@ pub(super) fn skip_reason(row: &Row<'_>, why: &Skip) -> String {
     }
 }
 
-/// What one read brought.
-pub(super) struct Loaded {
-    /// `None`: the zones did not change, only the readings were read.
-    /// With them, the rows they left out.
-    pub(super) zones: Option<(Zones, Skipped)>,
-    pub(super) zones_version: Option<i64>,
-    /// A fresh index of every reading, with the rows it left out; `None`
-    /// when the changes were applied to the index held.
-    pub(super) metrics: Option<(Metrics, Skipped)>,
-    /// Where the change log was read up to; `None` without a log.
-    pub(super) cursor: Option<Cursor>,
-    /// Reading rows read (whole, or changed).
-    pub(super) rows: u64,
-    /// Changed rows left out (not counted in a whole load's `metrics`).
-    pub(super) changed_skipped: Skipped,
-}
-
 /// Rows left out of a load: all counted, the first few with a reason.
 #[derive(Default)]
 pub(super) struct Skipped {
@@ -155,59 +136,9 @@ impl Skipped {
     }
 }
 
-/// Reads the zones when `zones` says they changed, and the readings: the
-/// rows changed since `since` applied to `held` when both are given (the
-/// database keeps a change log), else all of them. One read transaction,
-/// so what is installed never mixes two versions of the database. A row
-/// that cannot be served is left out with a reason; it never stops the
-/// rest from loading.
-pub(super) fn load(
-    conn: &Connection,
-    zones: bool,
-    held: Option<(&mut Metrics, Cursor)>,
-    now: f64,
-) -> Result<Loaded, String> {
-    let run = || -> rusqlite::Result<Loaded> {
-        let tx = conn.unchecked_transaction()?;
-        let zones_version = zones_version(&tx)?;
-        let zones = match zones {
-            false => None,
-            true => {
-                let mut skipped = Skipped::default();
-                Some((load_zones(&tx, &mut skipped)?, skipped))
-            }
-        };
-        let clock = Clock::at(now);
-        if let Some((m, since)) = held {
-            let (cursor, rows, changed_skipped) = changes::apply(&tx, m, since, &clock)?;
-            return Ok(Loaded {
-                zones,
-                zones_version,
-                metrics: None,
-                cursor: Some(cursor),
-                rows,
-                changed_skipped,
-            });
-        }
-        let mut skipped = Skipped::default();
-        let mut rows = 0;
-        let cursor = changes::cursor(&tx)?;
-        let metrics = load_metrics(&tx, &clock, &mut skipped, &mut rows)?;
-        Ok(Loaded {
-            metrics: Some((metrics, skipped)),
-            zones,
-            zones_version,
-            cursor,
-            rows,
-            changed_skipped: Skipped::default(),
-        })
-    };
-    run().map_err(|e| e.to_string())
-}
-
 /// Every record when there are at most `WHOLE_LIMIT`, else an empty
 /// per-name cache (what was cached before may be stale now).
-fn load_zones(tx: &Connection, skipped: &mut Skipped) -> rusqlite::Result<Zones> {
+pub(super) fn load_zones(tx: &Connection, skipped: &mut Skipped) -> rusqlite::Result<Zones> {
     let limit = i64::try_from(WHOLE_LIMIT + 1).unwrap_or(i64::MAX);
     let count: i64 = tx
         .prepare_cached(named("records_at_most"))?
@@ -370,7 +301,7 @@ pub(super) fn load_targets(
 /// Reads the `ha_` tables. A row with a value of the wrong type or out of
 /// range (the one validation every path shares, against `clock`) is left
 /// out with a reason, like a bad record.
-fn load_metrics(
+pub(super) fn load_metrics(
     tx: &Connection,
     clock: &Clock,
     skipped: &mut Skipped,

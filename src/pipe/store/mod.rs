@@ -23,6 +23,7 @@
 
 mod changes;
 mod load;
+mod read;
 mod watch;
 
 use std::fmt;
@@ -38,13 +39,15 @@ use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
 use crate::state::overlay::Overlay;
 use crate::state::reading::{unix_now, Reading};
+use crate::state::validate::DEFAULT_MAX_SKEW;
 use crate::text::Limited;
 
 use changes::Cursor;
 use load::{
-    give_back_memory, load, named, open_read_only, read_row, skip_reason, zones_version, Loaded,
+    give_back_memory, named, open_read_only, read_row, skip_reason, table_exists, zones_version,
     Skipped, SKIPPED_KEPT,
 };
+use read::{read, Loaded};
 use watch::{fingerprint, Fingerprint};
 
 /// How often the pipe looks for a changed database. The contract is that an
@@ -135,31 +138,42 @@ pub struct Store {
     stats: StoreStats,
     /// What readings' timestamps are judged against.
     clock: fn() -> f64,
+    /// `--max-clock-skew`: how far ahead of `clock` a reading may be stamped.
+    max_skew: u32,
 }
 
 impl Store {
     /// Opens the database and loads it; any failure here is fatal to the
     /// caller, because there is nothing earlier to fall back on.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_at(path, unix_now)
+        Self::open_with(path, unix_now, DEFAULT_MAX_SKEW)
     }
 
-    /// As `open`, judging readings' timestamps (in the future or not) by
-    /// `clock`: golden transcripts run at a fixed time, as the backend does.
-    pub fn open_at(path: &Path, clock: fn() -> f64) -> Result<Self, StoreError> {
+    /// As `open`, judging readings' timestamps by `clock`, with `max_skew` seconds of
+    /// tolerance for a writer's clock ahead of it (`--max-clock-skew`): golden transcripts
+    /// run at a fixed time, as the backend does.
+    pub fn open_with(path: &Path, clock: fn() -> f64, max_skew: u32) -> Result<Self, StoreError> {
         let err = |what: String| StoreError {
             path: path.to_owned(),
             what,
         };
         let seen = fingerprint(path).map_err(err)?;
         let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
-        let loaded =
-            load(&conn, true, None, clock()).map_err(|e| match e.contains("no such table") {
-                true => err(format!(
-                    "{e} (not a PowerDNS database; create one with pdns-ha init)"
-                )),
-                false => err(e),
-            })?;
+        // Asked, not guessed from an error's text.
+        let pdns =
+            table_exists(&conn, "records").and_then(|r| Ok(r && table_exists(&conn, "domains")?));
+        match pdns {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(err(
+                    "not a PowerDNS database (no records or domains table); create one with \
+                     pdns-ha init"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(err(e.to_string())),
+        }
+        let loaded = read(&conn, true, None, clock(), max_skew).map_err(err)?;
         conn.busy_timeout(Duration::ZERO)
             .map_err(|e| err(e.to_string()))?;
         let now = Instant::now();
@@ -185,6 +199,7 @@ impl Store {
             failing: None,
             stats: StoreStats::default(),
             clock,
+            max_skew,
         };
         store.install(loaded, now);
         store.keep_connection_if_needed();
@@ -383,7 +398,8 @@ impl Store {
         self.with_overlay(Overlay::new(cache).fetching_all())
     }
 
-    fn with_overlay(mut self, mut o: Overlay) -> Self {
+    fn with_overlay(mut self, o: Overlay) -> Self {
+        let mut o = o.with_max_skew(self.max_skew);
         o.fetch(&self.base, Instant::now());
         self.overlay = Some(o);
         self
@@ -421,7 +437,7 @@ impl Store {
             (false, Some(c)) => Some((&mut self.base, c)),
             _ => None,
         };
-        let loaded = match load(conn, zones_changed, held, (self.clock)()) {
+        let loaded = match read(conn, zones_changed, held, (self.clock)(), self.max_skew) {
             Ok(l) => l,
             Err(e) => {
                 // Changes applied before the failure are applied again
@@ -574,7 +590,7 @@ mod tests {
     #[test]
     fn the_watch_reads_what_changed() {
         let (path, conn) = temp_db("watch");
-        let mut s = Store::open_at(&path, now).unwrap();
+        let mut s = Store::open_with(&path, now, DEFAULT_MAX_SKEW).unwrap();
         let rows = s.stats().reading_rows;
         assert!(rows >= 200, "{rows}");
         assert_eq!(s.stats().reading_full_loads, 1);
@@ -653,7 +669,7 @@ mod tests {
             conn.execute_batch(&format!("DROP TRIGGER {t}")).unwrap();
         }
         conn.execute_batch("DROP TABLE ha_log").unwrap();
-        let mut s = Store::open_at(&path, now).unwrap();
+        let mut s = Store::open_with(&path, now, DEFAULT_MAX_SKEW).unwrap();
         let rows = s.stats().reading_rows;
         conn.execute("UPDATE ha_latency SET ewma_ms = 4 WHERE rowid = 1", [])
             .unwrap();

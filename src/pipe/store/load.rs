@@ -1,7 +1,7 @@
 //! Reading the database whole: the zones, and every reading into a fresh index, with the
 //! row parsers the change log's reader shares ([`super::changes`]). What the store does at
 //! start, after the file was replaced, and on a database without the change log
-//! (`ha_log`); [`super::read`] decides which in one read transaction.
+//! (`ha_log`); [`mod@super::read`] decides which in one read transaction.
 
 use std::path::Path;
 use std::time::Duration;

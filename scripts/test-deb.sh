@@ -20,7 +20,8 @@ observe_unit=/lib/systemd/system/pdns-ha-observe@.service
 # The observe instance: pdns_server's TCP listener stands in for this SIP server.
 instance=sip6.example.com
 observe_env=/etc/default/pdns-ha-observe-$instance
-srv=_sip._udp.example.com
+# A copy of the SIP SRV RRset under a non-SIP owner, made below: ranked by row health.
+srv=_stun._udp.example.com
 # Marks a state directory this test created, so a rerun may remove what an earlier,
 # interrupted run left; anything else in /var/lib/pdns-ha is someone's data.
 marker=$state/.pdns-ha-test-deb
@@ -170,9 +171,9 @@ done
 # Two binaries: what pdns runs holds none of the daemons' code (probes, HTTP, JSON, TLS,
 # netlink), which pdns would otherwise load once per thread.
 [ -x /usr/bin/pdns-ha-daemon ] || fail "no /usr/bin/pdns-ha-daemon beside pdns-ha"
-for marker in 'OPTIONS sip:' ul.dump dlg.stats_active 'HTTP/1.1' rustls serde_json sock_diag; do
-  ! grep -q -a -F "$marker" /usr/bin/pdns-ha || fail "the pipe binary links daemon code ($marker)"
-  grep -q -a -F "$marker" /usr/bin/pdns-ha-daemon || fail "the daemon binary lacks $marker"
+for code in 'OPTIONS sip:' ul.dump dlg.stats_active 'HTTP/1.1' rustls serde_json sock_diag; do
+  ! grep -q -a -F "$code" /usr/bin/pdns-ha || fail "the pipe binary links daemon code ($code)"
+  grep -q -a -F "$code" /usr/bin/pdns-ha-daemon || fail "the daemon binary lacks $code"
 done
 
 step "seeding the database with the shipped example as pdns-ha"
@@ -199,9 +200,15 @@ for _ in $(seq 100); do
   if [ -z "$(ss -Hlnut "sport = :$candidate")" ]; then port=$candidate; break; fi
 done
 [ -n "$port" ] || fail "no free loopback port"
+# The answer dug is a copy of the example's SIP SRV RRset under an owner that is no SIP
+# service (STUN): its records follow each target's own probe. The _sip._udp records follow
+# the health of each server's SIP-over-UDP service, and no SIP server answers here.
 runuser -u pdns-ha -- sqlite3 "$state/ha.db" \
   "UPDATE ha_targets SET probe = 'none', load_source = 'none';
-   UPDATE ha_targets SET probe = 'tcp', probe_address = '127.0.0.1:$port' WHERE name = 'sip6.example.com';"
+   UPDATE ha_targets SET probe = 'tcp', probe_address = '127.0.0.1:$port' WHERE name = 'sip6.example.com';
+   INSERT INTO records (domain_id, name, type, content, ttl, prio, disabled, auth)
+     SELECT domain_id, '_stun._udp.example.com', type, content, ttl, prio, disabled, auth
+     FROM records WHERE name = '_sip._udp.example.com' AND type = 'SRV';"
 
 step "enabling pdns-ha as the docs say: the example snippet copied into pdns.d"
 made_snippet=1

@@ -20,8 +20,8 @@ use crate::config::{
 };
 use crate::dns::Subnet;
 use crate::select::Algorithm;
+use crate::state::estimate::AntiFlap;
 use crate::state::validate::DEFAULT_MAX_SKEW;
-use crate::state::writer::AntiFlap;
 
 const PIPE_AFTER_HELP: &str = "\
 pipe is the default command, what pdns.conf runs:

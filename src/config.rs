@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::select::Algorithm;
+use crate::state::estimate::AntiFlap;
 pub use crate::state::memcached::CacheOptions;
-use crate::state::writer::AntiFlap;
 
 /// Seconds, as given to `--dynamic-ttl`, `--stale-after` and `--interval`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

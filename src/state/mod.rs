@@ -1,7 +1,8 @@
 //! Soft state: health, load and latency readings. Types and their text form
 //! in [`reading`], the pipe's lookup index in [`index`], memcached transport
 //! in [`memcached`] and what a pipe fetches through it in [`overlay`], and
-//! the SQLite (plus memcached) [`writer`] that `monitor` and `metric` use.
+//! the SQLite (plus memcached) [`writer`] that `monitor` and `metric` use, with its
+//! estimators (average and anti-flap) as pure functions in [`estimate`].
 //! Their one validation is [`validate`]; the sealing of shared values and
 //! the hashing of long keys is [`auth`]. What an `ha_targets` row says about a
 //! target's services: [`service`] (transports and ports from the SRV records)
@@ -9,6 +10,7 @@
 
 pub mod auth;
 pub mod codes;
+pub mod estimate;
 pub mod index;
 pub mod memcached;
 pub mod overlay;

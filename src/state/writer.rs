@@ -16,28 +16,17 @@ use crate::state::reading::{Health, Latency, Load, Source};
 use crate::state::service::Service;
 
 use crate::dns::Subnet;
+pub use crate::state::estimate::AntiFlap;
+use crate::state::estimate::Average;
 use crate::state::reading::{target_key, unix_now, ANY_NETWORK};
 use crate::state::validate::{self, Clock};
 use crate::text::shown;
-
-/// Kamailio's dispatcher estimator: the EWMA takes a tenth of each new
-/// sample, and equals the mean until there are this many samples.
-const EWMA_ALPHA: f64 = 0.1;
-const EWMA_WARMUP: i64 = 10;
 
 const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
 /// Writers wait this long for each other (the monitor and an operator's
 /// `metric` may write at once). Readers never wait: WAL.
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Thresholds for probe results: a target goes down after `down_after`
-/// consecutive failures and comes back after `up_after` successes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AntiFlap {
-    pub down_after: u32,
-    pub up_after: u32,
-}
 
 pub struct Writer {
     conn: Connection,
@@ -259,7 +248,7 @@ impl Writer {
             .optional()
             .map_err(|e| e.to_string())?;
         let before = old.map(|(up, _, _)| up);
-        let (up, oks, fails) = flap(old, ok, t);
+        let (up, oks, fails) = t.step(old, ok);
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO ha_service_health
@@ -460,18 +449,18 @@ impl Writer {
             }
             ok.is_ok() && n >= 0 && timeouts >= 0
         });
-        let (mean, ewma, n, timeouts) = match old {
-            None => (ms, ms, 1, 0),
-            Some((mean, ewma, n, timeouts)) => {
-                let n = n.max(0) + 1;
-                let mean = mean + (ms - mean) / n as f64;
-                let ewma = match n < EWMA_WARMUP {
-                    true => mean,
-                    false => ewma * (1.0 - EWMA_ALPHA) + ms * EWMA_ALPHA,
+        let (avg, timeouts) = match old {
+            None => (Average::first(ms), 0),
+            Some((mean_ms, ewma_ms, samples, timeouts)) => {
+                let stored = Average {
+                    mean_ms,
+                    ewma_ms,
+                    samples,
                 };
-                (mean, ewma, n, timeouts)
+                (stored.with(ms), timeouts)
             }
         };
+        let (mean, ewma, n) = (avg.mean_ms, avg.ewma_ms, avg.samples);
         let updated = unix_now();
         let l = Latency {
             ewma_ms: ewma,
@@ -771,25 +760,9 @@ impl Writer {
             .optional()
             .map_err(|e| e.to_string())?;
         let before = old.map(|(up, _, _)| up);
-        let (up, oks, fails) = flap(old, ok, t);
+        let (up, oks, fails) = t.step(old, ok);
         self.set_health(target, up, oks, fails)?;
         Ok((before, up))
-    }
-}
-
-/// The anti-flap step: (state, ok streak, fail streak) before and one raw result give
-/// them after. A first result decides at once.
-fn flap(old: Option<(bool, u32, u32)>, ok: bool, t: AntiFlap) -> (bool, u32, u32) {
-    match (old, ok) {
-        (None, _) => (ok, u32::from(ok), u32::from(!ok)),
-        (Some((up, oks, _)), true) => {
-            let oks = oks.saturating_add(1);
-            (up || oks >= t.up_after, oks, 0)
-        }
-        (Some((up, _, fails)), false) => {
-            let fails = fails.saturating_add(1);
-            (up && fails < t.down_after, 0, fails)
-        }
     }
 }
 

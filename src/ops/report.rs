@@ -828,6 +828,64 @@ fn reading_from(
 mod tests {
     use super::*;
 
+    #[test]
+    fn ages_read_as_an_operator_counts() {
+        let got: Vec<String> = [-3.0, 0.4, 119.0, 120.0, 7199.0, 7200.0, 172_800.0]
+            .into_iter()
+            .map(age)
+            .collect();
+        assert_eq!(got, ["0s", "0s", "119s", "2m", "119m", "2h", "2d"]);
+    }
+
+    #[test]
+    fn tables_align_by_characters_and_end_without_padding() {
+        let rows = vec![
+            vec!["target".into(), "health".into(), "latency".into()],
+            vec!["sip1.example.com".into(), "up".into(), "4.0 ms".into()],
+            vec!["é".into(), "DOWN (2 of 3)".into(), String::new()],
+        ];
+        assert_eq!(
+            table(&rows),
+            "target            health         latency\n\
+             sip1.example.com  up             4.0 ms\n\
+             é                 DOWN (2 of 3)\n"
+        );
+        assert_eq!(table(&[]), "");
+    }
+
+    #[test]
+    fn every_reason_names_its_cause() {
+        assert_eq!(why(Why::Static, None), "as stored");
+        assert_eq!(why(Why::Down, None), "left out: down");
+        assert_eq!(
+            why(Why::Drained, Some("kernel upgrade")),
+            "left out: drained: kernel upgrade"
+        );
+        let near = Why::Latency {
+            ms: 4.04,
+            from_any: false,
+        };
+        assert_eq!(why(near, None), "4.0 ms from the client's network");
+        let any = Why::Latency {
+            ms: 12.0,
+            from_any: true,
+        };
+        assert_eq!(why(any, None), "12.0 ms from the monitor host (*)");
+        let load = Why::Load {
+            sessions: 30,
+            max: 100,
+        };
+        assert_eq!(why(load, None), "30/100 sessions, 70 free");
+        let full = Why::Full {
+            sessions: 100,
+            max: 100,
+        };
+        assert_eq!(
+            why(full, None),
+            "100/100 sessions: full, served after the others"
+        );
+    }
+
     /// Few networks: all listed. Many: `*`, the three fastest and the three
     /// slowest fresh ones; stale ones only counted.
     #[test]

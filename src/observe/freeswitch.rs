@@ -745,30 +745,15 @@ pub(super) fn round(
     }
     figs.samples
         .insert(super::openmetrics::FREESWITCH, done.len() as u64);
-    let stored = w
-        .transaction(|w| {
-            let mut stored = Vec::with_capacity(nets.len());
-            for (n, q) in nets.iter().zip(&quality) {
-                let callers = u32::try_from(n.callers).unwrap_or(u32::MAX);
-                stored.push(w.latency(
-                    &n.network,
-                    target,
-                    Source::Freeswitch,
-                    n.ms,
-                    Some(callers),
-                )?);
-                w.quality(&n.network, target, q.mos, q.loss, (q.callers, q.calls))?;
-            }
-            Ok(stored)
-        })
-        .map_err(|e| {
-            match e.contains("CHECK constraint failed") || e.contains("no such table") {
-                true => {
-                    format!("{e} (a database from before --freeswitch: run pdns-ha init on it)")
-                }
-                false => e,
-            }
-        })?;
+    let stored = w.transaction(|w| {
+        let mut stored = Vec::with_capacity(nets.len());
+        for (n, q) in nets.iter().zip(&quality) {
+            let callers = u32::try_from(n.callers).unwrap_or(u32::MAX);
+            stored.push(w.latency(&n.network, target, Source::Freeswitch, n.ms, Some(callers))?);
+            w.quality(&n.network, target, q.mos, q.loss, (q.callers, q.calls))?;
+        }
+        Ok(stored)
+    })?;
     for ((n, q), l) in nets.iter().zip(&quality).zip(stored) {
         info!(
             "{target}: freeswitch: network {}: {:.3} ms from {} callers ({} calls), MOS {}, \

@@ -116,6 +116,7 @@ impl Writer {
             ("ha_latency", "source"),
             ("ha_targets", "probe_ca_file"),
             ("ha_service_health", "transport"),
+            ("ha_quality", "mos"),
         ];
         for (table, column) in newest {
             let has: bool = conn
@@ -133,6 +134,24 @@ impl Writer {
                     db.display()
                 ));
             }
+        }
+        // The latency table's own CHECK names the sources it takes (as init reads it):
+        // one from before FreeSWITCH would refuse that source's rows.
+        let latency_sql: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ha_latency'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(at)?;
+        if latency_sql.is_some_and(|s| !s.contains("'freeswitch'")) {
+            return Err(format!(
+                "database {}: made by an older pdns-ha (ha_latency takes no freeswitch \
+                 readings); run pdns-ha init --db {} to upgrade it",
+                db.display(),
+                db.display()
+            ));
         }
         Ok(Self {
             conn,

@@ -134,7 +134,7 @@ pub struct MemcachedArgs {
     /// Prefix of every memcached key
     #[arg(long, value_name = "P", requires = "memcached", default_value = crate::state::memcached::DEFAULT_PREFIX, help_heading = "memcached")]
     pub memcached_prefix: String,
-    /// A secret (16+ bytes, mode 0600) shared by every writer and pipe: values are then sealed with HMAC-SHA256 and unsealed ones ignored
+    /// A secret (16+ bytes) shared by every writer and pipe, readable by its owner and group only (e.g. root:pdns 0640): values are then sealed with HMAC-SHA256 and unsealed ones ignored
     #[arg(
         long,
         value_name = "PATH",

@@ -11,7 +11,7 @@ use crate::state::reading::Source;
 use crate::state::writer::Writer;
 
 fn writer(db: &Path, cache: Option<&CacheOptions>) -> Result<Writer, String> {
-    Writer::open(db, cache.map(Cache::connect).transpose()?)
+    Ok(Writer::open(db, cache.map(Cache::connect).transpose()?)?)
 }
 
 /// `drain` (with a reason) or `undrain` (without).
@@ -52,7 +52,7 @@ pub fn metric(
     monitor_id: &str,
 ) -> Result<(), String> {
     let w = writer(db, cache)?.with_monitor(monitor_id);
-    match m {
+    let written = match m {
         Metric::Latency {
             network,
             target,
@@ -68,5 +68,6 @@ pub fn metric(
             max,
         } => w.load(&w.target(target)?, *sessions, *max),
         Metric::Health { target, up } => w.health(&w.target(target)?, *up),
-    }
+    };
+    Ok(written?)
 }

@@ -28,6 +28,57 @@ const SCHEMA: &str = include_str!("../../sql/schema.sql");
 /// `metric` may write at once). Readers never wait: WAL.
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What can go wrong writing readings, by who can fix it: the database (missing, locked,
+/// made by an older pdns-ha: the operator's `init` or a retry), or what was asked (an
+/// unknown target or network, a value out of range: the caller's input).
+#[derive(Debug)]
+pub enum WriteError {
+    /// SQLite refused: locked past the busy timeout, I/O, a constraint.
+    Db(rusqlite::Error),
+    /// The database is not one this pdns-ha can write; the message says what to run.
+    Database(String),
+    /// The caller named a target or network the database does not know, or gave a
+    /// value out of range; the message names it.
+    Refused(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Db(e) => write!(f, "{e}"),
+            Self::Database(m) | Self::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for WriteError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<validate::Invalid> for WriteError {
+    fn from(e: validate::Invalid) -> Self {
+        Self::Refused(e.to_string())
+    }
+}
+
+/// The commands report errors as text; the daemons decide on the kind first.
+impl From<WriteError> for String {
+    fn from(e: WriteError) -> Self {
+        e.to_string()
+    }
+}
+
 pub struct Writer {
     conn: Connection,
     /// Where readings are also published for the other DNS nodes.
@@ -80,16 +131,18 @@ pub struct TargetRow {
 }
 
 impl Writer {
-    pub fn open(db: &Path, cache: Option<Cache>) -> Result<Self, String> {
-        let at = |e: rusqlite::Error| format!("database {}: {e}", db.display());
+    pub fn open(db: &Path, cache: Option<Cache>) -> Result<Self, WriteError> {
+        let at =
+            |e: rusqlite::Error| WriteError::Database(format!("database {}: {e}", db.display()));
         if !db.exists() {
-            return Err(format!(
+            return Err(WriteError::Database(format!(
                 "database {}: no such file (create it with pdns-ha init)",
                 db.display()
-            ));
+            )));
         }
         // A FIFO at the path would hang the writer in open(2).
-        crate::files::check_database(db).map_err(|e| format!("database {}: {e}", db.display()))?;
+        crate::files::check_database(db)
+            .map_err(|e| WriteError::Database(format!("database {}: {e}", db.display())))?;
         let conn = Connection::open(db).map_err(at)?;
         conn.busy_timeout(WRITE_BUSY_TIMEOUT).map_err(at)?;
         let has_ha: bool = conn
@@ -100,10 +153,10 @@ impl Writer {
             )
             .map_err(at)?;
         if !has_ha {
-            return Err(format!(
+            return Err(WriteError::Database(format!(
                 "database {}: no ha_targets table (run pdns-ha init on it first)",
                 db.display()
-            ));
+            )));
         }
         // A database made by an older pdns-ha: say how to upgrade it rather
         // than fail on the first statement that names a newer column.
@@ -127,12 +180,12 @@ impl Writer {
                 )
                 .map_err(at)?;
             if !has {
-                return Err(format!(
+                return Err(WriteError::Database(format!(
                     "database {}: made by an older pdns-ha ({table} has no {column}); \
                      run pdns-ha init --db {} to upgrade it",
                     db.display(),
                     db.display()
-                ));
+                )));
             }
         }
         // The latency table's own CHECK names the sources it takes (as init reads it):
@@ -146,12 +199,12 @@ impl Writer {
             .optional()
             .map_err(at)?;
         if latency_sql.is_some_and(|s| !s.contains("'freeswitch'")) {
-            return Err(format!(
+            return Err(WriteError::Database(format!(
                 "database {}: made by an older pdns-ha (ha_latency takes no freeswitch \
                  readings); run pdns-ha init --db {} to upgrade it",
                 db.display(),
                 db.display()
-            ));
+            )));
         }
         Ok(Self {
             conn,
@@ -193,7 +246,7 @@ impl Writer {
         }
     }
 
-    pub fn targets(&self) -> Result<Vec<TargetRow>, String> {
+    pub fn targets(&self) -> Result<Vec<TargetRow>, WriteError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -201,7 +254,7 @@ impl Writer {
                         probe_ok_codes, max_sessions, load_secret_file, probe_ca_file
                  FROM ha_targets ORDER BY name",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(TargetRow {
@@ -221,14 +274,14 @@ impl Writer {
                     probe_ca_file: r.get(9)?,
                 })
             })
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+            .map_err(WriteError::from)?;
+        rows.collect::<Result<_, _>>().map_err(WriteError::from)
     }
 
     /// Every enabled SRV record whose owner starts with `_sip` (as pdns's tools store
     /// names: lower case) as (owner name, content): the services to probe. A range of
     /// gsqlite3's (name, type) index, so a round does not scan a large zone.
-    pub fn srv_records(&self) -> Result<Vec<(String, String)>, String> {
+    pub fn srv_records(&self) -> Result<Vec<(String, String)>, WriteError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -237,11 +290,11 @@ impl Writer {
                    AND content IS NOT NULL
                  ORDER BY name, id",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+            .map_err(WriteError::from)?;
+        rows.collect::<Result<_, _>>().map_err(WriteError::from)
     }
 
     /// One probe result of an advertised service, through the same anti-flap thresholds
@@ -254,7 +307,7 @@ impl Writer {
         reason: &str,
         cert_expiry: Option<f64>,
         t: AntiFlap,
-    ) -> Result<(Option<bool>, bool), String> {
+    ) -> Result<(Option<bool>, bool), WriteError> {
         let (transport, port) = (service.transport.as_str(), service.port);
         let old: Option<(bool, u32, u32)> = self
             .conn
@@ -265,7 +318,7 @@ impl Writer {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let before = old.map(|(up, _, _)| up);
         let (up, oks, fails) = t.step(old, ok);
         self.conn
@@ -287,22 +340,22 @@ impl Writer {
                     unix_now()
                 ],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         Ok((before, up))
     }
 
     /// Forgets this monitor's rows of services no longer advertised, so that `status`
     /// does not show them and the pipe never reads them.
-    pub fn retain_services(&self, keep: &[(String, Service)]) -> Result<(), String> {
+    pub fn retain_services(&self, keep: &[(String, Service)]) -> Result<(), WriteError> {
         let mut stmt = self
             .conn
             .prepare("SELECT target, transport, port FROM ha_service_health WHERE monitor = ?1")
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let rows: Vec<(String, String, i64)> = stmt
             .query_map([&self.monitor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(|e| e.to_string())?
+            .map_err(WriteError::from)?
             .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         for (target, transport, port) in rows {
             let kept = keep.iter().any(|(t, s)| {
                 t.eq_ignore_ascii_case(&target)
@@ -316,34 +369,37 @@ impl Writer {
                          WHERE target = ?1 AND transport = ?2 AND port = ?3 AND monitor = ?4",
                         params![target, transport, port, self.monitor],
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(WriteError::from)?;
             }
         }
         Ok(())
     }
 
     /// Every `ha_networks` row as (cidr, name), for grouping callers the way the pipe does.
-    pub fn networks(&self) -> Result<Vec<(String, String)>, String> {
+    pub fn networks(&self) -> Result<Vec<(String, String)>, WriteError> {
         let mut stmt = self
             .conn
             .prepare("SELECT cidr, name FROM ha_networks ORDER BY cidr")
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+            .map_err(WriteError::from)?;
+        rows.collect::<Result<_, _>>().map_err(WriteError::from)
     }
 
     /// Runs `f` in one write transaction: readers see all of it or none.
-    pub fn transaction<T>(&self, f: impl FnOnce(&Self) -> Result<T, String>) -> Result<T, String> {
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, WriteError>,
+    ) -> Result<T, WriteError> {
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         match f(self) {
             Ok(v) => {
                 self.conn
                     .execute_batch("COMMIT")
-                    .map_err(|e| e.to_string())?;
+                    .map_err(WriteError::from)?;
                 Ok(v)
             }
             Err(e) => {
@@ -355,7 +411,7 @@ impl Writer {
 
     /// The target's key as `ha_targets` has it; metrics for targets that
     /// are not there would be read by nobody.
-    pub fn target(&self, name: &str) -> Result<String, String> {
+    pub fn target(&self, name: &str) -> Result<String, WriteError> {
         let key = target_key(name);
         let found: Option<String> = self
             .conn
@@ -363,62 +419,66 @@ impl Writer {
                 r.get(0)
             })
             .optional()
-            .map_err(|e| e.to_string())?;
-        found.ok_or_else(|| format!("target \"{}\" is not in ha_targets", shown(name)))
+            .map_err(WriteError::from)?;
+        found.ok_or_else(|| {
+            WriteError::Refused(format!("target \"{}\" is not in ha_targets", shown(name)))
+        })
     }
 
     /// `*`, or a network listed in `ha_networks` (as written there).
-    pub fn network(&self, cidr: &str) -> Result<String, String> {
+    pub fn network(&self, cidr: &str) -> Result<String, WriteError> {
         if cidr == ANY_NETWORK {
             return Ok(cidr.to_owned());
         }
         let want = Subnet::parse(cidr)
             .filter(Subnet::is_network)
             .ok_or_else(|| {
-                format!(
+                WriteError::Refused(format!(
                     "network \"{}\" is not '*' or an address/prefix like 192.0.2.0/24",
                     shown(cidr)
-                )
+                ))
             })?;
         let mut stmt = self
             .conn
             .prepare("SELECT cidr FROM ha_networks")
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let known = stmt
             .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| e.to_string())?
+            .map_err(WriteError::from)?
             .filter_map(Result::ok)
             .find(|c| Subnet::parse(c.trim()) == Some(want));
-        known.ok_or_else(|| format!("network \"{}\" is not in ha_networks", shown(cidr)))
+        known.ok_or_else(|| {
+            WriteError::Refused(format!("network \"{}\" is not in ha_networks", shown(cidr)))
+        })
     }
 
     /// The CIDR of the known network `name` names: an `ha_networks` name,
     /// or its CIDR (as [`Self::network`] takes it). `*` is the monitor's own
     /// host. A name that several rows share is refused, not guessed.
-    pub fn vantage(&self, name: &str) -> Result<String, String> {
+    pub fn vantage(&self, name: &str) -> Result<String, WriteError> {
         let mut stmt = self
             .conn
             .prepare("SELECT cidr FROM ha_networks WHERE name = ?1 ORDER BY cidr")
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let named: Vec<String> = stmt
             .query_map([name], |r| r.get(0))
-            .map_err(|e| e.to_string())?
+            .map_err(WriteError::from)?
             .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         match named.as_slice() {
             [cidr] => Ok(cidr.clone()),
             [] => self.network(name).map_err(|_| {
-                format!(
+                WriteError::Refused(format!(
                     "--network \"{}\" is not a name or CIDR in ha_networks",
                     shown(name)
-                )
+                ))
             }),
-            many => Err(format!(
+            many => Err(WriteError::Refused(format!(
                 "--network \"{}\" names {} networks ({}); give the CIDR",
                 shown(name),
                 many.len(),
                 many.join(", ")
-            )),
+            ))),
         }
     }
 
@@ -435,8 +495,8 @@ impl Writer {
         source: Source,
         ms: f64,
         callers: Option<u32>,
-    ) -> Result<Latency, String> {
-        validate::latency_ms(ms).map_err(|e| e.to_string())?;
+    ) -> Result<Latency, WriteError> {
+        validate::latency_ms(ms).map_err(WriteError::from)?;
         // Cached statements: observe writes one row per network in a round,
         // 20,000 of them at the scale of issue 22.
         let old: Option<(f64, f64, i64, i64)> = self
@@ -451,7 +511,7 @@ impl Writer {
                 })
             })
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         // A stored row out of range (written by hand, or by a broken
         // writer) is not averaged into: the series starts again here.
         let old = old.filter(|&(mean, ewma, n, timeouts)| {
@@ -488,7 +548,7 @@ impl Writer {
             updated,
             callers,
         };
-        Clock::now().latency(&l).map_err(|e| e.to_string())?;
+        Clock::now().latency(&l).map_err(WriteError::from)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO ha_latency
@@ -512,7 +572,7 @@ impl Writer {
                     self.monitor
                 ])
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let (network, target) = (network.to_owned(), target.to_owned());
         self.publish(Reading::Latency {
             network,
@@ -531,7 +591,7 @@ impl Writer {
         network: &str,
         target: &str,
         source: Source,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         self.conn
             .execute(
                 "UPDATE ha_latency SET timeouts = timeouts + 1
@@ -539,7 +599,7 @@ impl Writer {
                 [network, target, source.as_str()],
             )
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(WriteError::from)
     }
 
     /// A round's call quality for (network, target) (`observe --freeswitch`): replaces the
@@ -551,7 +611,7 @@ impl Writer {
         mos: Option<f64>,
         loss: Option<f64>,
         (callers, calls): (usize, usize),
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO ha_quality
@@ -569,11 +629,11 @@ impl Writer {
                 ],
             )
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(WriteError::from)
     }
 
-    pub fn load(&self, target: &str, sessions: u32, max: Option<u32>) -> Result<(), String> {
-        validate::sessions(u64::from(sessions), max.map(u64::from)).map_err(|e| e.to_string())?;
+    pub fn load(&self, target: &str, sessions: u32, max: Option<u32>) -> Result<(), WriteError> {
+        validate::sessions(u64::from(sessions), max.map(u64::from)).map_err(WriteError::from)?;
         let updated = unix_now();
         self.conn
             .execute(
@@ -581,7 +641,7 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![target, sessions, max, updated, self.monitor],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let load = Some(Load {
             sessions,
             max_sessions: max,
@@ -598,10 +658,10 @@ impl Writer {
     /// A load source that could not be read: the reading is dropped, so
     /// the target's load is unknown rather than stale or zero, on every
     /// node (memcached gets the "unknown since now").
-    pub fn clear_load(&self, target: &str) -> Result<(), String> {
+    pub fn clear_load(&self, target: &str) -> Result<(), WriteError> {
         self.conn
             .execute("DELETE FROM ha_load WHERE target = ?1", [target])
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         self.publish(Reading::Load {
             target: target.to_owned(),
             load: None,
@@ -614,11 +674,11 @@ impl Writer {
     /// id's verdict (the host name unless `--monitor-id` says otherwise), so
     /// the next probe rounds of a monitor with the same id move it again;
     /// `drain` is what sticks.
-    pub fn health(&self, target: &str, up: bool) -> Result<(), String> {
+    pub fn health(&self, target: &str, up: bool) -> Result<(), WriteError> {
         self.set_health(target, up, 0, 0)
     }
 
-    fn set_health(&self, target: &str, up: bool, oks: u32, fails: u32) -> Result<(), String> {
+    fn set_health(&self, target: &str, up: bool, oks: u32, fails: u32) -> Result<(), WriteError> {
         let updated = unix_now();
         self.conn
             .execute(
@@ -627,7 +687,7 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![target, self.monitor, up, oks, fails, updated],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         if !self.registered.get() {
             self.register_monitor();
         }
@@ -642,7 +702,7 @@ impl Writer {
     /// The generation the next drain or undrain of `target` takes: one past
     /// the newest known here (SQLite) or on the other nodes (memcached), so
     /// that it supersedes both.
-    fn next_generation(&self, target: &str) -> Result<u64, String> {
+    fn next_generation(&self, target: &str) -> Result<u64, WriteError> {
         // A database made before drain generations gains the table here
         // (as `init` would add it), so that drains keep working after an
         // upgrade of the binary alone.
@@ -650,7 +710,7 @@ impl Writer {
             .find("CREATE TABLE IF NOT EXISTS ha_drain_generation")
             .and_then(|at| Some(&SCHEMA[at..at + SCHEMA[at..].find(");")? + 2]))
             .unwrap_or("");
-        self.conn.execute_batch(ddl).map_err(|e| e.to_string())?;
+        self.conn.execute_batch(ddl).map_err(WriteError::from)?;
         let here: Option<i64> = self
             .conn
             .query_row(
@@ -659,7 +719,7 @@ impl Writer {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let here = here.and_then(|g| u64::try_from(g).ok()).unwrap_or(0);
         let shared = match self.cache.borrow_mut().as_mut() {
             Some(c) => {
@@ -678,38 +738,38 @@ impl Writer {
         Ok(here.max(shared).saturating_add(1).min(i64::MAX as u64))
     }
 
-    fn set_generation(&self, target: &str, generation: u64) -> Result<(), String> {
+    fn set_generation(&self, target: &str, generation: u64) -> Result<(), WriteError> {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO ha_drain_generation (target, generation) VALUES (?1, ?2)",
                 params![target, generation as i64],
             )
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(WriteError::from)
     }
 
     /// Takes `target` out of every answer until `undrain`: hard state in
     /// SQLite, and in memcached (without expiry) for the other nodes.
-    pub fn drain(&self, target: &str, reason: &str) -> Result<(), String> {
+    pub fn drain(&self, target: &str, reason: &str) -> Result<(), WriteError> {
         if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(format!(
+            return Err(WriteError::Refused(format!(
                 "--reason: at most {MAX_REASON} bytes on one line, got {} bytes",
                 reason.len()
-            ));
+            )));
         }
         let since = unix_now();
         let generation = self.next_generation(target)?;
         let tx = self
             .conn
             .unchecked_transaction()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         tx.execute(
             "INSERT OR REPLACE INTO ha_drain (target, reason, since) VALUES (?1, ?2, ?3)",
             params![target, reason, since],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(WriteError::from)?;
         self.set_generation(target, generation)?;
-        tx.commit().map_err(|e| e.to_string())?;
+        tx.commit().map_err(WriteError::from)?;
         self.publish(Reading::Drain {
             target: target.to_owned(),
             reason: Some(reason.to_owned()),
@@ -722,17 +782,17 @@ impl Writer {
     /// Ends a drain here and, through memcached, on every node: the
     /// undrain is newer than any copy of the drain, by its time and by its
     /// generation, which SQLite keeps after the drain's row is gone.
-    pub fn undrain(&self, target: &str) -> Result<bool, String> {
+    pub fn undrain(&self, target: &str) -> Result<bool, WriteError> {
         let generation = self.next_generation(target)?;
         let tx = self
             .conn
             .unchecked_transaction()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let removed = tx
             .execute("DELETE FROM ha_drain WHERE target = ?1", [target])
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         self.set_generation(target, generation)?;
-        tx.commit().map_err(|e| e.to_string())?;
+        tx.commit().map_err(WriteError::from)?;
         self.publish(Reading::Drain {
             target: target.to_owned(),
             reason: None,
@@ -742,11 +802,11 @@ impl Writer {
         Ok(removed > 0)
     }
 
-    pub fn drains(&self) -> Result<Vec<DrainRow>, String> {
+    pub fn drains(&self) -> Result<Vec<DrainRow>, WriteError> {
         let mut stmt = self
             .conn
             .prepare("SELECT target, reason, since FROM ha_drain ORDER BY target")
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(DrainRow {
@@ -755,8 +815,8 @@ impl Writer {
                     since: r.get(2)?,
                 })
             })
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+            .map_err(WriteError::from)?;
+        rows.collect::<Result<_, _>>().map_err(WriteError::from)
     }
 
     /// One probe result, through the anti-flap thresholds. Returns the
@@ -767,7 +827,7 @@ impl Writer {
         target: &str,
         ok: bool,
         t: AntiFlap,
-    ) -> Result<(Option<bool>, bool), String> {
+    ) -> Result<(Option<bool>, bool), WriteError> {
         let old: Option<(bool, u32, u32)> = self
             .conn
             .query_row(
@@ -777,7 +837,7 @@ impl Writer {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::from)?;
         let before = old.map(|(up, _, _)| up);
         let (up, oks, fails) = t.step(old, ok);
         self.set_health(target, up, oks, fails)?;
@@ -840,22 +900,28 @@ mod tests {
         assert!(w
             .target("sip9.example.com")
             .unwrap_err()
+            .to_string()
             .contains("not in ha_targets"));
         assert_eq!(w.network("198.51.100.0/24").unwrap(), "198.51.100.0/24");
         assert_eq!(w.network("*").unwrap(), "*");
         assert!(w
             .network("203.0.113.0/24")
             .unwrap_err()
+            .to_string()
             .contains("not in ha_networks"));
         assert!(w
             .network("198.51.100.7/24")
             .unwrap_err()
+            .to_string()
             .contains("not '*'"));
         assert_eq!(w.vantage("b").unwrap(), "198.51.100.0/24");
         assert_eq!(w.vantage("198.51.100.0/24").unwrap(), "198.51.100.0/24");
         assert_eq!(w.vantage("*").unwrap(), "*");
+        // What the caller asked for, not the database's fault: the kind says so.
+        let e = w.vantage("nowhere").unwrap_err();
+        assert!(matches!(e, WriteError::Refused(_)), "{e:?}");
         assert_eq!(
-            w.vantage("nowhere").unwrap_err(),
+            e.to_string(),
             "--network \"nowhere\" is not a name or CIDR in ha_networks"
         );
     }

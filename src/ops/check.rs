@@ -82,7 +82,7 @@ pub fn counts(conn: &Connection) -> Result<String, String> {
     ))
 }
 
-fn table_exists(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+pub(super) fn table_exists(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
         [table],
@@ -483,7 +483,7 @@ impl Lint {
 /// when `prio` is NULL and a hand-written row carries it in front), as the
 /// pipe reads it; `None` when it does not parse, or for the "no service"
 /// target `.`.
-fn srv_target(content: &str, no_prio: bool) -> Option<&str> {
+pub(super) fn srv_target(content: &str, no_prio: bool) -> Option<&str> {
     let mut f = content.split_whitespace();
     if no_prio {
         f.next()?;

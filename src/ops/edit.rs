@@ -10,7 +10,9 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::check::{host_port, srv_target, table_exists};
 use crate::dns::Subnet;
+use crate::net::kamailio::connect_target;
 use crate::state::codes::AcceptCodes;
 use crate::text::shown;
 
@@ -36,16 +38,7 @@ fn open(db: &Path) -> Result<Connection, String> {
         .map_err(|e| format!("database {}: {e}", db.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
-    let has = |t: &str| -> Result<bool, String> {
-        conn.query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [t],
-            |_| Ok(()),
-        )
-        .optional()
-        .map(|r| r.is_some())
-        .map_err(|e| e.to_string())
-    };
+    let has = |t: &str| table_exists(&conn, t).map_err(|e| e.to_string());
     if !(has("ha_targets")? && has("ha_networks")?) {
         return Err(format!(
             "database {} has no ha_ tables: create them with `pdns-ha init --db {}`",
@@ -211,7 +204,7 @@ fn check_target(name: &str, f: &TargetFields, current: &TargetFields) -> Result<
         }
     }
     if let Some(a) = f.probe_address.as_deref().filter(|a| !a.is_empty()) {
-        host_port(a).map_err(|e| format!("--probe-address {e}"))?;
+        host_port(a).map_err(|why| format!("--probe-address {} {why}", shown(a)))?;
     }
     if let Some(c) = &f.probe_ok_codes {
         AcceptCodes::parse(Some(c))?;
@@ -233,9 +226,17 @@ fn check_target(name: &str, f: &TargetFields, current: &TargetFields) -> Result<
         .filter(|a| !a.is_empty());
     match (source.map(String::as_str), address) {
         (Some("freeswitch"), Some(a)) => {
-            host_port(a).map_err(|e| format!("--load-address (Event Socket) {e}"))?;
+            host_port(a).map_err(|why| {
+                format!(
+                    "--load-address {} {why} (the Event Socket's host:port)",
+                    shown(a)
+                )
+            })?;
         }
-        (Some("kamailio"), Some(a)) if !a.starts_with("http://") => {
+        // As `check` reads it, so that what one accepts the other does too.
+        (Some("kamailio"), Some(a))
+            if connect_target(a).is_none_or(|hp| host_port(&hp).is_err()) =>
+        {
             return Err(format!(
                 "--load-address {}: Kamailio's JSON-RPC URL, e.g. http://10.0.0.5:5071/RPC",
                 shown(a)
@@ -247,26 +248,6 @@ fn check_target(name: &str, f: &TargetFields, current: &TargetFields) -> Result<
         _ => {}
     }
     Ok(())
-}
-
-/// `HOST:PORT` or `[IPV6]:PORT`, as the monitor dials it.
-fn host_port(a: &str) -> Result<(), String> {
-    let bad = || format!("{}: needs HOST:PORT or [IPV6]:PORT", shown(a));
-    let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty()
-        || host.contains(char::is_whitespace)
-        || host.contains(':') && !a.starts_with('[')
-    {
-        return Err(bad());
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(bad()),
-    }
 }
 
 fn stored(conn: &Connection, name: &str) -> Result<Option<TargetFields>, String> {
@@ -292,13 +273,14 @@ fn stored(conn: &Connection, name: &str) -> Result<Option<TargetFields>, String>
 /// Whether any record names `target`: an SRV record's target, or an A/AAAA address.
 fn named_by_records(conn: &Connection, target: &str) -> Result<bool, String> {
     let mut stmt = conn
-        .prepare("SELECT type, content FROM records WHERE type IN ('SRV', 'A', 'AAAA')")
+        .prepare("SELECT type, content, prio FROM records WHERE type IN ('SRV', 'A', 'AAAA')")
         .map_err(|e| e.to_string())?;
     let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
         let (t, c): (String, String) = (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default());
+        let no_prio = r.get::<_, Option<i64>>(2).ok().flatten().is_none();
         let named = match t.as_str() {
-            "SRV" => c.split_whitespace().nth(2).map(|n| n.trim_end_matches('.')),
+            "SRV" => srv_target(&c, no_prio).map(|n| n.trim_end_matches('.')),
             _ => Some(c.trim()),
         };
         if named.is_some_and(|n| n.eq_ignore_ascii_case(target)) {

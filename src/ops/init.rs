@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
@@ -57,14 +57,7 @@ pub(crate) fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     }
     // A CHECK cannot be altered: an ha_latency that refuses the newest source is
     // rebuilt with its rows (SQLite's own recipe, "ALTER TABLE", section 7).
-    let sql: Option<String> = conn
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ha_latency'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if sql.is_some_and(|s| s.contains("'metric'") && !s.contains("'freeswitch'")) {
+    if crate::state::writer::latency_predates_freeswitch(conn)? {
         let cols = columns(conn, "ha_latency")?.join(", ");
         conn.execute_batch(&format!(
             "BEGIN;

@@ -28,6 +28,20 @@ const SCHEMA: &str = include_str!("../../sql/schema.sql");
 /// `metric` may write at once). Readers never wait: WAL.
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether `ha_latency` was made before FreeSWITCH readings: its own CHECK names the
+/// sources it takes, and one without `freeswitch` refuses them. What `init` upgrades, and
+/// what the writer refuses to start on until it has.
+pub fn latency_predates_freeswitch(conn: &Connection) -> rusqlite::Result<bool> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ha_latency'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(sql.is_some_and(|s| s.contains("'metric'") && !s.contains("'freeswitch'")))
+}
+
 /// What can go wrong writing readings, by who can fix it: the database (missing, locked,
 /// made by an older pdns-ha: the operator's `init` or a retry), or what was asked (an
 /// unknown target or network, a value out of range: the caller's input).
@@ -188,17 +202,7 @@ impl Writer {
                 )));
             }
         }
-        // The latency table's own CHECK names the sources it takes (as init reads it):
-        // one from before FreeSWITCH would refuse that source's rows.
-        let latency_sql: Option<String> = conn
-            .query_row(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ha_latency'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(at)?;
-        if latency_sql.is_some_and(|s| !s.contains("'freeswitch'")) {
+        if latency_predates_freeswitch(&conn).map_err(at)? {
             return Err(WriteError::Database(format!(
                 "database {}: made by an older pdns-ha (ha_latency takes no freeswitch \
                  readings); run pdns-ha init --db {} to upgrade it",

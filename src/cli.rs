@@ -162,7 +162,7 @@ pub struct ReadArgs {
     #[command(flatten)]
     pub db: DbArg,
     /// Readings older than this count as unknown
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = count)]
     pub stale_after: u32,
     /// Readings stamped further ahead of this host's clock are refused
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_MAX_SKEW)]
@@ -179,7 +179,7 @@ pub struct PipeArgs {
     #[arg(long, value_name = "ALG", default_value = "static", value_parser = algorithm)]
     pub algorithm: Algorithm,
     /// Upper bound on the TTL of an answer whose order was computed
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = count)]
     pub dynamic_ttl: u32,
 }
 
@@ -212,7 +212,7 @@ pub struct WriteArgs {
     #[command(flatten)]
     pub db: DbArg,
     /// Expiry of what is published to memcached
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = count)]
     pub stale_after: u32,
     #[command(flatten)]
     pub memcached: MemcachedArgs,
@@ -485,7 +485,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "ALG", value_parser = algorithm)]
     pub algorithm: Option<Algorithm>,
     /// Upper bound on the TTL of an answer whose order was computed
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = count)]
     pub dynamic_ttl: u32,
     /// The client asking (its address or ECS subnet)
     #[arg(long, value_name = "IP|CIDR", value_parser = subnet, conflicts_with = "networks")]
@@ -525,7 +525,7 @@ pub struct MonitorArgs {
     #[command(flatten)]
     pub db: DbArg,
     /// Seconds between rounds
-    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = count)]
     pub interval: u32,
     /// Per probe, in milliseconds: one slow target costs the others at most this
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = count)]
@@ -540,7 +540,7 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub once: bool,
     /// Expiry of what is published to memcached; readings older than this are stale
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = count)]
     pub stale_after: u32,
     #[command(flatten)]
     pub monitor: MonitorId,
@@ -613,13 +613,13 @@ pub struct ObserveArgs {
     #[arg(long, value_name = "NAME", requires = "freeswitch")]
     pub freeswitch_caller_header: Option<String>,
     /// Seconds between rounds
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = count)]
     pub interval: u32,
     /// For the JSON-RPC call, in milliseconds (ul.dump of 10,000 contacts takes Kamailio seconds)
     #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = count)]
     pub timeout: u32,
     /// A keepalive or TCP acknowledgement older than this is not a current round trip
-    #[arg(long, value_name = "SECS", default_value_t = 180, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 180, value_parser = count)]
     pub max_age: u32,
     /// A network with fewer distinct callers (subscribers) gets no reading
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = count)]
@@ -631,7 +631,7 @@ pub struct ObserveArgs {
     #[arg(long)]
     pub once: bool,
     /// Expiry of what is published to memcached
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = count)]
     pub stale_after: u32,
     /// Serve OpenMetrics at http://ADDR:PORT/metrics
     #[arg(long, value_name = "ADDR:PORT")]
@@ -676,12 +676,8 @@ pub fn with_default_command(mut args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
-/// Seconds for `--interval`, `--stale-after` and the like: a whole number above zero.
-fn secs(v: &str) -> Result<u32, String> {
-    count(v)
-}
-
-/// A whole number above zero.
+/// A whole number above zero: a count, or seconds for `--interval`, `--stale-after` and
+/// the like.
 fn count(v: &str) -> Result<u32, String> {
     match v.parse::<u32>() {
         Ok(n) if n > 0 => Ok(n),

@@ -107,17 +107,52 @@ fn kamailio(dir: &Path, name: &'static str, listeners: &[(u16, &Path, &Path)]) -
             "-f", &cfg, "-DD", "-E", "-m", "64", "-M", "8", "-Y", &run_dir,
         ],
     );
-    for (port, _, _) in listeners {
+    for (port, crt, _) in listeners {
+        // Listening is not serving: Kamailio accepts before its TLS workers take part,
+        // and a handshake then is closed. Ready is a handshake that gets as far as the
+        // certificate, whether this client trusts it or not.
         let up = poll(Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", *port)).ok()
+            tls_answers(*port, crt).then_some(())
         });
         assert!(
             up.is_some(),
-            "{name} never listened on {port}\n{}",
+            "{name} never completed a TLS handshake on {port}\n{}",
             server.log_tail()
         );
     }
     server
+}
+
+/// Whether a TLS handshake with 127.0.0.1:`port` reaches the server's certificate,
+/// through the monitor's own TLS probe (`crt` stands in as the trusted root: a refusal of
+/// the certificate is an answer too).
+fn tls_answers(port: u16, crt: &Path) -> bool {
+    use pdns_ha::monitor::stream::{probe_one, StreamSpec};
+    use pdns_ha::monitor::tls::TlsSettings;
+    use pdns_ha::net::probe::ProbeErrorKind;
+    if TcpStream::connect(("127.0.0.1", port)).is_err() {
+        return false;
+    }
+    let settings = TlsSettings::load(None, None).unwrap();
+    let Ok((verifier, trust)) = settings.verifier_for(crt.to_str()) else {
+        return false;
+    };
+    let spec = settings
+        .spec(verifier, &trust, "sip1.example.com", &[])
+        .unwrap();
+    let done = probe_one(
+        StreamSpec {
+            addr: ([127, 0, 0, 1], port).into(),
+            sip: false,
+            tls: Some(spec),
+            names: Vec::new(),
+        },
+        Duration::from_secs(2),
+    );
+    match done.result {
+        Ok(_) => true,
+        Err(e) => matches!(e.kind, ProbeErrorKind::Tls { .. }),
+    }
 }
 
 /// `n` distinct free TCP ports on loopback, all held until all are chosen.

@@ -297,6 +297,12 @@ fn two_nodes_share_readings_and_ride_out_an_outage() {
             srv.first().map(String::as_str) == Some("010 sip1")
         });
     }
+    // The new readings may all sit on the other server: node1 says the restarted one is
+    // back once its back-off lets it ask again, which lookups drive.
+    let back = || std::fs::read_to_string(&log1).is_ok_and(|l| l.contains("is back"));
+    until(&mut p1, "the restarted memcached said to be back", |_| {
+        back()
+    });
     drop((p1, p2));
     let log = std::fs::read_to_string(&log1).unwrap();
     let warnings = log

@@ -171,10 +171,31 @@ pub struct ReadArgs {
     pub memcached: MemcachedArgs,
 }
 
+/// Where the pipe processes write their counters: the monitor exports them, `status`
+/// shows them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CountersArg {
+    /// Directory of the pipe processes' counter files (default: DB.pipes beside the database; none: not written)
+    #[arg(long, value_name = "DIR|none")]
+    pub pipe_counters: Option<PathBuf>,
+}
+
+impl CountersArg {
+    pub fn dir(&self, db: &std::path::Path) -> Option<PathBuf> {
+        match &self.pipe_counters {
+            None => Some(crate::state::pipe_counters::dir_for(db)),
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(p.clone()),
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct PipeArgs {
     #[command(flatten)]
     pub read: ReadArgs,
+    #[command(flatten)]
+    pub counters: CountersArg,
     /// How answers are ordered
     #[arg(long, value_name = "ALG", default_value = "static", value_parser = algorithm)]
     pub algorithm: Algorithm,
@@ -193,6 +214,7 @@ impl PipeArgs {
             stale_after: Secs(r.stale_after),
             cache: r.memcached.options(r.stale_after),
             max_clock_skew: r.max_clock_skew,
+            pipe_counters: self.counters.dir(&r.db.db),
         }
     }
 }
@@ -460,6 +482,8 @@ pub enum TargetCommand {
 pub struct StatusArgs {
     #[command(flatten)]
     pub read: ReadArgs,
+    #[command(flatten)]
+    pub counters: CountersArg,
     /// List every network's latency per target; past ten networks a target's are summarized
     #[arg(long)]
     pub all_networks: bool,
@@ -470,6 +494,7 @@ impl StatusArgs {
     pub fn options(&self) -> PipeOptions {
         PipeArgs {
             read: self.read.clone(),
+            counters: self.counters.clone(),
             algorithm: Algorithm::Static,
             dynamic_ttl: 30,
         }
@@ -513,6 +538,9 @@ impl ExplainArgs {
         };
         PipeArgs {
             read: self.read.clone(),
+            counters: CountersArg {
+                pipe_counters: Some("none".into()),
+            },
             algorithm: self.algorithm.unwrap_or(default),
             dynamic_ttl: self.dynamic_ttl,
         }
@@ -563,6 +591,8 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "NAME|CIDR")]
     pub network: Option<String>,
     #[command(flatten)]
+    pub counters: CountersArg,
+    #[command(flatten)]
     pub memcached: MemcachedArgs,
 }
 
@@ -585,6 +615,7 @@ impl MonitorArgs {
             cert_warn_days: self.cert_warn_days,
             tls_client_cert: self.tls_client_cert.clone(),
             tls_client_key: self.tls_client_key.clone(),
+            pipe_counters: self.counters.dir(&self.db.db),
         }
     }
 }

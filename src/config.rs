@@ -23,6 +23,8 @@ pub struct PipeOptions {
     pub cache: Option<CacheOptions>,
     /// Readings stamped further ahead of this host's clock are refused.
     pub max_clock_skew: u32,
+    /// Where each pipe process writes its counters (`--pipe-counters`); `None`: nowhere.
+    pub pipe_counters: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct MonitorOptions {
     /// Client certificate chain and key (PEM) for mutual TLS with `_sips._tcp` services.
     pub tls_client_cert: Option<PathBuf>,
     pub tls_client_key: Option<PathBuf>,
+    /// The pipe processes' counter files, exported with the monitor's figures.
+    pub pipe_counters: Option<PathBuf>,
 }
 
 /// `pdns-ha observe`: round trips one SIP server sees, grouped by client network, written as

@@ -154,6 +154,7 @@ fn fuzz_pipe_lines() {
             stale_after: Secs(30),
             cache: None,
             max_clock_skew: 5,
+            pipe_counters: None,
         };
         let mut backend = Backend::new(
             Store::open(&db).unwrap(),

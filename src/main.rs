@@ -93,12 +93,15 @@ fn pipe(opts: &PipeOptions) -> Result<(), String> {
     let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
     let ranker = || Ranker::from_options(opts);
     let served = match open() {
-        Ok(store) => backend::Backend::new(store, ranker()).run(&mut input, &mut out),
+        Ok(store) => backend::Backend::new(store, ranker())
+            .with_counters(opts.pipe_counters.clone())
+            .run(&mut input, &mut out),
         // Exiting would make pdns_server exit, and every zone it serves with it: wait for
         // the database instead.
         Err(why) => match waiting::serve(why, opts.algorithm, &mut open, &mut input, &mut out) {
             Ok(None) => Ok(()),
             Ok(Some(w)) => backend::Backend::new(w.store, ranker())
+                .with_counters(opts.pipe_counters.clone())
                 .with_abi(w.abi)
                 .run(&mut io::Cursor::new(w.pending).chain(input), &mut out),
             Err(e) => Err(e),

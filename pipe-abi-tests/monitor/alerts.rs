@@ -97,6 +97,25 @@ tests:
             exp_annotations:
               summary: "more callers of sip1.example.com come from no known network"
               description: "Round trips from callers outside every ha_networks row are twice yesterday's rate: a new site or NAT address is not listed, and its callers get the static order. observe's log names the prefixes."
+  - interval: 10m
+    input_series:
+      # A DNS node's pipes: 0.5 questions/s from no known network for a day, then 2/s;
+      # another node's stay at 0.5/s.
+      - series: 'pdns_ha_pipe_unknown_network_queries_total{{job="pdns-ha-monitor",instance="dns1:9771"}}'
+        values: '0+300x150 45000+1200x20'
+      - series: 'pdns_ha_pipe_unknown_network_queries_total{{job="pdns-ha-monitor",instance="dns2:9771"}}'
+        values: '0+300x170'
+    alert_rule_test:
+      - eval_time: 26h
+        alertname: PdnsHaUnknownNetworkQueriesRising
+        exp_alerts: []
+      - eval_time: 27h
+        alertname: PdnsHaUnknownNetworkQueriesRising
+        exp_alerts:
+          - exp_labels: {{severity: info, job: pdns-ha-monitor, instance: "dns1:9771"}}
+            exp_annotations:
+              summary: "more DNS questions at dns1:9771 come from no known network"
+              description: "The pipes of this DNS node answer twice yesterday's rate of questions from clients (or resolvers, or their ECS subnets) outside every ha_networks row; they get no per-network ranking. `pdns-ha explain --networks` shows who gets what."
 "#,
         rules = rules.display()
     )
@@ -151,6 +170,15 @@ fn emitted() -> BTreeSet<String> {
         m::PROBE_ERRORS,
         m::ROUNDS,
         m::ROUND_DURATION,
+        m::PIPES,
+        m::PIPE_LOOKUPS,
+        m::PIPE_EMPTY,
+        m::PIPE_FAILS,
+        m::PIPE_BAD_LINES,
+        m::PIPE_AXFRS,
+        m::PIPE_NETWORK_QUERIES,
+        m::PIPE_NETWORK_ANSWERS,
+        m::PIPE_UNKNOWN_NETWORK,
         o::ROUND_LATENCY,
         o::CALLERS,
         o::SAMPLES,

@@ -7,6 +7,7 @@ mod esl;
 mod health;
 pub(crate) mod kamailio;
 pub(crate) mod openmetrics;
+mod pipe_counters;
 mod service_tls;
 mod vantage;
 

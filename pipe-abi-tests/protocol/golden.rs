@@ -55,6 +55,7 @@ fn run_case(input: &Path, dir: &TempDir) -> String {
         stale_after: Secs(30),
         cache: None,
         max_clock_skew: 5,
+        pipe_counters: None,
     };
     // Readings are judged at the golden clock too: stamped near NOW, they
     // are not in the future.
@@ -187,6 +188,7 @@ fn explain_shows_what_the_pipe_answers() {
             stale_after: Secs(30),
             cache: None,
             max_clock_skew: 5,
+            pipe_counters: None,
         };
         let mut backend = Backend::new(
             Store::open(&db).unwrap(),

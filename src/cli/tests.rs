@@ -44,10 +44,16 @@ fn pipe_is_the_default() {
         stale_after: Secs(30),
         cache: None,
         max_clock_skew: 5,
+        pipe_counters: Some("/x.db.pipes".into()),
     };
     assert_eq!(
         pipe("--db /x.db --algorithm least-load --dynamic-ttl 10"),
         want
+    );
+    assert_eq!(pipe("--db /x.db --pipe-counters none").pipe_counters, None);
+    assert_eq!(
+        pipe("--db /x.db --pipe-counters /run/c").pipe_counters,
+        Some("/run/c".into())
     );
     let o = pipe("--db x --memcached 127.0.0.1:11211,[::1]:11211 --stale-after 9");
     let want = CacheOptions {

@@ -9,7 +9,8 @@
 //!
 //! A round: resolve every name within one probe timeout ([`resolve`]), run
 //! the probes with bounded concurrency ([`pool`]), then write the round in
-//! one transaction, so the pipe never reads half of one.
+//! one transaction, so the pipe never reads half of one. With `--metrics-listen`, each
+//! round also sums what this host's pipe processes answered ([`pipes`]).
 //!
 //! What counts as a failed health check:
 //! - a SIP answer whose code the target does not accept (`probe_ok_codes`,
@@ -22,6 +23,7 @@
 
 pub mod esl;
 pub mod openmetrics;
+pub mod pipes;
 pub mod pool;
 mod record;
 pub mod resolve;
@@ -46,6 +48,7 @@ use crate::state::writer::Writer;
 use crate::text::{shown, Reported};
 use openmetrics::Figures;
 
+use self::pipes::PipeTotals;
 use self::pool::{Degraded, Done, Start};
 use self::record::*;
 use self::resolve::{Lookup, Resolver};
@@ -321,6 +324,11 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
     if let Some(addr) = opts.metrics_listen {
         openmetrics::serve(addr, Arc::clone(&figures), openmetrics::render)?;
     }
+    // Only worth reading for a scraper.
+    let mut pipes = match opts.metrics_listen {
+        Some(_) => opts.pipe_counters.clone().map(PipeTotals::new),
+        None => None,
+    };
     let interval = Duration::from_secs(u64::from(opts.interval.0));
     // Loaded once: a bad client certificate stops the monitor at start; missing system
     // roots only stop TLS probes of targets without a CA file (logged).
@@ -370,7 +378,11 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             start.elapsed(),
             services.len()
         );
+        let pipe_figures = pipes.as_mut().map(|p| p.read(&mut reported));
         if let Ok(mut f) = figures.lock() {
+            if pipe_figures.is_some() {
+                f.pipes = pipe_figures;
+            }
             f.rounds += 1;
             f.last_round_seconds = Some(start.elapsed().as_secs_f64());
         }

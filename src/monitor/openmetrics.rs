@@ -28,6 +28,8 @@ pub use crate::net::probe::error_kind;
 
 use crate::net::probe::ProbeErrorKind;
 
+use super::pipes::PipeFigures;
+
 // Metric family names. Units in the name, base units only (seconds), as Prometheus's
 // naming conventions ask; counters get `_total` on their samples.
 pub const TARGET_UP: &str = "pdns_ha_target_up";
@@ -41,6 +43,15 @@ pub const SERVICE_UP: &str = "pdns_ha_service_up";
 pub const CERT_EXPIRY: &str = "probe_ssl_earliest_cert_expiry";
 pub const CERT_EXPIRING: &str = "pdns_ha_service_cert_expiring";
 pub const TLS_FAILURES: &str = "pdns_ha_tls_verify_failures";
+pub const PIPES: &str = "pdns_ha_pipes";
+pub const PIPE_LOOKUPS: &str = "pdns_ha_pipe_lookups";
+pub const PIPE_EMPTY: &str = "pdns_ha_pipe_empty_answers";
+pub const PIPE_FAILS: &str = "pdns_ha_pipe_fails";
+pub const PIPE_BAD_LINES: &str = "pdns_ha_pipe_bad_lines";
+pub const PIPE_AXFRS: &str = "pdns_ha_pipe_axfrs";
+pub const PIPE_NETWORK_QUERIES: &str = "pdns_ha_pipe_network_queries";
+pub const PIPE_NETWORK_ANSWERS: &str = "pdns_ha_pipe_network_answers";
+pub const PIPE_UNKNOWN_NETWORK: &str = "pdns_ha_pipe_unknown_network_queries";
 
 /// A value and when it was read (Unix seconds), so that its age can be told at scrape time.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -103,6 +114,8 @@ pub struct Figures {
     pub rounds: u64,
     /// How long the last round took, probes and write together.
     pub last_round_seconds: Option<f64>,
+    /// What this host's pipe processes answered (`--pipe-counters`).
+    pub pipes: Option<PipeFigures>,
 }
 
 impl Figures {
@@ -264,6 +277,9 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
         }
     }
     services(&mut out, f, fmt);
+    if let Some(p) = &f.pipes {
+        pipes(&mut out, p, fmt);
+    }
     rounds_and_end(
         &mut out,
         fmt,
@@ -274,6 +290,77 @@ pub fn render(f: &Figures, now: f64, fmt: Format) -> String {
         ),
     );
     out
+}
+
+/// What the pipes answered: pdns runs them, so nobody else can ask them.
+fn pipes(out: &mut String, p: &PipeFigures, fmt: Format) {
+    let c = &p.counts;
+    family(
+        out,
+        fmt,
+        PIPES,
+        "gauge",
+        "Pipe processes running on this host that wrote counters.",
+    );
+    let _ = writeln!(out, "{PIPES} {}", p.running);
+    let totals = [
+        (
+            PIPE_LOOKUPS,
+            "Questions pdns asked the pipe processes.",
+            c.lookups,
+        ),
+        (PIPE_EMPTY, "Questions answered with no data.", c.empty),
+        (
+            PIPE_FAILS,
+            "FAIL answers sent to pdns: bad lines, names that could not be read, AXFRs not served.",
+            c.fails,
+        ),
+        (
+            PIPE_BAD_LINES,
+            "Lines from pdns that were not a question the pipe understands.",
+            c.bad_lines,
+        ),
+        (PIPE_AXFRS, "Zone transfers served.", c.axfrs),
+        (
+            PIPE_UNKNOWN_NETWORK,
+            "Questions from clients in no known network (they get no per-network ranking).",
+            c.unknown.queries,
+        ),
+    ];
+    for (name, help, n) in totals {
+        family(out, fmt, name, "counter", help);
+        let _ = writeln!(out, "{name}_total {n}");
+    }
+    family(
+        out,
+        fmt,
+        PIPE_NETWORK_QUERIES,
+        "counter",
+        "Questions from clients in a known network, by ha_networks name.",
+    );
+    for (name, n) in &c.networks {
+        let _ = writeln!(
+            out,
+            "{PIPE_NETWORK_QUERIES}_total{{network=\"{}\"}} {}",
+            escape(name),
+            n.queries
+        );
+    }
+    family(
+        out,
+        fmt,
+        PIPE_NETWORK_ANSWERS,
+        "counter",
+        "Questions from clients in a known network answered with data, by ha_networks name.",
+    );
+    for (name, n) in &c.networks {
+        let _ = writeln!(
+            out,
+            "{PIPE_NETWORK_ANSWERS}_total{{network=\"{}\"}} {}",
+            escape(name),
+            n.answered
+        );
+    }
 }
 
 /// The families of advertised services (issue 18).

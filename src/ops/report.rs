@@ -224,6 +224,56 @@ fn summary(fused: &[(bool, Option<f64>)], shown: usize) -> String {
     )
 }
 
+/// What pdns's pipe processes answered, from the files they write (`pdnsutil backend-cmd
+/// pipe status` would ask a fresh process, which has answered nothing).
+fn pipes(dir: &std::path::Path, out: &mut String) {
+    use crate::state::pipe_counters::{alive, read_dir, Counts};
+    let files = match read_dir(dir) {
+        Ok((files, _)) if !files.is_empty() => files,
+        Ok(_) => {
+            let _ = writeln!(
+                out,
+                "pipes: no counters in {} yet (each pipe writes them every 10 s while pdns asks, and when it ends)",
+                dir.display()
+            );
+            return;
+        }
+        Err(e) => {
+            let _ = writeln!(out, "pipes: {}: {e}", dir.display());
+            return;
+        }
+    };
+    let running = files.iter().filter(|f| alive(f.pid)).count();
+    let mut c = Counts::default();
+    for f in &files {
+        c.add(&f.counts);
+    }
+    let _ = writeln!(
+        out,
+        "pipes: {running} running, {} ended not yet summed by a monitor ({}): {} questions, {} with no data, {} FAIL, {} from no known network",
+        files.len() - running,
+        dir.display(),
+        c.lookups,
+        c.empty,
+        c.fails,
+        c.unknown.queries
+    );
+    let mut by: Vec<_> = c.networks.iter().collect();
+    by.sort_by(|a, b| b.1.queries.cmp(&a.1.queries).then(a.0.cmp(b.0)));
+    const SHOWN: usize = 10;
+    let mut list: Vec<String> = by
+        .iter()
+        .take(SHOWN)
+        .map(|(n, p)| format!("{} {}", shown(n), p.queries))
+        .collect();
+    if by.len() > SHOWN {
+        list.push(format!("… and {} more", by.len() - SHOWN));
+    }
+    if !list.is_empty() {
+        let _ = writeln!(out, "  questions by network: {}", list.join(", "));
+    }
+}
+
 pub fn status(opts: &PipeOptions, all_networks: bool) -> Result<(), String> {
     let store = view(opts)?;
     let metrics = store.metrics();
@@ -404,6 +454,9 @@ pub fn status(opts: &PipeOptions, all_networks: bool) -> Result<(), String> {
         "readings older than {stale_after}s are STALE and count as unknown"
     );
     rejected(&store, &mut out);
+    if let Some(dir) = &opts.pipe_counters {
+        pipes(dir, &mut out);
+    }
     io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| e.to_string())

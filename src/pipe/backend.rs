@@ -10,6 +10,8 @@ use log::debug;
 use crate::pipe::abi::{self, AbiVersion, ParseError, Question, Request, MAX_LINE};
 use crate::pipe::answer::{as_stored, recycle, Ranker};
 use crate::pipe::store::Store;
+pub use crate::pipe::tally::Stats;
+use crate::pipe::tally::Tally;
 use crate::pipe::zone::Record;
 use crate::select::Algorithm;
 use crate::state::reading::unix_now;
@@ -23,21 +25,13 @@ enum Ending {
     Banner(AbiVersion),
 }
 
-/// Counters for CMD `status`.
-#[derive(Default, Debug, Clone, Copy)]
-pub struct Stats {
-    pub questions: u64,
-    pub answered: u64,
-    pub empty: u64,
-    pub axfrs: u64,
-    pub failed_lines: u64,
-}
-
 pub struct Backend {
     store: Store,
     ranker: Ranker,
     abi: Option<AbiVersion>,
     stats: Stats,
+    /// The same counts and more, by client network, for the monitor to export.
+    tally: Tally,
     /// Scratch for one RRset, kept so that lookups do not allocate.
     rrset: Vec<Record<'static>>,
     started: Instant,
@@ -56,6 +50,7 @@ impl Backend {
             ranker,
             abi: None,
             stats: Stats::default(),
+            tally: Tally::new(None, Instant::now()),
             started: Instant::now(),
             rrset: Vec::new(),
             clock: unix_now,
@@ -68,6 +63,13 @@ impl Backend {
     /// could be read ([`crate::pipe::waiting`]).
     pub fn with_abi(mut self, abi: Option<AbiVersion>) -> Self {
         self.abi = abi;
+        self
+    }
+
+    /// Writes the counters to a file of this process's in `dir` now and then, and at
+    /// the end ([`crate::state::pipe_counters`]).
+    pub fn with_counters(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.tally = Tally::new(dir, Instant::now());
         self
     }
 
@@ -84,7 +86,10 @@ impl Backend {
         let mut buf = Vec::with_capacity(MAX_LINE + 1);
         loop {
             let ending = match read_line(input, &mut buf)? {
-                LineRead::Eof => return Ok(()),
+                LineRead::Eof => {
+                    self.tally.write(&self.stats, Instant::now());
+                    return Ok(());
+                }
                 LineRead::TooLong => self.reject(&ParseError::TooLong, b""),
                 LineRead::Line => match std::str::from_utf8(&buf) {
                     Err(_) => self.reject(&ParseError::NotUtf8, &buf),
@@ -99,7 +104,10 @@ impl Backend {
             };
             match ending {
                 Ending::End => out.write_all(b"END\n")?,
-                Ending::Fail => out.write_all(b"FAIL\n")?,
+                Ending::Fail => {
+                    self.stats.fails += 1;
+                    out.write_all(b"FAIL\n")?;
+                }
                 Ending::Banner(abi) => banner(out, abi, self.ranker.algorithm, "")?,
             }
             out.flush()?;
@@ -125,7 +133,9 @@ impl Backend {
     }
 
     fn answer(&mut self, req: Request<'_>, out: &mut dyn Write) -> io::Result<Ending> {
-        self.store.refresh(Instant::now());
+        let now = Instant::now();
+        self.store.refresh(now);
+        self.tally.maybe_write(&self.stats, now);
         Ok(match req {
             Request::Helo(abi) => {
                 self.abi = Some(abi);
@@ -203,6 +213,7 @@ impl Backend {
             }
             self.rrset = recycle(run);
         }
+        self.tally.count(self.store.metrics(), client, n > 0);
         if n == 0 {
             self.stats.empty += 1;
             debug!("no data for {} {}", q.qname, q.qtype);

@@ -246,6 +246,10 @@ impl NetworkIndex {
     }
 
     fn lookup(&self, client: Subnet) -> Option<&Network> {
+        self.position(client).map(|i| &self.list[i])
+    }
+
+    fn position(&self, client: Subnet) -> Option<usize> {
         // IPv4-mapped IPv6 clients count as IPv4 (`Subnet::contains`).
         let addr = match client.addr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client.addr, IpAddr::V4),
@@ -259,10 +263,32 @@ impl NetworkIndex {
             let keys = &self.keys[start as usize..end as usize];
             let i = keys.partition_point(|k| *k < want);
             if keys.get(i) == Some(&want) {
-                return Some(&self.list[start as usize + i]);
+                return Some(start as usize + i);
             }
         }
         None
+    }
+}
+
+/// The known networks as one list, shared by every copy of the index and the same
+/// until `ha_networks` changes: the pipe counts queries by position in it, and names
+/// the positions only when it writes its counters ([`crate::pipe::tally`]).
+#[derive(Clone, Debug, Default)]
+pub struct NetworkList(Arc<NetworkIndex>);
+
+impl NetworkList {
+    /// Whether `m` still looks networks up in this list.
+    pub fn is_current(&self, m: &Metrics) -> bool {
+        Arc::ptr_eq(&self.0, &m.networks)
+    }
+
+    /// The position in [`Self::networks`] of the network `client` is in.
+    pub fn position(&self, client: Subnet) -> Option<usize> {
+        self.0.position(client)
+    }
+
+    pub fn networks(&self) -> &[Network] {
+        &self.0.list
     }
 }
 
@@ -551,6 +577,11 @@ impl Metrics {
             self.networks = Arc::new(NetworkIndex::build(all));
         }
         self.settle();
+    }
+
+    /// The networks as they are looked up now.
+    pub fn network_list(&self) -> NetworkList {
+        NetworkList(self.networks.clone())
     }
 
     /// The most specific known network holding the whole client subnet.

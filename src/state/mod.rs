@@ -6,7 +6,8 @@
 //! Their one validation is [`validate`]; the sealing of shared values and
 //! the hashing of long keys is [`auth`]. What an `ha_targets` row says about a
 //! target's services: [`service`] (transports and ports from the SRV records)
-//! and [`codes`] (the SIP codes that mean up).
+//! and [`codes`] (the SIP codes that mean up). The pipes' own counters, shared with
+//! the monitor through small files: [`pipe_counters`].
 
 pub mod auth;
 pub mod codes;
@@ -14,6 +15,7 @@ pub mod estimate;
 pub mod index;
 pub mod memcached;
 pub mod overlay;
+pub mod pipe_counters;
 pub mod reading;
 pub mod service;
 pub mod validate;

@@ -155,6 +155,14 @@ mod tests {
         d
     }
 
+    /// What `NotRegular` says is there instead.
+    fn found(e: FileError) -> &'static str {
+        match e {
+            FileError::NotRegular { kind, .. } => kind,
+            other => panic!("{other}"),
+        }
+    }
+
     fn mkfifo(p: &Path) {
         let c = CString::new(p.as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
@@ -181,9 +189,8 @@ mod tests {
             format!("{} is a FIFO, not a regular file", fifo.display())
         );
         let e = check_database(Path::new("/dev/null")).unwrap_err();
-        assert!(matches!(e, FileError::NotRegular { kind: "a character device", .. }));
-        let e = check_database(&d).unwrap_err();
-        assert!(matches!(e, FileError::NotRegular { kind: "a directory", .. }));
+        assert_eq!(found(e), "a character device");
+        assert_eq!(found(check_database(&d).unwrap_err()), "a directory");
         let e = check_database(&d.join("missing")).unwrap_err();
         assert!(matches!(e, FileError::Io(ref e) if e.kind() == io::ErrorKind::NotFound));
 
@@ -206,10 +213,8 @@ mod tests {
         assert!(!d.join("elsewhere.db").exists());
         let fifo = d.join("fifo.db");
         mkfifo(&fifo);
-        let e = check_new_database(&fifo).unwrap_err();
-        assert!(matches!(e, FileError::NotRegular { kind: "a FIFO", .. }), "{e}");
-        let e = check_new_database(&d).unwrap_err();
-        assert!(matches!(e, FileError::NotRegular { kind: "a directory", .. }), "{e}");
+        assert_eq!(found(check_new_database(&fifo).unwrap_err()), "a FIFO");
+        assert_eq!(found(check_new_database(&d).unwrap_err()), "a directory");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -179,7 +179,11 @@ fn store(name: &str, entry: &mut Entry, answer: Answer, now: Instant) -> anyhow:
             let text = e.to_string();
             let mut chars = text.chars();
             let first = chars.next().map(|c| c.to_lowercase().to_string());
-            Err(anyhow::anyhow!("{}{}", first.unwrap_or_default(), chars.as_str()))
+            Err(anyhow::anyhow!(
+                "{}{}",
+                first.unwrap_or_default(),
+                chars.as_str()
+            ))
         }
     }
 }

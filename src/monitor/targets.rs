@@ -151,7 +151,9 @@ pub(super) fn secret(r: &crate::state::writer::TargetRow) -> anyhow::Result<Stri
             f.take(4096).read_to_string(&mut text)
         })
         .map_err(|e| {
-            anyhow::anyhow!("load_secret_file {path}: {e} (it must be readable by the monitor's user)")
+            anyhow::anyhow!(
+                "load_secret_file {path}: {e} (it must be readable by the monitor's user)"
+            )
         })?;
     Ok(text.trim().to_owned())
 }

@@ -133,8 +133,7 @@ impl TlsSettings {
                 )),
             },
             Some(f) => {
-                let roots =
-                    roots_from(Path::new(f)).map_err(|e| anyhow!("probe_ca_file {e:#}"))?;
+                let roots = roots_from(Path::new(f)).map_err(|e| anyhow!("probe_ca_file {e:#}"))?;
                 Ok((verifier(roots, &self.provider)?, f.to_owned()))
             }
         }

@@ -197,11 +197,7 @@ fn check_target(name: &str, f: &TargetFields, current: &TargetFields) -> anyhow:
     }
     if let Some(p) = &f.probe {
         if !PROBES.contains(&p.as_str()) {
-            bail!(
-                "--probe {}: one of {}",
-                shown(p),
-                PROBES.join(", ")
-            );
+            bail!("--probe {}: one of {}", shown(p), PROBES.join(", "));
         }
     }
     if let Some(a) = f.probe_address.as_deref().filter(|a| !a.is_empty()) {
@@ -252,22 +248,23 @@ fn check_target(name: &str, f: &TargetFields, current: &TargetFields) -> anyhow:
 }
 
 fn stored(conn: &Connection, name: &str) -> anyhow::Result<Option<TargetFields>> {
-    let row = conn.query_row(
-        "SELECT probe, probe_address, probe_ok_codes, max_sessions, load_source, load_address \
+    let row = conn
+        .query_row(
+            "SELECT probe, probe_address, probe_ok_codes, max_sessions, load_source, load_address \
          FROM ha_targets WHERE name = ?1",
-        [name],
-        |r| {
-            Ok(TargetFields {
-                probe: r.get(0)?,
-                probe_address: r.get(1)?,
-                probe_ok_codes: r.get(2)?,
-                max_sessions: r.get(3)?,
-                load_source: r.get(4)?,
-                load_address: r.get(5)?,
-            })
-        },
-    )
-    .optional();
+            [name],
+            |r| {
+                Ok(TargetFields {
+                    probe: r.get(0)?,
+                    probe_address: r.get(1)?,
+                    probe_ok_codes: r.get(2)?,
+                    max_sessions: r.get(3)?,
+                    load_source: r.get(4)?,
+                    load_address: r.get(5)?,
+                })
+            },
+        )
+        .optional();
     Ok(row.map_err(Sql)?)
 }
 
@@ -481,7 +478,10 @@ mod tests {
             ..TargetFields::default()
         };
         let e = check_target("sip1", &codes, &none).unwrap_err();
-        assert!(e.downcast_ref::<crate::state::codes::BadCode>().is_some(), "{e}");
+        assert!(
+            e.downcast_ref::<crate::state::codes::BadCode>().is_some(),
+            "{e}"
+        );
         assert!(check_target("two words", &none, &none).is_err());
     }
 }

@@ -143,8 +143,7 @@ fn load(conn: &Connection, scripts: &[PathBuf]) -> anyhow::Result<()> {
     let tx = conn.unchecked_transaction().map_err(Sql)?;
     for script in scripts {
         let name = script.display();
-        let sql =
-            std::fs::read_to_string(script).with_context(|| format!("seed script {name}"))?;
+        let sql = std::fs::read_to_string(script).with_context(|| format!("seed script {name}"))?;
         run_script(&tx, &sql).map_err(|e| {
             anyhow!("seed script {name}: {e:#}; nothing of the seed scripts was applied")
         })?;

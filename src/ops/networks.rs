@@ -126,8 +126,7 @@ fn first_tier(
     let mut tiers: Vec<(String, Vec<String>)> = Vec::new();
     for rrset in records.chunk_by(|a, b| a.rtype == b.rtype) {
         let mut sent: Vec<(i64, String)> = Vec::new();
-        let decision = ranker
-            .answer(rrset, metrics, client, now, &mut |_| Ok(()))?;
+        let decision = ranker.answer(rrset, metrics, client, now, &mut |_| Ok(()))?;
         let placed = ranker.placed();
         let mut why_first = "as stored".to_owned();
         match decision {

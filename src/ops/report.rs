@@ -682,21 +682,20 @@ pub fn explain(
         for rrset in records.chunk_by(|a, b| a.rtype == b.rtype) {
             // The very records the pipe would send, with the scope it
             // would give them (ABI 3+).
-            let decision = ranker
-                .answer(rrset, metrics, client, now, &mut |d| {
-                    let prio = d.prio.map(|p| format!("{p} ")).unwrap_or_default();
-                    let weight = d.weight.map(|w| format!("{w} ")).unwrap_or_default();
-                    let _ = writeln!(
-                        out,
-                        "{}. {} IN {} {prio}{weight}{}   ; scope /{}",
-                        shown(d.qname),
-                        d.ttl,
-                        shown(d.qtype),
-                        shown_record(d.content),
-                        d.scopebits
-                    );
-                    Ok(())
-                })?;
+            let decision = ranker.answer(rrset, metrics, client, now, &mut |d| {
+                let prio = d.prio.map(|p| format!("{p} ")).unwrap_or_default();
+                let weight = d.weight.map(|w| format!("{w} ")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{}. {} IN {} {prio}{weight}{}   ; scope /{}",
+                    shown(d.qname),
+                    d.ttl,
+                    shown(d.qtype),
+                    shown_record(d.content),
+                    d.scopebits
+                );
+                Ok(())
+            })?;
             let Decision::Ranked(outcome) = decision else {
                 continue;
             };

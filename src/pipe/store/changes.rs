@@ -108,7 +108,12 @@ pub(super) fn apply(
                 clock.health(&h)?;
                 Ok(h)
             });
-            m.set_service_health(text(r, 0)?, s, text(r, 2)?, v.as_ref().ok().cloned().flatten());
+            m.set_service_health(
+                text(r, 0)?,
+                s,
+                text(r, 2)?,
+                v.as_ref().ok().cloned().flatten(),
+            );
             v.map(drop)
         })?;
     }

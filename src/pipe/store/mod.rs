@@ -75,9 +75,7 @@ pub enum StoreError {
     #[error("{0}, not a database file")]
     NotAFile(&'static str),
     /// An SQLite file without PowerDNS's tables: a new or foreign database.
-    #[error(
-        "not a PowerDNS database (no records or domains table); create one with pdns-ha init"
-    )]
+    #[error("not a PowerDNS database (no records or domains table); create one with pdns-ha init")]
     NotPdns,
     /// SQLite refused: not a database, damaged, locked, an I/O error.
     #[error("{0}")]
@@ -441,9 +439,8 @@ impl Store {
         let Some(conn) = opened.as_ref().or(self.conn.as_ref()) else {
             unreachable!("a connection is either held or just opened")
         };
-        let zones_changed = replaced
-            || self.zones_version.is_none()
-            || zones_version(conn)? != self.zones_version;
+        let zones_changed =
+            replaced || self.zones_version.is_none() || zones_version(conn)? != self.zones_version;
         let held = match (replaced, self.cursor) {
             (false, Some(c)) => Some((&mut self.base, c)),
             _ => None,

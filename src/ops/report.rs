@@ -39,9 +39,9 @@ fn open(db: &Path) -> anyhow::Result<Connection> {
     let at = || format!("database {}", db.display());
     crate::files::check_database(db).with_context(at)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Ok(Connection::open_with_flags(db, flags)
+    Connection::open_with_flags(db, flags)
         .map_err(Sql)
-        .with_context(at)?)
+        .with_context(at)
 }
 
 /// The view the pipe has: the database loaded by the pipe's own code (the

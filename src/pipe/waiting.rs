@@ -306,33 +306,52 @@ mod tests {
     fn diagnoses_name_the_fix() {
         let d = dir("diag");
         let missing = d.join("ha.db");
-        let why = diagnosed(&missing);
-        assert!(
-            why.contains("does not exist: create it with pdns-ha init --db"),
-            "{why}"
+        let p = missing.display();
+        assert_eq!(
+            diagnosed(&missing),
+            format!(
+                "database {p} does not exist: create it with pdns-ha init --db {p} (as the \
+                 monitor's user), or fix --db in pipe-command"
+            )
         );
-        let why = diagnosed(&d.join("nope/ha.db"));
-        assert!(
-            why.contains("directory") && why.contains("does not exist"),
-            "{why}"
+        let nope = d.join("nope/ha.db");
+        assert_eq!(
+            diagnosed(&nope),
+            format!(
+                "directory {}/nope of database {} does not exist: fix --db in pipe-command, \
+                 or create the database with pdns-ha init --db {1}",
+                d.display(),
+                nope.display()
+            )
         );
         std::fs::create_dir(&missing).unwrap();
-        let why = diagnosed(&missing);
         assert_eq!(
-            why,
+            diagnosed(&missing),
             format!(
-                "database {}: a directory, not a database file: put the database file there, \
-                 or fix --db in pipe-command",
-                missing.display()
+                "database {p}: a directory, not a database file: put the database file there, \
+                 or fix --db in pipe-command"
             )
         );
         std::fs::remove_dir(&missing).unwrap();
         std::fs::write(&missing, "not sqlite, just text long enough for a header").unwrap();
-        let why = diagnosed(&missing);
-        assert!(why.contains("restore it from a backup"), "{why}");
-        std::os::unix::fs::symlink(d.join("gone"), d.join("link.db")).unwrap();
-        let why = diagnosed(&d.join("link.db"));
-        assert!(why.contains("symbolic link to a missing file"), "{why}");
+        assert_eq!(
+            diagnosed(&missing),
+            format!(
+                "database {p}: file is not a database: the file is not an SQLite database or is \
+                 damaged; restore it from a backup, or move it aside and create it again with \
+                 pdns-ha init --db {p}"
+            )
+        );
+        let link = d.join("link.db");
+        std::os::unix::fs::symlink(d.join("gone"), &link).unwrap();
+        assert_eq!(
+            diagnosed(&link),
+            format!(
+                "database {} is a symbolic link to a missing file: fix the link or --db in \
+                 pipe-command",
+                link.display()
+            )
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

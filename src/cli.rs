@@ -723,7 +723,7 @@ fn port(v: &str) -> Result<u16, String> {
     }
 }
 
-fn algorithm(v: &str) -> Result<Algorithm, String> {
+fn algorithm(v: &str) -> Result<Algorithm, crate::select::UnknownAlgorithm> {
     v.parse()
 }
 

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::io::{self, BufWriter, Read};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use pdns_ha::cli::{NetworkCommand, PipeCli, PipeCommand, TargetCommand};
 use pdns_ha::config::PipeOptions;
@@ -73,18 +74,21 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pdns-ha: {e}");
+            eprintln!("pdns-ha: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn pipe(opts: &PipeOptions) -> Result<(), String> {
+fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
+    // The reason is a sentence for the operator (with the fix), logged while the pipe
+    // waits; nothing branches on it.
     let mut open = || -> Result<store::Store, String> {
         let at = pdns_ha::state::reading::unix_now;
         let store = store::Store::open_with(&opts.db, at, opts.max_clock_skew)
-            .map_err(|e| waiting::diagnose(&opts.db, &e.to_string()))?;
-        Ok(match opts.cache.as_ref().map(Cache::connect).transpose()? {
+            .map_err(|e| waiting::diagnose(&opts.db, &e))?;
+        let cache = opts.cache.as_ref().map(Cache::connect).transpose();
+        Ok(match cache.map_err(|e| e.to_string())? {
             Some(c) => store.with_cache(c),
             None => store,
         })
@@ -112,7 +116,7 @@ fn pipe(opts: &PipeOptions) -> Result<(), String> {
         // pdns closed our stdout (it killed or replaced this coprocess):
         // nobody is left to answer.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(format!("pipe i/o: {e}")),
+        Err(e) => Err(e).context("pipe i/o"),
     }
 }
 
@@ -123,7 +127,7 @@ const DAEMON: &str = "pdns-ha-daemon";
 /// subcommands: same process id (units and scripts that track it keep working), same
 /// stdin/stdout/stderr, and usage shown as `pdns-ha COMMAND`. Beside this binary first,
 /// so an installed pair stays a pair; else on `PATH`.
-fn hand_over(command: &str, args: Vec<OsString>) -> Result<(), String> {
+fn hand_over(command: &str, args: Vec<OsString>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let beside = std::env::current_exe()
         .ok()
@@ -139,7 +143,5 @@ fn hand_over(command: &str, args: Vec<OsString>) -> Result<(), String> {
         Some(p) => p.display().to_string(),
         None => format!("{DAEMON} beside this binary and on PATH"),
     };
-    Err(format!(
-        "{command} runs in {DAEMON}, which could not be started ({looked}): {err}"
-    ))
+    anyhow::bail!("{command} runs in {DAEMON}, which could not be started ({looked}): {err}")
 }

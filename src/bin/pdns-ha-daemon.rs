@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pdns-ha: {e}");
+            eprintln!("pdns-ha: {e:#}");
             ExitCode::FAILURE
         }
     }

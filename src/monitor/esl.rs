@@ -38,6 +38,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::net::probe::{printable, Deadline, ProbeError, ProbeErrorKind};
@@ -393,12 +394,9 @@ fn parse_status(body: &[u8]) -> Option<Load> {
 
 /// Reads `api json {"command":"status"}` output: the request echoed back with `"status"` and
 /// `"response"` added. The error text describes the failure for the caller's message.
-fn parse_json_status(body: &[u8]) -> Result<Load, String> {
+fn parse_json_status(body: &[u8]) -> anyhow::Result<Load> {
     if body.starts_with(b"-") {
-        return Err(format!(
-            "api json status answered \"{}\"",
-            printable(body, 80)
-        ));
+        bail!("api json status answered \"{}\"", printable(body, 80));
     }
     let doc = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
     let text = |pointer: &str| doc.pointer(pointer).and_then(Value::as_str);
@@ -407,20 +405,18 @@ fn parse_json_status(body: &[u8]) -> Result<Load, String> {
         Some(status) => {
             let message = text("/message").unwrap_or("");
             let shown = printable(format!("{status} {message}").as_bytes(), 80);
-            return Err(format!("api json status answered \"{shown}\""));
+            bail!("api json status answered \"{shown}\"");
         }
         None => {
             let shown = printable(body, 80);
-            return Err(format!(
-                "api json status output is not a status reply: \"{shown}\""
-            ));
+            bail!("api json status output is not a status reply: \"{shown}\"");
         }
     }
     let count = |field: &str| {
         let n = doc.pointer(&format!("/response/sessions/count/{field}"))?;
         u32::try_from(n.as_u64()?).ok()
     };
-    let sessions = count("active").ok_or("api json status has no sessions.count.active")?;
+    let sessions = count("active").context("api json status has no sessions.count.active")?;
     Ok(Load {
         sessions,
         max_sessions: count("limit").filter(|&m| m > 0),

@@ -206,7 +206,7 @@ fn poll(
         }
     }
     // Verifiers by CA file, read once a round (an operator may replace a file).
-    let mut verifiers: HashMap<Option<&str>, Result<_, String>> = HashMap::new();
+    let mut verifiers: HashMap<Option<&str>, anyhow::Result<_>> = HashMap::new();
     for (k, sp) in services.iter().enumerate() {
         let t = &targets[sp.target];
         let label = service_label(t, sp.service);
@@ -237,9 +237,13 @@ fn poll(
                     .entry(t.ca_file.as_deref())
                     .or_insert_with(|| settings.verifier_for(t.ca_file.as_deref()));
                 // A CA file that cannot be read is the configuration's fault: no verdict.
-                let spec = v
-                    .clone()
-                    .and_then(|(inner, trust)| settings.spec(inner, &trust, &t.name, &sp.domains));
+                let spec = match v {
+                    Ok((inner, trust)) => {
+                        settings.spec(Arc::clone(inner), trust, &t.name, &sp.domains)
+                    }
+                    // Said for every service that names the file: one error, many probes.
+                    Err(e) => Err(anyhow::anyhow!("{e:#}")),
+                };
                 match spec {
                     Ok(spec) => {
                         reported.fine(&label, "tls set-up");
@@ -251,7 +255,7 @@ fn poll(
                         })
                     }
                     Err(e) => {
-                        reported.problem(&label, "tls set-up", &format!("not probed: {e}"));
+                        reported.problem(&label, "tls set-up", &format!("not probed: {e:#}"));
                         continue;
                     }
                 }
@@ -300,7 +304,7 @@ fn poll(
     (readings, service_readings)
 }
 
-pub fn run(opts: &MonitorOptions) -> Result<(), String> {
+pub fn run(opts: &MonitorOptions) -> anyhow::Result<()> {
     let cache = opts
         .cache
         .as_ref()
@@ -367,7 +371,7 @@ pub fn run(opts: &MonitorOptions) -> Result<(), String> {
             // The next round tries again; a monitor that stops is worse
             // than one that missed a write.
             if opts.once {
-                return Err(e);
+                return Err(e.into());
             }
             warn!("writing readings: {e}");
         }

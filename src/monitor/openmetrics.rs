@@ -702,6 +702,8 @@ pdns_ha_round_duration_seconds 0.032
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let e = serve(addr, Arc::<Mutex<Figures>>::default(), render).unwrap_err();
-        assert!(e.starts_with(&format!("--metrics-listen {addr}: ")), "{e}");
+        assert_eq!(e.to_string(), format!("--metrics-listen {addr}"));
+        let cause = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        assert_eq!(cause, Some(std::io::ErrorKind::AddrInUse), "{e:#}");
     }
 }

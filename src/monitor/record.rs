@@ -12,7 +12,7 @@ use crate::config::MonitorOptions;
 use crate::net::probe;
 use crate::state::reading::{unix_now, Source};
 use crate::state::service::Service;
-use crate::state::writer::Writer;
+use crate::state::writer::{WriteError, Writer};
 use crate::text::{shown, Reported};
 
 /// Every latency reading the monitor writes is a probe's.
@@ -28,7 +28,7 @@ pub(super) fn write_round(
     opts: &MonitorOptions,
     reported: &mut Reported,
     figures: &Mutex<Figures>,
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
     let Round {
         targets, services, ..
     } = *round;

@@ -82,7 +82,7 @@ impl Resolver {
                     Ok(answer) => {
                         entry.pending = None;
                         if let Err(e) = store(name, entry, answer, start) {
-                            problems.insert(name.to_owned(), e);
+                            problems.insert(name.to_owned(), e.to_string());
                         }
                     }
                     Err(TryRecvError::Empty) => {}
@@ -133,7 +133,7 @@ impl Resolver {
                 Ok(answer) => {
                     entry.pending = None;
                     if let Err(e) = store(name, entry, answer, Instant::now()) {
-                        problems.insert(name.clone(), e);
+                        problems.insert(name.clone(), e.to_string());
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -161,7 +161,7 @@ impl Resolver {
 }
 
 /// Keeps a lookup's answer; an error leaves the last good addresses in place.
-fn store(name: &str, entry: &mut Entry, answer: Answer, now: Instant) -> Result<(), String> {
+fn store(name: &str, entry: &mut Entry, answer: Answer, now: Instant) -> anyhow::Result<()> {
     match answer {
         Ok(addrs) if !addrs.is_empty() => {
             if addrs != entry.addrs {
@@ -173,13 +173,17 @@ fn store(name: &str, entry: &mut Entry, answer: Answer, now: Instant) -> Result<
             entry.at = Some(now);
             Ok(())
         }
-        Ok(_) => Err("resolves to no address".into()),
+        Ok(_) => Err(anyhow::anyhow!("resolves to no address")),
         Err(e) => {
             // OS messages start with a capital letter; ours are lowercase.
             let text = e.to_string();
             let mut chars = text.chars();
             let first = chars.next().map(|c| c.to_lowercase().to_string());
-            Err(format!("{}{}", first.unwrap_or_default(), chars.as_str()))
+            Err(anyhow::anyhow!(
+                "{}{}",
+                first.unwrap_or_default(),
+                chars.as_str()
+            ))
         }
     }
 }

@@ -8,7 +8,7 @@ use super::tls::TlsSettings;
 use crate::net::kamailio;
 use crate::state::codes::AcceptCodes;
 use crate::state::service::{Service, Transport};
-use crate::state::writer::Writer;
+use crate::state::writer::{WriteError, Writer};
 use crate::text::Reported;
 
 /// SIP's default port, for targets without a `probe_address`.
@@ -69,7 +69,7 @@ pub(super) struct ServiceProbe {
     pub(super) address: String,
 }
 
-pub(super) fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, String> {
+pub(super) fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Target>, WriteError> {
     let rows = w.targets()?;
     let mut targets = Vec::with_capacity(rows.len());
     for r in rows {
@@ -108,7 +108,7 @@ pub(super) fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Ta
                     LoadSource::FreeSwitch { addr, password }
                 }
                 Err(e) => {
-                    reported.problem(&r.name, "secret", &e);
+                    reported.problem(&r.name, "secret", &format!("{e:#}"));
                     LoadSource::None
                 }
             },
@@ -140,7 +140,7 @@ pub(super) fn read_targets(w: &Writer, reported: &mut Reported) -> Result<Vec<Ta
 
 /// The Event Socket password: from `load_secret_file` when set (read every
 /// round, so a changed password needs no restart), else `load_secret`.
-pub(super) fn secret(r: &crate::state::writer::TargetRow) -> Result<String, String> {
+pub(super) fn secret(r: &crate::state::writer::TargetRow) -> anyhow::Result<String> {
     let Some(path) = &r.load_secret_file else {
         return Ok(r.load_secret.clone().unwrap_or_default());
     };
@@ -151,7 +151,9 @@ pub(super) fn secret(r: &crate::state::writer::TargetRow) -> Result<String, Stri
             f.take(4096).read_to_string(&mut text)
         })
         .map_err(|e| {
-            format!("load_secret_file {path}: {e} (it must be readable by the monitor's user)")
+            anyhow::anyhow!(
+                "load_secret_file {path}: {e} (it must be readable by the monitor's user)"
+            )
         })?;
     Ok(text.trim().to_owned())
 }
@@ -182,7 +184,10 @@ pub(super) fn host_of(address: &str) -> String {
 }
 
 /// Every service the SRV records advertise whose target has an `ha_targets` row.
-pub(super) fn read_services(w: &Writer, targets: &[Target]) -> Result<Vec<ServiceProbe>, String> {
+pub(super) fn read_services(
+    w: &Writer,
+    targets: &[Target],
+) -> Result<Vec<ServiceProbe>, WriteError> {
     let index: HashMap<&str, usize> = targets
         .iter()
         .enumerate()

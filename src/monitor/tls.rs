@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use crate::text::date;
+use anyhow::{anyhow, bail};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -54,7 +55,7 @@ pub struct TlsSettings {
     provider: Arc<CryptoProvider>,
     /// `Err`: why there are no usable roots (then only targets with a CA file of their
     /// own can be checked, and the others are not probed: a configuration problem).
-    system: Result<Arc<WebPkiServerVerifier>, String>,
+    system: anyhow::Result<Arc<WebPkiServerVerifier>>,
     /// Where the system roots came from, for messages.
     system_from: String,
     client: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
@@ -67,25 +68,25 @@ pub struct TlsSpec {
     pub seen: Arc<Mutex<CertSeen>>,
 }
 
-fn roots_from(path: &Path) -> Result<RootCertStore, String> {
+fn roots_from(path: &Path) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     let certs =
-        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        CertificateDer::pem_file_iter(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     for c in certs {
-        let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
+        let c = c.map_err(|e| anyhow!("{}: {e}", path.display()))?;
         // A bundle may hold a certificate webpki cannot use (an old v1 root); the others
         // still count, as with OpenSSL.
         let _ = roots.add(c);
     }
     if roots.is_empty() {
-        return Err(format!("{}: no usable certificate", path.display()));
+        bail!("{}: no usable certificate", path.display());
     }
     Ok(roots)
 }
 
 impl TlsSettings {
     /// Loads the trusted roots and, for mutual TLS, the client certificate and key.
-    pub fn load(client_cert: Option<&Path>, client_key: Option<&Path>) -> Result<Self, String> {
+    pub fn load(client_cert: Option<&Path>, client_key: Option<&Path>) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let from: PathBuf = match std::env::var_os("SSL_CERT_FILE") {
             Some(f) if !f.is_empty() => f.into(),
@@ -93,22 +94,22 @@ impl TlsSettings {
         };
         let system = roots_from(&from).and_then(|r| verifier(r, &provider));
         if let Err(e) = &system {
-            log::warn!("tls roots: {e}; only targets with a probe_ca_file can be verified");
+            log::warn!("tls roots: {e:#}; only targets with a probe_ca_file can be verified");
         }
         let client = match (client_cert, client_key) {
             (None, None) => None,
             (Some(c), Some(k)) => {
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
                     .and_then(|i| i.collect::<Result<_, _>>())
-                    .map_err(|e| format!("--tls-client-cert {}: {e}", c.display()))?;
+                    .map_err(|e| anyhow!("--tls-client-cert {}: {e}", c.display()))?;
                 if certs.is_empty() {
-                    return Err(format!("--tls-client-cert {}: no certificate", c.display()));
+                    bail!("--tls-client-cert {}: no certificate", c.display());
                 }
                 let key = PrivateKeyDer::from_pem_file(k)
-                    .map_err(|e| format!("--tls-client-key {}: {e}", k.display()))?;
+                    .map_err(|e| anyhow!("--tls-client-key {}: {e}", k.display()))?;
                 Some((certs, Arc::new(key)))
             }
-            _ => return Err("--tls-client-cert and --tls-client-key go together".into()),
+            _ => bail!("--tls-client-cert and --tls-client-key go together"),
         };
         Ok(TlsSettings {
             provider,
@@ -123,16 +124,16 @@ impl TlsSettings {
     pub fn verifier_for(
         &self,
         ca_file: Option<&str>,
-    ) -> Result<(Arc<WebPkiServerVerifier>, String), String> {
+    ) -> anyhow::Result<(Arc<WebPkiServerVerifier>, String)> {
         match ca_file {
             None => match &self.system {
                 Ok(v) => Ok((Arc::clone(v), self.system_from.clone())),
-                Err(e) => Err(format!(
-                    "no trusted roots ({e}); set SSL_CERT_FILE or probe_ca_file"
+                Err(e) => Err(anyhow!(
+                    "no trusted roots ({e:#}); set SSL_CERT_FILE or probe_ca_file"
                 )),
             },
             Some(f) => {
-                let roots = roots_from(Path::new(f)).map_err(|e| format!("probe_ca_file {e}"))?;
+                let roots = roots_from(Path::new(f)).map_err(|e| anyhow!("probe_ca_file {e:#}"))?;
                 Ok((verifier(roots, &self.provider)?, f.to_owned()))
             }
         }
@@ -145,9 +146,9 @@ impl TlsSettings {
         trust: &str,
         target: &str,
         domains: &[String],
-    ) -> Result<TlsSpec, String> {
+    ) -> anyhow::Result<TlsSpec> {
         let server_name = ServerName::try_from(target.to_owned())
-            .map_err(|_| format!("{target} is not a name for TLS"))?;
+            .map_err(|_| anyhow!("{target} is not a name for TLS"))?;
         let mut names = vec![server_name.clone()];
         names.extend(
             domains
@@ -162,15 +163,14 @@ impl TlsSettings {
             trust: trust.to_owned(),
         };
         let builder = ClientConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(v));
         let config = match &self.client {
             None => builder.with_no_client_auth(),
             Some((certs, key)) => builder
                 .with_client_auth_cert(certs.clone(), key.clone_key())
-                .map_err(|e| format!("--tls-client-key: {e}"))?,
+                .map_err(|e| anyhow!("--tls-client-key: {e}"))?,
         };
         Ok(TlsSpec {
             config: Arc::new(config),
@@ -183,10 +183,10 @@ impl TlsSettings {
 fn verifier(
     roots: RootCertStore,
     provider: &Arc<CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, String> {
+) -> anyhow::Result<Arc<WebPkiServerVerifier>> {
     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
         .build()
-        .map_err(|e| format!("tls roots: {e}"))
+        .map_err(|e| anyhow!("tls roots: {e}"))
 }
 
 /// webpki's checks, with RFC 5922's names: the SRV target or the SIP domain.

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
+
 use super::http;
 
 /// What Prometheus expects for OpenMetrics 1.0 (it negotiates the format by this header).
@@ -112,7 +114,7 @@ pub fn serve<F, R>(
     addr: SocketAddr,
     figures: Arc<Mutex<F>>,
     render: R,
-) -> Result<SocketAddr, String>
+) -> anyhow::Result<SocketAddr>
 where
     F: Send + 'static,
     R: Fn(&F, f64, Format) -> String + Send + 'static,
@@ -131,5 +133,5 @@ where
         ),
     };
     http::serve(addr, http::Limits::default(), handler)
-        .map_err(|e| format!("--metrics-listen {addr}: {e}"))
+        .with_context(|| format!("--metrics-listen {addr}"))
 }

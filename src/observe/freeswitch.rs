@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use anyhow::{bail, Context};
 use log::{info, warn};
 
 use super::aggregate::{aggregate, Dropped, NetworkRtt, Policy, Sample};
@@ -105,28 +106,23 @@ impl Endpoint {
         addr: &str,
         password_file: Option<&Path>,
         header: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> anyhow::Result<Self> {
         let password = match password_file {
             None => DEFAULT_PASSWORD.to_owned(),
             Some(p) => {
-                let at = |e: &dyn std::fmt::Display| {
-                    format!("--freeswitch-password-file {}: {e}", p.display())
-                };
                 // The first line is all that counts; a huge file is not read whole.
                 let mut text = Vec::new();
                 crate::files::open_regular(p)
                     .and_then(|f| f.take(4096).read_to_end(&mut text))
-                    .map_err(|e| at(&e))?;
+                    .with_context(|| format!("--freeswitch-password-file {}", p.display()))?;
                 let line = text.split(|&b| b == b'\n').next().unwrap_or(&[]);
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 match std::str::from_utf8(line) {
                     Ok(l) if !l.is_empty() => l.to_owned(),
-                    _ => {
-                        return Err(format!(
-                            "--freeswitch-password-file {}: the first line is empty or not UTF-8",
-                            p.display()
-                        ))
-                    }
+                    _ => bail!(
+                        "--freeswitch-password-file {}: the first line is empty or not UTF-8",
+                        p.display()
+                    ),
                 }
             }
         };
@@ -139,12 +135,10 @@ impl Endpoint {
             {
                 Some(format!("variable_sip_h_{h}"))
             }
-            Some(h) => {
-                return Err(format!(
-                    "--freeswitch-caller-header needs a SIP header name like X-AUTH-IP, got \"{}\"",
-                    shown(h)
-                ))
-            }
+            Some(h) => bail!(
+                "--freeswitch-caller-header needs a SIP header name like X-AUTH-IP, got \"{}\"",
+                shown(h)
+            ),
         };
         Ok(Endpoint {
             addr: addr.to_owned(),
@@ -435,13 +429,13 @@ fn address(s: &str) -> Option<IpAddr> {
 }
 
 /// Starts the listener thread; it runs until the process ends.
-pub fn spawn(target: &str, src: Endpoint, calls: Arc<Mutex<Calls>>) -> Result<(), String> {
+pub fn spawn(target: &str, src: Endpoint, calls: Arc<Mutex<Calls>>) -> anyhow::Result<()> {
     let target = target.to_owned();
     thread::Builder::new()
         .name("freeswitch".into())
         .spawn(move || listen(&target, &src, &calls))
         .map(drop)
-        .map_err(|e| format!("starting the freeswitch listener: {e}"))
+        .context("starting the freeswitch listener")
 }
 
 fn listen(target: &str, src: &Endpoint, calls: &Mutex<Calls>) {
@@ -694,7 +688,7 @@ pub(super) fn round(
     policy: &Policy,
     calls: &Mutex<Calls>,
     figs: &mut Round,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let (done, listener) = match calls.lock() {
         Ok(mut c) => {
             let (done, counts) = c.take();
@@ -705,7 +699,7 @@ pub(super) fn round(
             };
             (done, l)
         }
-        Err(_) => return Err("the freeswitch listener failed".into()),
+        Err(_) => bail!("the freeswitch listener failed"),
     };
     figs.freeswitch = Some(listener);
     let (nets, quality, dropped) = figures(

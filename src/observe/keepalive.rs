@@ -85,9 +85,11 @@ pub fn read(
     require_received: bool,
 ) -> Result<Dump, ProbeError> {
     let body = kamailio::call(url, "ul.dump", MAX_DUMP, timeout)?;
-    parse(&body, now, max_age, require_received).map_err(|why| ProbeError {
+    parse(&body, now, max_age, require_received).map_err(|e| ProbeError {
         peer: url.to_owned(),
-        kind: ProbeErrorKind::Protocol(why),
+        kind: ProbeErrorKind::Protocol(format!(
+            "no result.Domains array in the ul.dump reply ({e})"
+        )),
     })
 }
 
@@ -160,9 +162,13 @@ struct Contact {
 
 /// Parses an `ul.dump` JSON-RPC reply. A reply without the `result.Domains[].Domain.AoRs`
 /// structure is an error; a contact that cannot be read is skipped and counted.
-pub fn parse(body: &str, now: f64, max_age: f64, require_received: bool) -> Result<Dump, String> {
-    let reply: Reply = serde_json::from_str(body)
-        .map_err(|e| format!("no result.Domains array in the ul.dump reply ({e})"))?;
+pub fn parse(
+    body: &str,
+    now: f64,
+    max_age: f64,
+    require_received: bool,
+) -> serde_json::Result<Dump> {
+    let reply: Reply = serde_json::from_str(body)?;
     let mut dump = Dump::default();
     for DomainItem { domain } in reply.result.domains {
         for AorItem { info } in domain.aors {

@@ -38,7 +38,7 @@ use crate::text::Reported;
 use aggregate::{aggregate, NetworkRtt, Policy, Sample};
 use openmetrics::{Figures, NetworkFigures, Round};
 
-pub fn run(opts: &ObserveOptions) -> Result<(), String> {
+pub fn run(opts: &ObserveOptions) -> anyhow::Result<()> {
     let cache = opts
         .cache
         .as_ref()
@@ -82,7 +82,7 @@ pub fn run(opts: &ObserveOptions) -> Result<(), String> {
             if opts.once {
                 return Err(e);
             }
-            warn!("{target}: writing readings: {e}");
+            warn!("{target}: writing readings: {e:#}");
         }
         if opts.once {
             return Ok(());
@@ -99,7 +99,7 @@ fn round(
     reported: &mut Reported,
     figs: &mut Round,
     calls: Option<&Mutex<freeswitch::Calls>>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let started = Instant::now();
     // Read every round: an operator's new network applies without a restart.
     let mut networks = Metrics::default();
@@ -107,7 +107,7 @@ fn round(
     figs.known = Some(rows.iter().map(|(cidr, _)| cidr.clone()).collect());
     for (cidr, name) in rows {
         if let Err(e) = networks.add_network(&cidr, &name) {
-            reported.problem(target, "ha_networks", &e);
+            reported.problem(target, "ha_networks", &e.to_string());
         }
     }
     let networks = networks.finish();

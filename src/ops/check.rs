@@ -14,8 +14,10 @@ use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use anyhow::{anyhow, bail, Context};
 use rusqlite::{Connection, OpenFlags};
 
+use super::Sql;
 use crate::dns::Subnet;
 use crate::net::kamailio::connect_target;
 use crate::pipe::zone::{Builder, Row, Skip};
@@ -42,14 +44,15 @@ pub struct Finding {
 
 /// `pdns-ha check --db DB`: prints one line per problem on stdout; an
 /// error (exit 1) when there is any.
-pub fn run(db: &Path) -> Result<(), String> {
-    let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
-    crate::files::check_database(db).map_err(|e| at(&e))?;
-    let conn =
-        Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| at(&e))?;
-    let findings = lint(&conn).map_err(|e| at(&e))?;
+pub fn run(db: &Path) -> anyhow::Result<()> {
+    let at = || format!("database {}", db.display());
+    crate::files::check_database(db).with_context(at)?;
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(Sql)
+        .with_context(at)?;
+    let findings = lint(&conn).map_err(Sql).with_context(at)?;
     let mut out = io::stdout().lock();
-    let w = |out: &mut dyn Write, line: &str| writeln!(out, "{line}").map_err(|e| e.to_string());
+    let w = |out: &mut dyn Write, line: &str| writeln!(out, "{line}");
     for f in &findings {
         w(&mut out, &f.text)?;
     }
@@ -58,19 +61,19 @@ pub fn run(db: &Path) -> Result<(), String> {
             &mut out,
             &format!("{}: no problems found ({})", db.display(), counts(&conn)?),
         )?,
-        n => return Err(format!("{}: {n} problem(s)", db.display())),
+        n => bail!("{}: {n} problem(s)", db.display()),
     }
     Ok(())
 }
 
 /// What the database holds, in a few words, as `init` and `check` say it.
-pub fn counts(conn: &Connection) -> Result<String, String> {
-    let n = |table: &str| -> Result<i64, String> {
-        match table_exists(conn, table).map_err(|e| e.to_string())? {
+pub fn counts(conn: &Connection) -> anyhow::Result<String> {
+    let n = |table: &str| -> anyhow::Result<i64> {
+        match table_exists(conn, table).map_err(Sql)? {
             false => Ok(0),
-            true => conn
+            true => Ok(conn
                 .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-                .map_err(|e| e.to_string()),
+                .map_err(Sql)?),
         }
     };
     Ok(format!(
@@ -533,15 +536,15 @@ pub fn host_port(s: &str) -> Result<(), &'static str> {
 /// A secret file as the monitor will read it: an absolute path, and where
 /// it exists here, a regular file no other local user can read. (It may
 /// exist only on the monitor's host.)
-pub fn secret_file(path: &Path) -> Result<(), String> {
+pub fn secret_file(path: &Path) -> anyhow::Result<()> {
     if !path.is_absolute() {
-        return Err("not an absolute path".into());
+        bail!("not an absolute path");
     }
     match std::fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e.to_string()),
-        Ok(m) if !m.is_file() => Err(format!("{}, not a regular file", crate::files::kind(&m))),
-        Ok(m) if m.permissions().mode() & 0o004 != 0 => Err(format!(
+        Err(e) => Err(e.into()),
+        Ok(m) if !m.is_file() => Err(anyhow!("{}, not a regular file", crate::files::kind(&m))),
+        Ok(m) if m.permissions().mode() & 0o004 != 0 => Err(anyhow!(
             "readable by every local user (mode {:04o}): chmod o-r, and make it readable by \
              the monitor's user only",
             m.permissions().mode() & 0o7777
@@ -654,6 +657,6 @@ mod tests {
             assert!(host_port(bad).is_err(), "{bad}");
         }
         assert!(secret_file(Path::new("relative")).is_err());
-        assert_eq!(secret_file(Path::new("/nonexistent/secret")), Ok(()));
+        assert!(secret_file(Path::new("/nonexistent/secret")).is_ok());
     }
 }

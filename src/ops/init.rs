@@ -9,7 +9,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use anyhow::{anyhow, bail, Context};
 use rusqlite::Connection;
+
+use super::Sql;
 
 const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
@@ -82,12 +85,12 @@ pub(crate) fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
 
 /// `pdns-ha init --db DB [SQL_FILE...]`: the schema, then the seed scripts
 /// all or nothing, then what the database holds.
-pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
-    let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
+pub fn run(db: &Path, scripts: &[PathBuf]) -> anyhow::Result<()> {
+    let at = || format!("database {}", db.display());
     // Not through a symbolic link (a dangling one would have SQLite create
     // its target, wherever it points) and not into a FIFO, device or
     // directory.
-    crate::files::check_new_database(db).map_err(|e| at(&e))?;
+    crate::files::check_new_database(db).with_context(at)?;
     // Created here rather than by SQLite so that the mode is explicit and
     // the same under any umask: operators write it, pdns (another user)
     // only reads it. A umask of 077 would otherwise lock pdns out.
@@ -99,32 +102,32 @@ pub fn run(db: &Path, scripts: &[PathBuf]) -> Result<(), String> {
     {
         Ok(f) => f
             .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| at(&e))?,
+            .with_context(at)?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(at(&e)),
+        Err(e) => return Err(e).with_context(at),
     }
-    let conn = Connection::open(db).map_err(|e| at(&e))?;
+    let conn = Connection::open(db).map_err(Sql).with_context(at)?;
     // WAL lets the monitor write metrics while pipe processes read, without
     // either waiting for the other.
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(|e| at(&e))?;
+        .map_err(Sql)
+        .with_context(at)?;
     if !mode.eq_ignore_ascii_case("wal") {
         log::warn!("database {}: journal mode is {mode}, not WAL", db.display());
     }
-    upgrade(&conn).map_err(|e| at(&e))?;
-    let before = counts(&conn).map_err(|e| at(&e))?;
+    upgrade(&conn).map_err(Sql).with_context(at)?;
+    let before = counts(&conn).with_context(at)?;
     load(&conn, scripts)?;
-    let line = format!("{}: {}", db.display(), counts(&conn).map_err(|e| at(&e))?);
+    let line = format!("{}: {}", db.display(), counts(&conn).with_context(at)?);
     let mut out = io::stdout().lock();
     if !scripts.is_empty() {
-        writeln!(out, "loaded {} script(s); was {before}", scripts.len())
-            .map_err(|e| e.to_string())?;
+        writeln!(out, "loaded {} script(s); was {before}", scripts.len())?;
     }
-    writeln!(out, "{line}").map_err(|e| e.to_string())
+    Ok(writeln!(out, "{line}")?)
 }
 
-fn counts(conn: &Connection) -> Result<String, String> {
+fn counts(conn: &Connection) -> anyhow::Result<String> {
     crate::ops::check::counts(conn)
 }
 
@@ -133,20 +136,19 @@ fn counts(conn: &Connection) -> Result<String, String> {
 /// statement or a bad row leaves the database as it was. The scripts' own
 /// `BEGIN`/`COMMIT` (example.sql has them, so that it also runs through the
 /// sqlite3 shell) are left out, as the whole load is one transaction.
-fn load(conn: &Connection, scripts: &[PathBuf]) -> Result<(), String> {
+fn load(conn: &Connection, scripts: &[PathBuf]) -> anyhow::Result<()> {
     if scripts.is_empty() {
         return Ok(());
     }
-    let tx = conn.unchecked_transaction().map_err(|e| e.to_string())?;
+    let tx = conn.unchecked_transaction().map_err(Sql)?;
     for script in scripts {
         let name = script.display();
-        let sql =
-            std::fs::read_to_string(script).map_err(|e| format!("seed script {name}: {e}"))?;
+        let sql = std::fs::read_to_string(script).with_context(|| format!("seed script {name}"))?;
         run_script(&tx, &sql).map_err(|e| {
-            format!("seed script {name}: {e}; nothing of the seed scripts was applied")
+            anyhow!("seed script {name}: {e:#}; nothing of the seed scripts was applied")
         })?;
     }
-    let findings = crate::ops::check::lint(&tx).map_err(|e| e.to_string())?;
+    let findings = crate::ops::check::lint(&tx).map_err(Sql)?;
     let (invalid, unused): (Vec<_>, Vec<_>) = findings
         .into_iter()
         .partition(|f| f.kind == crate::ops::check::Kind::Invalid);
@@ -155,18 +157,18 @@ fn load(conn: &Connection, scripts: &[PathBuf]) -> Result<(), String> {
     }
     if !invalid.is_empty() {
         let lines: Vec<String> = invalid.into_iter().map(|f| f.text).collect();
-        return Err(format!(
+        bail!(
             "nothing of the seed scripts was applied, because of {} invalid row(s):\n{}",
             lines.len(),
             lines.join("\n")
-        ));
+        );
     }
-    tx.commit().map_err(|e| e.to_string())
+    Ok(tx.commit().map_err(Sql)?)
 }
 
 /// Runs each statement of `sql` but transaction control, which the caller
 /// owns. A statement that fails is named by its number and start.
-fn run_script(conn: &Connection, sql: &str) -> Result<(), String> {
+fn run_script(conn: &Connection, sql: &str) -> anyhow::Result<()> {
     use rusqlite::fallible_iterator::FallibleIterator;
     let mut batch = rusqlite::Batch::new(conn, sql);
     let mut n = 0;
@@ -175,7 +177,7 @@ fn run_script(conn: &Connection, sql: &str) -> Result<(), String> {
             Ok(Some(stmt)) => stmt,
             Ok(None) => return Ok(()),
             // Preparing the next statement failed: name it.
-            Err(e) => return Err(format!("statement {}: {e}", n + 1)),
+            Err(e) => bail!("statement {}: {e}", n + 1),
         };
         n += 1;
         let text = stmt.expanded_sql().unwrap_or_default();
@@ -188,10 +190,10 @@ fn run_script(conn: &Connection, sql: &str) -> Result<(), String> {
         match first.as_str() {
             "BEGIN" | "COMMIT" | "END" => continue,
             "ROLLBACK" => {
-                return Err(format!(
+                bail!(
                     "statement {n}: ROLLBACK in a seed script is not supported (init \
                      applies all of the scripts or nothing)"
-                ))
+                )
             }
             _ => {}
         }
@@ -207,10 +209,10 @@ fn run_script(conn: &Connection, sql: &str) -> Result<(), String> {
         };
         if let Err(e) = ran {
             let start: String = body.chars().take(60).collect();
-            return Err(format!(
+            bail!(
                 "statement {n} ({}...): {e}",
                 crate::text::shown(start.trim())
-            ));
+            );
         }
     }
 }

@@ -10,3 +10,10 @@ pub mod init;
 pub mod networks;
 pub mod report;
 pub mod write;
+
+/// SQLite's error as the operator reads it: rusqlite's message alone. rusqlite gives the
+/// same words again as its `source` ("Error code 5: database is locked"), which the
+/// commands' `{:#}` would print after them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Sql(pub rusqlite::Error);

@@ -33,7 +33,7 @@ pub fn explain_networks(
     qname: &str,
     qtype: &str,
     limit: usize,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut store = view(opts)?;
     store.prepare(qname)?;
     let (zones, metrics) = (store.zones(), store.metrics());
@@ -110,10 +110,8 @@ pub fn explain_networks(
     print(&out)
 }
 
-fn print(out: &str) -> Result<(), String> {
-    io::stdout()
-        .write_all(out.as_bytes())
-        .map_err(|e| e.to_string())
+fn print(out: &str) -> anyhow::Result<()> {
+    Ok(io::stdout().write_all(out.as_bytes())?)
 }
 
 /// The records of the lowest priority the answer gives (all of an A/AAAA answer), by
@@ -124,13 +122,11 @@ fn first_tier(
     metrics: &Metrics,
     client: Subnet,
     now: f64,
-) -> Result<(Vec<String>, String), String> {
+) -> anyhow::Result<(Vec<String>, String)> {
     let mut tiers: Vec<(String, Vec<String>)> = Vec::new();
     for rrset in records.chunk_by(|a, b| a.rtype == b.rtype) {
         let mut sent: Vec<(i64, String)> = Vec::new();
-        let decision = ranker
-            .answer(rrset, metrics, client, now, &mut |_| Ok(()))
-            .map_err(|e| e.to_string())?;
+        let decision = ranker.answer(rrset, metrics, client, now, &mut |_| Ok(()))?;
         let placed = ranker.placed();
         let mut why_first = "as stored".to_owned();
         match decision {

@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::Path;
 
+use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
+use super::Sql;
 use crate::config::PipeOptions;
 use crate::dns::Subnet;
 use crate::pipe::abi::QType;
@@ -33,19 +35,21 @@ fn age(secs: f64) -> String {
     }
 }
 
-fn open(db: &Path) -> Result<Connection, String> {
-    let at = |e: &dyn std::fmt::Display| format!("database {}: {e}", db.display());
-    crate::files::check_database(db).map_err(|e| at(&e))?;
+fn open(db: &Path) -> anyhow::Result<Connection> {
+    let at = || format!("database {}", db.display());
+    crate::files::check_database(db).with_context(at)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Connection::open_with_flags(db, flags).map_err(|e| at(&e))
+    Connection::open_with_flags(db, flags)
+        .map_err(Sql)
+        .with_context(at)
 }
 
 /// The view the pipe has: the database loaded by the pipe's own code (the
 /// same validation, the same skipped rows) with memcached's readings laid
 /// over it when `--memcached` is given.
-pub(super) fn view(opts: &PipeOptions) -> Result<Store, String> {
-    let store =
-        Store::open_with(&opts.db, unix_now, opts.max_clock_skew).map_err(|e| e.to_string())?;
+pub(super) fn view(opts: &PipeOptions) -> anyhow::Result<Store> {
+    let store = Store::open_with(&opts.db, unix_now, opts.max_clock_skew)
+        .with_context(|| format!("database {}", opts.db.display()))?;
     match &opts.cache {
         None => Ok(store),
         Some(c) => Ok(store.with_cache_for_all(crate::state::memcached::Cache::connect(c)?)),
@@ -274,7 +278,7 @@ fn pipes(dir: &std::path::Path, out: &mut String) {
     }
 }
 
-pub fn status(opts: &PipeOptions, all_networks: bool) -> Result<(), String> {
+pub fn status(opts: &PipeOptions, all_networks: bool) -> anyhow::Result<()> {
     let store = view(opts)?;
     let metrics = store.metrics();
     let conn = open(&opts.db)?;
@@ -299,9 +303,10 @@ pub fn status(opts: &PipeOptions, all_networks: bool) -> Result<(), String> {
     // rather than failing the whole report.
     let mut stmt = conn
         .prepare("SELECT name, probe, load_source, load_address FROM ha_targets ORDER BY name")
-        .map_err(|e| format!("database {}: {e}", opts.db.display()))?;
+        .map_err(Sql)
+        .with_context(|| format!("database {}", opts.db.display()))?;
     let mut how = std::collections::HashMap::new();
-    let mut q = stmt.query([]).map_err(|e| e.to_string())?;
+    let mut q = stmt.query([]).map_err(Sql)?;
     while let Ok(Some(r)) = q.next() {
         let text = |i: usize| {
             r.get_ref(i)
@@ -457,9 +462,7 @@ pub fn status(opts: &PipeOptions, all_networks: bool) -> Result<(), String> {
     if let Some(dir) = &opts.pipe_counters {
         pipes(dir, &mut out);
     }
-    io::stdout()
-        .write_all(out.as_bytes())
-        .map_err(|e| e.to_string())
+    Ok(io::stdout().write_all(out.as_bytes())?)
 }
 
 /// Call quality beside latency (`observe --freeswitch`), one line per target and network,
@@ -688,7 +691,7 @@ pub fn explain(
     client: Option<Subnet>,
     qname: &str,
     qtype: &str,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut store = view(opts)?;
     store.prepare(qname)?;
     let (zones, metrics) = (store.zones(), store.metrics());
@@ -732,22 +735,20 @@ pub fn explain(
         for rrset in records.chunk_by(|a, b| a.rtype == b.rtype) {
             // The very records the pipe would send, with the scope it
             // would give them (ABI 3+).
-            let decision = ranker
-                .answer(rrset, metrics, client, now, &mut |d| {
-                    let prio = d.prio.map(|p| format!("{p} ")).unwrap_or_default();
-                    let weight = d.weight.map(|w| format!("{w} ")).unwrap_or_default();
-                    let _ = writeln!(
-                        out,
-                        "{}. {} IN {} {prio}{weight}{}   ; scope /{}",
-                        shown(d.qname),
-                        d.ttl,
-                        shown(d.qtype),
-                        shown_record(d.content),
-                        d.scopebits
-                    );
-                    Ok(())
-                })
-                .map_err(|e| e.to_string())?;
+            let decision = ranker.answer(rrset, metrics, client, now, &mut |d| {
+                let prio = d.prio.map(|p| format!("{p} ")).unwrap_or_default();
+                let weight = d.weight.map(|w| format!("{w} ")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{}. {} IN {} {prio}{weight}{}   ; scope /{}",
+                    shown(d.qname),
+                    d.ttl,
+                    shown(d.qtype),
+                    shown_record(d.content),
+                    d.scopebits
+                );
+                Ok(())
+            })?;
             let Decision::Ranked(outcome) = decision else {
                 continue;
             };
@@ -814,9 +815,7 @@ pub fn explain(
         }
     }
     rejected(&store, &mut out);
-    io::stdout()
-        .write_all(out.as_bytes())
-        .map_err(|e| e.to_string())
+    Ok(io::stdout().write_all(out.as_bytes())?)
 }
 
 /// Which store the reading behind a placement came from; for latency, each

@@ -10,7 +10,7 @@ use crate::state::memcached::Cache;
 use crate::state::reading::Source;
 use crate::state::writer::Writer;
 
-fn writer(db: &Path, cache: Option<&CacheOptions>) -> Result<Writer, String> {
+fn writer(db: &Path, cache: Option<&CacheOptions>) -> anyhow::Result<Writer> {
     Ok(Writer::open(db, cache.map(Cache::connect).transpose()?)?)
 }
 
@@ -20,7 +20,7 @@ pub fn drain(
     target: &str,
     reason: Option<&str>,
     cache: Option<&CacheOptions>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let w = writer(db, cache)?;
     let target = w.target(target)?;
     let shared = if cache.is_some() {
@@ -41,7 +41,7 @@ pub fn drain(
             false => format!("{target}: was not drained; nothing to do"),
         },
     };
-    writeln!(io::stdout(), "{line}").map_err(|e| e.to_string())
+    Ok(writeln!(io::stdout(), "{line}")?)
 }
 
 /// `metric latency|load|health`: one reading, stored as `monitor_id`'s.
@@ -50,7 +50,7 @@ pub fn metric(
     m: &Metric,
     cache: Option<&CacheOptions>,
     monitor_id: &str,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let w = writer(db, cache)?.with_monitor(monitor_id);
     let written = match m {
         Metric::Latency {

@@ -27,7 +27,7 @@ use log::{error, warn};
 
 use crate::pipe::abi::{self, AbiVersion, Request, MAX_LINE};
 use crate::pipe::backend::{banner, read_line, LineRead};
-use crate::pipe::store::Store;
+use crate::pipe::store::{Store, StoreError};
 use crate::select::Algorithm;
 use crate::text::shown;
 
@@ -196,9 +196,10 @@ fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
 /// Turns why the database at `path` could not be opened (`error`, as the
 /// store says it) into a sentence that names the fix, by looking at what
 /// is on disk and what this process may do there.
-pub fn diagnose(path: &Path, error: &str) -> String {
+pub fn diagnose(path: &Path, error: &StoreError) -> String {
     let (who, group) = identity();
     let p = path.display();
+    let said = format!("database {p}: {error}");
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -232,7 +233,7 @@ pub fn diagnose(path: &Path, error: &str) -> String {
         _ => {}
     }
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return format!("{error}: put the database file there, or fix --db in pipe-command");
+        return format!("{said}: put the database file there, or fix --db in pipe-command");
     }
     if !may(path, libc::R_OK) {
         return format!(
@@ -264,13 +265,13 @@ pub fn diagnose(path: &Path, error: &str) -> String {
             shm.display()
         );
     }
-    if error.contains("not a database") || error.contains("malformed") {
+    if error.is_damaged() {
         return format!(
-            "{error}: the file is not an SQLite database or is damaged; restore it from a \
+            "{said}: the file is not an SQLite database or is damaged; restore it from a \
              backup, or move it aside and create it again with pdns-ha init --db {p}"
         );
     }
-    error.to_owned()
+    said
 }
 
 /// Whether the file's header says WAL (bytes 18 and 19 are 2 in WAL mode).
@@ -293,30 +294,64 @@ mod tests {
         d
     }
 
+    /// What `diagnose` says of what `Store::open` found at `path`.
+    fn diagnosed(path: &Path) -> String {
+        match Store::open(path) {
+            Ok(_) => panic!("{} opened", path.display()),
+            Err(e) => diagnose(path, &e),
+        }
+    }
+
     #[test]
     fn diagnoses_name_the_fix() {
         let d = dir("diag");
         let missing = d.join("ha.db");
-        let why = diagnose(&missing, "No such file or directory (os error 2)");
-        assert!(
-            why.contains("does not exist: create it with pdns-ha init --db"),
-            "{why}"
+        let p = missing.display();
+        assert_eq!(
+            diagnosed(&missing),
+            format!(
+                "database {p} does not exist: create it with pdns-ha init --db {p} (as the \
+                 monitor's user), or fix --db in pipe-command"
+            )
         );
-        let why = diagnose(&d.join("nope/ha.db"), "x");
-        assert!(
-            why.contains("directory") && why.contains("does not exist"),
-            "{why}"
+        let nope = d.join("nope/ha.db");
+        assert_eq!(
+            diagnosed(&nope),
+            format!(
+                "directory {}/nope of database {} does not exist: fix --db in pipe-command, \
+                 or create the database with pdns-ha init --db {1}",
+                d.display(),
+                nope.display()
+            )
         );
         std::fs::create_dir(&missing).unwrap();
-        let why = diagnose(&missing, "a directory, not a database file");
-        assert!(why.contains("put the database file there"), "{why}");
+        assert_eq!(
+            diagnosed(&missing),
+            format!(
+                "database {p}: a directory, not a database file: put the database file there, \
+                 or fix --db in pipe-command"
+            )
+        );
         std::fs::remove_dir(&missing).unwrap();
         std::fs::write(&missing, "not sqlite, just text long enough for a header").unwrap();
-        let why = diagnose(&missing, "file is not a database");
-        assert!(why.contains("restore it from a backup"), "{why}");
-        std::os::unix::fs::symlink(d.join("gone"), d.join("link.db")).unwrap();
-        let why = diagnose(&d.join("link.db"), "x");
-        assert!(why.contains("symbolic link to a missing file"), "{why}");
+        assert_eq!(
+            diagnosed(&missing),
+            format!(
+                "database {p}: file is not a database: the file is not an SQLite database or is \
+                 damaged; restore it from a backup, or move it aside and create it again with \
+                 pdns-ha init --db {p}"
+            )
+        );
+        let link = d.join("link.db");
+        std::os::unix::fs::symlink(d.join("gone"), &link).unwrap();
+        assert_eq!(
+            diagnosed(&link),
+            format!(
+                "database {} is a symbolic link to a missing file: fix the link or --db in \
+                 pipe-command",
+                link.display()
+            )
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -327,7 +362,7 @@ mod tests {
         let tries = std::cell::Cell::new(0);
         let mut open = || {
             tries.set(tries.get() + 1);
-            Store::open(&db).map_err(|e| diagnose(&db, &e.to_string()))
+            Store::open(&db).map_err(|e| diagnose(&db, &e))
         };
         let input = "HELO\t5\nQ\texample.com\tIN\tSOA\t-1\t0.0.0.0\t0.0.0.0\t0.0.0.0/0\n\
                      AXFR\t1\texample.com\nCMD\tstatus\nbogus\n";

@@ -15,17 +15,20 @@ pub enum Algorithm {
     LeastLoad,
 }
 
-impl FromStr for Algorithm {
-    type Err = String;
+/// An `--algorithm` that names none of the three.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown algorithm {0:?} (expected static, least-latency or least-load)")]
+pub struct UnknownAlgorithm(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+
+    fn from_str(s: &str) -> Result<Self, UnknownAlgorithm> {
         match s {
             "static" => Ok(Self::Static),
             "least-latency" => Ok(Self::LeastLatency),
             "least-load" => Ok(Self::LeastLoad),
-            _ => Err(format!(
-                "unknown algorithm {s:?} (expected static, least-latency or least-load)"
-            )),
+            _ => Err(UnknownAlgorithm(s.to_owned())),
         }
     }
 }

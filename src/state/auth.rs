@@ -34,7 +34,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -79,6 +79,35 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// Why a secret is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not a regular file, or not readable.
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error(
+        "mode {0:o} lets other users read or write the secret: chmod 600 it (one user), or \
+         chown root:pdns and chmod 640 (the pipe and the monitor)"
+    )]
+    Mode(u32),
+    #[error("longer than {MAX_SECRET} bytes")]
+    Long,
+    /// An empty or truncated file, most likely.
+    #[error(
+        "the secret has {0} bytes, needs at least {MIN_SECRET} (e.g. head -c 32 /dev/urandom \
+         | base64)"
+    )]
+    Short(usize),
+}
+
+/// A key file refused, named as the option that gives it.
+#[derive(Debug, thiserror::Error)]
+#[error("--memcached-key-file {}: {error}", path.display())]
+pub struct KeyFileError {
+    pub path: PathBuf,
+    pub error: KeyError,
+}
+
 /// Why a fetched value was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unsealed {
@@ -93,40 +122,36 @@ impl Key {
     /// and its group may read and only its owner write (mode 0640, 0600,
     /// 0440 or 0400), holding at least 16 bytes.
     /// Surrounding white space (a trailing newline) is not part of it.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let at =
-            |e: &dyn std::fmt::Display| format!("--memcached-key-file {}: {e}", path.display());
-        let mut f = open_regular(path).map_err(|e| at(&e))?;
-        let mode = f.metadata().map_err(|e| at(&e))?.mode();
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        let at = |error| KeyFileError {
+            path: path.to_owned(),
+            error,
+        };
+        let mut f = open_regular(path).map_err(|e| at(KeyError::Io(e)))?;
+        let mode = f.metadata().map_err(|e| at(KeyError::Io(e)))?.mode();
         // Group read is allowed: the pipe (user pdns) and the monitor (user
         // pdns-ha, group pdns) both need the secret, and a 0600 file serves
         // only one of them. Group write or any access by others is not.
         if mode & 0o037 != 0 {
-            return Err(at(&format_args!(
-                "mode {:o} lets other users read or write the secret: chmod 600 it (one \
-                 user), or chown root:pdns and chmod 640 (the pipe and the monitor)",
-                mode & 0o7777
-            )));
+            return Err(at(KeyError::Mode(mode & 0o7777)));
         }
         let mut secret = Vec::new();
         f.by_ref()
             .take(MAX_SECRET as u64 + 1)
             .read_to_end(&mut secret)
-            .map_err(|e| at(&e))?;
+            .map_err(|e| at(KeyError::Io(e)))?;
         if secret.len() > MAX_SECRET {
-            return Err(at(&format_args!("longer than {MAX_SECRET} bytes")));
+            return Err(at(KeyError::Long));
         }
-        Self::new(secret.trim_ascii()).map_err(|e| at(&e))
+        Self::new(secret.trim_ascii()).map_err(at)
     }
 
-    pub fn new(secret: &[u8]) -> Result<Self, String> {
+    pub fn new(secret: &[u8]) -> Result<Self, KeyError> {
         if secret.len() < MIN_SECRET {
-            return Err(format!(
-                "the secret has {} bytes, needs at least {MIN_SECRET} (e.g. head -c 32 /dev/urandom | base64)",
-                secret.len()
-            ));
+            return Err(KeyError::Short(secret.len()));
         }
-        let mac = HmacSha256::new_from_slice(secret).map_err(|e| e.to_string())?;
+        // HMAC takes a key of any length (RFC 2104 hashes a longer one).
+        let mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
         Ok(Self { mac })
     }
 
@@ -269,7 +294,7 @@ mod tests {
         assert_eq!(k.open("p:health:a", "v1 "), Err(Unsealed::BadMac));
         assert_eq!(open_unchecked(&v), "1 100.5");
         assert_eq!(open_unchecked("1 100.5"), "1 100.5");
-        assert!(Key::new(b"short").unwrap_err().contains("at least 16"));
+        assert!(matches!(Key::new(b"short"), Err(KeyError::Short(5))));
         assert_eq!(format!("{k:?}"), "Key(..)");
     }
 
@@ -315,7 +340,8 @@ mod tests {
             let r = Key::load(&f);
             assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
             if !ok {
-                assert!(r.unwrap_err().contains("chmod 600"));
+                let e = r.unwrap_err();
+                assert!(matches!(e.error, KeyError::Mode(m) if m == mode), "{e}");
             }
         }
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -324,7 +350,13 @@ mod tests {
             Key::new(b"0123456789abcdef0123").unwrap().seal("k", "b"),
             same
         );
-        assert!(Key::load(&d).unwrap_err().contains("directory"));
+        assert_eq!(
+            Key::load(&d).unwrap_err().to_string(),
+            format!(
+                "--memcached-key-file {0}: {0} is a directory, not a regular file",
+                d.display()
+            )
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

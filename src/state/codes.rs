@@ -22,19 +22,26 @@ impl Default for AcceptCodes {
     }
 }
 
+/// An item of `probe_ok_codes` that is no code or class, named with its list.
+/// Single quotes: the log escapes double ones.
+#[derive(Debug, thiserror::Error)]
+#[error("probe_ok_codes '{list}': '{item}' is not a code 200-699 or a class like 2xx")]
+pub struct BadCode {
+    pub list: String,
+    pub item: String,
+}
+
 impl AcceptCodes {
     /// Parses a list; `None` or blank is the default, 2xx.
-    pub fn parse(list: Option<&str>) -> Result<AcceptCodes, String> {
+    pub fn parse(list: Option<&str>) -> Result<AcceptCodes, BadCode> {
         let Some(list) = list.filter(|l| !l.trim().is_empty()) else {
             return Ok(AcceptCodes::default());
         };
         let mut ranges = Vec::new();
         for item in list.split(',').map(str::trim) {
-            // Single quotes: the log escapes double ones.
-            let bad = || {
-                format!(
-                    "probe_ok_codes '{list}': '{item}' is not a code 200-699 or a class like 2xx"
-                )
+            let bad = || BadCode {
+                list: list.to_owned(),
+                item: item.to_owned(),
             };
             let range = match item.as_bytes() {
                 [c @ b'2'..=b'6', b'x' | b'X', b'x' | b'X'] => {

@@ -348,16 +348,17 @@ impl Clone for Metrics {
     }
 }
 
+/// An `ha_networks` CIDR that is no network: the row is left out, and the observer
+/// names it.
+#[derive(Debug, thiserror::Error)]
+#[error("ha_networks: \"{}\" is not a network address/prefix", crate::text::shown(.0))]
+pub struct BadNetwork(pub String);
+
 impl Metrics {
-    pub fn add_network(&mut self, cidr: &str, name: &str) -> Result<(), String> {
+    pub fn add_network(&mut self, cidr: &str, name: &str) -> Result<(), BadNetwork> {
         let subnet = Subnet::parse(cidr.trim())
             .filter(|s| s.is_network())
-            .ok_or_else(|| {
-                format!(
-                    "ha_networks: \"{}\" is not a network address/prefix",
-                    crate::text::shown(cidr)
-                )
-            })?;
+            .ok_or_else(|| BadNetwork(cidr.to_owned()))?;
         let key = intern(&mut self.network_names, cidr);
         self.adding.push(Network {
             subnet,

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use log::warn;
 use memcache::exp::{Error, Get, Meta, MetaClient, Ttl};
 
-use crate::state::auth::{self, wire_key, Key, Unsealed, MAX_LIST, MAX_MONITORS, MAX_VALUE};
+use crate::state::auth::{
+    self, wire_key, Key, KeyFileError, Unsealed, MAX_LIST, MAX_MONITORS, MAX_VALUE,
+};
 use crate::state::reading::{monitors_key, valid_monitor_id, Reading};
 use crate::state::validate::{Clock, Invalid};
 use crate::text::shown;
@@ -257,14 +259,26 @@ fn fnv1a(key: &[u8]) -> u64 {
     })
 }
 
+/// Why the memcached options cannot be used: each names its option.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("--memcached-prefix {0:?}: needs 1 to 64 visible characters")]
+    Prefix(String),
+    /// An address the client cannot use (it resolves names here, dials later).
+    #[error("--memcached {addr:?}: {error}")]
+    Server { addr: String, error: Error },
+    #[error("--memcached needs HOST:PORT[,HOST:PORT...]")]
+    NoServers,
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+}
+
 impl Cache {
     /// `list` is `HOST:PORT[,HOST:PORT...]`. Nothing is dialed here.
-    pub fn new(list: &str, prefix: &str, stale_after: u32) -> Result<Self, String> {
+    pub fn new(list: &str, prefix: &str, stale_after: u32) -> Result<Self, CacheError> {
         if prefix.is_empty() || prefix.bytes().any(|b| b <= b' ' || b == 0x7f) || prefix.len() > 64
         {
-            return Err(format!(
-                "--memcached-prefix {prefix:?}: needs 1 to 64 visible characters"
-            ));
+            return Err(CacheError::Prefix(prefix.to_owned()));
         }
         let mut servers = Vec::new();
         for addr in list.split(',').map(str::trim) {
@@ -273,7 +287,10 @@ impl Cache {
                 .io_timeout(Some(TIMEOUT))
                 .max_idle(1)
                 .connect(addr)
-                .map_err(|e| format!("--memcached {addr:?}: {e}"))?;
+                .map_err(|error| CacheError::Server {
+                    addr: addr.to_owned(),
+                    error,
+                })?;
             servers.push(Server {
                 addr: addr.to_owned(),
                 client,
@@ -283,7 +300,7 @@ impl Cache {
             });
         }
         if servers.is_empty() || list.trim().is_empty() {
-            return Err("--memcached needs HOST:PORT[,HOST:PORT...]".into());
+            return Err(CacheError::NoServers);
         }
         Ok(Self {
             servers,
@@ -304,7 +321,7 @@ impl Cache {
     /// one constructor every command uses, so none forgets the key.
     /// The client `--memcached` and its companions describe: the one way every command
     /// connects, so none can forget the key file.
-    pub fn connect(o: &CacheOptions) -> Result<Self, String> {
+    pub fn connect(o: &CacheOptions) -> Result<Self, CacheError> {
         Self::open(&o.servers, &o.prefix, o.ttl, o.key_file.as_deref())
     }
 
@@ -313,7 +330,7 @@ impl Cache {
         prefix: &str,
         stale_after: u32,
         key_file: Option<&std::path::Path>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CacheError> {
         let key = key_file.map(Key::load).transpose()?;
         let cache = Self::new(list, prefix, stale_after)?.with_key(key);
         if cache.key.is_none() {

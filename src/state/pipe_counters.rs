@@ -258,13 +258,11 @@ pub fn read_dir(dir: &Path) -> io::Result<(Vec<PipeFile>, Vec<Unreadable>)> {
         let Ok(pid) = name.parse::<u32>() else {
             continue;
         };
-        let read = || -> Result<(u64, Counts), String> {
-            let f = crate::files::open_regular(&dir.join(&name)).map_err(|e| e.to_string())?;
+        let read = || -> Result<(u64, Counts), Box<dyn std::error::Error>> {
+            let f = crate::files::open_regular(&dir.join(&name))?;
             let mut text = String::new();
-            f.take(MAX_FILE)
-                .read_to_string(&mut text)
-                .map_err(|e| e.to_string())?;
-            Counts::parse(&text).map_err(|e| e.to_string())
+            f.take(MAX_FILE).read_to_string(&mut text)?;
+            Ok(Counts::parse(&text)?)
         };
         match read() {
             Ok((started, counts)) => files.push(PipeFile {
@@ -272,7 +270,7 @@ pub fn read_dir(dir: &Path) -> io::Result<(Vec<PipeFile>, Vec<Unreadable>)> {
                 started,
                 counts,
             }),
-            Err(why) => bad.push((name, why)),
+            Err(why) => bad.push((name, why.to_string())),
         }
     }
     files.sort_by_key(|f| f.pid);

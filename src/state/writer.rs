@@ -44,34 +44,21 @@ pub fn latency_predates_freeswitch(conn: &Connection) -> rusqlite::Result<bool> 
 
 /// What can go wrong writing readings, by who can fix it: the database (missing, locked,
 /// made by an older pdns-ha: the operator's `init` or a retry), or what was asked (an
-/// unknown target or network, a value out of range: the caller's input).
-#[derive(Debug)]
+/// unknown target or network, a value out of range: the caller's input). SQLite's words
+/// are the message, not a `source`: rusqlite's source repeats them, which `{:#}` would
+/// print twice.
+#[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// SQLite refused: locked past the busy timeout, I/O, a constraint.
+    #[error("{0}")]
     Db(rusqlite::Error),
     /// The database is not one this pdns-ha can write; the message says what to run.
+    #[error("{0}")]
     Database(String),
     /// The caller named a target or network the database does not know, or gave a
     /// value out of range; the message names it.
+    #[error("{0}")]
     Refused(String),
-}
-
-impl std::fmt::Display for WriteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Db(e) => write!(f, "{e}"),
-            Self::Database(m) | Self::Refused(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for WriteError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Db(e) => Some(e),
-            _ => None,
-        }
-    }
 }
 
 impl From<rusqlite::Error> for WriteError {
@@ -83,13 +70,6 @@ impl From<rusqlite::Error> for WriteError {
 impl From<validate::Invalid> for WriteError {
     fn from(e: validate::Invalid) -> Self {
         Self::Refused(e.to_string())
-    }
-}
-
-/// The commands report errors as text; the daemons decide on the kind first.
-impl From<WriteError> for String {
-    fn from(e: WriteError) -> Self {
-        e.to_string()
     }
 }
 

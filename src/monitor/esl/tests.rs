@@ -46,16 +46,16 @@ fn parse_json_status_reads_active_not_total() {
     )
     .as_bytes();
     assert_eq!(
-        parse_json_status(body),
-        Ok(Load {
+        parse_json_status(body).unwrap(),
+        Load {
             sessions: 2886,
             max_sessions: Some(10000)
-        })
+        }
     );
     let err = br#"{"command":"status","data":"","status":"error","message":"Invalid Command"}"#;
     assert_eq!(
-        parse_json_status(err),
-        Err("api json status answered \"error Invalid Command\"".to_string())
+        parse_json_status(err).unwrap_err().to_string(),
+        "api json status answered \"error Invalid Command\""
     );
     assert!(parse_json_status(b"{\"status\":\"success\"}").is_err());
     assert!(parse_json_status(b"garbage").is_err());

@@ -259,15 +259,27 @@ fn the_password_file_is_its_first_line() {
         "crlf"
     );
     std::fs::write(&f, "\nlater").unwrap();
-    assert!(Endpoint::new("h:1", Some(&f), None)
-        .unwrap_err()
-        .contains("first line is empty"));
+    assert_eq!(
+        Endpoint::new("h:1", Some(&f), None)
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "--freeswitch-password-file {}: the first line is empty or not UTF-8",
+            f.display()
+        )
+    );
     assert_eq!(
         Endpoint::new("h:1", None, None).unwrap().password,
         "ClueCon"
     );
     let e = Endpoint::new("h:1", Some(&dir), None).unwrap_err();
-    assert!(e.contains("not a regular file"), "{e}");
+    assert_eq!(
+        format!("{e:#}"),
+        format!(
+            "--freeswitch-password-file {0}: {0} is a directory, not a regular file",
+            dir.display()
+        )
+    );
     assert!(Endpoint::new("h:1", None, Some("X-A: b")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }

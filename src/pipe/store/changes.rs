@@ -11,7 +11,7 @@ use crate::state::validate::{self, Clock};
 
 use super::load::{
     col, drain_row, generation, health_row, latency_row, load_networks, load_row, load_targets,
-    named, row_problem, service_key, table_exists, text, Skipped,
+    named, row_problem, service_key, table_exists, text, BadRow, Skipped,
 };
 use crate::state::reading::Health;
 
@@ -71,24 +71,24 @@ pub(super) fn apply(
         let (seq, skip) = (since.seq, &mut skipped);
         changed(tx, "latency_changed", seq, &mut rows, skip, |r| {
             let (network, target) = (text(r, 0)?, text(r, 1)?);
-            let source = validate::source(text(r, 6)?).map_err(|e| e.to_string())?;
+            let source = validate::source(text(r, 6)?)?;
             let v = value(r, 8, || latency_row(r, clock).map(|(_, l)| l));
-            m.set_latency(network, target, source, v.clone().ok().flatten());
+            m.set_latency(network, target, source, v.as_ref().ok().cloned().flatten());
             v.map(drop)
         })?;
         changed(tx, "health_changed", seq, &mut rows, skip, |r| {
             let v = value(r, 4, || health_row(r, clock));
-            m.set_health(text(r, 0)?, text(r, 1)?, v.clone().ok().flatten());
+            m.set_health(text(r, 0)?, text(r, 1)?, v.as_ref().ok().cloned().flatten());
             v.map(drop)
         })?;
         changed(tx, "load_changed", seq, &mut rows, skip, |r| {
             let v = value(r, 4, || load_row(r, clock));
-            m.set_load(text(r, 0)?, v.clone().ok().flatten());
+            m.set_load(text(r, 0)?, v.as_ref().ok().cloned().flatten());
             v.map(drop)
         })?;
         changed(tx, "drains_changed", seq, &mut rows, skip, |r| {
             let v = value(r, 3, || drain_row(r, clock));
-            m.set_drain(text(r, 0)?, v.clone().ok().flatten());
+            m.set_drain(text(r, 0)?, v.as_ref().ok().cloned().flatten());
             // The generation moves with every drain and undrain, also of a
             // target not drained here (an undrain sent on to memcached).
             let g = match r.get::<_, Option<i64>>(4).ok().flatten() {
@@ -105,10 +105,15 @@ pub(super) fn apply(
                     up: col(r, 3)?,
                     updated: col(r, 4)?,
                 };
-                clock.health(&h).map_err(|e| e.to_string())?;
+                clock.health(&h)?;
                 Ok(h)
             });
-            m.set_service_health(text(r, 0)?, s, text(r, 2)?, v.clone().ok().flatten());
+            m.set_service_health(
+                text(r, 0)?,
+                s,
+                text(r, 2)?,
+                v.as_ref().ok().cloned().flatten(),
+            );
             v.map(drop)
         })?;
     }
@@ -122,8 +127,8 @@ pub(super) fn apply(
 fn value<T>(
     r: &rusqlite::Row<'_>,
     present_at: usize,
-    parse: impl FnOnce() -> Result<T, String>,
-) -> Result<Option<T>, String> {
+    parse: impl FnOnce() -> Result<T, BadRow>,
+) -> Result<Option<T>, BadRow> {
     match r.get::<_, bool>(present_at).unwrap_or(false) {
         false => Ok(None),
         true => parse().map(Some),
@@ -138,7 +143,7 @@ fn changed(
     since: i64,
     rows_read: &mut u64,
     skipped: &mut Skipped,
-    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), BadRow>,
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(named(statement))?;
     let mut rows = stmt.query([since])?;

@@ -13,8 +13,10 @@ use crate::pipe::zone::{Builder, Row, Skip, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
 use crate::state::reading::{Drain, Health, Latency, Load, Source};
 use crate::state::service::{Service, Transport};
-use crate::state::validate::Clock;
+use crate::state::validate::{Clock, Invalid};
 use crate::text::shown;
+
+use super::StoreError;
 
 /// SQLite's page cache for this read-only connection, in KiB. Pages of a
 /// large database are shared in the kernel's page cache anyway; this only
@@ -52,16 +54,15 @@ pub(super) fn give_back_memory(conn: Option<&Connection>) {
     }
 }
 
-pub(super) fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, String> {
+pub(super) fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     // The path (and the -wal and -shm beside it) must be regular files,
     // checked with stat and a non-blocking open: SQLite's own open would
     // hang for ever on a FIFO swapped in after `fingerprint` looked.
     crate::files::check_database(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
-    conn.busy_timeout(busy).map_err(|e| e.to_string())?;
-    conn.execute_batch(&format!("PRAGMA cache_size = -{PAGE_CACHE_KIB}"))
-        .map_err(|e| e.to_string())?;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(busy)?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{PAGE_CACHE_KIB}"))?;
     Ok(conn)
 }
 
@@ -174,55 +175,72 @@ pub(super) fn load_zones(tx: &Connection, skipped: &mut Skipped) -> rusqlite::Re
     Ok(b.finish())
 }
 
-fn valid(v: Result<(), crate::state::validate::Invalid>) -> Result<(), String> {
-    v.map_err(|e| e.to_string())
+/// Why a reading row is left out; [`row_problem`] adds its table and key.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BadRow {
+    /// A column of the wrong type, or NULL where a value belongs.
+    #[error("{0}")]
+    Column(rusqlite::Error),
+    /// A value out of range, or a time in the future (the one validation every path shares).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Network(#[from] crate::state::index::BadNetwork),
+    #[error("column {column} is {value}, out of range")]
+    Count { column: usize, value: i64 },
+    #[error("transport {} is not udp, tcp or tls", shown(.0))]
+    Transport(String),
+    #[error("port {0} out of range")]
+    Port(i64),
+    #[error("negative generation")]
+    Generation,
 }
 
 /// A `health` row (target, monitor, up, updated), validated.
-pub(super) fn health_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Health, String> {
+pub(super) fn health_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Health, BadRow> {
     let h = Health {
         up: col(r, 2)?,
         updated: col(r, 3)?,
     };
-    valid(clock.health(&h))?;
+    clock.health(&h)?;
     Ok(h)
 }
 
 /// An advertised service as the change log keys it: `tls/5061`.
-pub(super) fn service_key(key: &str) -> Result<Service, String> {
+pub(super) fn service_key(key: &str) -> Result<Service, BadRow> {
     let (transport, port) = key.split_once('/').unwrap_or((key, ""));
     service(transport, port.parse::<i64>().unwrap_or(0))
 }
 
-fn service(transport: &str, port: i64) -> Result<Service, String> {
+fn service(transport: &str, port: i64) -> Result<Service, BadRow> {
     Ok(Service {
         transport: Transport::parse(transport)
-            .ok_or_else(|| format!("transport {} is not udp, tcp or tls", shown(transport)))?,
+            .ok_or_else(|| BadRow::Transport(transport.to_owned()))?,
         port: u16::try_from(port)
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("port {port} out of range"))?,
+            .ok_or(BadRow::Port(port))?,
     })
 }
 
 /// A `service_health` row (target, transport, port, monitor, up, updated), validated.
-fn service_health_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<(Service, Health), String> {
+fn service_health_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<(Service, Health), BadRow> {
     let s = service(text(r, 1)?, col(r, 2)?)?;
     let h = Health {
         up: col(r, 4)?,
         updated: col(r, 5)?,
     };
-    valid(clock.health(&h))?;
+    clock.health(&h)?;
     Ok((s, h))
 }
 
 /// A drain generation (`ha_drain_generation`), never negative.
-pub(super) fn generation(r: &rusqlite::Row<'_>, i: usize) -> Result<u64, String> {
-    u64::try_from(col::<i64>(r, i)?).map_err(|_| "negative generation".to_owned())
+pub(super) fn generation(r: &rusqlite::Row<'_>, i: usize) -> Result<u64, BadRow> {
+    u64::try_from(col::<i64>(r, i)?).map_err(|_| BadRow::Generation)
 }
 
 /// A `load` row (target, sessions, max_sessions, updated), validated.
-pub(super) fn load_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Load, String> {
+pub(super) fn load_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Load, BadRow> {
     let max_sessions = match col::<Option<i64>>(r, 2)? {
         Some(_) => Some(count(r, 2)?),
         None => None,
@@ -232,7 +250,7 @@ pub(super) fn load_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Load, Str
         max_sessions,
         updated: col(r, 3)?,
     };
-    valid(clock.load(&l))?;
+    clock.load(&l)?;
     Ok(l)
 }
 
@@ -241,7 +259,7 @@ pub(super) fn load_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Load, Str
 pub(super) fn latency_row(
     r: &rusqlite::Row<'_>,
     clock: &Clock,
-) -> Result<(Source, Latency), String> {
+) -> Result<(Source, Latency), BadRow> {
     let callers = match col::<Option<i64>>(r, 7)? {
         Some(_) => Some(count(r, 7)?),
         None => None,
@@ -253,19 +271,18 @@ pub(super) fn latency_row(
         updated: col(r, 5)?,
         callers,
     };
-    valid(clock.latency(&l))?;
-    let source =
-        crate::state::validate::source(&col::<String>(r, 6)?).map_err(|e| e.to_string())?;
+    clock.latency(&l)?;
+    let source = crate::state::validate::source(&col::<String>(r, 6)?)?;
     Ok((source, l))
 }
 
 /// A `drains` row (target, reason, since), validated.
-pub(super) fn drain_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Drain, String> {
+pub(super) fn drain_row(r: &rusqlite::Row<'_>, clock: &Clock) -> Result<Drain, BadRow> {
     let d = Drain {
         reason: col::<String>(r, 1)?.into(),
         since: col(r, 2)?,
     };
-    valid(clock.updated(d.since))?;
+    clock.updated(d.since)?;
     Ok(d)
 }
 
@@ -278,7 +295,7 @@ pub(super) fn load_networks(
     rows: &mut u64,
 ) -> rusqlite::Result<()> {
     each_row(tx, "ha_networks", "networks", skipped, rows, |r| {
-        m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)
+        Ok(m.add_network(&col::<String>(r, 0)?, &col::<String>(r, 1)?)?)
     })
 }
 
@@ -364,7 +381,7 @@ pub(super) fn each_row(
     statement: &str,
     skipped: &mut Skipped,
     rows_read: &mut u64,
-    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<(), BadRow>,
 ) -> rusqlite::Result<()> {
     if !table_exists(tx, table)? {
         return Ok(());
@@ -389,7 +406,7 @@ pub(super) fn each_row(
 }
 
 /// A bad row, named by its key (target or network).
-pub(super) fn row_problem(table: &str, r: &rusqlite::Row<'_>, why: &str) -> String {
+pub(super) fn row_problem(table: &str, r: &rusqlite::Row<'_>, why: &BadRow) -> String {
     let key = r.get_ref(0).ok().and_then(|v| v.as_str().ok()).map(shown);
     match key {
         Some(k) => format!("a row of {table} ({k}): {why}"),
@@ -400,21 +417,24 @@ pub(super) fn row_problem(table: &str, r: &rusqlite::Row<'_>, why: &str) -> Stri
 pub(super) fn col<T: rusqlite::types::FromSql>(
     r: &rusqlite::Row<'_>,
     i: usize,
-) -> Result<T, String> {
-    r.get(i).map_err(|e| e.to_string())
+) -> Result<T, BadRow> {
+    r.get(i).map_err(BadRow::Column)
 }
 
 /// A text column, borrowed from the row: no allocation per reading.
-pub(super) fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, String> {
+pub(super) fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, BadRow> {
     r.get_ref(i)
         .and_then(|v| Ok(v.as_str()?))
-        .map_err(|e| e.to_string())
+        .map_err(BadRow::Column)
 }
 
 /// A column holding a count: sessions, capacity, samples.
-fn count(r: &rusqlite::Row<'_>, i: usize) -> Result<u32, String> {
+fn count(r: &rusqlite::Row<'_>, i: usize) -> Result<u32, BadRow> {
     let n: i64 = col(r, i)?;
-    u32::try_from(n).map_err(|_| format!("column {i} is {n}, out of range"))
+    u32::try_from(n).map_err(|_| BadRow::Count {
+        column: i,
+        value: n,
+    })
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ mod load;
 mod read;
 mod watch;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,6 +33,7 @@ use log::{error, info, warn};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::dns::Subnet;
+use crate::files::FileError;
 use crate::pipe::zone::{is_apex, Builder, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
@@ -62,20 +62,44 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 /// wait: what is held answers and the next check tries again.
 const STARTUP_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// An error that names the database file.
-#[derive(Debug)]
-pub struct StoreError {
-    path: PathBuf,
-    what: String,
+/// Why the database cannot be read. The caller names the file: the store's log lines
+/// and `waiting::diagnose` do. What SQLite said is part of the message, not a `source`
+/// (rusqlite's source repeats it, which `{:#}` would print twice).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Nothing SQLite may open at the path: missing, unreadable, or a `-wal` or `-shm`
+    /// beside it that is no regular file.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A FIFO, device or directory where the watch looked for the file.
+    #[error("{0}, not a database file")]
+    NotAFile(&'static str),
+    /// An SQLite file without PowerDNS's tables: a new or foreign database.
+    #[error("not a PowerDNS database (no records or domains table); create one with pdns-ha init")]
+    NotPdns,
+    /// SQLite refused: not a database, damaged, locked, an I/O error.
+    #[error("{0}")]
+    Sqlite(rusqlite::Error),
 }
 
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "database {}: {}", self.path.display(), self.what)
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
     }
 }
 
-impl std::error::Error for StoreError {}
+impl StoreError {
+    /// Whether SQLite found the file is not a database or is damaged: the fix is a
+    /// backup or a new database, not a permission.
+    pub fn is_damaged(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        let code = match self {
+            Self::Sqlite(e) => e.sqlite_error_code(),
+            _ => None,
+        };
+        matches!(code, Some(NotADatabase | DatabaseCorrupt))
+    }
+}
 
 /// What the store did, for CMD `status` and the scale tests.
 #[derive(Default, Debug, Clone, Copy)]
@@ -153,29 +177,14 @@ impl Store {
     /// tolerance for a writer's clock ahead of it (`--max-clock-skew`): golden transcripts
     /// run at a fixed time, as the backend does.
     pub fn open_with(path: &Path, clock: fn() -> f64, max_skew: u32) -> Result<Self, StoreError> {
-        let err = |what: String| StoreError {
-            path: path.to_owned(),
-            what,
-        };
-        let seen = fingerprint(path).map_err(err)?;
-        let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT).map_err(err)?;
+        let seen = fingerprint(path)?;
+        let conn = open_read_only(path, STARTUP_BUSY_TIMEOUT)?;
         // Asked, not guessed from an error's text.
-        let pdns =
-            table_exists(&conn, "records").and_then(|r| Ok(r && table_exists(&conn, "domains")?));
-        match pdns {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(err(
-                    "not a PowerDNS database (no records or domains table); create one with \
-                     pdns-ha init"
-                        .into(),
-                ))
-            }
-            Err(e) => return Err(err(e.to_string())),
+        if !(table_exists(&conn, "records")? && table_exists(&conn, "domains")?) {
+            return Err(StoreError::NotPdns);
         }
-        let loaded = read(&conn, true, None, clock(), max_skew).map_err(err)?;
-        conn.busy_timeout(Duration::ZERO)
-            .map_err(|e| err(e.to_string()))?;
+        let loaded = read(&conn, true, None, clock(), max_skew)?;
+        conn.busy_timeout(Duration::ZERO)?;
         let now = Instant::now();
         let mut store = Self {
             path: path.to_owned(),
@@ -270,7 +279,7 @@ impl Store {
     /// can; per name, a name not cached yet is read now, one indexed query.
     /// An error means the database could not be read for it (the caller
     /// answers FAIL: pdns must not cache "no such name" for an outage).
-    pub fn prepare(&mut self, qname: &str) -> Result<(), String> {
+    pub fn prepare(&mut self, qname: &str) -> Result<(), StoreError> {
         if self.zones.knows(qname) {
             return Ok(());
         }
@@ -294,7 +303,7 @@ impl Store {
             }
             Ok(())
         };
-        let result = read().map_err(|e| e.to_string());
+        let result = read().map_err(StoreError::Sqlite);
         match result {
             Ok(()) => self.zones.finish_name(&self.name_buf, first),
             Err(_) => self.zones.abort_name(first),
@@ -314,7 +323,7 @@ impl Store {
 
     /// The records of a zone for AXFR, by id or (ABI 4+) by name: from the
     /// index when held whole, else read now. `None`: no such zone.
-    pub fn zone_for_axfr(&mut self, id: i64, zone: Option<&str>) -> Result<&Zones, String> {
+    pub fn zone_for_axfr(&mut self, id: i64, zone: Option<&str>) -> Result<&Zones, StoreError> {
         if self.zones.is_whole() {
             return Ok(&self.zones);
         }
@@ -347,7 +356,7 @@ impl Store {
             }
             Ok(b.finish())
         };
-        self.axfr = read().map_err(|e| e.to_string())?;
+        self.axfr = read()?;
         Ok(&self.axfr)
     }
 
@@ -417,7 +426,7 @@ impl Store {
     /// taken before the read and kept only after it succeeded, so a commit
     /// during the read is read again next time, and a failed read is tried
     /// again at every check until the file heals.
-    fn check(&mut self, now: Instant) -> Result<(), String> {
+    fn check(&mut self, now: Instant) -> Result<(), StoreError> {
         let fp = fingerprint(&self.path)?;
         if self.seen == Some(fp) {
             return Ok(());
@@ -430,9 +439,8 @@ impl Store {
         let Some(conn) = opened.as_ref().or(self.conn.as_ref()) else {
             unreachable!("a connection is either held or just opened")
         };
-        let zones_changed = replaced
-            || self.zones_version.is_none()
-            || zones_version(conn).map_err(|e| e.to_string())? != self.zones_version;
+        let zones_changed =
+            replaced || self.zones_version.is_none() || zones_version(conn)? != self.zones_version;
         let held = match (replaced, self.cursor) {
             (false, Some(c)) => Some((&mut self.base, c)),
             _ => None,
@@ -443,7 +451,7 @@ impl Store {
                 // Changes applied before the failure are applied again
                 // (they are idempotent), or the next read is whole.
                 self.cursor = None;
-                return Err(e);
+                return Err(e.into());
             }
         };
         if replaced {
@@ -522,7 +530,7 @@ impl Store {
         }
     }
 
-    fn report(&mut self, now: Instant, what: &str) {
+    fn report(&mut self, now: Instant, what: &StoreError) {
         let (last, n) = self.failing.get_or_insert((now, 0));
         *n += 1;
         if *n == 1 || now.duration_since(*last) >= ERROR_LOG_EVERY {

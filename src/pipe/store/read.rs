@@ -41,41 +41,38 @@ pub(super) fn read(
     held: Option<(&mut Metrics, Cursor)>,
     now: f64,
     max_skew: u32,
-) -> Result<Loaded, String> {
-    let run = || -> rusqlite::Result<Loaded> {
-        let tx = conn.unchecked_transaction()?;
-        let zones_version = zones_version(&tx)?;
-        let zones = match zones {
-            false => None,
-            true => {
-                let mut skipped = Skipped::default();
-                Some((load_zones(&tx, &mut skipped)?, skipped))
-            }
-        };
-        let clock = Clock::at(now, max_skew);
-        if let Some((m, since)) = held {
-            let (cursor, rows, changed_skipped) = changes::apply(&tx, m, since, &clock)?;
-            return Ok(Loaded {
-                zones,
-                zones_version,
-                metrics: None,
-                cursor: Some(cursor),
-                rows,
-                changed_skipped,
-            });
+) -> rusqlite::Result<Loaded> {
+    let tx = conn.unchecked_transaction()?;
+    let zones_version = zones_version(&tx)?;
+    let zones = match zones {
+        false => None,
+        true => {
+            let mut skipped = Skipped::default();
+            Some((load_zones(&tx, &mut skipped)?, skipped))
         }
-        let mut skipped = Skipped::default();
-        let mut rows = 0;
-        let cursor = changes::cursor(&tx)?;
-        let metrics = load_metrics(&tx, &clock, &mut skipped, &mut rows)?;
-        Ok(Loaded {
-            metrics: Some((metrics, skipped)),
+    };
+    let clock = Clock::at(now, max_skew);
+    if let Some((m, since)) = held {
+        let (cursor, rows, changed_skipped) = changes::apply(&tx, m, since, &clock)?;
+        return Ok(Loaded {
             zones,
             zones_version,
-            cursor,
+            metrics: None,
+            cursor: Some(cursor),
             rows,
-            changed_skipped: Skipped::default(),
-        })
-    };
-    run().map_err(|e| e.to_string())
+            changed_skipped,
+        });
+    }
+    let mut skipped = Skipped::default();
+    let mut rows = 0;
+    let cursor = changes::cursor(&tx)?;
+    let metrics = load_metrics(&tx, &clock, &mut skipped, &mut rows)?;
+    Ok(Loaded {
+        metrics: Some((metrics, skipped)),
+        zones,
+        zones_version,
+        cursor,
+        rows,
+        changed_skipped: Skipped::default(),
+    })
 }

@@ -5,6 +5,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::StoreError;
+use crate::files::FileError;
+
 /// What `stat` says of one file: which file it is (a new inode means the
 /// operator replaced the database) and when and how it last changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +51,10 @@ impl Fingerprint {
 /// The fingerprint of the database at `path`. Anything but a regular file
 /// (a FIFO would block the open for ever, a directory or device is no
 /// database) is refused before SQLite sees it.
-pub(super) fn fingerprint(path: &Path) -> Result<Fingerprint, String> {
-    let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+pub(super) fn fingerprint(path: &Path) -> Result<Fingerprint, StoreError> {
+    let m = std::fs::metadata(path).map_err(FileError::Io)?;
     if !m.is_file() {
-        return Err(format!("{}, not a database file", crate::files::kind(&m)));
+        return Err(StoreError::NotAFile(crate::files::kind(&m)));
     }
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
@@ -118,8 +121,11 @@ mod tests {
         std::fs::rename(&new, &db).unwrap();
         assert!(fingerprint(&db).unwrap().replaces(&before));
         let err = fingerprint(&dir).unwrap_err();
-        assert!(err.contains("not a database file"), "{err}");
-        assert!(fingerprint(&dir.join("missing.db")).is_err());
+        assert_eq!(err.to_string(), "a directory, not a database file");
+        assert!(matches!(
+            fingerprint(&dir.join("missing.db")),
+            Err(StoreError::File(FileError::Io(_)))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -250,8 +250,8 @@ impl WriteArgs {
 pub enum MetricCommand {
     /// Latency from a known network (or '*', anywhere) to a target
     Latency {
-        /// The ha_networks CIDR or name, or '*'
-        #[arg(long, value_name = "CIDR|'*'")]
+        /// The ha_networks name (of one CIDR) or CIDR, or '*'
+        #[arg(long, value_name = "NAME|CIDR|'*'")]
         network: String,
         #[command(flatten)]
         target: TargetName,

@@ -15,8 +15,7 @@ use super::openmetrics::{get, value, Running};
 use crate::pdns::{free_port, require_all, Backend, Pdns, TempDir};
 use crate::util::{init_db, BIN};
 
-/// How often a busy pipe writes its counters (`state::pipe_counters::WRITE_EVERY`).
-const WRITE_EVERY: Duration = Duration::from_secs(10);
+use pdns_ha::state::pipe_counters::WRITE_EVERY;
 const WITHIN: Duration = Duration::from_secs(20);
 
 /// The monitor's text once `ready` holds for it, polled until [`WITHIN`].
@@ -71,6 +70,7 @@ fn pipe_counters_reach_the_monitor_by_network() {
     })
     .setting("edns-subnet-processing", "yes")
     .start();
+    // Each pipe wrote its file at pdns's HELO, before the start-up check's digs.
     let started = Instant::now();
     let ask = |subnet: &str, times: usize| {
         for _ in 0..times {
@@ -82,7 +82,7 @@ fn pipe_counters_reach_the_monitor_by_network() {
     ask("192.0.2.0/24", 3);
     ask("198.51.100.0/24", 2);
     ask("100.64.0.0/24", 1);
-    // A busy pipe writes every 10 s, on a question: this one writes, and is counted after.
+    // A busy pipe writes every 5 s, on a question: this one writes, and is counted after.
     sleep(WRITE_EVERY.saturating_sub(started.elapsed()) + Duration::from_millis(200));
     ask("192.0.2.0/24", 1);
     assert!(

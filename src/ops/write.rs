@@ -58,7 +58,8 @@ pub fn metric(
             target,
             ms,
         } => {
-            let (network, target) = (w.network(network)?, w.target(target)?);
+            // A name as the monitor's --network takes it: one CIDR, or refused.
+            let (network, target) = (w.vantage(network)?, w.target(target)?);
             w.latency(&network, &target, Source::Metric, *ms, None)
                 .map(drop)
         }

@@ -1,6 +1,6 @@
 //! What this pipe process answered, by client network: an array increment per lookup,
 //! named and written to the process's counters file ([`crate::state::pipe_counters`])
-//! every [`WRITE_EVERY`] while pdns asks, and once more at the end.
+//! at the first line, every [`WRITE_EVERY`] while pdns asks, and once more at the end.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ impl Tally {
         Self {
             dir,
             started: crate::state::reading::unix_now() as u64,
-            next_write: now + WRITE_EVERY,
+            next_write: now,
             list: NetworkList::default(),
             by_position: Vec::new(),
             earlier: BTreeMap::new(),
@@ -186,13 +186,16 @@ mod tests {
             questions: 5,
             ..Stats::default()
         };
-        t.maybe_write(&s, start);
-        assert!(!dir.exists(), "written before it was due");
+        t.maybe_write(&Stats::default(), start);
+        let lookups = || pipe_counters::read_dir(&dir).unwrap().0[0].counts.lookups;
+        assert_eq!(lookups(), 0, "the first line writes");
+        t.maybe_write(&s, start + WRITE_EVERY / 2);
+        assert_eq!(lookups(), 0, "written again before it was due");
         t.maybe_write(&s, start + WRITE_EVERY);
         let (files, _) = pipe_counters::read_dir(&dir).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].pid, std::process::id());
-        assert_eq!(files[0].counts.lookups, 5);
+        assert_eq!(lookups(), 5);
         std::fs::remove_dir_all(&dir).unwrap();
         // A path under a file cannot be made: said once, answers unaffected.
         let mut t = Tally::new(Some(PathBuf::from("/dev/null/x")), start);

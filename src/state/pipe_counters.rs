@@ -28,9 +28,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How often a busy pipe writes its file. An idle one writes nothing: it only wakes
-/// for pdns's questions.
-pub const WRITE_EVERY: Duration = Duration::from_secs(10);
+/// How often a busy pipe writes its file (and once at its first line, pdns's `HELO`, so
+/// that every running pipe has one). An idle one writes nothing: it only wakes for pdns's
+/// questions.
+pub const WRITE_EVERY: Duration = Duration::from_secs(5);
 
 const HEADER: &str = "pdns-ha pipe counters 1";
 

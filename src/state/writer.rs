@@ -438,7 +438,8 @@ impl Writer {
 
     /// The CIDR of the known network `name` names: an `ha_networks` name,
     /// or its CIDR (as [`Self::network`] takes it). `*` is the monitor's own
-    /// host. A name that several rows share is refused, not guessed.
+    /// host, or anywhere. A name that several rows share is refused, not
+    /// guessed. The monitor's `--network` and `metric latency --network`.
     pub fn vantage(&self, name: &str) -> Result<String, WriteError> {
         let mut stmt = self
             .conn

@@ -8,4 +8,5 @@ mod explain_networks;
 mod faults;
 mod golden;
 mod manpage;
+mod samples;
 mod scale;

@@ -231,14 +231,15 @@ fn summary(fused: &[(bool, Option<f64>)], shown: usize) -> String {
 /// What pdns's pipe processes answered, from the files they write (`pdnsutil backend-cmd
 /// pipe status` would ask a fresh process, which has answered nothing).
 fn pipes(dir: &std::path::Path, out: &mut String) {
-    use crate::state::pipe_counters::{alive, read_dir, Counts};
+    use crate::state::pipe_counters::{alive, read_dir, Counts, WRITE_EVERY};
     let files = match read_dir(dir) {
         Ok((files, _)) if !files.is_empty() => files,
         Ok(_) => {
             let _ = writeln!(
                 out,
-                "pipes: no counters in {} yet (each pipe writes them every 10 s while pdns asks, and when it ends)",
-                dir.display()
+                "pipes: no counters in {} yet (each pipe writes them when it starts, every {} s while pdns asks, and when it ends)",
+                dir.display(),
+                WRITE_EVERY.as_secs()
             );
             return;
         }

@@ -12,7 +12,7 @@ use pdns_ha::cli::{NetworkCommand, PipeCli, PipeCommand, TargetCommand};
 use pdns_ha::config::PipeOptions;
 use pdns_ha::ops::edit;
 use pdns_ha::pipe::answer::Ranker;
-use pdns_ha::pipe::{backend, store, waiting};
+use pdns_ha::pipe::{backend, lean, store, waiting};
 use pdns_ha::state::memcached::Cache;
 use pdns_ha::{cli, logging, ops};
 
@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     let cli = PipeCli::parse_from(cli::with_default_command(std::env::args_os().collect()));
     logging::init();
     let result = match cli.command {
-        PipeCommand::Pipe(a) => pipe(&a.options()),
+        PipeCommand::Pipe(a) => {
+            lean::restart_without_malloc_cache();
+            pipe(&a.options())
+        }
         PipeCommand::Init(a) => ops::init::run(&a.db.db, &a.scripts),
         PipeCommand::Check(a) => ops::check::run(&a.db),
         PipeCommand::Metric(m) => {

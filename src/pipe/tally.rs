@@ -31,6 +31,9 @@ pub struct Tally {
     next_write: Instant,
     /// The list `by_position` counts in.
     list: NetworkList,
+    /// The last client and its network's position: pdns asks several questions for one
+    /// DNS query (its SOA, the name, additional records), all from the same client.
+    last: Option<(Subnet, Option<usize>)>,
     by_position: Vec<Pair>,
     /// Networks counted under an earlier list (`ha_networks` changed since), by name.
     earlier: BTreeMap<String, Pair>,
@@ -46,6 +49,7 @@ impl Tally {
             started: crate::state::reading::unix_now() as u64,
             next_write: now,
             list: NetworkList::default(),
+            last: None,
             by_position: Vec::new(),
             earlier: BTreeMap::new(),
             unknown: Pair::default(),
@@ -59,8 +63,17 @@ impl Tally {
             self.fold();
             self.list = metrics.network_list();
             self.by_position = vec![Pair::default(); self.list.networks().len()];
+            self.last = None;
         }
-        match self.list.position(client) {
+        let position = match self.last {
+            Some((c, p)) if c == client => p,
+            _ => {
+                let p = self.list.position(client);
+                self.last = Some((client, p));
+                p
+            }
+        };
+        match position {
             Some(i) => self.by_position[i].count(answered),
             None => self.unknown.count(answered),
         }
@@ -174,6 +187,13 @@ mod tests {
                 answered: 1
             }
         );
+        // The same client again once its prefix is known: the network remembered for
+        // it under the earlier list is not used.
+        let m = metrics(&[("10.2.0.0/16", "vancouver")]);
+        t.count(&m, client("10.2.0.1"), true);
+        let c = t.counts(&Stats::default());
+        assert_eq!(c.unknown.queries, 2);
+        assert_eq!(c.networks["vancouver"].queries, 1);
     }
 
     #[test]

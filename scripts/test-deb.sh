@@ -26,14 +26,8 @@ srv=_stun._udp.example.com
 # interrupted run left; anything else in /var/lib/pdns-ha is someone's data.
 marker=$state/.pdns-ha-test-deb
 
-ci() { [ -n "${CI:-}" ] && [ "$CI" != false ] && [ "$CI" != 0 ]; }
-skip() {
-  if ci; then echo "test-deb: FAIL: $*" >&2; exit 1; fi
-  echo "test-deb: skipped: $*" >&2
-  exit 0
-}
-fail() { echo "test-deb: FAIL: $*" >&2; exit 1; }
-step() { echo "test-deb: $*"; }
+me=test-deb
+. "$repo/scripts/test-lib.sh"
 
 [ "$(id -u)" = 0 ] || skip "needs root (it installs a package and creates a system user)"
 for tool in apt-get dpkg-deb pdns_server dig setpriv systemd-analyze sqlite3 ss; do
@@ -239,28 +233,6 @@ before=$(first)
   fail "before any reading, want the stored first record, got '$before'"
 
 step "running the monitor unit's ExecStart as its user, one round"
-# `field UNIT KEY`: the first KEY= line of UNIT, with the instance for %i.
-field() { sed -n "s/^$2=//p" "$1" | head -n1 | sed "s/%i/$instance/g"; }
-# As systemd does: the EnvironmentFile's variables, then $VAR in ExecStart split into
-# words, as User:Group with the unit's UMask; extra arguments go last.
-run_unit() {
-  local unit_file=$1 exec_start user group umask_ env_file
-  shift
-  exec_start=$(field "$unit_file" ExecStart)
-  user=$(field "$unit_file" User)
-  group=$(field "$unit_file" Group)
-  umask_=$(field "$unit_file" UMask)
-  env_file=$(field "$unit_file" EnvironmentFile)
-  env_file=${env_file#-}
-  [ -n "$exec_start" ] && [ -n "$user" ] && [ -n "$group" ] || fail "cannot read $unit_file"
-  (
-    set -a
-    [ -f "$env_file" ] && . "$env_file"
-    set +a
-    umask "${umask_:-0022}"
-    eval "exec setpriv --reuid=$user --regid=$group --init-groups -- $exec_start $*"
-  )
-}
 run_unit "$unit" --once > "$work/monitor.log" 2>&1 || { cat "$work/monitor.log"; fail "monitor round"; }
 grep -q 'polled 10 targets' "$work/monitor.log" || { cat "$work/monitor.log"; fail "monitor log"; }
 

@@ -21,14 +21,8 @@ snippet=/etc/powerdns/pdns.d/pdns-ha.conf
 marker=$state/.pdns-ha-test-guide
 ns=pdns-ha-guide
 
-ci() { [ -n "${CI:-}" ] && [ "$CI" != false ] && [ "$CI" != 0 ]; }
-skip() {
-  if ci; then echo "test-guide: FAIL: $*" >&2; exit 1; fi
-  echo "test-guide: skipped: $*" >&2
-  exit 0
-}
-fail() { echo "test-guide: FAIL: $*" >&2; exit 1; }
-step() { echo "test-guide: $*"; }
+me=test-guide
+. "$repo/scripts/test-lib.sh"
 
 [ "$(id -u)" = 0 ] || skip "needs root (it installs a package and makes a network namespace)"
 for tool in apt-get dpkg-deb pdns_server pdnsutil dig setpriv sipp memcached curl ip; do
@@ -142,6 +136,8 @@ done
 cat > "$work/walk.sh" <<EOF
 set -euo pipefail
 work=$work
+me=walk
+. "$repo/scripts/test-lib.sh"
 EOF
 cat >> "$work/walk.sh" <<'EOF'
 started() { echo "$1" >> "$work/pids"; }
@@ -149,25 +145,10 @@ stop_started() {
   local f=$work/pid-$1
   if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; sleep 0.5; fi
 }
-# `field UNIT KEY`: the first KEY= line of UNIT.
-field() { sed -n "s/^$2=//p" "$1" | head -n1; }
 start_unit() {
-  local name=$1 unit=/lib/systemd/system/$1.service exec_start user group umask_ env_file
-  exec_start=$(field "$unit" ExecStart)
-  user=$(field "$unit" User)
-  group=$(field "$unit" Group)
-  umask_=$(field "$unit" UMask)
-  env_file=$(field "$unit" EnvironmentFile)
-  env_file=${env_file#-}
-  stop_started "$name"
-  (
-    set -a
-    [ -f "$env_file" ] && . "$env_file"
-    set +a
-    umask "${umask_:-0022}"
-    eval "exec setpriv --reuid=$user --regid=$group --init-groups -- $exec_start"
-  ) > "$work/$name.log" 2>&1 &
-  echo $! > "$work/pid-$name"
+  stop_started "$1"
+  run_unit "/lib/systemd/system/$1.service" > "$work/$1.log" 2>&1 &
+  echo $! > "$work/pid-$1"
   started $!
 }
 start_pdns() {

@@ -29,6 +29,7 @@ pub use crate::net::probe::error_kind;
 use crate::net::probe::ProbeErrorKind;
 
 use super::pipes::PipeFigures;
+use crate::state::pipe_counters::Pair;
 
 // Metric family names. Units in the name, base units only (seconds), as Prometheus's
 // naming conventions ask; counters get `_total` on their samples.
@@ -331,35 +332,29 @@ fn pipes(out: &mut String, p: &PipeFigures, fmt: Format) {
         family(out, fmt, name, "counter", help);
         let _ = writeln!(out, "{name}_total {n}");
     }
-    family(
-        out,
-        fmt,
-        PIPE_NETWORK_QUERIES,
-        "counter",
-        "Questions from clients in a known network, by ha_networks name.",
-    );
-    for (name, n) in &c.networks {
-        let _ = writeln!(
-            out,
-            "{PIPE_NETWORK_QUERIES}_total{{network=\"{}\"}} {}",
-            escape(name),
-            n.queries
-        );
-    }
-    family(
-        out,
-        fmt,
-        PIPE_NETWORK_ANSWERS,
-        "counter",
-        "Questions from clients in a known network answered with data, by ha_networks name.",
-    );
-    for (name, n) in &c.networks {
-        let _ = writeln!(
-            out,
-            "{PIPE_NETWORK_ANSWERS}_total{{network=\"{}\"}} {}",
-            escape(name),
-            n.answered
-        );
+    type Family = (&'static str, &'static str, fn(&Pair) -> u64);
+    let by_network: [Family; 2] = [
+        (
+            PIPE_NETWORK_QUERIES,
+            "Questions from clients in a known network, by ha_networks name.",
+            |p| p.queries,
+        ),
+        (
+            PIPE_NETWORK_ANSWERS,
+            "Questions from clients in a known network answered with data, by ha_networks name.",
+            |p| p.answered,
+        ),
+    ];
+    for (name, help, count) in by_network {
+        family(out, fmt, name, "counter", help);
+        for (network, p) in &c.networks {
+            let _ = writeln!(
+                out,
+                "{name}_total{{network=\"{}\"}} {}",
+                escape(network),
+                count(p)
+            );
+        }
     }
 }
 

@@ -24,9 +24,14 @@ pub fn restart_without_malloc_cache() {
         value.push(":");
     }
     value.push(TUNABLE);
+    // The program's own path, not /proc/self/exe: the process name (`ps`, `pgrep -x
+    // pdns-ha`) is the executed file's name.
+    let Ok(program) = std::env::current_exe() else {
+        return;
+    };
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("pdns-ha"));
-    let err = std::process::Command::new("/proc/self/exe")
+    let err = std::process::Command::new(program)
         .arg0(arg0)
         .args(args)
         .env("GLIBC_TUNABLES", value)

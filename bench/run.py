@@ -348,9 +348,12 @@ def run_stream(cmd, path):
 
 def dhat(cmd, path):
     """valgrind dhat: (bytes at t-gmax, bytes at t-end, total blocks)."""
+    # The pipe starts itself again without glibc's malloc cache (src/pipe/lean.rs), which
+    # valgrind would not follow; with the tunable already set it does not.
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.tcache_count=0")
     with open(path) as inp:
         r = subprocess.run(["valgrind", "--tool=dhat", "--dhat-out-file=/dev/null"] + cmd, stdin=inp,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True, env=env)
     num = lambda label: int(re.search(label + r":\s+([\d,]+) bytes in ([\d,]+) blocks", r.stderr).group(1).replace(",", ""))
     blocks = int(re.search(r"Total:\s+[\d,]+ bytes in ([\d,]+) blocks", r.stderr).group(1).replace(",", ""))
     return num("At t-gmax"), num("At t-end"), blocks

@@ -38,8 +38,10 @@ pub struct Tally {
     /// Networks counted under an earlier list (`ha_networks` changed since), by name.
     earlier: BTreeMap<String, Pair>,
     unknown: Pair,
-    /// A directory that cannot be written is said once, not every 10 s.
+    /// A directory that cannot be written is said once, not at every write.
     write_failed: bool,
+    /// Whether the files of long-ended pipes were looked for (at the first write).
+    swept: bool,
 }
 
 impl Tally {
@@ -54,6 +56,7 @@ impl Tally {
             earlier: BTreeMap::new(),
             unknown: Pair::default(),
             write_failed: false,
+            swept: false,
         }
     }
 
@@ -127,7 +130,13 @@ impl Tally {
         };
         let text = self.counts(s).render(self.started);
         match pipe_counters::write(dir, std::process::id(), &text) {
-            Ok(()) => self.write_failed = false,
+            Ok(()) => {
+                self.write_failed = false;
+                if !self.swept {
+                    self.swept = true;
+                    pipe_counters::remove_ended(dir);
+                }
+            }
             Err(e) if !self.write_failed => {
                 self.write_failed = true;
                 warn!(

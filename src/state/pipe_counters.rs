@@ -278,6 +278,34 @@ pub fn read_dir(dir: &Path) -> io::Result<(Vec<PipeFile>, Vec<Unreadable>)> {
     Ok((files, bad))
 }
 
+/// An ended pipe's file older than this is nobody's to sum (a monitor with
+/// `--metrics-listen` sums and removes them within a round): a pipe starting removes it,
+/// so that restarts of pdns without such a monitor do not pile files up.
+pub const ENDED_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes the files in `dir` of pipes that ended more than [`ENDED_KEPT`] ago.
+pub fn remove_ended(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.take(MAX_FILES).flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ENDED_KEPT));
+        if old && !alive(pid) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Whether process `pid` still runs (as any user: a process of another user answers
 /// "not permitted", a gone one "no such process").
 pub fn alive(pid: u32) -> bool {
@@ -407,6 +435,31 @@ mod tests {
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert_eq!(bad[0].0, "42");
         assert_eq!(read_dir(&dir.join("none")).unwrap().0, []);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_of_long_ended_pipes_are_removed() {
+        let dir = std::env::temp_dir().join(format!("pdns-ha-ended-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let me = std::process::id();
+        // Ids above the kernel's pid_max: no process has them.
+        for pid in [me, 4_194_305, 4_194_306] {
+            write(&dir, pid, &sample().render(1)).unwrap();
+        }
+        let day_ago = std::time::SystemTime::now() - ENDED_KEPT - Duration::from_secs(60);
+        for pid in [me, 4_194_305] {
+            let f = fs::File::options()
+                .write(true)
+                .open(dir.join(pid.to_string()))
+                .unwrap();
+            f.set_modified(day_ago).unwrap();
+        }
+        remove_ended(&dir);
+        let mut left: Vec<u32> = read_dir(&dir).unwrap().0.iter().map(|f| f.pid).collect();
+        left.sort();
+        // This process runs, and 4194306 ended only now: both kept.
+        assert_eq!(left, [me, 4_194_306]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

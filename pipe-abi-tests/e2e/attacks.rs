@@ -473,16 +473,9 @@ fn one_subscriber_with_four_contacts_counts_once_under_pdns() {
     );
     assert!(m_ms < v_ms, "Montreal {m_ms} ms, Vancouver {v_ms} ms");
 
-    let pdns = Pdns::options(Backend::Pipe {
-        command: format!(
-            "{} --db {} --algorithm least-latency",
-            Path::new(BIN).canonicalize().unwrap().display(),
-            db.display()
-        ),
-        abi: 3,
-    })
-    .setting("edns-subnet-processing", "yes")
-    .start();
+    let pdns = Pdns::options(Backend::pdns_ha(&db, "--algorithm least-latency"))
+        .setting("edns-subnet-processing", "yes")
+        .start();
     let r = pdns.dig(&["+subnet=127.1.0.0/16", SRV, "SRV"]);
     let prio = |target: &str| {
         r.answer()

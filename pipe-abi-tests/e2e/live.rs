@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::pdns::{require_all, Backend, DigResult, Pdns, TempDir};
-use crate::util::{init_db, run_ok, BIN};
+use crate::util::{init_db, run_ok};
 
 /// How long a pushed reading may take to show in every coprocess's
 /// answers: the contract is about a second; the margin is for CI.
@@ -70,15 +70,9 @@ fn load(db: &Path, sip: u8, sessions: u32, max: Option<u32>) {
 }
 
 fn start(db: &Path, algorithm: &str) -> Pdns {
-    let bin = Path::new(BIN).canonicalize().unwrap();
-    let command = format!(
-        "{} --db {} --algorithm {algorithm}",
-        bin.display(),
-        db.display()
-    );
     // Three distributor threads: consecutive queries reach different
     // coprocesses, and every one of them must see the readings.
-    Pdns::options(Backend::Pipe { command, abi: 3 })
+    Pdns::options(Backend::pdns_ha(db, &format!("--algorithm {algorithm}")))
         .setting("edns-subnet-processing", "yes")
         .distributor_threads(3)
         .start()

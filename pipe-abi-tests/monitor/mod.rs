@@ -169,13 +169,7 @@ pub(crate) fn status(db: &Path) -> String {
 }
 
 pub(crate) fn start_pdns(db: &Path, algorithm: &str) -> Pdns {
-    let bin = Path::new(BIN).canonicalize().unwrap();
-    let command = format!(
-        "{} --db {} --algorithm {algorithm}",
-        bin.display(),
-        db.display()
-    );
-    Pdns::options(Backend::Pipe { command, abi: 3 }).start()
+    Pdns::options(Backend::pdns_ha(db, &format!("--algorithm {algorithm}"))).start()
 }
 
 /// `prio weight target` for each SRV record, lowest priority first.

@@ -4,7 +4,6 @@
 //! stopped it.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -60,16 +59,9 @@ fn pipe_counters_reach_the_monitor_by_network() {
         )
         .unwrap();
     let files = dir.path().join("ha.db.pipes");
-    let pdns = Pdns::options(Backend::Pipe {
-        command: format!(
-            "{} --db {} --algorithm least-latency",
-            Path::new(BIN).canonicalize().unwrap().display(),
-            db.display()
-        ),
-        abi: 3,
-    })
-    .setting("edns-subnet-processing", "yes")
-    .start();
+    let pdns = Pdns::options(Backend::pdns_ha(&db, "--algorithm least-latency"))
+        .setting("edns-subnet-processing", "yes")
+        .start();
     // Each pipe wrote its file at pdns's HELO, before the start-up check's digs.
     let started = Instant::now();
     let ask = |subnet: &str, times: usize| {
@@ -132,12 +124,7 @@ fn pipe_counters_reach_the_monitor_by_network() {
     );
 
     // status reads the same files: the operator's view without a Prometheus.
-    let status = Command::new(BIN)
-        .args(["status", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&status.stdout);
+    let status = super::status(&db);
     assert!(
         status.contains(&format!("pipes: {pipes} running"))
             && status.contains(&format!("questions by network: site-a {a}, site-b {b}")),

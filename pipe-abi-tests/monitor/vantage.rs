@@ -124,16 +124,9 @@ fn a_vantage_monitor_gives_its_network_its_own_ranking() {
     }
     assert_eq!(rows(&db).len(), 4, "{:?}", rows(&db));
 
-    let pdns = Pdns::options(Backend::Pipe {
-        command: format!(
-            "{} --db {} --algorithm least-latency",
-            Path::new(BIN).canonicalize().unwrap().display(),
-            db.display()
-        ),
-        abi: 3,
-    })
-    .setting("edns-subnet-processing", "yes")
-    .start();
+    let pdns = Pdns::options(Backend::pdns_ha(&db, "--algorithm least-latency"))
+        .setting("edns-subnet-processing", "yes")
+        .start();
     // Site-b ranks by its own readings, scoped to its prefix; site-a has none and takes the
     // monitor host's.
     for (subnet, best, other) in [(SITE_B, "sip4", "sip1"), ("192.0.2.0/24", "sip1", "sip4")] {

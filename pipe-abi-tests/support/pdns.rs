@@ -98,6 +98,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// This build's pdns-ha as pdns runs it, on `db`, with `args` after (ABI 3: the
+    /// client's ECS subnet reaches the pipe).
+    pub fn pdns_ha(db: &Path, args: &str) -> Backend {
+        let bin = Path::new(crate::util::BIN).canonicalize().unwrap();
+        let command = format!("{} --db {} {args}", bin.display(), db.display());
+        Backend::Pipe { command, abi: 3 }
+    }
+
     fn settings(&self) -> Vec<(String, String)> {
         let pairs: Vec<(&str, String)> = match self {
             Backend::Pipe { command, abi } => vec![

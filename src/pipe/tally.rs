@@ -86,9 +86,7 @@ impl Tally {
     fn fold(&mut self) {
         for (n, p) in self.list.networks().iter().zip(&self.by_position) {
             if p.queries > 0 {
-                let e = self.earlier.entry(n.name.to_string()).or_default();
-                e.queries += p.queries;
-                e.answered += p.answered;
+                self.earlier.entry(n.name.to_string()).or_default().add(*p);
             }
         }
     }

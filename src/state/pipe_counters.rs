@@ -54,7 +54,7 @@ impl Pair {
         self.answered += u64::from(answered);
     }
 
-    fn add(&mut self, o: Pair) {
+    pub fn add(&mut self, o: Pair) {
         self.queries += o.queries;
         self.answered += o.answered;
     }

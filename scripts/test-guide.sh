@@ -54,7 +54,9 @@ bash "$repo/scripts/build-deb.sh" >/dev/null
 
 work=$(mktemp -d /tmp/pdns-ha-test-guide.XXXXXX)
 chmod 755 "$work"
+marking=
 cleanup() {
+  if [ -n "$marking" ]; then kill "$marking" 2>/dev/null || true; fi
   if [ -f "$work/pids" ]; then
     while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$work/pids"
   fi
@@ -218,6 +220,7 @@ if ! ip netns exec "$ns" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
   fail "block $at of the guide failed"
 fi
 wait "$marking" 2>/dev/null || true
+marking=
 [ "$(cat "$work/at")" = done ] || fail "the walk stopped at block $(cat "$work/at")"
 
 step "comparing what each block printed with the output the guide shows"

@@ -21,6 +21,10 @@ const LOOKUP_BOUND: Duration = Duration::from_millis(250);
 /// or the longest back-off (5 s) after an outage, plus a margin for a
 /// loaded 2-core machine (processes started by the test run slowly there).
 const SHARED_WITHIN: Duration = Duration::from_secs(12);
+/// `--stale-after` for every writer, pipe and `status` here: on a loaded machine the steps of
+/// one test can take longer than the default 30 s, and a reading that expires halfway would
+/// fail a test about sharing, not about expiry (e2e::live tests that).
+const STALE_AFTER: &str = "600";
 
 pub struct Memcached {
     child: Child,
@@ -114,7 +118,16 @@ fn metric(db: &Path, servers: &str, args: &[&str]) {
     let db = db.to_str().unwrap();
     run_ok(
         &[
-            &["metric", args[0], "--db", db, "--memcached", servers],
+            &[
+                "metric",
+                args[0],
+                "--db",
+                db,
+                "--memcached",
+                servers,
+                "--stale-after",
+                STALE_AFTER,
+            ],
             &args[1..],
         ]
         .concat(),
@@ -170,7 +183,14 @@ fn machine_noise(db: &Path, over: Duration) -> usize {
 }
 
 fn pipe(db: &Path, servers: &str, log: &Path) -> Pipe {
-    let args = ["--algorithm", "least-latency", "--memcached", servers];
+    let args = [
+        "--algorithm",
+        "least-latency",
+        "--memcached",
+        servers,
+        "--stale-after",
+        STALE_AFTER,
+    ];
     let mut p = Pipe::start_with_log(db, &args, Stdio::from(File::create(log).unwrap()));
     // ABI 5: the same question format as 3, and CMD status for counters.
     p.ask("HELO\t5");
@@ -385,6 +405,8 @@ fn sources_written_on_two_hosts_fuse_on_a_dns_node() {
         "1000",
         "--network",
         "site-b",
+        "--stale-after",
+        STALE_AFTER,
         "--monitor-id",
         "site-b-probe",
         "--memcached",
@@ -415,7 +437,15 @@ fn sources_written_on_two_hosts_fuse_on_a_dns_node() {
     });
     assert_eq!(fused[1], "020 sip7", "{fused:?}");
     let node_s = node.to_str().unwrap();
-    let out = run_ok(&["status", "--memcached", &servers, "--db", node_s]);
+    let out = run_ok(&[
+        "status",
+        "--memcached",
+        &servers,
+        "--stale-after",
+        STALE_AFTER,
+        "--db",
+        node_s,
+    ]);
     let status = String::from_utf8_lossy(&out.stdout);
     let sip7 = status.lines().find(|l| l.starts_with("sip7")).unwrap();
     assert!(

@@ -17,13 +17,34 @@ use pdns_ha::state::memcached::Cache;
 use pdns_ha::{cli, logging, ops};
 
 fn main() -> ExitCode {
-    let cli = PipeCli::parse_from(cli::with_default_command(std::env::args_os().collect()));
+    let command = parse();
     logging::init();
-    let result = match cli.command {
-        PipeCommand::Pipe(a) => {
-            lean::restart_without_malloc_cache();
-            pipe(&a.options())
+    let result = match command {
+        PipeCommand::Pipe(a) => pipe(&a.options()),
+        other => offline(other),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pdns-ha: {e:#}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// The command line, parsed in a frame of its own: clap's frames are deep, and once this
+/// returns they lie below the pipe's, where [`lean::give_back`] returns them.
+#[inline(never)]
+fn parse() -> PipeCommand {
+    PipeCli::parse_from(cli::with_default_command(std::env::args_os().collect())).command
+}
+
+/// Every command but the pipe, apart from it: inlined into `main`, their locals would
+/// make `main`'s frame (live under every lookup) several kilobytes deep.
+#[inline(never)]
+fn offline(command: PipeCommand) -> anyhow::Result<()> {
+    match command {
+        PipeCommand::Pipe(a) => pipe(&a.options()),
         PipeCommand::Init(a) => ops::init::run(&a.db.db, &a.scripts),
         PipeCommand::Check(a) => ops::check::run(&a.db),
         PipeCommand::Metric(m) => {
@@ -73,17 +94,41 @@ fn main() -> ExitCode {
         }
         PipeCommand::Monitor(h) => hand_over("monitor", h.args),
         PipeCommand::Observe(h) => hand_over("observe", h.args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pdns-ha: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }
 
+#[inline(never)]
 fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
+    lean::restart_without_malloc_cache();
+    lean::small_sqlite();
+    let mut input = io::stdin().lock();
+    let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
+    let served = match start(opts, &mut input, &mut out) {
+        Ok(Some((mut backend, pending))) => {
+            backend.run(&mut io::Cursor::new(pending).chain(input), &mut out)
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match served {
+        Ok(()) => Ok(()),
+        // pdns closed our stdout (it killed or replaced this coprocess):
+        // nobody is left to answer.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("pipe i/o"),
+    }
+}
+
+/// The backend over the opened database, with what pdns sent while the pipe waited for it
+/// (`None`: pdns hung up first). Built in this frame, which is gone before the first
+/// lookup, and kept on the heap: the moves of a value as large as the backend would
+/// otherwise leave several copies of it in `pipe`'s frame, under every lookup.
+#[inline(never)]
+fn start(
+    opts: &PipeOptions,
+    input: &mut dyn io::BufRead,
+    out: &mut dyn io::Write,
+) -> io::Result<Option<(Box<backend::Backend>, Vec<u8>)>> {
     // The reason is a sentence for the operator (with the fix), logged while the pipe
     // waits; nothing branches on it.
     let mut open = || -> Result<store::Store, String> {
@@ -96,31 +141,19 @@ fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
             None => store,
         })
     };
-    let mut input = io::stdin().lock();
-    let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
-    let ranker = || Ranker::from_options(opts);
-    let served = match open() {
-        Ok(store) => backend::Backend::new(store, ranker())
-            .with_counters(opts.pipe_counters.clone())
-            .run(&mut input, &mut out),
+    let (store, abi, pending) = match open() {
+        Ok(store) => (store, None, Vec::new()),
         // Exiting would make pdns_server exit, and every zone it serves with it: wait for
         // the database instead.
-        Err(why) => match waiting::serve(why, opts.algorithm, &mut open, &mut input, &mut out) {
-            Ok(None) => Ok(()),
-            Ok(Some(w)) => backend::Backend::new(w.store, ranker())
-                .with_counters(opts.pipe_counters.clone())
-                .with_abi(w.abi)
-                .run(&mut io::Cursor::new(w.pending).chain(input), &mut out),
-            Err(e) => Err(e),
+        Err(why) => match waiting::serve(why, opts.algorithm, &mut open, input, out)? {
+            Some(w) => (w.store, w.abi, w.pending),
+            None => return Ok(None),
         },
     };
-    match served {
-        Ok(()) => Ok(()),
-        // pdns closed our stdout (it killed or replaced this coprocess):
-        // nobody is left to answer.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e).context("pipe i/o"),
-    }
+    let backend = backend::Backend::new(store, Ranker::from_options(opts))
+        .with_counters(opts.pipe_counters.clone())
+        .with_abi(abi);
+    Ok(Some((Box::new(backend), pending)))
 }
 
 /// The name of the daemon binary, installed beside this one.

@@ -83,6 +83,8 @@ impl Backend {
     /// Serves pdns until end of input. Returns the I/O error that ended it,
     /// if any; a closed stdout is left to the caller to treat as a clean end.
     pub fn run(&mut self, input: &mut dyn BufRead, out: &mut dyn Write) -> io::Result<()> {
+        // What opening the store went through, deeper than any lookup goes, is not kept.
+        crate::pipe::lean::give_back();
         let mut buf = Vec::with_capacity(MAX_LINE + 1);
         loop {
             let ending = match read_line(input, &mut buf)? {

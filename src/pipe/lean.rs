@@ -1,16 +1,21 @@
-//! The pipe's heap without glibc's per-thread cache of freed chunks. Loading the database
-//! allocates and frees a few hundred kilobytes; `malloc_trim` then returns the free pages,
-//! except those holding the chunks the cache keeps (the last few freed of each size): in
-//! a pipe process about 110 KiB stayed resident that way, private to each of the several
-//! pipes pdns runs. The pipe allocates nothing per lookup, so the cache buys it nothing.
-//! glibc reads its tunables only when a process starts, so the pipe starts itself again,
-//! once, with the cache turned off (same process id, same standard streams).
+//! The pipe's memory kept to what it holds. pdns runs several pipes for as long as it runs,
+//! and whatever one process touched once (the heap and stack a load went through) stays
+//! private to it unless it is given back: glibc's per-thread cache of freed chunks is turned
+//! off, SQLite's slabs are not set up, and after a load the free heap pages and the stack
+//! below the current frame go back to the kernel.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 
 const TUNABLE: &str = "glibc.malloc.tcache_count=0";
 
+/// Loading the database allocates and frees a few hundred kilobytes; `malloc_trim` then
+/// returns the free pages, except those holding the chunks glibc's per-thread cache keeps
+/// (the last few freed of each size): about 110 KiB in a pipe process. The pipe allocates
+/// nothing per lookup, so the cache buys it nothing. glibc reads its tunables only when a
+/// process starts, so the pipe starts itself again, once, with the cache turned off (same
+/// process id, same standard streams).
+///
 /// Execs this program again with the cache off, unless the environment already says how
 /// the cache is set (then it is the operator's choice, and there is no loop). Returns only
 /// if the exec failed, and the pipe then runs as it is.
@@ -37,4 +42,79 @@ pub fn restart_without_malloc_cache() {
         .env("GLIBC_TUNABLES", value)
         .exec();
     log::debug!("running with glibc's malloc cache: exec failed: {err}");
+}
+
+/// SQLite's per-process memory, set before the first connection opens: no lookaside
+/// buffer (48 KB per connection, every slot written when it is set up) and no bulk
+/// page-cache slab (20 pages, one header written in each), so only what a load really
+/// holds stays resident, and `PRAGMA shrink_memory` gives pages back one by one. Both
+/// speed up the many small allocations of preparing statements; the pipe prepares a few,
+/// once, and asks SQLite nothing on a lookup.
+pub fn small_sqlite() {
+    use rusqlite::ffi;
+    // SAFETY: sqlite3_config is called before any connection exists (SQLite refuses it
+    // with SQLITE_MISUSE otherwise, and nothing changes); the variadic arguments have the
+    // types these two options take (int, int; pointer, int, int).
+    let (lookaside, page_cache) = unsafe {
+        (
+            ffi::sqlite3_config(ffi::SQLITE_CONFIG_LOOKASIDE, 0i32, 0i32),
+            ffi::sqlite3_config(
+                ffi::SQLITE_CONFIG_PAGECACHE,
+                std::ptr::null_mut::<std::ffi::c_void>(),
+                0i32,
+                0i32,
+            ),
+        )
+    };
+    if lookaside != ffi::SQLITE_OK || page_cache != ffi::SQLITE_OK {
+        log::debug!("SQLite memory left as it is: sqlite3_config {lookaside}, {page_cache}");
+    }
+}
+
+/// The stack below this function's frame that stays untouched: its callees (`madvise`,
+/// the libc wrapper around the system call) run within it.
+const STACK_MARGIN: usize = 8 * 1024;
+
+/// Gives back the free heap pages, and the main thread's stack pages below the caller's
+/// frame: parsing the command line and a load (SQLite's parser, the zone builder) run
+/// deeper than a lookup ever does, and the kernel keeps every stack page once touched.
+/// Called after a load, where nothing below the caller is in use. On any other thread
+/// (the stack is not the process's `[stack]` mapping) the stack is left alone.
+pub fn give_back() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as usize;
+    let Some(bottom) = main_stack_bottom(sp) else {
+        return;
+    };
+    let page = 4096;
+    let top = (sp - STACK_MARGIN) & !(page - 1);
+    if top > bottom {
+        // SAFETY: [bottom, top) lies in the main thread's stack mapping, below this frame
+        // by more than the margin its callees use: no frame lives there, so the pages hold
+        // nothing anyone reads before writing, and they come back zeroed when touched.
+        unsafe {
+            libc::madvise(
+                bottom as *mut libc::c_void,
+                top - bottom,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+}
+
+/// The lowest address of the `[stack]` mapping, if `sp` lies in it.
+fn main_stack_bottom(sp: usize) -> Option<usize> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
+    let (range, _) = line.split_once(' ')?;
+    let (low, high) = range.split_once('-')?;
+    let (low, high) = (
+        usize::from_str_radix(low, 16).ok()?,
+        usize::from_str_radix(high, 16).ok()?,
+    );
+    (low..high).contains(&sp).then_some(low)
 }

@@ -42,16 +42,13 @@ pub(super) fn named(name: &str) -> &'static str {
 }
 
 /// Loading allocates and frees: SQLite's page cache fills with the pages
-/// read, and the heap keeps its high-water mark. Four or more pipe
-/// processes each keep that private, so it goes back after every load.
+/// read, and the heap and stack keep their high-water marks. Four or more
+/// pipe processes each keep that private, so it goes back after every load.
 pub(super) fn give_back_memory(conn: Option<&Connection>) {
     if let Some(conn) = conn {
         let _ = conn.execute_batch("PRAGMA shrink_memory");
     }
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::pipe::lean::give_back();
 }
 
 pub(super) fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, StoreError> {

@@ -106,15 +106,22 @@ pub fn give_back() {
     }
 }
 
-/// The lowest address of the `[stack]` mapping, if `sp` lies in it.
+/// The lowest address of the `[stack]` mapping, if `sp` lies in it. Read once: by the first
+/// call the command line and the first load have taken the stack as deep as it goes (a
+/// mapping that grew further later only leaves those pages kept).
 fn main_stack_bottom(sp: usize) -> Option<usize> {
+    static RANGE: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    let (low, high) = (*RANGE.get_or_init(stack_mapping))?;
+    (low..high).contains(&sp).then_some(low)
+}
+
+fn stack_mapping() -> Option<(usize, usize)> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
     let (range, _) = line.split_once(' ')?;
     let (low, high) = range.split_once('-')?;
-    let (low, high) = (
+    Some((
         usize::from_str_radix(low, 16).ok()?,
         usize::from_str_radix(high, 16).ok()?,
-    );
-    (low..high).contains(&sp).then_some(low)
+    ))
 }

@@ -127,7 +127,12 @@ impl Tally {
             return;
         };
         let text = self.counts(s).render(self.started);
-        match pipe_counters::write(dir, std::process::id(), &text) {
+        let written = pipe_counters::write(dir, std::process::id(), &text);
+        drop(text);
+        // The counts, their text and the paths were allocated and freed between lookups
+        // that allocate nothing: every 5 s, pages the heap would otherwise keep.
+        crate::pipe::lean::give_back();
+        match written {
             Ok(()) => {
                 self.write_failed = false;
                 if !self.swept {

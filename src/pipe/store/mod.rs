@@ -376,6 +376,8 @@ impl Store {
         if let Some(o) = &mut self.overlay {
             if o.due(now) {
                 o.fetch(&self.base, now);
+                // Once a second: the keys, the replies and the merge are freed again.
+                crate::pipe::lean::give_back();
             }
         }
         if now < self.next_check {

@@ -102,7 +102,9 @@ fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
     lean::restart_without_malloc_cache();
     lean::small_sqlite();
     let mut input = io::stdin().lock();
-    let mut out = BufWriter::with_capacity(16 * 1024, io::stdout().lock());
+    // An answer is flushed whole; one page holds dozens of records, and a larger answer
+    // (an AXFR) goes out in several writes rather than keeping more pages in every pipe.
+    let mut out = BufWriter::with_capacity(4 * 1024, io::stdout().lock());
     let served = match start(opts, &mut input, &mut out) {
         Ok(Some((mut backend, pending))) => {
             backend.run(&mut io::Cursor::new(pending).chain(input), &mut out)

@@ -137,7 +137,20 @@ fn monitor_serves_openmetrics_that_promtool_and_prometheus_accept() {
         "{head}"
     );
     assert!(om.ends_with("\n# EOF\n"), "{om}");
-    eprintln!("--- monitor, OpenMetrics:\n{om}");
+    // docs/deployment.md shows it without the metadata lines but the first family's, and
+    // without the services' and the pipes' families (this test has neither).
+    let first = om.lines().position(|l| !l.starts_with('#')).unwrap_or(0);
+    let shown: String = (om.lines().enumerate())
+        .filter(|(i, l)| *i < first || *l == "# EOF" || !l.starts_with('#'))
+        .map(|(_, l)| l)
+        .filter(|l| {
+            !["pdns_ha_pipe", "pdns_ha_service", "pdns_ha_tls"]
+                .iter()
+                .any(|f| l.starts_with(f))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::support::docs::sample("monitor-scrape", &shown);
     let t = |name: &str, rest: &str| format!("{name}{{target=\"{rest}");
     for (series, want) in [
         (t("pdns_ha_target_up", "sip1.example.com\"}"), Some(1.0)),

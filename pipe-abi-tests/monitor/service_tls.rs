@@ -423,8 +423,13 @@ fn each_sip_service_is_judged_by_its_own_transport_port_and_certificate() {
         "{failures}"
     );
 
-    // What docs/service-health.md quotes (shown with --nocapture).
-    eprintln!("{status}");
+    // What docs/service-health.md shows of it: the services' table.
+    let services: String = (status.lines())
+        .skip_while(|l| !l.starts_with("service "))
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::support::docs::sample("service-tls", &services);
     let pdns = start_pdns(&db, "least-load");
     let ok_tls = ["sip1", "sip5", "sip6"];
     until_served(&pdns, "_sips._tcp.example.com", &ok_tls, &log);
@@ -447,8 +452,6 @@ fn each_sip_service_is_judged_by_its_own_transport_port_and_certificate() {
             && explain.contains(&format!("sip3.example.com tls/{}", ports[2])),
         "{explain}"
     );
-
-    eprintln!("{explain}");
 
     // sip1's TLS listener stops; its UDP service stays up.
     drop(k1);

@@ -147,6 +147,33 @@ fn a_vantage_monitor_gives_its_network_its_own_ranking() {
     assert!(line.contains("site-b: "), "{table}");
     assert!(line.contains("*: "), "{table}");
     assert!(line.contains("by central, site-b-probe"), "{table}");
+    // What docs/deployment.md shows of it: the two probed targets, and how each network's
+    // clients get them ranked.
+    let mut shown: String =
+        std::iter::once("$ pdns-ha status --db ha.db")
+            .chain(table.lines().filter(|l| {
+                l.starts_with("sip1.example.com  ") || l.starts_with("sip4.example.com  ")
+            }))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    for client in [SITE_B, "192.0.2.0/24"] {
+        let args = [
+            "--algorithm",
+            "least-latency",
+            "--client",
+            client,
+            SRV,
+            "SRV",
+        ];
+        let out = run_ok(&[&["explain", "--db", db.to_str().unwrap()][..], &args].concat());
+        shown += &format!("$ pdns-ha explain --db ha.db {}\n", args.join(" "));
+        let explained = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ranked = |l: &&str| l.starts_with("  sip") && l.contains("  prio ");
+        for l in explained.lines().filter(ranked).take(2) {
+            shown += &format!("{l}\n");
+        }
+    }
+    crate::support::docs::sample("vantage", &shown);
 
     // Silence from site-b's vantage counts as a timeout there, not at the monitor host.
     drop(far);

@@ -282,8 +282,14 @@ fn observe_files_every_kind_of_call_under_its_caller() {
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
-    eprintln!("{status}");
     assert!(status.contains("freeswitch 20.0/20.0"), "{status}");
+    // docs/freeswitch.md shows the quality lines.
+    let quality: String = (status.lines())
+        .skip_while(|l| !l.starts_with("call quality"))
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::support::docs::sample("freeswitch-quality", &quality);
     assert!(
         status.contains("sip7.example.com from montreal 127.1.0.0/16: MOS 4.49, loss 2.0 %"),
         "{status}"
@@ -297,7 +303,6 @@ fn observe_files_every_kind_of_call_under_its_caller() {
         .output()
         .unwrap();
     let explain = String::from_utf8_lossy(&explain.stdout);
-    eprintln!("{explain}");
     assert!(explain.contains("freeswitch 20.0 ms"), "{explain}");
 }
 

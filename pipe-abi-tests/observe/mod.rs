@@ -446,20 +446,25 @@ fn observe_montreal_and_vancouver_end_to_end() {
     let pdns = Pdns::options(Backend::Pipe { command, abi: 3 })
         .setting("edns-subnet-processing", "yes")
         .start();
-    // What an operator sees (printed for the README walkthrough).
+    // What an operator sees: docs/deployment.md shows it.
     let status = Command::new(BIN)
         .args(["status", "--db"])
         .arg(&db)
         .output()
         .unwrap();
-    eprintln!(
-        "$ pdns-ha status\n{}",
-        String::from_utf8_lossy(&status.stdout)
-    );
+    let status = String::from_utf8_lossy(&status.stdout);
+    let mut shown: String =
+        std::iter::once("$ pdns-ha status --db ha.db")
+            .chain(status.lines().filter(|l| {
+                l.starts_with("sip7.example.com  ") || l.starts_with("sip8.example.com  ")
+            }))
+            .map(|l| format!("{l}\n"))
+            .collect();
     for net in ["127.1.0.0/16", "127.2.0.0/16"] {
         let r = pdns.dig(&[&format!("+subnet={net}"), SRV, "SRV"]);
-        eprintln!("$ dig +subnet={net} {SRV} SRV\n{}", r.normalized());
+        shown += &format!("$ dig +subnet={net} {SRV} SRV\n{}\n", r.normalized());
     }
+    crate::support::docs::sample("observe", &shown);
     let scope = |net: &str| Some(format!("{net}/16"));
     assert_eq!(
         answers(&pdns),

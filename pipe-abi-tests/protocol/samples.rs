@@ -8,7 +8,7 @@
 //! the docs (refused under CI).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::pdns::{require, TempDir};
@@ -22,18 +22,6 @@ struct Block {
     /// Line index of the first line inside the fence, and one past the last.
     lines: (usize, usize),
     commands: Vec<(String, String)>,
-}
-
-fn docs() -> Vec<PathBuf> {
-    let mut files = vec![Path::new(REPO).join("README.md")];
-    for e in std::fs::read_dir(Path::new(REPO).join("docs")).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "md") {
-            files.push(p);
-        }
-    }
-    files.sort();
-    files
 }
 
 /// The sample blocks of one file, by NAME, in file order.
@@ -142,7 +130,7 @@ fn sample_outputs_are_what_the_commands_print() {
     assert!(!(bless && in_ci()), "BLESS is refused under CI");
     let mut wrong = Vec::new();
     let mut samples = 0;
-    for file in docs() {
+    for file in crate::support::docs::files() {
         let text = std::fs::read_to_string(&file).unwrap();
         let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
         let mut edits: Vec<((usize, usize), Vec<String>)> = Vec::new();
@@ -171,6 +159,17 @@ fn sample_outputs_are_what_the_commands_print() {
             }
         }
         if bless && !edits.is_empty() {
+            let _writing = crate::support::docs::WRITING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Read again under the lock: a test's sample may have been written meanwhile.
+            let now = std::fs::read_to_string(&file).unwrap();
+            assert_eq!(
+                now,
+                text,
+                "{} changed while its samples ran",
+                file.display()
+            );
             for ((start, end), printed) in edits.into_iter().rev() {
                 lines.splice(start..end, printed);
             }
@@ -191,4 +190,47 @@ fn ages_and_pids_are_compared_loosely() {
         normalized("pdns-ha[4711] up 12s (sqlite), 4.0 ms, 30s STALE, 5s1 x12s"),
         "pdns-ha[PID] up Ns (sqlite), 4.0 ms, Ns STALE, 5s1 x12s"
     );
+}
+
+/// Fusion as `explain` and `status` show it (docs/deployment.md), on the readings the golden
+/// case `3-least-latency-issue11-fusion` seeds, stamped relative to now instead of its fixed
+/// clock: sip1 has two sources that disagree, sip7 a stale one beside a fresh one.
+#[test]
+fn fusion_as_explain_and_status_show_it() {
+    let dir = TempDir::new("sample-fusion");
+    let db = dir.path().join("ha.db");
+    crate::util::init_db(&db, &["sql/example.sql"]);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "WITH r(network, target, source, ms, samples, callers, age) AS (VALUES
+               ('192.0.2.0/24', 'sip1.example.com', 'observe', 40, 30, 12, 0),
+               ('192.0.2.0/24', 'sip1.example.com', 'monitor', 10, 2, NULL, 15),
+               ('192.0.2.0/24', 'sip4.example.com', 'observe', 25, 9, 5, 0),
+               ('192.0.2.0/24', 'sip7.example.com', 'monitor', 5, 50, NULL, 40),
+               ('192.0.2.0/24', 'sip7.example.com', 'metric', 60, 3, NULL, 0))
+             INSERT INTO ha_latency
+               (network, target, source, mean_ms, ewma_ms, samples, callers, updated)
+             SELECT network, target, source, ms, ms, samples, callers, strftime('%s', 'now') - age
+             FROM r;",
+        )
+        .unwrap();
+    let db = db.to_str().unwrap();
+    let explain = ["--algorithm", "least-latency", "--client", "192.0.2.0/24"];
+    let query = ["_sip._udp.example.com", "SRV"];
+    let out = crate::util::run_ok(&[&["explain", "--db", db][..], &explain, &query].concat());
+    let mut shown = format!(
+        "$ pdns-ha explain --db ha.db {} {}\n{}",
+        explain.join(" "),
+        query.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = crate::util::run_ok(&["status", "--db", db]);
+    shown += "$ pdns-ha status --db ha.db\n";
+    let status = String::from_utf8_lossy(&out.stdout);
+    let measured = |l: &&str| ["sip1.", "sip4.", "sip7."].iter().any(|t| l.starts_with(t));
+    for l in status.lines().filter(measured) {
+        shown += &format!("{l}\n");
+    }
+    crate::support::docs::sample("fusion", &shown);
 }

@@ -90,8 +90,15 @@ pub fn give_back() {
     let Some(bottom) = main_stack_bottom(sp) else {
         return;
     };
-    let page = 4096;
-    let top = (sp - STACK_MARGIN) & !(page - 1);
+    // SAFETY: sysconf only reads a system setting.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        // madvise rounds its length up to whole pages, so the range must end on a boundary
+        // of the real page size (64 KiB on some arm64 kernels), or its last page could
+        // reach into live frames.
+        p if p > 0 && (p as usize).is_power_of_two() => p as usize,
+        _ => return,
+    };
+    let top = sp.saturating_sub(STACK_MARGIN) & !(page - 1);
     if top > bottom {
         // SAFETY: [bottom, top) lies in the main thread's stack mapping, below this frame
         // by more than the margin its callees use: no frame lives there, so the pages hold

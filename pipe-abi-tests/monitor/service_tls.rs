@@ -427,11 +427,7 @@ fn each_sip_service_is_judged_by_its_own_transport_port_and_certificate() {
     );
 
     // What docs/service-health.md shows of it: the services' table.
-    let services: String = (status.lines())
-        .skip_while(|l| !l.starts_with("service "))
-        .take_while(|l| !l.is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let services = crate::support::docs::section(&status, "service ");
     crate::support::docs::sample("service-tls", &services);
     let pdns = start_pdns(&db, "least-load");
     let ok_tls = ["sip1", "sip5", "sip6"];

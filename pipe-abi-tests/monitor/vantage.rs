@@ -149,13 +149,10 @@ fn a_vantage_monitor_gives_its_network_its_own_ranking() {
     assert!(line.contains("by central, site-b-probe"), "{table}");
     // What docs/deployment.md shows of it: the two probed targets, and how each network's
     // clients get them ranked.
-    let mut shown: String =
-        std::iter::once("$ pdns-ha status --db ha.db")
-            .chain(table.lines().filter(|l| {
-                l.starts_with("sip1.example.com  ") || l.starts_with("sip4.example.com  ")
-            }))
-            .map(|l| format!("{l}\n"))
-            .collect();
+    let mut shown = format!(
+        "$ pdns-ha status --db ha.db\n{}",
+        crate::support::docs::target_rows(&table, &["sip1.example.com", "sip4.example.com"])
+    );
     for client in [SITE_B, "192.0.2.0/24"] {
         let args = [
             "--algorithm",

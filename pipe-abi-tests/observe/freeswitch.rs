@@ -284,11 +284,7 @@ fn observe_files_every_kind_of_call_under_its_caller() {
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("freeswitch 20.0/20.0"), "{status}");
     // docs/freeswitch.md shows the quality lines.
-    let quality: String = (status.lines())
-        .skip_while(|l| !l.starts_with("call quality"))
-        .take_while(|l| !l.is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let quality = crate::support::docs::section(&status, "call quality");
     crate::support::docs::sample("freeswitch-quality", &quality);
     assert!(
         status.contains("sip7.example.com from montreal 127.1.0.0/16: MOS 4.49, loss 2.0 %"),

@@ -453,13 +453,10 @@ fn observe_montreal_and_vancouver_end_to_end() {
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
-    let mut shown: String =
-        std::iter::once("$ pdns-ha status --db ha.db")
-            .chain(status.lines().filter(|l| {
-                l.starts_with("sip7.example.com  ") || l.starts_with("sip8.example.com  ")
-            }))
-            .map(|l| format!("{l}\n"))
-            .collect();
+    let mut shown = format!(
+        "$ pdns-ha status --db ha.db\n{}",
+        crate::support::docs::target_rows(&status, &["sip7.example.com", "sip8.example.com"])
+    );
     for net in ["127.1.0.0/16", "127.2.0.0/16"] {
         let r = pdns.dig(&[&format!("+subnet={net}"), SRV, "SRV"]);
         shown += &format!("$ dig +subnet={net} {SRV} SRV\n{}\n", r.normalized());

@@ -228,9 +228,7 @@ fn fusion_as_explain_and_status_show_it() {
     let out = crate::util::run_ok(&["status", "--db", db]);
     shown += "$ pdns-ha status --db ha.db\n";
     let status = String::from_utf8_lossy(&out.stdout);
-    let measured = |l: &&str| ["sip1.", "sip4.", "sip7."].iter().any(|t| l.starts_with(t));
-    for l in status.lines().filter(measured) {
-        shown += &format!("{l}\n");
-    }
+    let measured = ["sip1.example.com", "sip4.example.com", "sip7.example.com"];
+    shown += &crate::support::docs::target_rows(&status, &measured);
     crate::support::docs::sample("fusion", &shown);
 }

@@ -51,6 +51,29 @@ pub fn loose(text: &str) -> String {
     out
 }
 
+/// The rows of a table keyed by full target name (`status`'s targets) for `targets`, in the
+/// table's order; a row is its name and two blanks, so the services' table below it (name,
+/// one blank, transport) is not taken.
+pub fn target_rows(table: &str, targets: &[&str]) -> String {
+    (table.lines())
+        .filter(|l| {
+            targets
+                .iter()
+                .any(|t| l.strip_prefix(t).is_some_and(|r| r.starts_with("  ")))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The part of `text` from its first line that starts with `head` up to a blank line.
+pub fn section(text: &str, head: &str) -> String {
+    (text.lines())
+        .skip_while(|l| !l.starts_with(head))
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// `text` with every whole-word `from` replaced by `to`.
 fn replace_word(text: &str, from: &str, to: &str) -> String {
     let part = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
@@ -137,5 +160,19 @@ fn numbers_and_blanks_count_once() {
     assert_eq!(
         replace_word("by vm, vm2 (vm)", "vm", "HOST"),
         "by HOST, vm2 (HOST)"
+    );
+}
+
+#[test]
+fn target_rows_leave_the_services_table_out() {
+    let status = "sip1.example.com  up\nsip2.example.com  down\n\nservice  state\n\
+                  sip1.example.com udp/5060  up\n\ncall quality\n  sip1 MOS 4.4\n";
+    assert_eq!(
+        target_rows(status, &["sip1.example.com"]),
+        "sip1.example.com  up\n"
+    );
+    assert_eq!(
+        section(status, "service "),
+        "service  state\nsip1.example.com udp/5060  up\n"
     );
 }

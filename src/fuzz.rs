@@ -245,7 +245,7 @@ fn fuzz_event_socket_reader() {
         tx.send(input.to_vec()).unwrap();
         let t = Instant::now();
         let result = crate::monitor::esl::read_load(&addr, "ClueCon", PROBE_TIMEOUT);
-        assert!(t.elapsed() < PROBE_TIMEOUT * 3, "took {:?}", t.elapsed());
+        assert!(t.elapsed() < PROBE_TIMEOUT * 5, "took {:?}", t.elapsed());
         if let Ok(load) = result {
             assert!(load.max_sessions.is_none_or(|m| m > 0));
         }
@@ -278,7 +278,7 @@ fn fuzz_json_rpc_reader() {
         tx.send(input.to_vec()).unwrap();
         let t = Instant::now();
         let _ = crate::net::kamailio::read_active_dialogs(&url, PROBE_TIMEOUT);
-        assert!(t.elapsed() < PROBE_TIMEOUT * 3, "took {:?}", t.elapsed());
+        assert!(t.elapsed() < PROBE_TIMEOUT * 5, "took {:?}", t.elapsed());
     });
 }
 

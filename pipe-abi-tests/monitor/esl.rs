@@ -143,8 +143,9 @@ fn silent_server_costs_one_timeout() {
             s.addr()
         )
     );
+    // Well below three timeouts (one per step), with room for a loaded machine.
     assert!(
-        took >= Duration::from_millis(190) && took < Duration::from_millis(400),
+        took >= Duration::from_millis(190) && took < Duration::from_millis(550),
         "{took:?}"
     );
 }
@@ -153,15 +154,10 @@ fn silent_server_costs_one_timeout() {
 fn slow_server_is_bounded_by_the_overall_deadline_not_per_read() {
     // Each write is late by 80 ms: every single read would fit a 200 ms per-read timeout,
     // but the exchange (banner, auth reply, header, body) does not fit 200 ms overall.
+    // So a timeout, not an answer, shows the deadline is overall.
     let s = standin(Fault::Slow(Duration::from_millis(80)));
-    let started = Instant::now();
     let e = read_load(&s.addr().to_string(), "ClueCon", Duration::from_millis(200)).unwrap_err();
     assert!(matches!(e.kind, ProbeErrorKind::Timeout { .. }), "{e:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(400),
-        "{:?}",
-        started.elapsed()
-    );
     // With enough time the same server answers.
     assert_eq!(read(&s).unwrap().sessions, 42);
 }
@@ -302,7 +298,8 @@ fn refused_port_fails_fast() {
         .port();
     let started = Instant::now();
     let e = read_load(&format!("127.0.0.1:{port}"), "ClueCon", T).unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(100));
+    // Far below the timeout, with room for a loaded machine: refused is not waited for.
+    assert!(started.elapsed() < T / 2, "{:?}", started.elapsed());
     assert_eq!(
         e.to_string(),
         format!("127.0.0.1:{port}: connecting: connection refused (os error 111)")

@@ -317,11 +317,11 @@ fn monitor_reads_freeswitch_load_and_survives_broken_servers() {
         );
     }
     // Three silent servers: one round must still take about one timeout,
-    // not three.
-    let (out, took) = monitor_once(&db, 500);
+    // not three; the rest of the 3 s is room for start-up on a loaded machine.
+    let (out, took) = monitor_once(&db, 1000);
     assert!(
-        took < Duration::from_millis(1400),
-        "a round took {took:?} with 500 ms probes"
+        took < Duration::from_millis(2500),
+        "a round took {took:?} with 1000 ms probes"
     );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("authentication rejected"), "{log}");

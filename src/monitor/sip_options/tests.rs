@@ -130,7 +130,8 @@ fn closed_udp_port() -> SocketAddr {
 fn udp_answer_gives_the_round_trip() {
     let r = udp_responder(Script::Answer(200, 30 * MS));
     let rtt = probe_udp(r.addr, T).unwrap().rtt;
-    assert!(rtt >= 30 * MS && rtt < 150 * MS, "{rtt:?}");
+    // The upper bound only says the probe stopped at the answer, not at its timeout.
+    assert!(rtt >= 30 * MS && rtt < T / 2, "{rtt:?}");
 }
 
 #[test]
@@ -223,7 +224,8 @@ fn only_100_trying_is_a_timeout() {
         e.to_string(),
         format!("{}: {WAITING}: timed out after 200ms", r.addr)
     );
-    assert!(took >= 190 * MS && took < 350 * MS, "{took:?}");
+    // A 100 Trying must not restart the clock; the margin is for a loaded machine.
+    assert!(took >= 190 * MS && took < 600 * MS, "{took:?}");
 }
 
 #[test]
@@ -237,7 +239,8 @@ fn responses_to_other_requests_are_ignored() {
 fn lost_request_is_retransmitted_after_t1() {
     let r = udp_responder(Script::DropFirst);
     let rtt = probe_udp(r.addr, T).unwrap().rtt;
-    assert!(rtt >= T1 && rtt < T1 + 150 * MS, "{rtt:?}");
+    // Once, at T1, not at a later backoff step; the margin is for a loaded machine.
+    assert!(rtt >= T1 && rtt < T1 + 400 * MS, "{rtt:?}");
     assert_eq!(r.requests.lock().unwrap().len(), 2);
     // Below T1 there is no retransmission: the loss costs the probe.
     let r = udp_responder(Script::DropFirst);
@@ -249,7 +252,8 @@ fn closed_udp_port_is_refused_at_once() {
     let addr = closed_udp_port();
     let started = Instant::now();
     let e = probe_udp(addr, T).unwrap_err();
-    assert!(started.elapsed() < 50 * MS, "{:?}", started.elapsed());
+    // Far below the timeout, with room for a loaded machine: refused is not waited for.
+    assert!(started.elapsed() < T / 2, "{:?}", started.elapsed());
     assert!(e.is_unreachable(), "{e:?}");
     assert_eq!(
         e.to_string(),
@@ -262,9 +266,9 @@ fn silent_udp_peer_is_a_timeout() {
     // Bound and never read: no ICMP, no answer.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let started = Instant::now();
-    let e = probe_udp(silent.local_addr().unwrap(), 150 * MS).unwrap_err();
+    let e = probe_udp(silent.local_addr().unwrap(), 400 * MS).unwrap_err();
     assert!(matches!(e.kind, ProbeErrorKind::Timeout { .. }), "{e:?}");
-    assert!(started.elapsed() < 300 * MS);
+    assert!(started.elapsed() < 800 * MS, "{:?}", started.elapsed());
 }
 
 /// Serves one TCP connection: reads one request, writes `replies(request)` one by one.
@@ -308,7 +312,7 @@ fn tcp_sip_skips_keepalives_provisionals_and_bodies() {
         ]
     });
     let rtt = probe_tcp_sip(addr, T).unwrap().rtt;
-    assert!(rtt >= 15 * MS && rtt < 200 * MS, "{rtt:?}");
+    assert!(rtt >= 15 * MS && rtt < T / 2, "{rtt:?}");
     server.join().unwrap();
 }
 
@@ -353,7 +357,7 @@ fn tcp_sip_close_before_answer_is_an_error() {
 fn tcp_connect_times_the_handshake_and_sees_refusal() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    assert!(probe_tcp_connect(addr, T).unwrap() < 50 * MS);
+    assert!(probe_tcp_connect(addr, T).unwrap() < T / 2);
     drop(listener);
     let e = probe_tcp_connect(addr, T).unwrap_err();
     assert!(e.is_unreachable(), "{e:?}");

@@ -84,13 +84,8 @@ fn reads_all_from_kamailios_exact_reply_without_waiting_for_close() {
         Duration::ZERO,
         Then::HoldOpen,
     );
-    let started = Instant::now();
+    // The server never closes: a reader waiting for the close would time out, not answer.
     assert_eq!(read_active_dialogs(&url, T).unwrap(), 7);
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
-    );
     let port = url
         .trim_start_matches("http://127.0.0.1:")
         .trim_end_matches("/RPC");
@@ -210,15 +205,10 @@ fn close_without_reply_and_mid_body_close_are_errors() {
 #[test]
 fn slow_drip_is_bounded_by_the_overall_deadline() {
     // 16 bytes every 30 ms: each read succeeds quickly, the whole reply takes ~600 ms.
+    // A per-read timeout would let it through; only an overall deadline makes it a timeout.
     let (url, _) = serve(KAMAILIO_OK, Duration::from_millis(30), Then::HoldOpen);
-    let started = Instant::now();
     let e = read_active_dialogs(&url, Duration::from_millis(150)).unwrap_err();
     assert!(matches!(e.kind, ProbeErrorKind::Timeout { .. }), "{e:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[test]
@@ -227,14 +217,15 @@ fn silent_server_costs_one_timeout() {
     let url = format!("http://{}/RPC", listener.local_addr().unwrap());
     let started = Instant::now();
     // The kernel completes the handshake from the backlog; nobody ever answers.
-    let e = read_active_dialogs(&url, Duration::from_millis(150)).unwrap_err();
+    let e = read_active_dialogs(&url, Duration::from_millis(400)).unwrap_err();
     let took = started.elapsed();
     assert_eq!(
         e.to_string(),
-        format!("{url}: waiting for the http reply: timed out after 150ms")
+        format!("{url}: waiting for the http reply: timed out after 400ms")
     );
+    // Below two timeouts: the rest of the 400 ms is room for a loaded machine.
     assert!(
-        took >= Duration::from_millis(140) && took < Duration::from_millis(300),
+        took >= Duration::from_millis(390) && took < Duration::from_millis(800),
         "{took:?}"
     );
     drop(listener);
@@ -250,7 +241,8 @@ fn refused_port_fails_fast() {
     let url = format!("http://127.0.0.1:{port}/RPC");
     let started = Instant::now();
     let e = read_active_dialogs(&url, T).unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(100));
+    // Far below the timeout, with room for a loaded machine: refused is not waited for.
+    assert!(started.elapsed() < T / 2, "{:?}", started.elapsed());
     assert!(e.is_unreachable(), "{e:?}");
 }
 

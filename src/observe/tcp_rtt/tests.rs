@@ -207,6 +207,7 @@ fn ten_thousand_connections_cost() {
     }
     d.extend(nl(NLMSG_DONE, 1, &[0; 4]));
     datagrams.push(d);
+    // The cost is printed, never asserted: CI machines are shared and slow (docs/performance.md).
     let started = crate::observe::thread_cpu();
     let mut out = Vec::new();
     let mut done = false;
@@ -220,5 +221,4 @@ fn ten_thousand_connections_cost() {
     );
     assert!(done);
     assert_eq!(out.len(), 9_000);
-    assert!(cost.as_millis() < 100, "{cost:?}");
 }

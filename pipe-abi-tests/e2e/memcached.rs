@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use crate::pdns::{find_tool, require_all, TempDir};
 use crate::util::{init_db, run_ok, Pipe};
 
-/// Worst single lookup tolerated while memcached misbehaves: far under
-/// pdns's 2000 ms pipe-timeout, far over the 10 ms memcached timeout.
-const LOOKUP_BOUND: Duration = Duration::from_millis(250);
+/// Worst single lookup tolerated while memcached misbehaves: a quarter of
+/// pdns's 2000 ms pipe-timeout, fifty times the 10 ms memcached timeout (a
+/// debug build on a loaded CI machine needs the room).
+const LOOKUP_BOUND: Duration = Duration::from_millis(500);
 
 /// How long shared readings may take to show: one fetch interval (1 s),
 /// or the longest back-off (5 s) after an outage, plus a margin for a

@@ -101,6 +101,7 @@ fn offline(command: PipeCommand) -> anyhow::Result<()> {
 fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
     lean::restart_without_malloc_cache();
     lean::small_sqlite();
+    lean::sqlite_heap_apart();
     let mut input = io::stdin().lock();
     // An answer is flushed whole; one page holds dozens of records, and a larger answer
     // (an AXFR) goes out in several writes rather than keeping more pages in every pipe.

@@ -65,6 +65,31 @@ fn query(p: &mut Pipe, name: &str, qtype: &str) -> Vec<String> {
     a
 }
 
+/// How many KiB of SQLite's own region (`pipe::lean`: an anonymous read-write mapping of
+/// `SQLITE_HEAP_BYTES`) are resident in process `pid`; `None` without such a mapping.
+fn sqlite_region_kib(pid: u32) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_region = false;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let Some((low, high)) = fields.first().and_then(|r| r.split_once('-')) {
+            if let (Ok(low), Ok(high)) = (
+                usize::from_str_radix(low, 16),
+                usize::from_str_radix(high, 16),
+            ) {
+                in_region = high - low == pdns_ha::pipe::lean::SQLITE_HEAP_BYTES
+                    && fields.get(1) == Some(&"rw-p")
+                    && fields.len() == 5;
+                continue;
+            }
+        }
+        if in_region && fields.first() == Some(&"Rss:") {
+            return Some(fields[1].parse().unwrap());
+        }
+    }
+    None
+}
+
 /// Writes a latency reading every `every` until stopped, as a monitor does.
 fn writing_readings(db: &Path, every: Duration) -> (Arc<AtomicBool>, thread::JoinHandle<u32>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -124,6 +149,8 @@ fn readings_never_reload_the_zones_held_whole() {
     );
     assert_eq!(zones, 1, "a reading made the pipe re-read the zones");
     assert!(readings >= 5, "readings were not re-read: {readings}");
+    // Every read went through SQLite's own region, and each gave all of it back.
+    assert_eq!(sqlite_region_kib(p.pid()), Some(0));
 }
 
 #[test]
@@ -138,6 +165,12 @@ fn a_large_database_is_read_per_name_without_stalls() {
     eprintln!("start-up on {LARGE} records: {:?}", started.elapsed());
     let status = p.ask("CMD\tstatus").join("\n");
     assert!(status.contains("read per name"), "{status}");
+    // The connection kept for hours is on the process heap, which gives back page by page.
+    assert_eq!(
+        sqlite_region_kib(p.pid()),
+        None,
+        "SQLite's region is still mapped"
+    );
     // Read per name, the connection stays open, and read-only.
     assert_eq!(
         crate::e2e::reliability::db_access_mode(p.pid(), &db),

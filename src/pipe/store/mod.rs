@@ -469,10 +469,19 @@ impl Store {
     }
 
     /// Closes the connection unless the records are read per name, and
-    /// gives back what reading took.
+    /// gives back what reading took. A connection kept takes SQLite back to
+    /// the process heap (`lean::sqlite_heap_join`): it is closed and opened
+    /// again there, and if that fails the next check reads everything again.
     fn keep_connection_if_needed(&mut self) {
         if self.zones.is_whole() {
             self.conn = None;
+        } else if crate::pipe::lean::sqlite_heap_is_apart() {
+            self.conn = None;
+            crate::pipe::lean::sqlite_heap_join();
+            self.conn = open_read_only(&self.path, Duration::ZERO).ok();
+            if self.conn.is_none() {
+                self.seen = None;
+            }
         }
         give_back_memory(self.conn.as_ref());
     }

@@ -3,7 +3,9 @@
 //! command. `monitor` and `observe` are handed over to `pdns-ha-daemon`.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, BufWriter, Read};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -102,10 +104,13 @@ fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
     lean::restart_without_malloc_cache();
     lean::small_sqlite();
     lean::sqlite_heap_apart();
-    let mut input = io::stdin().lock();
-    // An answer is flushed whole; one page holds dozens of records, and a larger answer
-    // (an AXFR) goes out in several writes rather than keeping more pages in every pipe.
-    let mut out = BufWriter::with_capacity(4 * 1024, io::stdout().lock());
+    // std's stdin and stdout would each keep a buffer of their own (8 KiB and 1 KiB) in
+    // every pipe beside these: the pipe reads and writes its own copies of the descriptors.
+    // A question is one line of at most 2 KiB. An answer is flushed whole; one page holds
+    // dozens of records, and a larger answer (an AXFR) goes out in several writes rather
+    // than keeping more pages in every pipe.
+    let mut input = io::BufReader::with_capacity(4 * 1024, standard(0).context("stdin")?);
+    let mut out = BufWriter::with_capacity(4 * 1024, standard(1).context("stdout")?);
     let served = match start(opts, &mut input, &mut out) {
         Ok(Some((mut backend, pending))) => {
             backend.run(&mut io::Cursor::new(pending).chain(input), &mut out)
@@ -120,6 +125,14 @@ fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(e).context("pipe i/o"),
     }
+}
+
+/// A file over a copy of standard input (0) or output (1).
+fn standard(fd: RawFd) -> io::Result<File> {
+    // SAFETY: descriptors 0 and 1 are open for the whole life of the process (pdns gives
+    // them to its coprocess; a shell, to a command); only a duplicate is kept.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    Ok(File::from(fd.try_clone_to_owned()?))
 }
 
 /// The backend over the opened database, with what pdns sent while the pipe waited for it

@@ -103,7 +103,9 @@ fn offline(command: PipeCommand) -> anyhow::Result<()> {
 fn pipe(opts: &PipeOptions) -> anyhow::Result<()> {
     lean::restart_without_malloc_cache();
     lean::small_sqlite();
-    lean::sqlite_heap_apart();
+    // SAFETY: no connection is open yet; the pipe is one thread, and its store is all that
+    // opens connections.
+    unsafe { lean::sqlite_heap_apart() };
     // std's stdin and stdout would each keep a buffer of their own (8 KiB and 1 KiB) in
     // every pipe beside these: the pipe reads and writes its own copies of the descriptors.
     // A question is one line of at most 2 KiB. An answer is flushed whole; one page holds

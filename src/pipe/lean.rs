@@ -154,7 +154,13 @@ const SQLITE_HEAP_ATOM: i32 = 64;
 /// heap each, 36 with SQLite apart). Apart, SQLite's whole region goes back when the
 /// connection closes ([`sqlite_heap_give_back`]). Anything that fails leaves SQLite on the
 /// process heap, as it was.
-pub fn sqlite_heap_apart() {
+///
+/// # Safety
+///
+/// Called before any SQLite connection opens, in a process where SQLite is used from one
+/// thread and only through one [`crate::pipe::store::Store`]: the store shuts SQLite down
+/// whenever it has closed its connection, which must then be the only one.
+pub unsafe fn sqlite_heap_apart() {
     use rusqlite::ffi;
     // SAFETY: a new anonymous private mapping, used by nothing else.
     let base = unsafe {
@@ -196,15 +202,19 @@ pub fn sqlite_heap_is_apart() -> bool {
     SQLITE_HEAP.load(Ordering::Relaxed) != 0
 }
 
-/// Returns all of SQLite's region to the kernel. Only when no connection is open: SQLite
-/// is shut down (it then holds nothing) and sets its heap up afresh at the next open.
-pub fn sqlite_heap_give_back() {
+/// Returns all of SQLite's region to the kernel: SQLite is shut down (it then holds
+/// nothing) and sets its heap up afresh at the next open.
+///
+/// # Safety
+///
+/// No SQLite connection, statement or other object is open in the process.
+pub unsafe fn sqlite_heap_give_back() {
     let base = SQLITE_HEAP.load(Ordering::Relaxed);
     if base == 0 {
         return;
     }
-    // SAFETY: no connection is open (the caller's promise) and the pipe has one thread, so
-    // nothing of SQLite's lives in the region once it is shut down.
+    // SAFETY: nothing of SQLite's is open (the caller's promise), so once it is shut down
+    // nothing lives in the region.
     unsafe {
         rusqlite::ffi::sqlite3_shutdown();
         libc::madvise(
@@ -219,8 +229,11 @@ pub fn sqlite_heap_give_back() {
 /// hours (records read per name): in its region, freed memory is returned only all at
 /// once, so a long-lived page cache would stay at its high-water mark, twice its size
 /// (every chunk rounded up to a power of two); the process heap returns it page by page.
-/// Only when no connection is open.
-pub fn sqlite_heap_join() {
+///
+/// # Safety
+///
+/// As for [`sqlite_heap_give_back`]: no SQLite object is open in the process.
+pub unsafe fn sqlite_heap_join() {
     let base = SQLITE_HEAP.swap(0, Ordering::Relaxed);
     if base == 0 {
         return;

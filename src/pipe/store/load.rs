@@ -45,11 +45,8 @@ pub(super) fn named(name: &str) -> &'static str {
 /// read, and the heap and stack keep their high-water marks. Four or more
 /// pipe processes each keep that private, so it goes back after every load.
 pub(super) fn give_back_memory(conn: Option<&Connection>) {
-    match conn {
-        Some(conn) => {
-            let _ = conn.execute_batch("PRAGMA shrink_memory");
-        }
-        None => crate::pipe::lean::sqlite_heap_give_back(),
+    if let Some(conn) = conn {
+        let _ = conn.execute_batch("PRAGMA shrink_memory");
     }
     crate::pipe::lean::give_back();
 }

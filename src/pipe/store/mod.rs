@@ -34,6 +34,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::dns::Subnet;
 use crate::files::FileError;
+use crate::pipe::lean;
 use crate::pipe::zone::{is_apex, Builder, Zones, WHOLE_LIMIT};
 use crate::state::index::Metrics;
 use crate::state::memcached::Cache;
@@ -475,9 +476,13 @@ impl Store {
     fn keep_connection_if_needed(&mut self) {
         if self.zones.is_whole() {
             self.conn = None;
-        } else if crate::pipe::lean::sqlite_heap_is_apart() {
+            // SAFETY: where SQLite's heap is apart, this store holds the process's only
+            // connection (`lean::sqlite_heap_apart`'s contract), and it is closed.
+            unsafe { lean::sqlite_heap_give_back() };
+        } else if lean::sqlite_heap_is_apart() {
             self.conn = None;
-            crate::pipe::lean::sqlite_heap_join();
+            // SAFETY: as above.
+            unsafe { lean::sqlite_heap_join() };
             self.conn = open_read_only(&self.path, Duration::ZERO).ok();
             if self.conn.is_none() {
                 self.seen = None;

@@ -378,7 +378,7 @@ impl Store {
             if o.due(now) {
                 o.fetch(&self.base, now);
                 // Once a second: the keys, the replies and the merge are freed again.
-                crate::pipe::lean::give_back();
+                lean::give_back();
             }
         }
         if now < self.next_check {

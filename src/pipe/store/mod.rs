@@ -623,9 +623,7 @@ mod tests {
             t += CHECK_EVERY;
             s.refresh(t);
         };
-        // Run as root, SQLite gives the WAL its database's owner at every
-        // open, which moves the WAL's ctime: a check may then look, but it
-        // reads no row and counts no load.
+        // Nothing changed: no check reads a row or counts a load.
         let loads = s.stats().reading_loads;
         tick(&mut s);
         tick(&mut s);

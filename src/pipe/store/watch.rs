@@ -9,13 +9,15 @@ use super::StoreError;
 use crate::files::FileError;
 
 /// What `stat` says of one file: which file it is (a new inode means the
-/// operator replaced the database) and when and how it last changed.
+/// operator replaced the database) and its size and time of last write.
+/// Not the status-change time: run as root, SQLite gives the `-wal` file the
+/// database's owner at every open, so the pipe's own read would look like a
+/// change and the next check would open the database again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Stamp {
     pub(super) id: (u64, u64),
     size: u64,
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl Stamp {
@@ -24,7 +26,6 @@ impl Stamp {
             id: (m.dev(), m.ino()),
             size: m.size(),
             mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
         }
     }
 }
@@ -32,8 +33,8 @@ impl Stamp {
 /// The database file and its WAL as `stat` sees them. Every commit changes
 /// one of the two: in WAL mode it appends to the `-wal` file (and a
 /// checkpoint writes the database), with a rollback journal it writes the
-/// database itself; each write stamps the file's change times, which Linux
-/// keeps in nanoseconds.
+/// database itself; each write stamps the file's modification time, which
+/// Linux keeps in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Fingerprint {
     pub(super) db: Stamp,
@@ -100,6 +101,32 @@ mod tests {
                 assert_eq!(fingerprint(&db).unwrap(), last, "{mode}: a read moved it");
             }
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The pipe's own read, a read-only connection opened and closed, moves
+    /// nothing, even as root (SQLite then gives the `-wal` file the database's
+    /// owner at every open, which stamps its status-change time).
+    #[test]
+    fn a_readers_own_open_does_not_move_it() {
+        let dir = temp_dir("reader");
+        let db = dir.join("ha.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let before = fingerprint(&db).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        for _ in 0..3 {
+            let reader = super::super::open_read_only(&db, std::time::Duration::ZERO).unwrap();
+            let n: i64 = reader
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 1);
+            drop(reader);
+            assert_eq!(fingerprint(&db).unwrap(), before);
+        }
+        drop(conn);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
